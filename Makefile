@@ -1,0 +1,33 @@
+# The README's two commands are `make run` and `make test`; each creates .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run doctor test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The main job. Until `unimap run` lands it shows what this machine allows.
+run: doctor
+
+doctor: $(STAMP)
+	$(BIN)/unimap doctor
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check unimap tests tools
+	$(BIN)/mypy unimap
+
+bench: $(STAMP)
+	$(BIN)/python tools/bench_probe.py
+	$(BIN)/python tools/bench_cpu_blas.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,5 @@
+"""`python -m unimap` is the `unimap` command."""
+
+from unimap.cli import main
+
+main()

@@ -1,0 +1,31 @@
+"""The one exception hierarchy of unimap.
+
+Every error a user can cause derives from UnimapError and carries a message that says what went
+wrong and what to do next. The CLI turns these into one line on stderr and an exit code; anything
+else is a bug and keeps its traceback.
+
+    UnimapError
+    ├── ConfigError         a flag or environment variable has a value we cannot use
+    ├── ProbeError          the machine could not be described (unreadable system files, ...)
+    └── BackendError        no usable backend, or the one asked for cannot run here
+"""
+
+from __future__ import annotations
+
+
+class UnimapError(Exception):
+    """Base class of every error unimap raises on purpose."""
+
+    exit_code: int = 2
+
+
+class ConfigError(UnimapError):
+    """A flag or environment variable has a value unimap cannot use."""
+
+
+class ProbeError(UnimapError):
+    """The machine could not be described."""
+
+
+class BackendError(UnimapError):
+    """No usable backend, or the requested backend cannot run on this machine."""

@@ -1,0 +1,105 @@
+"""The probe's result: a frozen, JSON-serialisable description of the machine.
+
+A Machine lists its devices (GPUs first, the CPU last) with the memory a plan may use on each,
+every backend that was considered, and the warnings met on the way. Every number has a note in
+`sources` saying where it came from; None means unknown (and a warning says why). Nothing here
+reads the machine: see probe.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+DeviceKind = Literal["gpu", "cpu"]
+
+
+@dataclass(frozen=True)
+class Device:
+    """One place a layer can live. Sizes in bytes; None = unknown.
+
+    total_bytes      the device's whole memory (for a unified GPU: the RAM it shares)
+    ceiling_bytes    the most the device may ever hold (Metal working set, iGPU fraction x RAM)
+    available_bytes  what is free for us right now, before the reserve
+    reserve_bytes    what we leave alone
+    budget_bytes     what a plan may use: min(ceiling, available) - reserve, never below 0
+    """
+
+    name: str  # "gpu:0", "gpu:1", ..., "cpu"
+    kind: DeviceKind
+    backend: str
+    description: str
+    unified: bool  # shares the host's RAM pool
+    unified_reason: str
+    total_bytes: int | None
+    ceiling_bytes: int | None
+    available_bytes: int | None
+    reserve_bytes: int
+    budget_bytes: int | None
+    wired_limit_bytes: int | None = None  # Metal: the iogpu sysctl setting; 0 = OS default
+    sources: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """A backend found through the `unimap.backends` entry points, viable or not."""
+
+    name: str
+    distribution: str  # the installed package that provides it
+    priority: int | None  # None when not viable
+    reason: str  # why it is not viable; empty when viable
+    selected: bool = False
+
+    @property
+    def viable(self) -> bool:
+        return self.priority is not None
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What memory exists on a machine and how much of it a plan may use."""
+
+    system: str
+    os_name: str
+    arch: str
+    backend: str  # the selected backend
+    backend_source: str
+    ram_total_bytes: int | None
+    ram_available_bytes: int | None
+    swap_total_bytes: int | None
+    swap_free_bytes: int | None
+    cgroup_limit_bytes: int | None
+    devices: tuple[Device, ...]
+    backends: tuple[BackendStatus, ...]
+    sources: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def gpus(self) -> tuple[Device, ...]:
+        return tuple(d for d in self.devices if d.kind == "gpu")
+
+    @property
+    def cpu(self) -> Device:
+        return next(d for d in self.devices if d.kind == "cpu")
+
+    @property
+    def unified(self) -> bool:
+        """True when some GPU shares the host's RAM (Apple Silicon, Jetson, GB10)."""
+        return any(d.unified for d in self.gpus)
+
+    def device(self, name: str) -> Device:
+        for candidate in self.devices:
+            if candidate.name == name:
+                return candidate
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for entry, status in zip(data["backends"], self.backends, strict=True):
+            entry["viable"] = status.viable
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
