@@ -452,3 +452,13 @@ def test_cpu_name_from_cpuinfo_or_sysctl(tmp_path: Path) -> None:
                  ).cpu.description == "x86_64 CPU"
     mac = fake_mac(16 * GiB, 11453251584, 12 * GiB, sysctl={"machdep.cpu.brand_string": "Apple M3 Max"})
     assert probe(mac).cpu.description == "Apple M3 Max"
+
+
+def test_real_torch_without_cuda_is_not_viable() -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    cuda = next(b for b in probe().backends if b.name == "cuda")
+    assert not cuda.viable
+    expected = "CPU-only build" if torch.version.cuda is None else "sees no CUDA device"
+    assert expected in cuda.reason and torch.__version__ in cuda.reason
