@@ -7,6 +7,7 @@ else is a bug and keeps its traceback.
     UnimapError
     ├── ConfigError         a flag or environment variable has a value we cannot use
     ├── ProbeError          the machine could not be described (unreadable system files, ...)
+    ├── ModelError          a model cannot be inspected (missing or corrupt config/headers)
     └── BackendError        no usable backend, or the one asked for cannot run here
 """
 
@@ -25,6 +26,10 @@ class ConfigError(UnimapError):
 
 class ProbeError(UnimapError):
     """The machine could not be described."""
+
+
+class ModelError(UnimapError):
+    """A model cannot be inspected: missing files, corrupt headers, unsupported architecture."""
 
 
 class BackendError(UnimapError):

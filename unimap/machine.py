@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from unimap.settings import Reserves
+
 DeviceKind = Literal["gpu", "cpu"]
 
 
@@ -103,3 +105,53 @@ class Machine:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+
+def gpu_device(
+    name: str, backend: str, description: str, *, unified: bool, unified_reason: str,
+    total_bytes: int | None, ceiling_bytes: int | None, available_bytes: int | None,
+    reserves: Reserves, sources: dict[str, str], wired_limit_bytes: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> Device:
+    """A GPU whose budget follows the one rule: min(ceiling, available) - reserve, at least 0."""
+    reserve, sources["reserve_bytes"] = reserves.gpu_for(ceiling_bytes or 0)
+    room = None if ceiling_bytes is None or available_bytes is None else min(ceiling_bytes,
+                                                                            available_bytes)
+    sources.setdefault("budget_bytes", "min(ceiling, available) - reserve")
+    return Device(name=name, kind="gpu", backend=backend, description=description,
+                  unified=unified, unified_reason=unified_reason, total_bytes=total_bytes,
+                  ceiling_bytes=ceiling_bytes, available_bytes=available_bytes,
+                  reserve_bytes=reserve, budget_bytes=None if room is None else max(0, room - reserve),
+                  wired_limit_bytes=wired_limit_bytes, sources=sources, details=details or {})
+
+
+def cpu_device(
+    description: str, total_bytes: int | None, available_bytes: int | None,
+    ram_sources: dict[str, str], reserves: Reserves, gpus: tuple[Device, ...] | list[Device],
+) -> Device:
+    """The CPU as an offload target. On unified memory its budget is what the GPUs leave."""
+    reserve, reserve_source = reserves.host_for(total_bytes or 0)
+    shared = [g for g in gpus if g.unified]
+    gpu_share = None if any(g.budget_bytes is None for g in shared) else sum(
+        (g.budget_bytes or 0) + g.reserve_bytes for g in shared)
+    if shared:
+        budget_source = "host available - host reserve - unified GPU budget and reserve"
+        reason = "shares RAM with " + ", ".join(g.name for g in shared)
+    else:
+        budget_source, reason = "host available - host reserve", "host RAM"
+    budget = None
+    if available_bytes is not None and gpu_share is not None:
+        budget = max(0, available_bytes - reserve - gpu_share)
+    return Device(
+        name="cpu", kind="cpu", backend="cpu", description=description,
+        unified=bool(shared), unified_reason=reason,
+        total_bytes=total_bytes, ceiling_bytes=total_bytes, available_bytes=available_bytes,
+        reserve_bytes=reserve, budget_bytes=budget,
+        sources={
+            "total_bytes": ram_sources.get("total_bytes", "unknown"),
+            "ceiling_bytes": ram_sources.get("total_bytes", "unknown"),
+            "available_bytes": ram_sources.get("available_bytes", "unknown"),
+            "reserve_bytes": reserve_source,
+            "budget_bytes": budget_source,
+        },
+    )

@@ -11,9 +11,9 @@ from __future__ import annotations
 from unimap.backends import Backend, BackendUnavailable, Found, discover
 from unimap.errors import BackendError
 from unimap.host import Host
-from unimap.hostmem import HostMemory, read_host_memory
-from unimap.machine import BackendStatus, Device, Machine
-from unimap.settings import Reserves, backend_choice, reserves
+from unimap.hostmem import read_host_memory
+from unimap.machine import BackendStatus, Machine, cpu_device
+from unimap.settings import backend_choice, reserves
 
 
 def probe(
@@ -35,7 +35,9 @@ def probe(
         gpus = chosen.devices(host, memory, held, warnings)
     except BackendUnavailable as exc:
         raise BackendError(f"backend {chosen.name!r} cannot describe its devices: {exc}") from None
-    devices = (*gpus, cpu_device(host, memory, held, gpus))
+    cpu = cpu_device(host.cpu_name(), memory.total_bytes, memory.available_bytes,
+                     memory.sources, held, gpus)
+    devices = (*gpus, cpu)
     return Machine(
         system=host.system,
         os_name=host.os_name,
@@ -94,33 +96,3 @@ def select_backend(
     backend = found[pick].backend
     assert backend is not None  # viable implies loaded
     return tuple(statuses), backend
-
-
-def cpu_device(host: Host, memory: HostMemory, held: Reserves, gpus: list[Device]) -> Device:
-    """The CPU as an offload target. On unified memory its budget is what the GPUs leave."""
-    total, available = memory.total_bytes, memory.available_bytes
-    reserve, reserve_source = held.host_for(total or 0)
-    shared = [g for g in gpus if g.unified]
-    gpu_share = None if any(g.budget_bytes is None for g in shared) else sum(
-        (g.budget_bytes or 0) + g.reserve_bytes for g in shared)
-    if shared:
-        budget_source = "host available - host reserve - unified GPU budget and reserve"
-        reason = "shares RAM with " + ", ".join(g.name for g in shared)
-    else:
-        budget_source, reason = "host available - host reserve", "host RAM"
-    budget = None
-    if available is not None and gpu_share is not None:
-        budget = max(0, available - reserve - gpu_share)
-    return Device(
-        name="cpu", kind="cpu", backend="cpu", description=host.cpu_name(),
-        unified=bool(shared), unified_reason=reason,
-        total_bytes=total, ceiling_bytes=total, available_bytes=available,
-        reserve_bytes=reserve, budget_bytes=budget,
-        sources={
-            "total_bytes": memory.sources.get("total_bytes", "unknown"),
-            "ceiling_bytes": memory.sources.get("total_bytes", "unknown"),
-            "available_bytes": memory.sources.get("available_bytes", "unknown"),
-            "reserve_bytes": reserve_source,
-            "budget_bytes": budget_source,
-        },
-    )

@@ -14,7 +14,7 @@ from typing import Any
 from unimap.backends import Backend, BackendUnavailable
 from unimap.host import Host
 from unimap.hostmem import HostMemory
-from unimap.machine import Device
+from unimap.machine import Device, gpu_device
 from unimap.settings import Reserves, igpu_memory_fraction
 
 
@@ -80,20 +80,14 @@ def _integrated(
     ceiling = None if total is None else int(total * fraction)
     available = None if ceiling is None or memory.available_bytes is None else min(
         ceiling, memory.available_bytes)
-    reserve, reserve_source = reserves.gpu_for(ceiling or 0)
-    return Device(
-        name=f"gpu:{index}", kind="gpu", backend="cuda", description=str(props.name),
-        unified=True,
+    return gpu_device(
+        f"gpu:{index}", "cuda", str(props.name), unified=True,
         unified_reason="torch reports is_integrated=1: the GPU uses system RAM",
-        total_bytes=total, ceiling_bytes=ceiling, available_bytes=available,
-        reserve_bytes=reserve,
-        budget_bytes=None if available is None else max(0, available - reserve),
+        total_bytes=total, ceiling_bytes=ceiling, available_bytes=available, reserves=reserves,
         sources={
             "total_bytes": f"host RAM ({memory.sources.get('total_bytes', 'unknown')})",
             "ceiling_bytes": f"fraction {fraction:g} x RAM ({fraction_source})",
             "available_bytes": "min(ceiling, host MemAvailable)",
-            "reserve_bytes": reserve_source,
-            "budget_bytes": "min(ceiling, available) - reserve",
         },
         details=dict(_details(props), memory_fraction=fraction),
     )
@@ -108,18 +102,14 @@ def _discrete(index: int, props: Any, torch: Any, reserves: Reserves, warnings: 
     except Exception as exc:
         warnings.append(f"gpu:{index}: torch.cuda.mem_get_info failed ({exc}): free memory unknown")
         free = None
-    reserve, reserve_source = reserves.gpu_for(total)
-    return Device(
-        name=f"gpu:{index}", kind="gpu", backend="cuda", description=str(props.name),
-        unified=False,
+    return gpu_device(
+        f"gpu:{index}", "cuda", str(props.name), unified=False,
         unified_reason="torch reports is_integrated=0: a discrete GPU with its own memory",
-        total_bytes=total, ceiling_bytes=total, available_bytes=free, reserve_bytes=reserve,
-        budget_bytes=None if free is None else max(0, free - reserve),
+        total_bytes=total, ceiling_bytes=total, available_bytes=free, reserves=reserves,
         sources={
             "total_bytes": "torch get_device_properties total_memory",
             "ceiling_bytes": "torch get_device_properties total_memory",
             "available_bytes": "torch.cuda.mem_get_info free",
-            "reserve_bytes": reserve_source,
             "budget_bytes": "available - reserve",
         },
         details=_details(props),

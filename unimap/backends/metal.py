@@ -13,7 +13,7 @@ from typing import Any
 from unimap.backends import Backend, BackendUnavailable
 from unimap.host import Host
 from unimap.hostmem import HostMemory
-from unimap.machine import Device
+from unimap.machine import Device, gpu_device
 from unimap.settings import Reserves
 from unimap.units import GiB, MiB
 
@@ -60,20 +60,15 @@ class MetalBackend(Backend):
             total, sources["total_bytes"] = memory.total_bytes, memory.sources.get("total_bytes", "")
         wired, key = read_wired_limit(host, warnings)
         sources["wired_limit_bytes"] = f"sysctl {key}" if key else "sysctl (no key answered)"
-        available = _min_known(ceiling, memory.available_bytes)
         sources["available_bytes"] = "min(ceiling, host available)"
-        reserve, sources["reserve_bytes"] = reserves.gpu_for(ceiling or 0)
-        budget = None if available is None or ceiling is None else max(0, available - reserve)
-        sources["budget_bytes"] = "min(ceiling, available) - reserve"
         details = {k: info[k] for k in ("device_name", "architecture", "max_buffer_length") if k in info}
         details["wired_limit_key"] = key
-        name = str(info.get("device_name") or "Apple GPU")
-        return [Device(
-            name="gpu:0", kind="gpu", backend=self.name, description=name, unified=True,
+        return [gpu_device(
+            "gpu:0", self.name, str(info.get("device_name") or "Apple GPU"), unified=True,
             unified_reason="Apple Silicon: CPU and GPU share one pool of RAM",
-            total_bytes=total, ceiling_bytes=ceiling, available_bytes=available,
-            reserve_bytes=reserve, budget_bytes=budget, wired_limit_bytes=wired,
-            sources=sources, details=details,
+            total_bytes=total, ceiling_bytes=ceiling,
+            available_bytes=_min_known(ceiling, memory.available_bytes), reserves=reserves,
+            sources=sources, wired_limit_bytes=wired, details=details,
         )]
 
 

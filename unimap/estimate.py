@@ -1,0 +1,300 @@
+"""estimate -> Estimate: every byte a run will need, as named terms in int bytes.
+
+Weights are exact header bytes (or what MLX's affine quantization / a dtype change makes of them).
+The KV cache follows mlx-lm's layout (KVCache grows in steps of 256 tokens, a growing layer
+briefly holds its old and new buffers; sliding-window layers keep at most window - 1 + one
+prefill chunk) or a paged layout rounded to blocks, optionally quantized. Activations are the
+working set of one prefill chunk (mlx-lm prefills in chunks of 2048 and computes logits for the
+last token only), derived from the shapes; issue 5's benchmark calibrates them against
+mx.get_peak_memory(). No I/O and no mlx here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from unimap.errors import ConfigError
+from unimap.families import Architecture
+from unimap.inspect import ModelSpec, Tensor, dtype_bytes
+
+ISQ_BITS = (2, 3, 4, 5, 6, 8)
+KV_BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZE = 64  # MLX affine quantization's default group, used by mlx-lm and --isq
+KV_STEP_TOKENS = 256  # mlx-lm KVCache.step
+PREFILL_STEP_TOKENS = 2048  # mlx-lm generate_step's prefill_step_size
+FUSED_HEAD_DIMS = (64, 80, 128)  # head dims MLX's fused prefill attention kernel handles
+# Module paths that mlx-lm's quant_predicate keeps at 8 bits (qwen3_moe routers).
+ISQ_EIGHT_BIT_SUFFIXES: dict[str, tuple[str, ...]] = {"qwen3_moe": ("mlp.gate",)}
+
+KvLayout = Literal["mlx-lm", "paged"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """The mapping parameters: what the run must have room for."""
+
+    max_seq_len: int = 4096
+    max_batch_size: int = 1
+    max_num_images: int = 1
+    max_image_length: int = 1024
+    isq: int | None = None
+    dtype: str | None = None  # "bfloat16", "float16", "float32": cast float weights
+    kv_bits: int | None = None
+    kv_layout: KvLayout = "mlx-lm"
+    kv_block_tokens: int = 32  # paged layout only
+    prefill_step_tokens: int = PREFILL_STEP_TOKENS
+
+    def check(self) -> None:
+        for name in ("max_seq_len", "max_batch_size", "max_image_length", "kv_block_tokens",
+                     "prefill_step_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, not {value!r}")
+        if not isinstance(self.max_num_images, int) or self.max_num_images < 0:
+            raise ConfigError(f"max-num-images must be 0 or more, not {self.max_num_images!r}")
+        if self.isq is not None and self.isq not in ISQ_BITS:
+            raise ConfigError(f"--isq {self.isq!r}: MLX quantizes to {', '.join(map(str, ISQ_BITS))} bits")
+        if self.kv_bits is not None and self.kv_bits not in KV_BITS:
+            raise ConfigError(f"--kv-bits {self.kv_bits!r}: use one of {', '.join(map(str, KV_BITS))}")
+        if self.dtype not in (None, "bfloat16", "float16", "float32"):
+            raise ConfigError(f"--dtype {self.dtype!r}: use bfloat16, float16 or float32")
+        if self.kv_layout not in ("mlx-lm", "paged"):
+            raise ConfigError(f"kv layout {self.kv_layout!r}: use 'mlx-lm' or 'paged'")
+
+
+@dataclass(frozen=True)
+class LayerEstimate:
+    index: int
+    kind: str  # "full", "sliding", "recurrent"
+    weight_bytes: int
+    kv_bytes: int  # cache (or recurrent state) at its largest
+
+
+@dataclass(frozen=True)
+class Estimate:
+    options: Options
+    dtype: str  # activation dtype
+    layers: tuple[LayerEstimate, ...]
+    non_mapped_weight_bytes: int  # embeddings, lm_head, final norm, ...
+    vision_weight_bytes: int  # vision tower and projector
+    kv_growth_bytes: int  # transient: one layer's cache while it is copied to grow
+    sequence_tokens: int  # max_seq_len plus the image tokens
+    image_tokens: int
+    activation_terms: dict[str, int] = field(default_factory=dict)  # unfused attention
+    fused_activation_terms: dict[str, int] = field(default_factory=dict)
+    vision_activation_terms: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def weight_bytes(self) -> int:
+        return (sum(layer.weight_bytes for layer in self.layers) + self.non_mapped_weight_bytes
+                + self.vision_weight_bytes)
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(layer.kv_bytes for layer in self.layers)
+
+    def activation_bytes(self, fused: bool = False) -> int:
+        """Peak working set of a prefill chunk (or the vision encoder, when larger)."""
+        terms = self.fused_activation_terms if fused else self.activation_terms
+        return max(_phase_peak(terms), _phase_peak(self.vision_activation_terms))
+
+    def peak_bytes(self, fused: bool = False) -> int:
+        return self.weight_bytes + self.kv_bytes + self.kv_growth_bytes + self.activation_bytes(fused)
+
+
+def _phase_peak(terms: dict[str, int]) -> int:
+    """Terms are named "<phase>/<what>" plus "all/<what>" shared by every phase; the peak is the
+    largest phase plus the shared terms (MLX frees a phase's arrays before the next)."""
+    shared = sum(v for k, v in terms.items() if k.startswith("all/"))
+    phases: dict[str, int] = {}
+    for key, value in terms.items():
+        phase = key.split("/", 1)[0]
+        if phase != "all":
+            phases[phase] = phases.get(phase, 0) + value
+    return shared + max(phases.values(), default=0)
+
+
+def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
+    """Count the bytes of weights, KV cache and activations for `spec` under `options`."""
+    options = options or Options()
+    options.check()
+    if options.isq is not None and spec.quantization is not None:
+        raise ConfigError(f"{spec.source} is already MLX-quantized to {spec.quantization.bits} bits; "
+                          "--isq applies to bf16/fp16/fp32 checkpoints: drop --isq")
+    act_dtype = options.dtype or spec.dtype
+    d = dtype_bytes(act_dtype)
+    arch = spec.arch
+    image_tokens = _image_tokens(arch, options)
+    tokens = options.max_seq_len + image_tokens
+    weights = [0] * arch.num_layers
+    non_mapped = vision = 0
+    for t in spec.tensors:
+        n_bytes = tensor_bytes(t, spec, options, d)
+        if t.layer is not None:
+            weights[t.layer] += n_bytes
+        elif t.part == "vision":
+            vision += n_bytes
+        else:
+            non_mapped += n_bytes
+    chunk = min(options.prefill_step_tokens, max(tokens - 1, 1))
+    kv = [kv_bytes(arch, kind, tokens, chunk, options, d) for kind in arch.layer_kinds]
+    layers = tuple(LayerEstimate(i, kind, weights[i], kv[i])
+                   for i, kind in enumerate(arch.layer_kinds))
+    growth = max((kv[i] for i, k in enumerate(arch.layer_kinds) if k != "recurrent"), default=0)
+    if options.kv_layout == "paged":
+        growth = 0  # preallocated once, never copied
+    return Estimate(
+        options=options, dtype=act_dtype, layers=layers, non_mapped_weight_bytes=non_mapped,
+        vision_weight_bytes=vision, kv_growth_bytes=growth, sequence_tokens=tokens,
+        image_tokens=image_tokens,
+        activation_terms=activation_terms(arch, options, chunk, tokens, d, fused=False),
+        fused_activation_terms=activation_terms(arch, options, chunk, tokens, d,
+                                                fused=arch.head_dim in FUSED_HEAD_DIMS),
+        vision_activation_terms=vision_activation_terms(arch, options, d),
+    )
+
+
+# ---------------------------------------------------------------- weights
+
+
+def isq_applies(t: Tensor) -> bool:
+    """Would mlx-lm's quantize_model quantize this tensor? Linear/Embedding weights whose last
+    dimension is a multiple of the group size; never norms, biases, convolutions or vision."""
+    return (t.part in ("layer", "embed", "lm_head", "other") and t.name.endswith(".weight")
+            and len(t.shape) in (2, 3) and t.dtype in ("BF16", "F16", "F32")
+            and t.shape[-1] % GROUP_SIZE == 0 and "norm" not in t.name.rsplit(".", 2)[-2])
+
+
+def quantized_bytes(n_elements: int, bits: int, scale_bytes: int, group_size: int = GROUP_SIZE) -> int:
+    """MLX affine quantization: packed values plus a scale and a bias per group."""
+    return n_elements * bits // 8 + 2 * (n_elements // group_size) * scale_bytes
+
+
+def tensor_bytes(t: Tensor, spec: ModelSpec, options: Options, act_bytes: int) -> int:
+    if options.isq is not None and isq_applies(t):
+        module = t.name.removesuffix(".weight")
+        eight = ISQ_EIGHT_BIT_SUFFIXES.get(spec.arch.model_type, ())
+        bits = 8 if module.endswith(eight) and eight else options.isq
+        return quantized_bytes(math.prod(t.shape), bits, act_bytes)
+    if options.dtype is not None and t.dtype in ("BF16", "F16", "F32"):
+        return math.prod(t.shape) * act_bytes
+    return t.nbytes
+
+
+# ---------------------------------------------------------------- KV cache
+
+
+def kv_token_bytes(arch: Architecture, options: Options, d: int) -> int:
+    """Bytes one token adds to one attention layer's cache, keys and values, whole batch."""
+    per_head = arch.head_dim * d
+    if options.kv_bits is not None:  # mlx-lm QuantizedKVCache: packed + scale and bias per group
+        per_head = quantized_bytes(arch.head_dim, options.kv_bits, d)
+    return 2 * options.max_batch_size * arch.num_kv_heads * per_head
+
+
+def cached_tokens(kind: str, tokens: int, chunk: int, window: int | None, options: Options) -> int:
+    if options.kv_layout == "paged":
+        held = tokens if kind == "full" else min(tokens, window or tokens)
+        return _round_up(held, options.kv_block_tokens)
+    full = _round_up(tokens, KV_STEP_TOKENS)
+    if kind == "full" or window is None:
+        return full
+    # RotatingKVCache concatenates a whole prefill chunk onto window - 1 kept tokens
+    return min(full, max(window, window - 1 + chunk))
+
+
+def kv_bytes(arch: Architecture, kind: str, tokens: int, chunk: int, options: Options, d: int) -> int:
+    if kind == "recurrent":  # lfm2 short-conv state: (batch, L_cache - 1, hidden)
+        return options.max_batch_size * arch.conv_cache_tokens * arch.hidden_size * d
+    held = cached_tokens(kind, tokens, chunk, arch.sliding_window, options)
+    return held * kv_token_bytes(arch, options, d)
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+# ---------------------------------------------------------------- activations
+
+
+def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: int, d: int,
+                     fused: bool) -> dict[str, int]:
+    """One prefill chunk through one decoder layer, plus the last token's logits.
+
+    Shapes: x (B, L, hidden); q (B, L, heads*head_dim); k, v (B, L, kv_heads*head_dim);
+    unfused attention scores (B, heads, L, L_kv) and their softmax; MLP intermediate (B, L, I)
+    for gate, up and their product (MoE: I = experts_per_token x expert I, plus router logits).
+    """
+    b, h = options.max_batch_size, arch.hidden_size
+    bl = b * chunk
+    q_width, kv_width = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
+    keys = min(tokens, _round_up(tokens, KV_STEP_TOKENS))
+    if arch.sliding_window is not None and all(k != "full" for k in arch.layer_kinds):
+        keys = min(keys, arch.sliding_window - 1 + chunk)
+    terms = {
+        "all/residual": bl * h * d,  # the layer's input, kept for the residual add
+        "all/normed": bl * h * d,
+        "attention/qkv": bl * (q_width + 2 * kv_width) * d,
+        "attention/rope": bl * (q_width + kv_width) * d,  # rotated q and k are new arrays
+        "attention/output": bl * q_width * d,
+        "mlp/intermediate": 3 * bl * _mlp_width(arch) * d,
+        "mlp/output": bl * h * d,
+        "all/logits": b * arch.vocab_size * (d + 4 + 4),  # logits, fp32 logsumexp and logprobs
+    }
+    if arch.moe is not None:
+        terms["mlp/router"] = bl * arch.moe.num_experts * 4
+    if not fused:  # scores and their softmax, plus the causal mask
+        terms["attention/scores"] = 2 * b * arch.num_heads * chunk * keys * d + chunk * keys
+    return terms
+
+
+def _mlp_width(arch: Architecture) -> int:
+    if arch.moe is None or not any(arch.moe.sparse_layers):
+        return arch.intermediate_size
+    moe = arch.moe
+    sparse = moe.experts_per_token * moe.expert_intermediate_size + moe.shared_intermediate_size
+    dense = arch.intermediate_size if not all(moe.sparse_layers) else 0
+    return max(sparse, dense)
+
+
+def _image_patches(arch: Architecture, options: Options) -> int:
+    """Encoder patches per image: fixed encoders resize; qwen2_vl keeps the resolution (square
+    image of max_image_length, rounded to whole merged patches)."""
+    v = arch.vision
+    if v is None:
+        return 0
+    if v.kind == "fixed":
+        return (v.image_size or 0) // v.patch_size * ((v.image_size or 0) // v.patch_size)
+    unit = v.patch_size * v.merge_size
+    side = _round_up(options.max_image_length, unit) // v.patch_size
+    return side * side
+
+
+def _image_tokens(arch: Architecture, options: Options) -> int:
+    v = arch.vision
+    if v is None or options.max_num_images == 0:
+        return 0
+    per_image = v.tokens_per_image if v.kind == "fixed" else _image_patches(arch, options) // (
+        v.merge_size * v.merge_size)
+    return options.max_num_images * (per_image or 0)
+
+
+def vision_activation_terms(arch: Architecture, options: Options, d: int) -> dict[str, int]:
+    """The vision encoder over all images: hidden states, qkv, per-image attention scores
+    (unfused, one image at a time) and the MLP intermediate."""
+    v = arch.vision
+    if v is None or options.max_num_images == 0:
+        return {}
+    n = _image_patches(arch, options)
+    p = options.max_num_images * n
+    pixels = p * 3 * v.patch_size * v.patch_size * v.temporal_patch_size
+    return {
+        "all/pixels": pixels * 4,  # float32 pixel values in patch layout
+        "all/hidden": 2 * p * v.hidden_size * d,
+        "vision-attention/qkv": 3 * p * v.hidden_size * d,
+        "vision-attention/scores": 2 * v.num_heads * n * n * d,
+        "vision-mlp/intermediate": 2 * p * v.intermediate_size * d,
+        "all/image-embeddings": options.max_num_images * n * arch.hidden_size * d,
+    }

@@ -1,0 +1,257 @@
+"""Model families unimap can plan: how each reads its config.json.
+
+Each supported `model_type` maps to a reader that turns the raw config (and, for vision-language
+models, its `text_config` and `vision_config`) into an Architecture: the few numbers the
+estimate needs, with the same defaults and per-layer cache kinds that mlx-lm's model file uses.
+Unknown keys are ignored (as mlx-lm's BaseModelArgs.from_dict does); a missing or mistyped key
+that we need is a ModelError naming it. Pure functions over dicts: no I/O, no mlx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from unimap.errors import ModelError
+
+LayerKind = str  # "full" (KV cache grows), "sliding" (KV bounded by a window), "recurrent" (fixed state)
+
+
+@dataclass(frozen=True)
+class Moe:
+    num_experts: int
+    experts_per_token: int
+    expert_intermediate_size: int
+    shared_intermediate_size: int  # 0 when there is no shared expert
+    sparse_layers: tuple[bool, ...]  # which decoder layers are MoE (others are dense MLPs)
+
+
+@dataclass(frozen=True)
+class Vision:
+    """The vision encoder's shape, enough to size its activations and the image tokens."""
+
+    kind: str  # "qwen2_vl" (dynamic resolution) or "fixed" (resized to image_size)
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    patch_size: int
+    merge_size: int  # patches merged per side before the language model (qwen2_vl)
+    image_size: int | None  # fixed-resolution encoders
+    tokens_per_image: int | None  # language-model tokens per image for fixed encoders
+    temporal_patch_size: int = 1
+
+
+@dataclass(frozen=True)
+class Architecture:
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    layer_kinds: tuple[LayerKind, ...]
+    sliding_window: int | None
+    tie_word_embeddings: bool
+    torch_dtype: str | None
+    moe: Moe | None = None
+    conv_cache_tokens: int = 0  # recurrent conv layers (lfm2): tokens of state kept per layer
+    vision: Vision | None = None
+
+
+def _need(cfg: Mapping[str, Any], key: str, where: str, kind: type = int) -> Any:
+    if key not in cfg or cfg[key] is None:
+        raise ModelError(f"{where}: missing {key!r}; the config is incomplete for this model type")
+    return _typed(cfg[key], key, where, kind)
+
+
+def _opt(cfg: Mapping[str, Any], key: str, where: str, default: Any, kind: type = int) -> Any:
+    value = cfg.get(key)
+    return default if value is None else _typed(value, key, where, kind)
+
+
+def _typed(value: Any, key: str, where: str, kind: type) -> Any:
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is int and ok and value < 0:
+        ok = False
+    if not ok:
+        wanted = "non-negative integer" if kind is int else kind.__name__
+        raise ModelError(f"{where}: {key!r} should be a {wanted}, not {value!r}")
+    return value
+
+
+def _dense(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    layers = _need(cfg, "num_hidden_layers", where)
+    hidden = _need(cfg, "hidden_size", where)
+    heads = _need(cfg, "num_attention_heads", where)
+    if heads == 0 or layers == 0:
+        raise ModelError(f"{where}: num_attention_heads and num_hidden_layers must be positive")
+    return Architecture(
+        model_type=model_type,
+        num_layers=layers,
+        hidden_size=hidden,
+        intermediate_size=_need(cfg, "intermediate_size", where),
+        vocab_size=_need(cfg, "vocab_size", where),
+        num_heads=heads,
+        num_kv_heads=_opt(cfg, "num_key_value_heads", where, heads),
+        head_dim=_opt(cfg, "head_dim", where, hidden // heads),
+        layer_kinds=("full",) * layers,
+        sliding_window=None,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+    )
+
+
+def _with(arch: Architecture, **changes: Any) -> Architecture:
+    return Architecture(**{**arch.__dict__, **changes})
+
+
+def _llama(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    """llama and mistral (mlx-lm runs mistral as llama): sliding only where layer_types says."""
+    arch = _dense(cfg, model_type, where)
+    types = cfg.get("layer_types")
+    if types is None:
+        return arch
+    kinds = _layer_types(types, arch.num_layers, where, {"full_attention": "full",
+                                                        "sliding_attention": "sliding"})
+    window = _need(cfg, "sliding_window", where) if "sliding" in kinds else None
+    return _with(arch, layer_kinds=kinds, sliding_window=window)
+
+
+def _layer_types(types: Any, layers: int, where: str, names: Mapping[str, str]) -> tuple[str, ...]:
+    if not isinstance(types, list) or len(types) != layers:
+        raise ModelError(f"{where}: 'layer_types' should list one entry per layer ({layers})")
+    unknown = sorted({t for t in types if t not in names})
+    if unknown:
+        raise ModelError(f"{where}: unknown layer_types {unknown}; known: {sorted(names)}")
+    return tuple(names[t] for t in types)
+
+
+def _gemma3_text(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    # mlx-lm's gemma3_text defaults; every `pattern`-th layer is global, the rest slide.
+    filled = {"head_dim": 256, "num_attention_heads": 8, "num_key_value_heads": 4,
+              "vocab_size": 262208, **{k: v for k, v in cfg.items() if v is not None}}
+    arch = _dense(filled, model_type, where)
+    pattern = _opt(cfg, "sliding_window_pattern", where, 6)
+    window = _opt(cfg, "sliding_window", where, 512)
+    if pattern == 0:
+        raise ModelError(f"{where}: 'sliding_window_pattern' must be positive")
+    kinds = tuple("full" if i % pattern == pattern - 1 else "sliding" for i in range(arch.num_layers))
+    return _with(arch, layer_kinds=kinds, sliding_window=window,
+                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)))
+
+
+def _mixtral(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    arch = _dense(cfg, model_type, where)
+    moe = Moe(num_experts=_need(cfg, "num_local_experts", where),
+              experts_per_token=_need(cfg, "num_experts_per_tok", where),
+              expert_intermediate_size=arch.intermediate_size, shared_intermediate_size=0,
+              sparse_layers=(True,) * arch.num_layers)
+    return _with(arch, moe=moe)
+
+
+def _qwen3_moe(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    arch = _dense(cfg, model_type, where)
+    step = _opt(cfg, "decoder_sparse_step", where, 1)
+    dense_only = set(cfg.get("mlp_only_layers") or [])
+    sparse = tuple(i not in dense_only and step > 0 and (i + 1) % step == 0
+                   for i in range(arch.num_layers))
+    moe = Moe(num_experts=_need(cfg, "num_experts", where),
+              experts_per_token=_need(cfg, "num_experts_per_tok", where),
+              expert_intermediate_size=_need(cfg, "moe_intermediate_size", where),
+              shared_intermediate_size=0, sparse_layers=sparse)
+    return _with(arch, moe=moe)
+
+
+def _lfm2(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    filled = dict(cfg)
+    filled.setdefault("intermediate_size", cfg.get("block_ff_dim"))
+    arch = _dense(filled, model_type, where)
+    types = cfg.get("layer_types")
+    if types is None:
+        full = set(cfg.get("full_attn_idxs") or [])
+        types = ["full_attention" if i in full else "conv" for i in range(arch.num_layers)]
+    kinds = _layer_types(types, arch.num_layers, where, {"full_attention": "full", "conv": "recurrent"})
+    return _with(arch, layer_kinds=kinds, conv_cache_tokens=_need(cfg, "conv_L_cache", where) - 1,
+                 tie_word_embeddings=bool(cfg.get("tie_embedding", cfg.get("tie_word_embeddings", True))))
+
+
+def _qwen2_vl(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    text = cfg.get("text_config") or cfg  # Qwen2-VL keeps the text fields at the top level
+    arch = _dense(text, model_type, where)
+    v = cfg.get("vision_config")
+    if not isinstance(v, dict):
+        raise ModelError(f"{where}: a {model_type} config needs a 'vision_config' object")
+    vw = f"{where} vision_config"
+    hidden = _opt(v, "hidden_size", vw, None) if model_type == "qwen2_5_vl" else None
+    hidden = hidden or _need(v, "embed_dim", vw)
+    vision = Vision(kind="qwen2_vl", num_layers=_need(v, "depth", vw), hidden_size=hidden,
+                    intermediate_size=_opt(v, "intermediate_size", vw, hidden * _opt(v, "mlp_ratio", vw, 4)),
+                    num_heads=_need(v, "num_heads", vw), patch_size=_opt(v, "patch_size", vw, 14),
+                    merge_size=_opt(v, "spatial_merge_size", vw, 2), image_size=None,
+                    tokens_per_image=None, temporal_patch_size=_opt(v, "temporal_patch_size", vw, 2))
+    tie = bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+    return _with(arch, vision=vision, tie_word_embeddings=tie)
+
+
+def _fixed_vision(cfg: Mapping[str, Any], where: str, tokens_key: str | None) -> Vision:
+    v = cfg.get("vision_config")
+    if not isinstance(v, dict):
+        raise ModelError(f"{where}: a vision-language config needs a 'vision_config' object")
+    vw = f"{where} vision_config"
+    size, patch = _need(v, "image_size", vw), _need(v, "patch_size", vw)
+    if patch == 0:
+        raise ModelError(f"{vw}: 'patch_size' must be positive")
+    tokens = _opt(cfg, tokens_key, where, (size // patch) ** 2) if tokens_key else (size // patch) ** 2
+    return Vision(kind="fixed", num_layers=_need(v, "num_hidden_layers", vw),
+                  hidden_size=_need(v, "hidden_size", vw),
+                  intermediate_size=_need(v, "intermediate_size", vw),
+                  num_heads=_need(v, "num_attention_heads", vw), patch_size=patch, merge_size=1,
+                  image_size=size, tokens_per_image=tokens)
+
+
+def _gemma3(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    if "vision_config" not in cfg:  # a text-only checkpoint saved under the gemma3 type
+        return _gemma3_text(cfg.get("text_config") or cfg, model_type, where)
+    arch = _gemma3_text(cfg.get("text_config") or {}, model_type, f"{where} text_config")
+    return _with(arch, vision=_fixed_vision(cfg, where, "mm_tokens_per_image"))
+
+
+def _llava(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        raise ModelError(f"{where}: a llava config needs a 'text_config' object")
+    arch = _llama(text, model_type, f"{where} text_config")
+    return _with(arch, vision=_fixed_vision(cfg, where, None))
+
+
+READERS: dict[str, Callable[[Mapping[str, Any], str, str], Architecture]] = {
+    "llama": _llama,
+    "mistral": _llama,
+    "qwen2": _dense,
+    "qwen3": _dense,
+    "phi3": _dense,
+    "gemma3_text": _gemma3_text,
+    "gemma3": _gemma3,
+    "mixtral": _mixtral,
+    "qwen3_moe": _qwen3_moe,
+    "lfm2": _lfm2,
+    "qwen2_vl": _qwen2_vl,
+    "qwen2_5_vl": _qwen2_vl,
+    "llava": _llava,
+}
+
+
+def read_architecture(cfg: Mapping[str, Any], where: str) -> Architecture:
+    """The Architecture of a config.json; ModelError for unknown or incomplete configs."""
+    model_type = cfg.get("model_type")
+    if not isinstance(model_type, str):
+        raise ModelError(f"{where}: no 'model_type' string; is this a Hugging Face model config?")
+    reader = READERS.get(model_type)
+    if reader is None:
+        raise ModelError(f"{where}: model_type {model_type!r} is not supported; supported: "
+                         f"{', '.join(sorted(READERS))}")
+    return reader(cfg, model_type, where)

@@ -1,0 +1,146 @@
+"""Read and check safetensors headers, never tensor data.
+
+The format: 8 bytes little-endian u64 N, then N bytes of JSON mapping each tensor name to
+{"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the first byte after the
+header), plus an optional "__metadata__" of strings; tensor data follows. Reading a header costs
+one small read, so a sparse file with a valid header and no data inspects fine. Every way a
+header can lie (length past the end of the file, bad JSON, unknown dtype, offsets out of range or
+overlapping, sizes that disagree with shape x dtype) is a ModelError naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unimap.errors import ModelError
+
+# bytes per element of every dtype safetensors defines with a whole-byte width
+DTYPE_BYTES: dict[str, int] = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger headers too
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """One tensor as its header describes it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # data offsets, relative to the end of the header
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorHeader], dict[str, str]]:
+    """Tensors and metadata of one .safetensors file, checked against the file's size."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise ModelError(f"{path}: truncated safetensors file ({size} bytes; the header "
+                                 "length alone takes 8). Re-download the file.")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > MAX_HEADER_BYTES or 8 + length > size:
+                raise ModelError(f"{path}: header length {length} runs past the end of the file "
+                                 f"({size} bytes): the file is truncated or not safetensors. "
+                                 "Re-download it.")
+            raw = f.read(length)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) < length:
+        raise ModelError(f"{path}: truncated header ({len(raw)} of {length} bytes). Re-download it.")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: the safetensors header is not valid JSON ({exc}). "
+                         "Re-download the file.") from None
+    return parse_header(header, str(path), data_bytes=size - 8 - length)
+
+
+def parse_header(
+    header: Any, where: str, data_bytes: int | None = None
+) -> tuple[dict[str, TensorHeader], dict[str, str]]:
+    """Check a decoded header. `data_bytes` (the data section's size) is None when unknown,
+    as for headers fetched from the Hugging Face Hub."""
+    if not isinstance(header, dict):
+        raise ModelError(f"{where}: the safetensors header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, Mapping):
+        raise ModelError(f"{where}: __metadata__ is not an object")
+    tensors = {name: _entry(name, entry, where) for name, entry in header.items()
+               if name != "__metadata__"}
+    _check_layout(tensors, where, data_bytes)
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _entry(name: str, entry: Any, where: str) -> TensorHeader:
+    if not isinstance(entry, dict):
+        raise ModelError(f"{where}: tensor {name!r} is not described by an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        known = ", ".join(DTYPE_BYTES)
+        raise ModelError(f"{where}: tensor {name!r} has unknown dtype {dtype!r} (known: {known})")
+    if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+        raise ModelError(f"{where}: tensor {name!r} has an invalid shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise ModelError(f"{where}: tensor {name!r} has invalid data_offsets {offsets!r}")
+    tensor = TensorHeader(name, dtype, tuple(shape), offsets[0], offsets[1])
+    expected = math.prod(tensor.shape) * DTYPE_BYTES[dtype]
+    if tensor.nbytes != expected:
+        raise ModelError(f"{where}: tensor {name!r} spans {tensor.nbytes} bytes but shape "
+                         f"{list(tensor.shape)} of {dtype} needs {expected}: the header is corrupt")
+    return tensor
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_layout(tensors: dict[str, TensorHeader], where: str, data_bytes: int | None) -> None:
+    previous: TensorHeader | None = None
+    for tensor in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
+        if data_bytes is not None and tensor.end > data_bytes:
+            raise ModelError(f"{where}: tensor {tensor.name!r} ends at byte {tensor.end} of the "
+                             f"data section, which has only {data_bytes}: the file is truncated. "
+                             "Re-download it.")
+        if previous is not None and tensor.begin < previous.end and tensor.nbytes > 0:
+            raise ModelError(f"{where}: tensors {previous.name!r} and {tensor.name!r} overlap "
+                             f"(bytes {tensor.begin}-{previous.end}): the header is corrupt")
+        if tensor.nbytes > 0:
+            previous = tensor
+
+
+def write_header(path: Path, tensors: Mapping[str, tuple[str, tuple[int, ...]]],
+                 metadata: Mapping[str, str] | None = None) -> int:
+    """Write a sparse safetensors file: a real header, and data that is only a hole.
+
+    Used by tests and tools to build fixtures of any size on a small disk. Returns the file size.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the reference writer pads to 8 bytes
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+    return 8 + len(raw) + offset

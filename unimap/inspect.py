@@ -1,0 +1,275 @@
+"""inspect -> ModelSpec: what a model is made of, from config.json and safetensors headers.
+
+Works on a local folder (one .safetensors file or shards listed in model.safetensors.index.json)
+and on a Hugging Face repo id (a cached snapshot is read from disk; otherwise config.json is
+fetched and the headers are read with the Hub's header-only metadata call). Tensor data is never
+read. Each tensor is assigned to a decoder layer (the integer after `layers.`), to the vision
+tower, or to the non-mapped rest. Bad input is a ModelError that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unimap.errors import ModelError
+from unimap.families import Architecture, read_architecture
+from unimap.headers import DTYPE_BYTES, TensorHeader, parse_header, read_header
+
+INDEX_FILE = "model.safetensors.index.json"
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_VISION = re.compile(r"(?:^|\.)(vision_tower|visual|vision_model|vision_encoder|multi_modal_projector|"
+                     r"mm_projector|image_newline)(?:\.|$)")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+FLOAT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # safetensors dtype: "BF16", "U32", ...
+    shape: tuple[int, ...]
+    nbytes: int
+    file: str
+    layer: int | None  # decoder layer index; None for non-mapped tensors
+    part: str  # "layer", "vision", "embed", "lm_head", "other"
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """An MLX-quantized checkpoint's `quantization` config entry."""
+
+    group_size: int
+    bits: int
+    mode: str = "affine"
+    overrides: dict[str, Any] = field(default_factory=dict)  # module path -> params or False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source: str
+    where: str  # "local" or "hub"
+    arch: Architecture
+    tensors: tuple[Tensor, ...]
+    dtype: str  # activation dtype: "bfloat16", "float16" or "float32"
+    quantization: Quantization | None
+    config: dict[str, Any]
+
+    @property
+    def num_layers(self) -> int:
+        return self.arch.num_layers
+
+    def layer_weight_bytes(self) -> tuple[int, ...]:
+        """Exact header bytes of each decoder layer."""
+        sizes = [0] * self.arch.num_layers
+        for t in self.tensors:
+            if t.layer is not None:
+                sizes[t.layer] += t.nbytes
+        return tuple(sizes)
+
+    def part_bytes(self, part: str) -> int:
+        return sum(t.nbytes for t in self.tensors if t.part == part)
+
+
+def inspect(model: str | Path) -> ModelSpec:
+    """Read a model's config and safetensors headers: a local folder or a Hub repo id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return _local(path, str(model))
+    if path.exists():
+        raise ModelError(f"{model}: is a file; pass the model's folder (with config.json and "
+                         ".safetensors files)")
+    if _REPO_ID.match(str(model)):
+        return _hub(str(model))
+    raise ModelError(f"{model}: no such folder, and not a Hugging Face repo id (owner/name)")
+
+
+# ---------------------------------------------------------------- local folders
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    config_path = path / "config.json"
+    try:
+        text = config_path.read_text()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no config.json; pass the folder of a Hugging Face or MLX "
+                         "model") from None
+    except OSError as exc:
+        raise ModelError(f"{config_path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{config_path}: invalid JSON ({exc}); fix or re-download it") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{config_path}: expected a JSON object")
+    return config
+
+
+def _local(path: Path, source: str) -> ModelSpec:
+    config = read_config(path)
+    files = _weight_files(path)
+    headers: dict[str, tuple[TensorHeader, str]] = {}
+    for file in files:
+        tensors, _ = read_header(path / file)
+        for name, tensor in tensors.items():
+            if name in headers:
+                raise ModelError(f"{path}: tensor {name!r} is in both {headers[name][1]} and {file}")
+            headers[name] = (tensor, file)
+    _check_index(path, headers)
+    return build_spec(source, "local", config, headers, str(path / "config.json"))
+
+
+def _weight_files(path: Path) -> list[str]:
+    index = path / INDEX_FILE
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{index}: not a valid safetensors index ({exc!r})") from None
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            raise ModelError(f"{path}: {INDEX_FILE} lists {', '.join(missing)}, which "
+                             "is missing; finish the download")
+        return files
+    files = sorted(p.name for p in path.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{path}: no .safetensors files (unimap reads safetensors headers; for a "
+                         "GGUF file pass the .gguf path)")
+    return files
+
+
+def _check_index(path: Path, headers: dict[str, tuple[TensorHeader, str]]) -> None:
+    index = path / INDEX_FILE
+    if not index.exists():
+        return
+    for name, file in json.loads(index.read_text())["weight_map"].items():
+        if name not in headers or headers[name][1] != file:
+            raise ModelError(f"{index}: says {name!r} is in {file}, but that file's header does "
+                             "not list it; the download is inconsistent")
+
+
+# ---------------------------------------------------------------- the Hugging Face Hub
+
+
+def _hub(repo_id: str) -> ModelSpec:
+    import huggingface_hub as hf
+    from huggingface_hub import errors
+
+    try:
+        cached = hf.snapshot_download(repo_id, local_files_only=True,
+                                      allow_patterns=["*.json", "*.safetensors"])
+        if (Path(cached) / "config.json").exists() and _complete(Path(cached)):
+            return _local(Path(cached), repo_id)
+    except (errors.LocalEntryNotFoundError, OSError, ValueError):
+        pass  # not cached: ask the Hub
+    try:
+        config = read_config(Path(hf.hf_hub_download(repo_id, "config.json")).parent)
+        meta = hf.get_safetensors_metadata(repo_id)
+    except errors.GatedRepoError:
+        raise ModelError(f"{repo_id}: gated on the Hugging Face Hub; accept its licence on the "
+                         "model page and log in (`hf auth login`)") from None
+    except errors.RepositoryNotFoundError:
+        raise ModelError(f"{repo_id}: no such model on the Hugging Face Hub (or it is private: "
+                         "log in with `hf auth login`)") from None
+    except errors.NotASafetensorsRepoError:
+        raise ModelError(f"{repo_id}: has no safetensors weights; unimap reads safetensors "
+                         "headers (or a local .gguf file)") from None
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, errors.HfHubHTTPError,
+            OSError) as exc:
+        raise ModelError(f"{repo_id}: cannot reach the Hugging Face Hub ({type(exc).__name__}); "
+                         "check the network, or download the model and pass its folder") from None
+    headers: dict[str, tuple[TensorHeader, str]] = {}
+    for file, file_meta in meta.files_metadata.items():
+        raw = {name: {"dtype": info.dtype, "shape": list(info.shape),
+                      "data_offsets": list(info.data_offsets)}
+               for name, info in file_meta.tensors.items()}
+        tensors, _ = parse_header(raw, f"{repo_id}/{file}")
+        headers.update({name: (tensor, file) for name, tensor in tensors.items()})
+    return build_spec(repo_id, "hub", config, headers, f"{repo_id}/config.json")
+
+
+def _complete(folder: Path) -> bool:
+    try:
+        return bool(_weight_files(folder))
+    except ModelError:
+        return False
+
+
+# ---------------------------------------------------------------- from headers to a spec
+
+
+def build_spec(source: str, where: str, config: dict[str, Any],
+               headers: dict[str, tuple[TensorHeader, str]], config_where: str) -> ModelSpec:
+    arch = read_architecture(config, config_where)
+    quant = _quantization(config, config_where)
+    tensors = tuple(_classify(h, file, arch, source) for h, file in headers.values())
+    if not tensors:
+        raise ModelError(f"{source}: the safetensors files hold no tensors")
+    empty = [i for i, n in enumerate(ModelSpec(source, where, arch, tensors, "", quant, config)
+                                     .layer_weight_bytes()) if n == 0]
+    if empty:
+        raise ModelError(f"{source}: config.json says {arch.num_layers} layers but the weights have "
+                         f"no tensors for layer(s) {_ranges(empty)}; config and weights disagree")
+    return ModelSpec(source, where, arch, tensors, _dtype(arch, quant, tensors), quant, config)
+
+
+def _classify(h: TensorHeader, file: str, arch: Architecture, source: str) -> Tensor:
+    if _VISION.search(h.name):
+        return Tensor(h.name, h.dtype, h.shape, h.nbytes, file, None, "vision")
+    match = _LAYER.search(h.name)
+    if match:
+        index = int(match.group(1))
+        if index >= arch.num_layers:
+            raise ModelError(f"{source}: tensor {h.name!r} belongs to layer {index}, but config.json "
+                             f"says num_hidden_layers={arch.num_layers}; config and weights disagree")
+        return Tensor(h.name, h.dtype, h.shape, h.nbytes, file, index, "layer")
+    part = ("embed" if "embed_tokens" in h.name or h.name.endswith("wte.weight")
+            else "lm_head" if "lm_head" in h.name else "other")
+    return Tensor(h.name, h.dtype, h.shape, h.nbytes, file, None, part)
+
+
+def _quantization(config: dict[str, Any], where: str) -> Quantization | None:
+    q = config.get("quantization")
+    if q is None:
+        qc = config.get("quantization_config")
+        if isinstance(qc, dict) and "group_size" in qc and "bits" in qc and "quant_method" not in qc:
+            q = qc
+        elif isinstance(qc, dict):
+            method = qc.get("quant_method", "unknown")
+            raise ModelError(f"{where}: {method!r} quantization is not something MLX loads; use the "
+                             "original bf16 checkpoint (optionally with --isq) or an MLX-quantized one")
+    if q is None:
+        return None
+    if not isinstance(q, dict) or not isinstance(q.get("group_size"), int) or not isinstance(
+            q.get("bits"), int):
+        raise ModelError(f"{where}: 'quantization' needs integer 'group_size' and 'bits'")
+    overrides = {k: v for k, v in q.items() if isinstance(v, dict | bool)}
+    return Quantization(q["group_size"], q["bits"], str(q.get("mode", "affine")), overrides)
+
+
+def _dtype(arch: Architecture, quant: Quantization | None, tensors: tuple[Tensor, ...]) -> str:
+    """The activation dtype: config's torch_dtype, else the dtype most float bytes use."""
+    if arch.torch_dtype is not None and arch.torch_dtype in FLOAT_DTYPES.values():
+        return arch.torch_dtype
+    by_dtype: dict[str, int] = {}
+    for t in tensors:
+        if t.dtype in FLOAT_DTYPES:
+            by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + t.nbytes
+    if not by_dtype:
+        return "float32"
+    return FLOAT_DTYPES[max(by_dtype, key=lambda d: by_dtype[d])]
+
+
+def _ranges(indices: list[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:8])
+    return shown + (f" and {len(indices) - 8} more" if len(indices) > 8 else "")
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of an activation dtype name ("bfloat16") or safetensors name ("BF16")."""
+    names = {v: k for k, v in FLOAT_DTYPES.items()}
+    return DTYPE_BYTES[names.get(dtype, dtype)]
