@@ -5,10 +5,14 @@ The public surface is `__all__`; everything else is private and may change.
 
 from __future__ import annotations
 
+from unimap.api import plan
 from unimap.backends import Backend, BackendUnavailable
-from unimap.errors import BackendError, ConfigError, ProbeError, UnimapError
+from unimap.errors import BackendError, ConfigError, ModelError, ProbeError, UnimapError
+from unimap.estimate import Estimate, Options, estimate
 from unimap.host import Host
+from unimap.inspect import ModelSpec, inspect
 from unimap.machine import BackendStatus, Device, Machine
+from unimap.plan import DoesNotFitError, Plan
 from unimap.probe import probe
 
 __version__ = "0.1.0"
@@ -20,10 +24,19 @@ __all__ = [
     "BackendUnavailable",
     "ConfigError",
     "Device",
+    "DoesNotFitError",
+    "Estimate",
     "Host",
     "Machine",
+    "ModelError",
+    "ModelSpec",
+    "Options",
+    "Plan",
     "ProbeError",
     "UnimapError",
     "__version__",
+    "estimate",
+    "inspect",
+    "plan",
     "probe",
 ]

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from unimap import __version__
+from unimap.api import plan as make_plan
+from unimap.api import resolve_machine
 from unimap.doctor import Report, diagnose
 from unimap.errors import UnimapError
 from unimap.host import Host
 from unimap.machine import Machine
+from unimap.machines import PRESETS
+from unimap.plan import DoesNotFitError, Plan
 from unimap.probe import probe
+from unimap.render import layer_span, memory_bar
 from unimap.units import format_bytes
 
 _MARK = {"ok": "[green]ok[/]", "info": "[cyan]info[/]", "warn": "[yellow]WARN[/]",
@@ -73,7 +80,7 @@ def doctor(ctx: click.Context, as_json: bool, backend: str | None, gpu_reserve: 
 
 
 def _width() -> int | None:
-    return None if sys.stdout.isatty() else 110
+    return None if sys.stdout.isatty() else 120
 
 
 def _render_doctor(report: Report, console: Console) -> None:
@@ -134,6 +141,122 @@ def _print_checks(report: Report, console: Console) -> None:
                       f"{escape(check.message)}", soft_wrap=True)
         if check.advice:
             console.print(f"  {'':5} {'':<{width}}  -> {escape(check.advice)}", soft_wrap=True)
+
+
+@cli.command("plan")
+@click.argument("model_arg", required=False, metavar="[MODEL]")
+@click.option("-m", "--model", help="Model folder, Hugging Face repo id (owner/name).")
+@click.option("--max-seq-len", type=int, default=4096, show_default=True,
+              help="Tokens of context to make room for (prompt plus output).")
+@click.option("--max-batch-size", type=int, default=1, show_default=True)
+@click.option("--max-num-images", type=int, default=1, show_default=True,
+              help="Images per request to make room for (vision-language models).")
+@click.option("--max-image-length", type=int, default=1024, show_default=True,
+              help="Longest image edge in pixels to make room for.")
+@click.option("--isq", type=int, help="Quantize weights in situ to 2, 3, 4, 5, 6 or 8 bits.")
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]),
+              help="Cast floating-point weights to this dtype.")
+@click.option("--kv-bits", type=int, help="Quantize the KV cache to this many bits.")
+@click.option("--kv-layout", type=click.Choice(["mlx-lm", "paged"]), default="mlx-lm",
+              show_default=True, help="mlx-lm's growing cache, or one preallocated in blocks.")
+@click.option("-n", "--device-map", "device_map",
+              help='Deprecated manual map: "16" (layers on GPU 0) or "0:16;1:16".')
+@click.option("--machine", "machine_name", metavar="NAME",
+              help="Plan for a preset machine instead of this one (see --list-machines).")
+@click.option("--list-machines", is_flag=True, help="List the machine presets and exit.")
+@click.option("--ram", metavar="SIZE", help="What if the machine had this much RAM (e.g. 48GB)?")
+@click.option("--gpu-budget", metavar="SIZE", help="What if the first GPU could use this much?")
+@click.option("--gpu-reserve", metavar="SIZE", help="Memory to leave free on each GPU.")
+@click.option("--host-reserve", metavar="SIZE", help="RAM to leave to the OS and other programs.")
+@click.option("--backend", help="Probe with this backend instead of the best viable one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Also write the plan "
+              "as HTML (the notebook rendering) to this file.")
+def plan_command(model_arg: str | None, model: str | None, max_seq_len: int, max_batch_size: int,
+                 max_num_images: int, max_image_length: int, isq: int | None, dtype: str | None,
+                 kv_bits: int | None, kv_layout: str, device_map: str | None,
+                 machine_name: str | None, list_machines: bool, ram: str | None,
+                 gpu_budget: str | None, gpu_reserve: str | None, host_reserve: str | None,
+                 backend: str | None, as_json: bool, html_path: str | None) -> None:
+    """Say before loading anything what goes where, and why; exit 3 if the model does not fit."""
+    if list_machines:
+        for preset in PRESETS.values():
+            click.echo(f"{preset.name:18} {preset.source}")
+        return
+    target = model or model_arg
+    if not target:
+        raise click.UsageError("give a model: unimap plan -m MODEL (a folder or owner/name)")
+    machine = resolve_machine(machine_name, ram=ram, gpu_budget=gpu_budget,
+                              gpu_reserve=gpu_reserve, host_reserve=host_reserve, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # shown as a plan note instead
+        result = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
+                           isq, device_map or "auto", machine, dtype=dtype, kv_bits=kv_bits,
+                           kv_layout=kv_layout)  # type: ignore[arg-type]
+    if html_path:
+        _write_html(html_path, result)
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        _render_plan(result, Console(file=sys.stdout, highlight=False, width=_width()))
+    if not result.fits:
+        sys.exit(DoesNotFitError.exit_code)
+
+
+def _write_html(path: str, result: Plan) -> None:
+    from pathlib import Path
+
+    target = Path(path)
+    temporary = target.with_name(target.name + ".partial")
+    try:
+        temporary.write_text("<!doctype html><meta charset=utf-8>" + result._repr_html_())
+        temporary.replace(target)  # never leave a half-written file behind
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _render_plan(result: Plan, console: Console) -> None:
+    est, opts = result.estimate, result.estimate.options
+    verdict = ("[green]fits, all on the GPU[/] (nothing moves: plain mlx-lm placement)"
+               if result.all_on_gpu else "[green]fits[/]" if result.fits
+               else f"[bold red]does not fit[/]: {escape(result.problem)}")
+    console.print(f"[bold]{escape(result.model)}[/] on {escape(result.machine.os_name)} "
+                  f"({result.machine.backend}): {verdict}", soft_wrap=True)
+    console.print("  devices: " + "; ".join(f"{d.name} {escape(d.description)}"
+                                            for d in result.devices), soft_wrap=True)
+    console.print(f"  {len(est.layers)} layers, {est.dtype}; max-seq-len {opts.max_seq_len} x "
+                  f"batch {opts.max_batch_size}"
+                  + (f" + {est.image_tokens} image tokens" if est.image_tokens else "")
+                  + (f"; isq {opts.isq}-bit" if opts.isq else "")
+                  + (f"; kv {opts.kv_bits}-bit" if opts.kv_bits else "")
+                  + (f"; map {result.mode}" if result.mode != "auto" else ""))
+    table = Table(box=box.SIMPLE_HEAD, caption="█ weights  ▓ KV cache  ▒ activations  · free",
+                  caption_justify="left")
+    for column in ("device", "layers", "weights", "KV", "activ.", "used", "budget", "free",
+                   "memory"):
+        table.add_column(column, justify="left" if column in ("device", "layers", "memory")
+                         else "right", no_wrap=True)
+    for d in result.devices:
+        free = format_bytes(d.free_bytes)
+        table.add_row(d.name, layer_span(d.layers), format_bytes(d.weight_bytes),
+                      format_bytes(d.kv_bytes + d.kv_growth_bytes),
+                      format_bytes(d.activation_bytes), format_bytes(d.used_bytes),
+                      format_bytes(d.budget_bytes),
+                      free if d.free_bytes >= 0 else f"[red]{free}[/]", memory_bar(d, 16))
+    console.print(table)
+    placed = f"non-mapped parts ({format_bytes(est.non_mapped_weight_bytes)}) on {result.non_mapped_device}"
+    if result.vision_device:
+        placed += f"; vision tower ({format_bytes(est.vision_weight_bytes)}) on {result.vision_device}"
+    console.print(f"  {placed}; predicted peak {format_bytes(result.peak_bytes)}"
+                  + ("" if result.wired_limit_bytes is None else
+                     f"; wired limit {format_bytes(result.wired_limit_bytes)}"), soft_wrap=True)
+    for note in result.notes:
+        console.print(f"  note: {escape(note)}", soft_wrap=True)
+    for way in result.ways_out:
+        console.print(f"  way out: {escape(way)}", soft_wrap=True)
+    if not result.fits and not result.ways_out:
+        console.print("  no setting found that fits: use a smaller model or a bigger machine")
 
 
 def main() -> None:

@@ -11,22 +11,18 @@ mx.get_peak_memory(). No I/O and no mlx here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from unimap.errors import ConfigError
 from unimap.families import Architecture
-from unimap.inspect import ModelSpec, Tensor, dtype_bytes
+from unimap.inspect import GROUP_SIZE, NON_MAPPED_SLOT, VISION_SLOT, ModelSpec, Slot, dtype_bytes
 
 ISQ_BITS = (2, 3, 4, 5, 6, 8)
 KV_BITS = (2, 3, 4, 5, 6, 8)
-GROUP_SIZE = 64  # MLX affine quantization's default group, used by mlx-lm and --isq
 KV_STEP_TOKENS = 256  # mlx-lm KVCache.step
 PREFILL_STEP_TOKENS = 2048  # mlx-lm generate_step's prefill_step_size
 FUSED_HEAD_DIMS = (64, 80, 128)  # head dims MLX's fused prefill attention kernel handles
-# Module paths that mlx-lm's quant_predicate keeps at 8 bits (qwen3_moe routers).
-ISQ_EIGHT_BIT_SUFFIXES: dict[str, tuple[str, ...]] = {"qwen3_moe": ("mlp.gate",)}
 
 KvLayout = Literal["mlx-lm", "paged"]
 
@@ -128,16 +124,9 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     arch = spec.arch
     image_tokens = _image_tokens(arch, options)
     tokens = options.max_seq_len + image_tokens
-    weights = [0] * arch.num_layers
-    non_mapped = vision = 0
-    for t in spec.tensors:
-        n_bytes = tensor_bytes(t, spec, options, d)
-        if t.layer is not None:
-            weights[t.layer] += n_bytes
-        elif t.part == "vision":
-            vision += n_bytes
-        else:
-            non_mapped += n_bytes
+    priced = {slot.slot: slot_bytes(slot, options, d) for slot in spec.slots}
+    weights = [priced[i] for i in range(arch.num_layers)]
+    non_mapped, vision = priced[NON_MAPPED_SLOT], priced[VISION_SLOT]
     chunk = min(options.prefill_step_tokens, max(tokens - 1, 1))
     kv = [kv_bytes(arch, kind, tokens, chunk, options, d) for kind in arch.layer_kinds]
     layers = tuple(LayerEstimate(i, kind, weights[i], kv[i])
@@ -159,28 +148,24 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
 # ---------------------------------------------------------------- weights
 
 
-def isq_applies(t: Tensor) -> bool:
-    """Would mlx-lm's quantize_model quantize this tensor? Linear/Embedding weights whose last
-    dimension is a multiple of the group size; never norms, biases, convolutions or vision."""
-    return (t.part in ("layer", "embed", "lm_head", "other") and t.name.endswith(".weight")
-            and len(t.shape) in (2, 3) and t.dtype in ("BF16", "F16", "F32")
-            and t.shape[-1] % GROUP_SIZE == 0 and "norm" not in t.name.rsplit(".", 2)[-2])
-
-
 def quantized_bytes(n_elements: int, bits: int, scale_bytes: int, group_size: int = GROUP_SIZE) -> int:
     """MLX affine quantization: packed values plus a scale and a bias per group."""
     return n_elements * bits // 8 + 2 * (n_elements // group_size) * scale_bytes
 
 
-def tensor_bytes(t: Tensor, spec: ModelSpec, options: Options, act_bytes: int) -> int:
-    if options.isq is not None and isq_applies(t):
-        module = t.name.removesuffix(".weight")
-        eight = ISQ_EIGHT_BIT_SUFFIXES.get(spec.arch.model_type, ())
-        bits = 8 if module.endswith(eight) and eight else options.isq
-        return quantized_bytes(math.prod(t.shape), bits, act_bytes)
-    if options.dtype is not None and t.dtype in ("BF16", "F16", "F32"):
-        return math.prod(t.shape) * act_bytes
-    return t.nbytes
+def slot_bytes(slot: Slot, options: Options, act_bytes: int) -> int:
+    """A slot's weight bytes after --isq (quantizable weights) and --dtype (other floats).
+    Every quantizable tensor's size divides by the group, so the sums price exactly."""
+    total = slot.header_bytes
+    cast_elements, cast_bytes = slot.float_elements, slot.float_bytes
+    if options.isq is not None:
+        total += (quantized_bytes(slot.q_elements, options.isq, act_bytes) - slot.q_bytes
+                  + quantized_bytes(slot.q8_elements, 8, act_bytes) - slot.q8_bytes)
+        cast_elements -= slot.q_elements + slot.q8_elements
+        cast_bytes -= slot.q_bytes + slot.q8_bytes
+    if options.dtype is not None:
+        total += cast_elements * act_bytes - cast_bytes
+    return total
 
 
 # ---------------------------------------------------------------- KV cache

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import math
 import struct
+from operator import itemgetter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from unimap.errors import ModelError
 
@@ -30,9 +30,8 @@ DTYPE_BYTES: dict[str, int] = {
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger headers too
 
 
-@dataclass(frozen=True)
-class TensorHeader:
-    """One tensor as its header describes it."""
+class TensorHeader(NamedTuple):
+    """One tensor as its header describes it (a tuple: models have tens of thousands)."""
 
     name: str
     dtype: str
@@ -82,8 +81,23 @@ def parse_header(
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, Mapping):
         raise ModelError(f"{where}: __metadata__ is not an object")
-    tensors = {name: _entry(name, entry, where) for name, entry in header.items()
-               if name != "__metadata__"}
+    tensors: dict[str, TensorHeader] = {}
+    widths = DTYPE_BYTES
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:  # the common, valid case, checked inline (models have tens of thousands of tensors)
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            count = widths[dtype]
+            for dim in shape:
+                count = count * dim if type(dim) is int and dim >= 0 else -1
+            if count >= 0 and type(begin) is int and type(end) is int and 0 <= begin <= end \
+                    and end - begin == count:
+                tensors[name] = TensorHeader(name, dtype, tuple(shape), begin, end)
+                continue
+        except (TypeError, KeyError, ValueError):
+            pass
+        tensors[name] = _entry(name, entry, where)  # raises with the precise complaint
     _check_layout(tensors, where, data_bytes)
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
@@ -114,7 +128,7 @@ def _is_count(value: Any) -> bool:
 
 def _check_layout(tensors: dict[str, TensorHeader], where: str, data_bytes: int | None) -> None:
     previous: TensorHeader | None = None
-    for tensor in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
+    for tensor in sorted(tensors.values(), key=itemgetter(3, 4)):  # by (begin, end)
         if data_bytes is not None and tensor.end > data_bytes:
             raise ModelError(f"{where}: tensor {tensor.name!r} ends at byte {tensor.end} of the "
                              f"data section, which has only {data_bytes}: the file is truncated. "

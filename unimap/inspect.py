@@ -13,29 +13,47 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from unimap.errors import ModelError
 from unimap.families import Architecture, read_architecture
 from unimap.headers import DTYPE_BYTES, TensorHeader, parse_header, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _VISION = re.compile(r"(?:^|\.)(vision_tower|visual|vision_model|vision_encoder|multi_modal_projector|"
                      r"mm_projector|image_newline)(?:\.|$)")
+_VISION_HINT = re.compile(r"vis|multi_modal|mm_proj|image_newline")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FLOAT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+_FLOAT_WIDTH = {"BF16": 2, "F16": 2, "F32": 4}
+GROUP_SIZE = 64  # MLX affine quantization's default group (mlx-lm and --isq)
+# Module paths whose quant_predicate in mlx-lm keeps them at 8 bits (qwen3_moe routers).
+EIGHT_BIT_MODULES: dict[str, tuple[str, ...]] = {"qwen3_moe": ("mlp.gate",)}
 
 
-@dataclass(frozen=True)
-class Tensor:
+class Tensor(NamedTuple):
+    """Where a tensor goes: a decoder layer, the vision tower, or the non-mapped rest."""
+
     name: str
-    dtype: str  # safetensors dtype: "BF16", "U32", ...
-    shape: tuple[int, ...]
-    nbytes: int
-    file: str
     layer: int | None  # decoder layer index; None for non-mapped tensors
     part: str  # "layer", "vision", "embed", "lm_head", "other"
+    isq: str  # how --isq treats it: "" (kept), "q" (quantized to --isq bits), "q8" (8 bits)
+
+
+class Slot(NamedTuple):
+    """Sums over the tensors of one decoder layer (slot = index), the non-mapped parts (-1) or
+    the vision tower (-2): what the estimate needs to re-price weights without a tensor loop."""
+
+    slot: int
+    header_bytes: int
+    float_elements: int  # BF16/F16/F32 elements (a --dtype cast changes their size)
+    float_bytes: int
+    q_elements: int  # elements --isq quantizes to the chosen bits
+    q_bytes: int
+    q8_elements: int  # elements --isq keeps at 8 bits (mlx-lm's quant_predicate, e.g. routers)
+    q8_bytes: int
+
+NON_MAPPED_SLOT, VISION_SLOT = -1, -2
 
 
 @dataclass(frozen=True)
@@ -53,10 +71,11 @@ class ModelSpec:
     source: str
     where: str  # "local" or "hub"
     arch: Architecture
-    tensors: tuple[Tensor, ...]
+    headers: tuple[TensorHeader, ...]  # every tensor, as the safetensors headers describe it
     dtype: str  # activation dtype: "bfloat16", "float16" or "float32"
     quantization: Quantization | None
     config: dict[str, Any]
+    slots: tuple[Slot, ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -64,14 +83,12 @@ class ModelSpec:
 
     def layer_weight_bytes(self) -> tuple[int, ...]:
         """Exact header bytes of each decoder layer."""
-        sizes = [0] * self.arch.num_layers
-        for t in self.tensors:
-            if t.layer is not None:
-                sizes[t.layer] += t.nbytes
-        return tuple(sizes)
+        return tuple(s.header_bytes for s in self.slots[:self.arch.num_layers])
 
-    def part_bytes(self, part: str) -> int:
-        return sum(t.nbytes for t in self.tensors if t.part == part)
+    def classify(self, name: str) -> Tensor:
+        eight_bit = EIGHT_BIT_MODULES.get(self.arch.model_type, ())
+        header = next(h for h in self.headers if h.name == name)
+        return classify(header, self.arch.num_layers, eight_bit)
 
 
 def inspect(model: str | Path) -> ModelSpec:
@@ -110,7 +127,7 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def _local(path: Path, source: str) -> ModelSpec:
     config = read_config(path)
-    files = _weight_files(path)
+    files, weight_map = _weight_files(path)
     headers: dict[str, tuple[TensorHeader, str]] = {}
     for file in files:
         tensors, _ = read_header(path / file)
@@ -118,11 +135,12 @@ def _local(path: Path, source: str) -> ModelSpec:
             if name in headers:
                 raise ModelError(f"{path}: tensor {name!r} is in both {headers[name][1]} and {file}")
             headers[name] = (tensor, file)
-    _check_index(path, headers)
+    _check_index(path, weight_map, headers)
     return build_spec(source, "local", config, headers, str(path / "config.json"))
 
 
-def _weight_files(path: Path) -> list[str]:
+def _weight_files(path: Path) -> tuple[list[str], dict[str, str] | None]:
+    """The safetensors files to read, and the index's weight map when the model is sharded."""
     index = path / INDEX_FILE
     if index.exists():
         try:
@@ -134,22 +152,23 @@ def _weight_files(path: Path) -> list[str]:
         if missing:
             raise ModelError(f"{path}: {INDEX_FILE} lists {', '.join(missing)}, which "
                              "is missing; finish the download")
-        return files
+        return files, weight_map
     files = sorted(p.name for p in path.glob("*.safetensors"))
     if not files:
         raise ModelError(f"{path}: no .safetensors files (unimap reads safetensors headers; for a "
                          "GGUF file pass the .gguf path)")
-    return files
+    return files, None
 
 
-def _check_index(path: Path, headers: dict[str, tuple[TensorHeader, str]]) -> None:
-    index = path / INDEX_FILE
-    if not index.exists():
+def _check_index(path: Path, weight_map: dict[str, str] | None,
+                 headers: dict[str, tuple[TensorHeader, str]]) -> None:
+    if weight_map is None:
         return
-    for name, file in json.loads(index.read_text())["weight_map"].items():
-        if name not in headers or headers[name][1] != file:
-            raise ModelError(f"{index}: says {name!r} is in {file}, but that file's header does "
-                             "not list it; the download is inconsistent")
+    for name, file in weight_map.items():
+        found = headers.get(name)
+        if found is None or found[1] != file:
+            raise ModelError(f"{path / INDEX_FILE}: says {name!r} is in {file}, but that file's "
+                             "header does not list it; the download is inconsistent")
 
 
 # ---------------------------------------------------------------- the Hugging Face Hub
@@ -194,7 +213,7 @@ def _hub(repo_id: str) -> ModelSpec:
 
 def _complete(folder: Path) -> bool:
     try:
-        return bool(_weight_files(folder))
+        return bool(_weight_files(folder)[0])
     except ModelError:
         return False
 
@@ -206,30 +225,66 @@ def build_spec(source: str, where: str, config: dict[str, Any],
                headers: dict[str, tuple[TensorHeader, str]], config_where: str) -> ModelSpec:
     arch = read_architecture(config, config_where)
     quant = _quantization(config, config_where)
-    tensors = tuple(_classify(h, file, arch, source) for h, file in headers.values())
-    if not tensors:
+    if not headers:
         raise ModelError(f"{source}: the safetensors files hold no tensors")
-    empty = [i for i, n in enumerate(ModelSpec(source, where, arch, tensors, "", quant, config)
-                                     .layer_weight_bytes()) if n == 0]
+    slots, dtype_bytes_used = _slots(source, [h for h, _ in headers.values()], arch)
+    empty = [s.slot for s in slots[:arch.num_layers] if s.header_bytes == 0]
     if empty:
         raise ModelError(f"{source}: config.json says {arch.num_layers} layers but the weights have "
                          f"no tensors for layer(s) {_ranges(empty)}; config and weights disagree")
-    return ModelSpec(source, where, arch, tensors, _dtype(arch, quant, tensors), quant, config)
+    return ModelSpec(source, where, arch, tuple(h for h, _ in headers.values()),
+                     _dtype(arch, dtype_bytes_used), quant, config, slots)
 
 
-def _classify(h: TensorHeader, file: str, arch: Architecture, source: str) -> Tensor:
-    if _VISION.search(h.name):
-        return Tensor(h.name, h.dtype, h.shape, h.nbytes, file, None, "vision")
-    match = _LAYER.search(h.name)
-    if match:
-        index = int(match.group(1))
-        if index >= arch.num_layers:
-            raise ModelError(f"{source}: tensor {h.name!r} belongs to layer {index}, but config.json "
-                             f"says num_hidden_layers={arch.num_layers}; config and weights disagree")
-        return Tensor(h.name, h.dtype, h.shape, h.nbytes, file, index, "layer")
-    part = ("embed" if "embed_tokens" in h.name or h.name.endswith("wte.weight")
-            else "lm_head" if "lm_head" in h.name else "other")
-    return Tensor(h.name, h.dtype, h.shape, h.nbytes, file, None, part)
+def classify(h: TensorHeader, num_layers: int, eight_bit: tuple[str, ...] = ()) -> Tensor:
+    """Assign a tensor by name: vision tower, decoder layer (the integer after `layers.`), or
+    the non-mapped rest; and say whether --isq would quantize it (mlx-lm's quantize_model takes
+    Linear/Embedding weights whose last dimension divides by the group size)."""
+    name = h.name
+    isq = ""
+    if (name.endswith(".weight") and 2 <= len(h.shape) <= 3 and h.dtype in FLOAT_DTYPES
+            and h.shape[-1] % GROUP_SIZE == 0):
+        isq = "q8" if eight_bit and name[:-7].endswith(eight_bit) else "q"
+    if _VISION_HINT.search(name) and _VISION.search(name):
+        return Tensor(name, None, "vision", "")
+    at = name.find("layers.")
+    while at >= 0:  # the first "layers.<int>." on a component boundary
+        if at == 0 or name[at - 1] == ".":
+            digits = name[at + 7:].split(".", 1)[0]
+            if digits.isdigit():
+                return Tensor(name, int(digits), "layer", isq)
+        at = name.find("layers.", at + 1)
+    part = ("embed" if "embed_tokens" in name or name.endswith("wte.weight")
+            else "lm_head" if "lm_head" in name else "other")
+    return Tensor(name, None, part, isq)
+
+
+def _slots(source: str, headers: list[TensorHeader], arch: Architecture) -> tuple[
+        tuple[Slot, ...], dict[str, int]]:
+    """Per-slot sums (layers 0..n-1, non-mapped -1, vision -2) and float bytes by dtype."""
+    n = arch.num_layers
+    eight_bit = EIGHT_BIT_MODULES.get(arch.model_type, ())
+    sums = [[0] * 7 for _ in range(n + 2)]
+    by_dtype: dict[str, int] = {}
+    for h in headers:
+        t = classify(h, n, eight_bit)
+        if t.layer is not None and t.layer >= n:
+            raise ModelError(f"{source}: tensor {h.name!r} belongs to layer {t.layer}, but "
+                             f"config.json says num_hidden_layers={n}; config and weights disagree")
+        row = sums[t.layer if t.layer is not None else n + (t.part == "vision")]
+        nbytes = h.end - h.begin
+        row[0] += nbytes
+        width = _FLOAT_WIDTH.get(h.dtype)
+        if width:
+            by_dtype[h.dtype] = by_dtype.get(h.dtype, 0) + nbytes
+            row[1] += nbytes // width
+            row[2] += nbytes
+            if t.isq:
+                k = 3 if t.isq == "q" else 5
+                row[k] += nbytes // width
+                row[k + 1] += nbytes
+    ids = [*range(n), NON_MAPPED_SLOT, VISION_SLOT]
+    return tuple(Slot(i, *row) for i, row in zip(ids, sums, strict=True)), by_dtype
 
 
 def _quantization(config: dict[str, Any], where: str) -> Quantization | None:
@@ -251,17 +306,13 @@ def _quantization(config: dict[str, Any], where: str) -> Quantization | None:
     return Quantization(q["group_size"], q["bits"], str(q.get("mode", "affine")), overrides)
 
 
-def _dtype(arch: Architecture, quant: Quantization | None, tensors: tuple[Tensor, ...]) -> str:
+def _dtype(arch: Architecture, float_bytes: dict[str, int]) -> str:
     """The activation dtype: config's torch_dtype, else the dtype most float bytes use."""
     if arch.torch_dtype is not None and arch.torch_dtype in FLOAT_DTYPES.values():
         return arch.torch_dtype
-    by_dtype: dict[str, int] = {}
-    for t in tensors:
-        if t.dtype in FLOAT_DTYPES:
-            by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + t.nbytes
-    if not by_dtype:
+    if not float_bytes:
         return "float32"
-    return FLOAT_DTYPES[max(by_dtype, key=lambda d: by_dtype[d])]
+    return FLOAT_DTYPES[max(float_bytes, key=lambda d: float_bytes[d])]
 
 
 def _ranges(indices: list[int]) -> str:

@@ -1,0 +1,81 @@
+"""The Python API: `unimap.plan(...)`, a thin shell that runs probe -> inspect -> estimate -> plan.
+
+`machine` may be None (probe this machine), a preset name ("mac-64gb") or a Machine. `ram` and
+`gpu_budget` (sizes such as "48GiB" or byte counts) turn it into a what-if machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from unimap.device_map import parse_device_map
+from unimap.errors import ConfigError
+from unimap.estimate import KvLayout, Options
+from unimap.inspect import ModelSpec, inspect
+from unimap.machine import Machine
+from unimap.machines import preset_machine, with_gpu_budget, with_ram
+from unimap.plan import Plan, make_plan
+from unimap.probe import probe
+from unimap.settings import reserves
+from unimap.units import parse_size
+
+
+def _size(value: str | int | None, flag: str) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+def resolve_machine(
+    machine: Machine | str | None = None, *, ram: str | int | None = None,
+    gpu_budget: str | int | None = None, gpu_reserve: str | int | None = None,
+    host_reserve: str | int | None = None, backend: str | None = None,
+) -> Machine:
+    """The machine to plan for: probed, a preset, or given; then the what-if overrides."""
+    env = os.environ
+    held = reserves(env, gpu_reserve, host_reserve)
+    ram_bytes, gpu_bytes = _size(ram, "--ram"), _size(gpu_budget, "--gpu-budget")
+    if isinstance(machine, str):
+        found = preset_machine(machine, env, held, ram_bytes)
+    else:
+        found = machine or probe(backend=backend, gpu_reserve=gpu_reserve, host_reserve=host_reserve)
+        if ram_bytes is not None:
+            found = with_ram(found, ram_bytes, env, held)
+    return found if gpu_bytes is None else with_gpu_budget(found, gpu_bytes, held)
+
+
+def plan(
+    model: str | Path | ModelSpec,
+    max_seq_len: int = 4096,
+    max_batch_size: int = 1,
+    max_num_images: int = 1,
+    max_image_length: int = 1024,
+    isq: int | None = None,
+    device_map: str | int | list[str] | None = "auto",
+    machine: Machine | str | None = None,
+    *,
+    dtype: str | None = None,
+    kv_bits: int | None = None,
+    kv_layout: KvLayout = "mlx-lm",
+    ram: str | int | None = None,
+    gpu_budget: str | int | None = None,
+    gpu_reserve: str | int | None = None,
+    host_reserve: str | int | None = None,
+    backend: str | None = None,
+) -> Plan:
+    """Plan where `model` (a folder, a Hub repo id or a ModelSpec) runs on `machine`.
+
+    Returns a Plan whether or not it fits; `plan.fits` says, `plan.require_fit()` raises."""
+    mapping = parse_device_map(device_map)
+    options = Options(max_seq_len=max_seq_len, max_batch_size=max_batch_size,
+                      max_num_images=max_num_images, max_image_length=max_image_length,
+                      isq=isq, dtype=dtype, kv_bits=kv_bits, kv_layout=kv_layout)
+    options.check()
+    spec = model if isinstance(model, ModelSpec) else inspect(model)
+    target = resolve_machine(machine, ram=ram, gpu_budget=gpu_budget, gpu_reserve=gpu_reserve,
+                             host_reserve=host_reserve, backend=backend)
+    return make_plan(spec, target, options, mapping)

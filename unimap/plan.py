@@ -1,0 +1,348 @@
+"""plan -> Plan: which layer lives on which device, the wired limit, and why. A pure function.
+
+Rules (DESIGN.md): the non-mapped parts (embeddings, lm_head, norms) and the vision tower go to
+the first GPU first; decoder layers fill the GPUs in order, each with its KV cache share; the
+rest runs on the CPU as one contiguous block. Each device that runs layers also holds one
+activation working set and one KV growth transient. When everything fits on the GPU the plan says
+so and the runtime changes nothing. On Metal the plan picks the wired limit (what the GPU part
+needs plus the reserve, never above the ceiling). A plan that does not fit carries the breakdown
+and computed ways out (largest max_seq_len, --isq bits, --kv-bits, iogpu.wired_limit_mb).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from unimap.device_map import DeviceMap, format_device_map
+from unimap.errors import ConfigError, UnimapError
+from unimap.estimate import ISQ_BITS, KV_BITS, Estimate, Options, estimate
+from unimap.inspect import ModelSpec
+from unimap.machine import Device, Machine
+from unimap.units import MiB, format_bytes
+
+
+class DoesNotFitError(UnimapError):
+    """The model does not fit this machine under these options; the message has the ways out."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    name: str  # "gpu:0", ..., "cpu"
+    description: str
+    budget_bytes: int
+    layers: tuple[int, ...]
+    weight_bytes: int  # layer weights, plus non-mapped parts and vision tower where they live
+    kv_bytes: int
+    kv_growth_bytes: int
+    activation_bytes: int
+
+    @property
+    def used_bytes(self) -> int:
+        return self.weight_bytes + self.kv_bytes + self.kv_growth_bytes + self.activation_bytes
+
+    @property
+    def free_bytes(self) -> int:
+        return self.budget_bytes - self.used_bytes
+
+
+@dataclass(frozen=True)
+class LayerPlacement:
+    index: int
+    device: str
+    kind: str
+    weight_bytes: int
+    kv_bytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    machine: Machine
+    estimate: Estimate
+    mode: str  # "auto" or the manual map, e.g. "0:16"
+    fits: bool
+    all_on_gpu: bool  # nothing moves off the first GPU: the runtime changes nothing
+    wired_limit_bytes: int | None
+    devices: tuple[DevicePlan, ...]
+    layers: tuple[LayerPlacement, ...]
+    non_mapped_device: str
+    vision_device: str | None
+    problem: str = ""  # why it does not fit
+    ways_out: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def peak_bytes(self) -> int:
+        """The process's predicted peak: everything resident plus the largest working set."""
+        est = self.estimate
+        working = max((d.activation_bytes for d in self.devices if d.layers), default=0)
+        growth = max((d.kv_growth_bytes for d in self.devices), default=0)
+        return est.weight_bytes + est.kv_bytes + growth + working
+
+    def device(self, name: str) -> DevicePlan:
+        return next(d for d in self.devices if d.name == name)
+
+    def require_fit(self) -> Plan:
+        if not self.fits:
+            raise DoesNotFitError(self.explain())
+        return self
+
+    def explain(self) -> str:
+        lines = [f"{self.model} does not fit {self.machine.os_name}: {self.problem}"]
+        for d in self.devices:
+            lines.append(f"  {d.name}: needs {format_bytes(d.used_bytes)} of "
+                         f"{format_bytes(d.budget_bytes)} (weights {format_bytes(d.weight_bytes)}, "
+                         f"KV {format_bytes(d.kv_bytes + d.kv_growth_bytes)}, activations "
+                         f"{format_bytes(d.activation_bytes)})")
+        lines += [f"  way out: {w}" for w in self.ways_out] or ["  no setting found that fits"]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        est, opts = self.estimate, self.estimate.options
+        return {
+            "model": self.model,
+            "machine": self.machine.os_name,
+            "backend": self.machine.backend,
+            "mode": self.mode,
+            "fits": self.fits,
+            "all_on_gpu": self.all_on_gpu,
+            "wired_limit_bytes": self.wired_limit_bytes,
+            "options": asdict(opts),
+            "devices": [{"name": d.name, "description": d.description,
+                         "budget_bytes": d.budget_bytes, "used_bytes": d.used_bytes,
+                         "free_bytes": d.free_bytes, "layers": list(d.layers),
+                         "weight_bytes": d.weight_bytes, "kv_bytes": d.kv_bytes,
+                         "kv_growth_bytes": d.kv_growth_bytes,
+                         "activation_bytes": d.activation_bytes} for d in self.devices],
+            "layers": [asdict(layer) for layer in self.layers],
+            "non_mapped": {"device": self.non_mapped_device,
+                           "weight_bytes": est.non_mapped_weight_bytes},
+            "vision": None if self.vision_device is None else {
+                "device": self.vision_device, "weight_bytes": est.vision_weight_bytes,
+                "image_tokens": est.image_tokens},
+            "totals": {"weight_bytes": est.weight_bytes, "kv_bytes": est.kv_bytes,
+                       "kv_growth_bytes": max((d.kv_growth_bytes for d in self.devices), default=0),
+                       "activation_bytes": max((d.activation_bytes for d in self.devices
+                                                if d.layers), default=0),
+                       "peak_bytes": self.peak_bytes,
+                       "sequence_tokens": est.sequence_tokens},
+            "activation_terms": est.activation_terms,
+            "problem": self.problem,
+            "ways_out": list(self.ways_out),
+            "notes": list(self.notes),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def _repr_html_(self) -> str:
+        from unimap.render import plan_html
+
+        return plan_html(self)
+
+
+# ---------------------------------------------------------------- planning
+
+
+def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
+              device_map: DeviceMap | None = None) -> Plan:
+    """Place every layer of `spec` on `machine`. Pure: same inputs, same plan."""
+    options = options or Options()
+    est = estimate(spec, options)
+    gpus = [g for g in machine.gpus if g.budget_bytes is not None]
+    unknown = [g.name for g in machine.gpus if g.budget_bytes is None]
+    if machine.cpu.budget_bytes is None or unknown:
+        missing = ", ".join(unknown + (["cpu"] if machine.cpu.budget_bytes is None else []))
+        raise ConfigError(f"the memory budget of {missing} is unknown (see `unimap doctor`); "
+                          "plan with --machine, --gpu-budget or --ram instead")
+    if device_map is not None:
+        return _manual(spec, machine, est, gpus, device_map)
+    plan = _auto(spec, machine, est, gpus)
+    if not plan.fits:
+        plan = replace(plan, ways_out=ways_out(spec, machine, options))
+    elif not plan.all_on_gpu and gpus:
+        plan = replace(plan, notes=(*plan.notes, *_wired_tip(spec, machine, options)))
+    return plan
+
+
+def _fused(device: Device) -> bool:
+    return device.kind == "gpu"
+
+
+def _assign(spec: ModelSpec, machine: Machine, est: Estimate, counts: list[tuple[Device, int]],
+            mode: str) -> Plan:
+    """Build the plan for: the first `count` remaining layers on each listed GPU, rest on CPU."""
+    placements: list[LayerPlacement] = []
+    device_plans: list[DevicePlan] = []
+    start = 0
+    first_gpu = counts[0][0] if counts else None
+    host_parts = first_gpu is not None and _parts_fit(est, first_gpu)
+    for device, count in [*counts, (machine.cpu, spec.num_layers)]:
+        chosen = list(range(start, min(spec.num_layers, start + count)))
+        start += len(chosen)
+        extra = 0
+        if device is machine.cpu and not host_parts or device is first_gpu and host_parts:
+            extra = est.non_mapped_weight_bytes + est.vision_weight_bytes
+        device_plans.append(_device_plan(device, est, chosen, extra))
+        placements += [LayerPlacement(i, device.name, est.layers[i].kind, est.layers[i].weight_bytes,
+                                      est.layers[i].kv_bytes) for i in chosen]
+    over = [d for d in device_plans if d.free_bytes < 0]
+    parts_device = first_gpu.name if host_parts and first_gpu else "cpu"
+    all_gpu = host_parts and len(device_plans[0].layers) == spec.num_layers
+    problem = "; ".join(f"{d.name} is over its budget by {format_bytes(-d.free_bytes)}" for d in over)
+    return Plan(model=spec.source, machine=machine, estimate=est, mode=mode, fits=not over,
+                all_on_gpu=all_gpu, wired_limit_bytes=_wired_limit(machine, device_plans),
+                devices=tuple(device_plans), layers=tuple(placements),
+                non_mapped_device=parts_device,
+                vision_device=parts_device if est.vision_weight_bytes else None, problem=problem)
+
+
+def _device_plan(device: Device, est: Estimate, chosen: list[int], extra_bytes: int) -> DevicePlan:
+    layers = [est.layers[i] for i in chosen]
+    runs = bool(chosen) or extra_bytes > 0
+    return DevicePlan(
+        name=device.name, description=device.description, budget_bytes=device.budget_bytes or 0,
+        layers=tuple(chosen), weight_bytes=sum(x.weight_bytes for x in layers) + extra_bytes,
+        kv_bytes=sum(x.kv_bytes for x in layers),
+        kv_growth_bytes=max((x.kv_bytes for x in layers if x.kind != "recurrent"), default=0)
+        if est.kv_growth_bytes else 0,
+        activation_bytes=est.activation_bytes(fused=_fused(device)) if runs else 0)
+
+
+def _parts_fit(est: Estimate, gpu: Device) -> bool:
+    """Can the first GPU hold the non-mapped parts, the vision tower and a working set?"""
+    need = est.non_mapped_weight_bytes + est.vision_weight_bytes + est.activation_bytes(fused=True)
+    return need <= (gpu.budget_bytes or 0)
+
+
+def _auto(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device]) -> Plan:
+    counts: list[tuple[Device, int]] = []
+    start = 0
+    for index, gpu in enumerate(gpus):
+        if index == 0 and not _parts_fit(est, gpu):
+            break  # not even the embeddings fit: everything runs on the CPU
+        count = _layers_that_fit(est, gpu, start, with_parts=index == 0)
+        counts.append((gpu, count))
+        start += count
+    return _assign(spec, machine, est, counts, "auto")
+
+
+def _layers_that_fit(est: Estimate, gpu: Device, start: int, with_parts: bool) -> int:
+    budget = gpu.budget_bytes or 0
+    used = est.activation_bytes(fused=True)
+    if with_parts:
+        used += est.non_mapped_weight_bytes + est.vision_weight_bytes
+    growth = count = 0
+    for layer in est.layers[start:]:
+        new_growth = max(growth, layer.kv_bytes if est.kv_growth_bytes and layer.kind != "recurrent"
+                         else 0)
+        if used + layer.weight_bytes + layer.kv_bytes + new_growth > budget:
+            break
+        used += layer.weight_bytes + layer.kv_bytes
+        growth, count = new_growth, count + 1
+    return count
+
+
+def _manual(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device],
+            device_map: DeviceMap) -> Plan:
+    warnings.warn("manual device maps (-n) are deprecated: device_map='auto' plans from the "
+                  "machine's measured memory", DeprecationWarning, stacklevel=3)
+    by_ordinal = {int(g.name.split(":")[1]): g for g in gpus}
+    total = sum(count for _, count in device_map)
+    for ordinal, _ in device_map:
+        if ordinal not in by_ordinal:
+            have = ", ".join(str(o) for o in by_ordinal) or "none"
+            raise ConfigError(f"device map {format_device_map(device_map)}: this machine has no GPU "
+                              f"{ordinal} (GPU ordinals here: {have})")
+    if total > spec.num_layers:
+        raise ConfigError(f"device map {format_device_map(device_map)} places {total} layers, but "
+                          f"{spec.source} has {spec.num_layers}")
+    counts = [(by_ordinal[o], n) for o, n in device_map]
+    plan = _assign(spec, machine, est, counts, format_device_map(device_map))
+    note = "manual device maps are deprecated; omit -n to plan automatically"
+    return replace(plan, notes=(*plan.notes, note))
+
+
+def _wired_limit(machine: Machine, device_plans: list[DevicePlan]) -> int | None:
+    """Metal only: what the GPU part needs plus the GPU reserve, never above the ceiling."""
+    gpu = machine.gpus[0] if machine.gpus else None
+    if gpu is None or gpu.backend != "metal" or not device_plans or device_plans[0].name != gpu.name:
+        return None
+    wanted = device_plans[0].used_bytes + gpu.reserve_bytes
+    ceiling = gpu.ceiling_bytes or wanted
+    return min(_round_up_mib(wanted), ceiling)
+
+
+def _round_up_mib(n: int) -> int:
+    return -(-n // MiB) * MiB
+
+
+# ---------------------------------------------------------------- ways out
+
+
+def _fits(spec: ModelSpec, machine: Machine, options: Options) -> bool:
+    try:
+        est = estimate(spec, options)
+    except UnimapError:
+        return False
+    gpus = [g for g in machine.gpus if g.budget_bytes is not None]
+    return _auto(spec, machine, est, gpus).fits
+
+
+def ways_out(spec: ModelSpec, machine: Machine, options: Options) -> tuple[str, ...]:
+    found: list[str] = []
+    seq = _largest(lambda n: _fits(spec, machine, replace(options, max_seq_len=n)), options.max_seq_len - 1)
+    if seq:
+        found.append(f"--max-seq-len {seq} (the longest context that fits)")
+    if spec.quantization is None:
+        bits = [b for b in sorted(ISQ_BITS, reverse=True)
+                if (options.isq is None or b < options.isq)
+                and _fits(spec, machine, replace(options, isq=b))]
+        if bits:
+            found.append(f"--isq {bits[0]} (quantize the weights to {bits[0]} bits while loading)")
+    kv = [b for b in sorted(KV_BITS, reverse=True) if (options.kv_bits is None or b < options.kv_bits)
+          and _fits(spec, machine, replace(options, kv_bits=b))]
+    if kv:
+        found.append(f"--kv-bits {kv[0]} (quantize the KV cache)")
+    found += _wired_tip(spec, machine, options)
+    return tuple(found)
+
+
+def _largest(fits: Callable[[int], bool], upper: int) -> int:
+    """Largest n in [1, upper] with fits(n), assuming monotone; prefer multiples of 256."""
+    if upper < 1 or not fits(1):
+        return 0
+    lo, hi = 1, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo // 256 * 256 if lo >= 256 else lo
+
+
+def _wired_tip(spec: ModelSpec, machine: Machine, options: Options) -> list[str]:
+    """Metal: the iogpu.wired_limit_mb that would hold every layer on the GPU, if RAM allows."""
+    from unimap.backends import metal
+
+    gpu = machine.gpus[0] if machine.gpus else None
+    ram = machine.ram_total_bytes
+    if gpu is None or gpu.backend != "metal" or ram is None:
+        return []
+    try:
+        est = estimate(spec, options)
+    except UnimapError:
+        return []
+    peak = est.peak_bytes(fused=True)
+    need = peak + max(gpu.reserve_bytes, -(-peak * 2 // 98))  # the reserve grows with the ceiling
+    available = machine.ram_available_bytes or 0
+    if need > min(metal.suggested_wired_limit_bytes(ram), available) or need <= (gpu.ceiling_bytes or 0):
+        return []
+    limit = _round_up_mib(need)
+    key = gpu.details.get("wired_limit_key")
+    return [f"`{metal.sysctl_command(limit, key if isinstance(key, str) else None)}` to run every "
+            f"layer on the GPU (raises the wired limit to {format_bytes(limit)} until reboot)"]
