@@ -153,7 +153,8 @@ def lfm2(c: dict[str, Any], dt: str = "BF16") -> Shapes:
             out.update({f"{p}.conv.conv.weight": (dt, (h, 1, c["conv_L_cache"])),
                         f"{p}.conv.in_proj.weight": (dt, (3 * h, h)),
                         f"{p}.conv.out_proj.weight": (dt, (h, h))})
-        out.update({f"{p}.feed_forward.w1.weight": (dt, (ff, h)), f"{p}.feed_forward.w3.weight": (dt, (ff, h)),
+        out.update({f"{p}.feed_forward.w1.weight": (dt, (ff, h)),
+                    f"{p}.feed_forward.w3.weight": (dt, (ff, h)),
                     f"{p}.feed_forward.w2.weight": (dt, (h, ff)),
                     f"{p}.operator_norm.weight": (dt, (h,)), f"{p}.ffn_norm.weight": (dt, (h,))})
     out["model.embed_tokens.weight"] = (dt, (c["vocab_size"], h))
@@ -176,7 +177,8 @@ def qwen2_5_vl(c: dict[str, Any], dt: str = "BF16") -> Shapes:
             out[f"{p}.mlp.{name}.weight"] = (dt, shape)
             out[f"{p}.mlp.{name}.bias"] = (dt, (shape[0],))
     out.update({"visual.merger.ln_q.weight": (dt, (vh,)),
-                "visual.merger.mlp.0.weight": (dt, (merged, merged)), "visual.merger.mlp.0.bias": (dt, (merged,)),
+                "visual.merger.mlp.0.weight": (dt, (merged, merged)),
+                "visual.merger.mlp.0.bias": (dt, (merged,)),
                 "visual.merger.mlp.2.weight": (dt, (v["out_hidden_size"], merged)),
                 "visual.merger.mlp.2.bias": (dt, (v["out_hidden_size"],))})
     return out

@@ -216,7 +216,9 @@ def _fixed_vision(cfg: Mapping[str, Any], where: str, tokens_key: str | None) ->
 def _gemma3(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
     if "vision_config" not in cfg:  # a text-only checkpoint saved under the gemma3 type
         return _gemma3_text(cfg.get("text_config") or cfg, model_type, where)
-    arch = _gemma3_text(cfg.get("text_config") or {}, model_type, f"{where} text_config")
+    # mlx-lm's gemma3 takes the vocabulary from the top level (default 262208), not text_config
+    text = {**(cfg.get("text_config") or {}), "vocab_size": _opt(cfg, "vocab_size", where, 262208)}
+    arch = _gemma3_text(text, model_type, f"{where} text_config")
     return _with(arch, vision=_fixed_vision(cfg, where, "mm_tokens_per_image"))
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import math
 import struct
-from operator import itemgetter
 from collections.abc import Mapping
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 

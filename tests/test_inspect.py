@@ -1,0 +1,326 @@
+"""inspect(): sparse-header fixtures of every family, cross-checked against mlx-lm's model
+classes, the Hugging Face cache path, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import fixtures as fx
+import pytest
+
+from unimap import ModelError, inspect
+from unimap.headers import read_header
+
+LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+VISION = ("visual.", "vision_tower.", "multi_modal_projector.")
+
+
+def header_bytes_by_layer(folder: Path, num_layers: int) -> tuple[list[int], int, int]:
+    """Sum the headers ourselves: per layer, non-mapped and vision."""
+    layers, other, vision = [0] * num_layers, 0, 0
+    for file in sorted(folder.glob("*.safetensors")):
+        for name, t in read_header(file)[0].items():
+            match = LAYER.search(name)
+            if name.startswith(VISION):
+                vision += t.nbytes
+            elif match:
+                layers[int(match.group(1))] += t.nbytes
+            else:
+                other += t.nbytes
+    return layers, other, vision
+
+
+@pytest.mark.parametrize("family", list(fx.FAMILIES))
+def test_per_layer_bytes_equal_header_bytes(models: Path, family: str) -> None:
+    spec = inspect(models / family)
+    layers, other, vision = header_bytes_by_layer(models / family, spec.num_layers)
+    assert list(spec.layer_weight_bytes()) == layers
+    assert spec.slots[-2].header_bytes == other  # non-mapped
+    assert spec.slots[-1].header_bytes == vision
+    data_bytes = 0
+    for file in (models / family).glob("*.safetensors"):
+        with file.open("rb") as f:  # the files are sparse and huge: read the length prefix only
+            data_bytes += file.stat().st_size - 8 - int.from_bytes(f.read(8), "little")
+    assert sum(s.header_bytes for s in spec.slots) == data_bytes
+
+
+def test_llama3_8b_sizes(models: Path) -> None:
+    spec = inspect(models / "llama3-8b")
+    # per layer: q,o 4096x4096; k,v 1024x4096; gate,up,down 14336x4096; two norms; bf16
+    per_layer = 2 * (2 * 4096 * 4096 + 2 * 1024 * 4096 + 3 * 14336 * 4096 + 2 * 4096)
+    assert spec.layer_weight_bytes() == (per_layer,) * 32
+    assert spec.slots[-2].header_bytes == 2 * (2 * 128256 * 4096 + 4096)  # embed, lm_head, norm
+    assert spec.dtype == "bfloat16" and spec.where == "local" and spec.quantization is None
+
+
+def test_layer_kinds(models: Path) -> None:
+    gemma = inspect(models / "gemma3-1b").arch
+    assert gemma.layer_kinds[:6] == ("sliding",) * 5 + ("full",)
+    assert gemma.sliding_window == 512 and gemma.tie_word_embeddings
+    lfm = inspect(models / "lfm2-1.2b").arch
+    assert lfm.layer_kinds[:3] == ("recurrent", "recurrent", "full")
+    assert lfm.conv_cache_tokens == 2
+    assert inspect(models / "mistral-7b").arch.layer_kinds == ("full",) * 32
+
+
+def test_moe_and_vision_configs(models: Path) -> None:
+    moe = inspect(models / "qwen3-30b-a3b").arch.moe
+    assert moe is not None and (moe.num_experts, moe.experts_per_token) == (128, 8)
+    mixtral = inspect(models / "mixtral-8x7b").arch.moe
+    assert mixtral is not None and mixtral.expert_intermediate_size == 14336
+    qwen_vl = inspect(models / "qwen2.5-vl-7b")
+    assert qwen_vl.arch.vision is not None and qwen_vl.arch.vision.hidden_size == 1280
+    gemma_vl = inspect(models / "gemma3-4b-vl")
+    assert gemma_vl.arch.vision is not None and gemma_vl.arch.vision.tokens_per_image == 256
+    assert gemma_vl.arch.num_layers == 34  # text_config, not the vision tower's 27 layers
+
+
+def test_mlx_quantized_checkpoint(models: Path) -> None:
+    spec = inspect(models / "llama3.2-1b-mlx-4bit")
+    assert spec.quantization is not None and (spec.quantization.bits, spec.quantization.group_size) == (4, 64)
+    # q_proj 2048x2048 at 4 bits: packed uint32 plus bf16 scales and biases per 64
+    t = {h.name: h for h in spec.headers}
+    assert t["model.layers.0.self_attn.q_proj.weight"].nbytes == 2048 * 2048 // 2
+    assert t["model.layers.0.self_attn.q_proj.scales"].nbytes == 2048 * 32 * 2
+    assert spec.classify("model.layers.0.self_attn.q_proj.weight").isq == ""  # already packed
+
+
+def test_isq_classification(models: Path) -> None:
+    spec = inspect(models / "qwen3-30b-a3b")
+    assert spec.classify("model.layers.3.mlp.gate.weight").isq == "q8"  # router stays 8-bit
+    assert spec.classify("model.layers.3.mlp.experts.7.up_proj.weight").isq == "q"
+    assert spec.classify("model.layers.3.input_layernorm.weight").isq == ""
+    assert spec.classify("model.embed_tokens.weight").part == "embed"
+    vl = inspect(models / "qwen2.5-vl-7b")
+    assert vl.classify("visual.blocks.3.attn.qkv.weight").part == "vision"
+    assert vl.classify("visual.blocks.3.attn.qkv.weight").isq == ""
+    gemma = inspect(models / "gemma3-4b-vl")
+    assert gemma.classify("vision_tower.vision_model.encoder.layers.3.mlp.fc1.weight").layer is None
+    assert gemma.classify("language_model.model.layers.3.mlp.up_proj.weight").layer == 3
+
+
+# ----------------------------------------------------------------- against mlx-lm itself
+
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128}
+TINY_CONFIGS = {
+    "llama3-8b": {**fx.LLAMA3_8B, **TINY},
+    "qwen2.5-7b": {**fx.QWEN25_7B, **TINY},
+    "qwen3-8b": {**fx.QWEN3_8B, **TINY, "head_dim": 16},
+    "gemma3-1b": {**fx.GEMMA3_1B, **TINY, "head_dim": 16},
+    "mistral-7b": {**fx.MISTRAL_7B, **TINY},
+    "phi3-mini": {**fx.PHI3_MINI, **TINY, "num_key_value_heads": 4},
+    "mixtral-8x7b": {**fx.MIXTRAL_8X7B, **TINY, "num_local_experts": 4},
+    "qwen3-30b-a3b": {**fx.QWEN3_30B_A3B, **TINY, "head_dim": 16, "num_experts": 4,
+                      "num_experts_per_tok": 2, "moe_intermediate_size": 64},
+    "lfm2-1.2b": {**fx.LFM2_1_2B, **TINY, "block_dim": 64, "block_ff_dim": 192,
+                  "layer_types": ["conv", "full_attention"]},
+    "qwen2.5-vl-7b": {**fx.QWEN25_VL_7B, **TINY, "vision_config": {
+        **fx.QWEN25_VL_7B["vision_config"], "depth": 2, "hidden_size": 32, "intermediate_size": 64,
+        "num_heads": 2, "out_hidden_size": 64}},
+    "gemma3-4b-vl": {**fx.GEMMA3_4B_VL, "vocab_size": 128, "text_config": {**fx.GEMMA3_4B_VL["text_config"], **TINY,
+                                                         "head_dim": 16},
+                     "vision_config": {**fx.GEMMA3_4B_VL["vision_config"], "hidden_size": 32,
+                                       "intermediate_size": 64, "num_hidden_layers": 2,
+                                       "image_size": 56}},
+}
+
+
+@pytest.mark.parametrize("family", list(TINY_CONFIGS))
+def test_fixture_names_are_what_mlx_lm_loads(family: str) -> None:
+    """Load the fixture's tensor names and shapes into mlx-lm's own model class: after its
+    sanitize step, names and shapes must match the model's parameters exactly."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    config = TINY_CONFIGS[family]
+    shapes = fx.FAMILIES[family][1](config)
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    dtypes = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32, "U32": mx.uint32}
+    weights = {n: mx.zeros(shape, dtypes[dt]) for n, (dt, shape) in shapes.items()}  # lazy
+    if hasattr(model, "sanitize"):
+        weights = model.sanitize(weights)
+    expected = {n: tuple(p.shape) for n, p in tree_flatten(model.parameters())}
+    assert {n: tuple(w.shape) for n, w in weights.items()} == expected
+
+
+def test_mlx_4bit_fixture_matches_mlx_quantize() -> None:
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    config = {**fx.LLAMA32_1B, **TINY, "head_dim": 16, "quantization": {"group_size": 64, "bits": 4}}
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    nn.quantize(model, group_size=64, bits=4)
+    expected = {n: tuple(p.shape) for n, p in tree_flatten(model.parameters())}
+    shapes = fx.mlx_quantized(fx.llama_like(config), 4)
+    assert {n: shape for n, (_, shape) in shapes.items()} == expected
+
+
+def test_real_mlx_checkpoint_bytes_match_loaded_parameters(tmp_path: Path) -> None:
+    """Save a real random model with mlx, inspect its headers, load it with mlx-lm: each layer's
+    planned bytes are the bytes its parameters take in memory."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes, load_model
+
+    config = {**fx.QWEN3_8B, **TINY, "head_dim": 16}
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    model.set_dtype(mx.bfloat16)
+    mx.save_safetensors(str(tmp_path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    spec = inspect(tmp_path)
+    loaded, _ = load_model(tmp_path)
+    for i, layer in enumerate(loaded.layers):
+        assert spec.layer_weight_bytes()[i] == sum(p.nbytes for _, p in tree_flatten(layer.parameters()))
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def copy_family(models: Path, tmp_path: Path, family: str = "qwen2.5-0.5b") -> Path:
+    target = tmp_path / family
+    config, make, shards = fx.FAMILIES[family]
+    return fx.write_model(target, config, make(config), shards)
+
+
+def test_missing_folder() -> None:
+    with pytest.raises(ModelError, match="no such folder, and not a Hugging Face repo id"):
+        inspect("/no/such/place")
+
+
+def test_file_instead_of_folder(tmp_path: Path) -> None:
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="is a file; pass the model's folder"):
+        inspect(tmp_path / "x.safetensors")
+
+
+def test_no_config(models: Path, tmp_path: Path) -> None:
+    folder = copy_family(models, tmp_path)
+    (folder / "config.json").unlink()
+    with pytest.raises(ModelError, match="no config.json"):
+        inspect(folder)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{oops", "invalid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"hidden_size": 8}', "no 'model_type' string"),
+    ('{"model_type": "gpt9"}', "model_type 'gpt9' is not supported; supported: gemma3, gemma3_text"),
+    ('{"model_type": "llama", "hidden_size": 64}', "missing 'num_hidden_layers'"),
+    ('{"model_type": "llama", "num_hidden_layers": "24", "hidden_size": 64}',
+     "'num_hidden_layers' should be a non-negative integer, not '24'"),
+])
+def test_bad_config(models: Path, tmp_path: Path, text: str, message: str) -> None:
+    folder = copy_family(models, tmp_path)
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ModelError, match=message):
+        inspect(folder)
+
+
+def test_config_and_weights_disagree(models: Path, tmp_path: Path) -> None:
+    folder = copy_family(models, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 20}))
+    with pytest.raises(ModelError, match="belongs to layer 20, but config.json says num_hidden_layers=20"):
+        inspect(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 30}))
+    with pytest.raises(ModelError, match=r"no tensors for layer\(s\) 24, 25, 26, 27, 28, 29"):
+        inspect(folder)
+
+
+def test_no_safetensors(models: Path, tmp_path: Path) -> None:
+    folder = copy_family(models, tmp_path)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="no .safetensors files"):
+        inspect(folder)
+
+
+def test_index_lists_missing_shard(models: Path, tmp_path: Path) -> None:
+    folder = copy_family(models, tmp_path, "llama3-8b")
+    (folder / "model-00003-of-00004.safetensors").unlink()
+    with pytest.raises(ModelError, match="lists model-00003-of-00004.safetensors, which is missing"):
+        inspect(folder)
+
+
+def test_index_inconsistent_with_headers(models: Path, tmp_path: Path) -> None:
+    folder = copy_family(models, tmp_path, "llama3-8b")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.norm.weight"] = "model-00001-of-00004.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelError, match="says 'model.norm.weight' is in model-00001"):
+        inspect(folder)
+
+
+def test_tensor_in_two_files(models: Path, tmp_path: Path) -> None:
+    folder = copy_family(models, tmp_path)
+    fx.write_model(tmp_path / "other", {}, {"model.norm.weight": ("BF16", (896,))})
+    (tmp_path / "other" / "model.safetensors").rename(folder / "extra.safetensors")
+    with pytest.raises(ModelError, match="'model.norm.weight' is in both"):
+        inspect(folder)
+
+
+def test_corrupt_shard_names_the_file(models: Path, tmp_path: Path) -> None:
+    folder = copy_family(models, tmp_path)
+    with (folder / "model.safetensors").open("r+b") as f:
+        f.write((10**12).to_bytes(8, "little"))
+    with pytest.raises(ModelError, match=r"model.safetensors: header length 1000000000000 runs past"):
+        inspect(folder)
+
+
+def test_unsupported_quantization(models: Path, tmp_path: Path) -> None:
+    folder = copy_family(models, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="'gptq' quantization is not something MLX loads"):
+        inspect(folder)
+
+
+# ----------------------------------------------------------------- Hugging Face repo ids
+
+HUB_SCRIPT = textwrap.dedent("""
+    import sys, unimap
+    try:
+        spec = unimap.inspect(sys.argv[1])
+        print("OK", spec.where, spec.num_layers, sum(spec.layer_weight_bytes()))
+    except unimap.UnimapError as exc:
+        print("ERROR", exc)
+""")
+
+
+def run_offline(repo: str, cache: Path) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache)}
+    done = subprocess.run([sys.executable, "-c", HUB_SCRIPT, repo], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_hub_repo_from_the_local_cache(tmp_path: Path) -> None:
+    """A repo id resolves through huggingface_hub's own cache lookup, with no network."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--tiny-org--tiny-qwen"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    config, make, _ = fx.FAMILIES["qwen2.5-0.5b"]
+    fx.write_model(repo / "snapshots" / revision, config, make(config))
+    expected = sum(inspect(repo / "snapshots" / revision).layer_weight_bytes())
+    assert run_offline("tiny-org/tiny-qwen", cache) == f"OK local 24 {expected}"
+
+
+def test_hub_repo_without_network(tmp_path: Path) -> None:
+    out = run_offline("some-org/not-cached", tmp_path / "empty")
+    assert out.startswith("ERROR some-org/not-cached: cannot reach the Hugging Face Hub")
+    assert "download the model and pass its folder" in out
