@@ -83,7 +83,8 @@ def test_moe_and_vision_configs(models: Path) -> None:
 
 def test_mlx_quantized_checkpoint(models: Path) -> None:
     spec = inspect(models / "llama3.2-1b-mlx-4bit")
-    assert spec.quantization is not None and (spec.quantization.bits, spec.quantization.group_size) == (4, 64)
+    quant = spec.quantization
+    assert quant is not None and (quant.bits, quant.group_size) == (4, 64)
     # q_proj 2048x2048 at 4 bits: packed uint32 plus bf16 scales and biases per 64
     t = {h.name: h for h in spec.headers}
     assert t["model.layers.0.self_attn.q_proj.weight"].nbytes == 2048 * 2048 // 2

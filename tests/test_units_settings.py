@@ -77,14 +77,16 @@ def test_backend_choice() -> None:
 
 
 def test_errors_share_one_base() -> None:
-    for name in ("ConfigError", "ProbeError", "BackendError"):
+    for name in ("ConfigError", "ProbeError", "BackendError", "ModelError", "DoesNotFitError"):
         assert issubclass(getattr(unimap, name), UnimapError)
 
 
 def test_public_api_is_all() -> None:
     assert sorted(unimap.__all__) == sorted([
         "Backend", "BackendError", "BackendStatus", "BackendUnavailable", "ConfigError",
-        "Device", "Host", "Machine", "ProbeError", "UnimapError", "__version__", "probe",
+        "Device", "DoesNotFitError", "Estimate", "Host", "Machine", "ModelError", "ModelSpec",
+        "Options", "Plan", "ProbeError", "UnimapError", "__version__", "estimate", "inspect",
+        "plan", "probe",
     ])
     for name in unimap.__all__:
         assert getattr(unimap, name) is not None

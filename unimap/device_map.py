@@ -58,7 +58,8 @@ def _count(text: object, whole: object) -> int:
     try:
         count = int(str(text))
     except ValueError:
-        raise ConfigError(f"device map {whole!r}: layer count {text!r} is not a whole number") from None
+        raise ConfigError(f"device map {whole!r}: layer count {text!r} is not a whole number; "
+                          f"use {FORMS}") from None
     if count < 0:
         raise ConfigError(f"device map {whole!r}: layer count {count} is negative")
     return count

@@ -226,7 +226,8 @@ def _auto(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device]) 
     start = 0
     for index, gpu in enumerate(gpus):
         if index == 0 and not _parts_fit(est, gpu):
-            break  # not even the embeddings fit: everything runs on the CPU
+            counts = [(g, 0) for g in gpus]  # not even the embeddings fit: all on the CPU
+            break
         count = _layers_that_fit(est, gpu, start, with_parts=index == 0)
         counts.append((gpu, count))
         start += count

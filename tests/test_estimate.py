@@ -1,0 +1,150 @@
+"""Every estimator term against a hand computation on a tiny model.
+
+The model: hidden 128, 2 layers, 2 heads of 64, 1 KV head, MLP 256, vocabulary 256, bf16.
+Per layer: q, o 128x128; k, v 64x128; gate, up 256x128; down 128x256 -> 147456 linear elements,
+plus two 128-element norms = 147712 elements = 295424 bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fixtures as fx
+import pytest
+
+from unimap import ConfigError, Options, estimate, inspect
+from unimap.estimate import quantized_bytes
+
+TINY = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "head_dim": 64, "vocab_size": 256, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("tiny")
+    return inspect(fx.write_model(folder, TINY, fx.llama_like(TINY)))
+
+
+def test_weights_exact(tiny) -> None:  # type: ignore[no-untyped-def]
+    est = estimate(tiny, Options(max_seq_len=1000))
+    assert [layer.weight_bytes for layer in est.layers] == [295424, 295424]
+    assert est.non_mapped_weight_bytes == (256 * 128 * 2 + 128) * 2  # embed, lm_head, norm
+    assert est.vision_weight_bytes == 0
+    assert est.weight_bytes == 2 * 295424 + 131328
+
+
+def test_isq_prices_mlx_affine_quantization(tiny) -> None:  # type: ignore[no-untyped-def]
+    est = estimate(tiny, Options(max_seq_len=1000, isq=4))
+    # 147456 linear elements: 4 bits each, plus a bf16 scale and bias per 64; norms stay bf16
+    assert est.layers[0].weight_bytes == 147456 // 2 + 2 * (147456 // 64) * 2 + 256 * 2 == 83456
+    eight = estimate(tiny, Options(max_seq_len=1000, isq=8))
+    assert eight.non_mapped_weight_bytes == 65536 + 2 * 1024 * 2 + 128 * 2 == 69888
+    three = estimate(tiny, Options(isq=3))
+    assert three.layers[0].weight_bytes == 147456 * 3 // 8 + 9216 + 512
+
+
+def test_quantized_bytes_formula() -> None:
+    assert quantized_bytes(4096 * 4096, 4, 2) == 4096 * 4096 // 2 + 2 * 4096 * 64 * 2
+    assert quantized_bytes(64, 8, 4) == 64 + 8
+
+
+def test_dtype_override(tiny) -> None:  # type: ignore[no-untyped-def]
+    est = estimate(tiny, Options(dtype="float32"))
+    assert est.layers[0].weight_bytes == 147712 * 4
+    assert est.dtype == "float32"
+    both = estimate(tiny, Options(dtype="float32", isq=4))  # scales follow the compute dtype
+    assert both.layers[0].weight_bytes == 147456 // 2 + 2 * 2304 * 4 + 256 * 4
+
+
+def test_kv_cache_mlx_lm_layout(tiny) -> None:  # type: ignore[no-untyped-def]
+    # 1000 tokens -> 1024 (KVCache steps of 256); per token 2 (K,V) x 1 head x 64 x 2 bytes
+    est = estimate(tiny, Options(max_seq_len=1000))
+    assert [layer.kv_bytes for layer in est.layers] == [1024 * 256] * 2
+    assert est.kv_growth_bytes == 1024 * 256  # one layer's cache while it is copied
+    assert estimate(tiny, Options(max_seq_len=1024)).layers[0].kv_bytes == 1024 * 256
+    assert estimate(tiny, Options(max_seq_len=1025)).layers[0].kv_bytes == 1280 * 256
+    batch = estimate(tiny, Options(max_seq_len=1000, max_batch_size=2))
+    assert batch.layers[0].kv_bytes == 2 * 1024 * 256
+
+
+def test_kv_cache_quantized_and_paged(tiny) -> None:  # type: ignore[no-untyped-def]
+    # 8-bit: 64 bytes of values + one bf16 scale and bias per group of 64, for K and V
+    assert estimate(tiny, Options(max_seq_len=1000, kv_bits=8)).layers[0].kv_bytes == 1024 * 2 * 68
+    assert estimate(tiny, Options(max_seq_len=1000, kv_bits=4)).layers[0].kv_bytes == 1024 * 2 * 36
+    paged = estimate(tiny, Options(max_seq_len=1000, kv_layout="paged", kv_block_tokens=48))
+    assert paged.layers[0].kv_bytes == 21 * 48 * 256  # 21 blocks of 48 tokens
+    assert paged.kv_growth_bytes == 0
+
+
+def test_sliding_window_and_recurrent_layers(tmp_path: Path) -> None:
+    config = {**fx.GEMMA3_1B, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 6,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64,
+              "vocab_size": 256, "sliding_window": 512}
+    spec = inspect(fx.write_model(tmp_path / "g", config, fx.gemma3_text(config)))
+    est = estimate(spec, Options(max_seq_len=4096))
+    per_token = 2 * 64 * 2
+    # sliding layers keep window - 1 tokens plus one 2048-token prefill chunk; layer 5 is global
+    assert [layer.kv_bytes // per_token for layer in est.layers] == [2559] * 5 + [4096]
+    short = estimate(spec, Options(max_seq_len=300))
+    assert short.layers[0].kv_bytes == 512 * per_token  # 300 -> 512: the window caps the step
+    lfm = {**fx.LFM2_1_2B, "hidden_size": 128, "block_ff_dim": 384, "num_hidden_layers": 2,
+           "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 256,
+           "layer_types": ["conv", "full_attention"]}
+    est = estimate(inspect(fx.write_model(tmp_path / "l", lfm, fx.lfm2(lfm))), Options(max_seq_len=1000))
+    assert est.layers[0].kind == "recurrent"
+    assert est.layers[0].kv_bytes == 1 * 2 * 128 * 2  # (batch, L_cache - 1, hidden) in bf16
+    assert est.layers[1].kv_bytes == 1024 * 2 * 1 * 64 * 2
+    assert est.kv_growth_bytes == est.layers[1].kv_bytes
+
+
+def test_activations_hand_computed(tiny) -> None:  # type: ignore[no-untyped-def]
+    est = estimate(tiny, Options(max_seq_len=1000))
+    chunk, keys = 999, 1000  # mlx-lm prefills all but the last token, then decodes it
+    t = est.activation_terms
+    assert t["all/residual"] == t["all/normed"] == chunk * 128 * 2
+    assert t["attention/qkv"] == chunk * (128 + 2 * 64) * 2
+    assert t["attention/rope"] == chunk * (128 + 64) * 2
+    assert t["attention/scores"] == 2 * 2 * chunk * keys * 2 + chunk * keys
+    assert t["mlp/intermediate"] == 3 * chunk * 256 * 2
+    assert t["all/logits"] == 256 * (2 + 4 + 4)
+    shared = 2 * chunk * 128 * 2 + 2560
+    attention = chunk * 256 * 2 + chunk * 192 * 2 + chunk * 128 * 2 + t["attention/scores"]
+    assert est.activation_bytes(fused=False) == shared + attention == 10655896
+    # head_dim 64 runs in MLX's fused kernel on a GPU: no score matrix, the MLP phase is larger
+    assert est.activation_bytes(fused=True) == shared + 3 * chunk * 256 * 2 + chunk * 128 * 2
+    assert est.peak_bytes(fused=False) == est.weight_bytes + 2 * 262144 + 262144 + 10655896
+
+
+def test_vision_tokens_and_activations(tmp_path: Path) -> None:
+    config = fx.QWEN25_VL_7B
+    spec = inspect(fx.write_model(tmp_path / "vl", config, fx.qwen2_5_vl(config), 5))
+    est = estimate(spec, Options(max_seq_len=4096, max_num_images=2, max_image_length=1024))
+    # 1024 px -> 1036 (whole 28-px merged patches) -> 74 x 74 patches -> 1369 tokens each
+    assert est.image_tokens == 2 * 1369
+    assert est.sequence_tokens == 4096 + 2738
+    assert est.vision_weight_bytes == spec.slots[-1].header_bytes > 0
+    assert est.vision_activation_terms["vision-attention/scores"] == 2 * 16 * 5476 * 5476 * 2
+    none = estimate(spec, Options(max_num_images=0))
+    assert none.image_tokens == 0 and none.vision_activation_terms == {}
+    gemma = inspect(fx.write_model(tmp_path / "g", fx.GEMMA3_4B_VL, fx.gemma3_vl(fx.GEMMA3_4B_VL), 2))
+    assert estimate(gemma, Options(max_image_length=4000)).image_tokens == 256  # fixed 896 px
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (Options(max_seq_len=0), "max-seq-len must be a positive integer"),
+    (Options(max_batch_size=-2), "max-batch-size must be a positive integer"),
+    (Options(max_num_images=-1), "max-num-images must be 0 or more"),
+    (Options(isq=7), "MLX quantizes to 2, 3, 4, 5, 6, 8 bits"),
+    (Options(kv_bits=1), "--kv-bits 1"),
+    (Options(dtype="int8"), "--dtype 'int8'"),
+    (Options(kv_layout="vllm"), "kv layout 'vllm'"),  # type: ignore[arg-type]
+])
+def test_bad_options(tiny, options: Options, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=message):
+        estimate(tiny, options)
+
+
+def test_isq_on_quantized_checkpoint_is_refused(models: Path) -> None:
+    with pytest.raises(ConfigError, match="already MLX-quantized to 4 bits"):
+        estimate(inspect(models / "llama3.2-1b-mlx-4bit"), Options(isq=4))
