@@ -325,3 +325,50 @@ def test_hub_repo_without_network(tmp_path: Path) -> None:
     out = run_offline("some-org/not-cached", tmp_path / "empty")
     assert out.startswith("ERROR some-org/not-cached: cannot reach the Hugging Face Hub")
     assert "download the model and pass its folder" in out
+
+
+def run_against(endpoint: str, repo: str, cache: Path) -> str:
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5"}
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run([sys.executable, "-c", HUB_SCRIPT, repo], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-0.5b", "llama3-8b"])  # one file; four shards + index
+def test_hub_repo_headers_by_range_request(models: Path, tmp_path: Path, family: str) -> None:
+    """Not cached: config.json is downloaded and each safetensors header is fetched with a range
+    request by huggingface_hub's own code, from a Hub stand-in on 127.0.0.1."""
+    from fake_hub import serve
+
+    expected = inspect(models / family)
+    with serve({"org/model": models / family}) as (endpoint, seen):
+        out = run_against(endpoint, "org/model", tmp_path / "cache")
+    assert out == f"OK hub {expected.num_layers} {sum(expected.layer_weight_bytes())}"
+    ranged = [s for s in seen if s.startswith("GET") and ".safetensors " in s]
+    assert ranged and all("Range: " not in s and "bytes=" in s for s in ranged)  # headers only
+    assert not any(s.startswith("GET") and s.endswith(".safetensors") for s in seen)  # no full GET
+
+
+def test_hub_repo_missing(tmp_path: Path) -> None:
+    from fake_hub import serve
+
+    with serve({}) as (endpoint, _):
+        out = run_against(endpoint, "org/absent", tmp_path / "cache")
+    assert out.startswith("ERROR org/absent: no such model on the Hugging Face Hub")
+
+
+def test_hub_repo_without_config_or_weights(tmp_path: Path) -> None:
+    from fake_hub import serve
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no-weights").mkdir()
+    (tmp_path / "no-weights" / "config.json").write_text(json.dumps(fx.QWEN25_05B))
+    with serve({"org/empty": tmp_path / "empty", "org/no-weights": tmp_path / "no-weights"}) as (
+            endpoint, _):
+        assert run_against(endpoint, "org/empty", tmp_path / "c1") == (
+            "ERROR org/empty: the repo has no config.json; is it a model repo in Hugging Face format?")
+        assert run_against(endpoint, "org/no-weights", tmp_path / "c2").startswith(
+            "ERROR org/no-weights: has no safetensors weights")

@@ -197,10 +197,13 @@ def _hub(repo_id: str) -> ModelSpec:
     except errors.NotASafetensorsRepoError:
         raise ModelError(f"{repo_id}: has no safetensors weights; unimap reads safetensors "
                          "headers (or a local .gguf file)") from None
-    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, errors.HfHubHTTPError,
-            OSError) as exc:
-        raise ModelError(f"{repo_id}: cannot reach the Hugging Face Hub ({type(exc).__name__}); "
-                         "check the network, or download the model and pass its folder") from None
+    except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as exc:
+        raise _unreachable(repo_id, exc) from None
+    except errors.EntryNotFoundError:  # after LocalEntryNotFoundError, its subclass
+        raise ModelError(f"{repo_id}: the repo has no config.json; is it a model repo in Hugging "
+                         "Face format?") from None
+    except (errors.HfHubHTTPError, OSError) as exc:
+        raise _unreachable(repo_id, exc) from None
     headers: dict[str, tuple[TensorHeader, str]] = {}
     for file, file_meta in meta.files_metadata.items():
         raw = {name: {"dtype": info.dtype, "shape": list(info.shape),
@@ -209,6 +212,11 @@ def _hub(repo_id: str) -> ModelSpec:
         tensors, _ = parse_header(raw, f"{repo_id}/{file}")
         headers.update({name: (tensor, file) for name, tensor in tensors.items()})
     return build_spec(repo_id, "hub", config, headers, f"{repo_id}/config.json")
+
+
+def _unreachable(repo_id: str, exc: Exception) -> ModelError:
+    return ModelError(f"{repo_id}: cannot reach the Hugging Face Hub ({type(exc).__name__}); "
+                      "check the network, or download the model and pass its folder")
 
 
 def _complete(folder: Path) -> bool:
@@ -241,10 +249,7 @@ def classify(h: TensorHeader, num_layers: int, eight_bit: tuple[str, ...] = ()) 
     the non-mapped rest; and say whether --isq would quantize it (mlx-lm's quantize_model takes
     Linear/Embedding weights whose last dimension divides by the group size)."""
     name = h.name
-    isq = ""
-    if (name.endswith(".weight") and 2 <= len(h.shape) <= 3 and h.dtype in FLOAT_DTYPES
-            and h.shape[-1] % GROUP_SIZE == 0):
-        isq = "q8" if eight_bit and name[:-7].endswith(eight_bit) else "q"
+    isq = _isq(h, eight_bit)
     if _VISION_HINT.search(name) and _VISION.search(name):
         return Tensor(name, None, "vision", "")
     at = name.find("layers.")
@@ -259,6 +264,13 @@ def classify(h: TensorHeader, num_layers: int, eight_bit: tuple[str, ...] = ()) 
     return Tensor(name, None, part, isq)
 
 
+def _isq(h: TensorHeader, eight_bit: tuple[str, ...]) -> str:
+    if not (h.name.endswith(".weight") and 2 <= len(h.shape) <= 3 and h.dtype in FLOAT_DTYPES
+            and h.shape[-1] % GROUP_SIZE == 0):
+        return ""
+    return "q8" if eight_bit and h.name[:-7].endswith(eight_bit) else "q"
+
+
 def _slots(source: str, headers: list[TensorHeader], arch: Architecture) -> tuple[
         tuple[Slot, ...], dict[str, int]]:
     """Per-slot sums (layers 0..n-1, non-mapped -1, vision -2) and float bytes by dtype."""
@@ -266,12 +278,21 @@ def _slots(source: str, headers: list[TensorHeader], arch: Architecture) -> tupl
     eight_bit = EIGHT_BIT_MODULES.get(arch.model_type, ())
     sums = [[0] * 7 for _ in range(n + 2)]
     by_dtype: dict[str, int] = {}
+    prefix = "model.layers."
     for h in headers:
-        t = classify(h, n, eight_bit)
-        if t.layer is not None and t.layer >= n:
-            raise ModelError(f"{source}: tensor {h.name!r} belongs to layer {t.layer}, but "
+        name, layer = h.name, None
+        if name.startswith(prefix):  # most tensors: skip the general classifier
+            digits = name[13:name.find(".", 13)]
+            layer = int(digits) if digits.isdigit() else None
+        if layer is None:
+            t = classify(h, n, eight_bit)
+            layer, vision, isq = t.layer, t.part == "vision", t.isq
+        else:
+            vision, isq = False, _isq(h, eight_bit)
+        if layer is not None and layer >= n:
+            raise ModelError(f"{source}: tensor {name!r} belongs to layer {layer}, but "
                              f"config.json says num_hidden_layers={n}; config and weights disagree")
-        row = sums[t.layer if t.layer is not None else n + (t.part == "vision")]
+        row = sums[layer if layer is not None else n + vision]
         nbytes = h.end - h.begin
         row[0] += nbytes
         width = _FLOAT_WIDTH.get(h.dtype)
@@ -279,8 +300,8 @@ def _slots(source: str, headers: list[TensorHeader], arch: Architecture) -> tupl
             by_dtype[h.dtype] = by_dtype.get(h.dtype, 0) + nbytes
             row[1] += nbytes // width
             row[2] += nbytes
-            if t.isq:
-                k = 3 if t.isq == "q" else 5
+            if isq:
+                k = 3 if isq == "q" else 5
                 row[k] += nbytes // width
                 row[k + 1] += nbytes
     ids = [*range(n), NON_MAPPED_SLOT, VISION_SLOT]
