@@ -125,8 +125,8 @@ TINY_CONFIGS = {
     "qwen2.5-vl-7b": {**fx.QWEN25_VL_7B, **TINY, "vision_config": {
         **fx.QWEN25_VL_7B["vision_config"], "depth": 2, "hidden_size": 32, "intermediate_size": 64,
         "num_heads": 2, "out_hidden_size": 64}},
-    "gemma3-4b-vl": {**fx.GEMMA3_4B_VL, "vocab_size": 128, "text_config": {**fx.GEMMA3_4B_VL["text_config"], **TINY,
-                                                         "head_dim": 16},
+    "gemma3-4b-vl": {**fx.GEMMA3_4B_VL, "vocab_size": 128,
+                     "text_config": {**fx.GEMMA3_4B_VL["text_config"], **TINY, "head_dim": 16},
                      "vision_config": {**fx.GEMMA3_4B_VL["vision_config"], "hidden_size": 32,
                                        "intermediate_size": 64, "num_hidden_layers": 2,
                                        "image_size": 56}},
