@@ -105,6 +105,13 @@ def test_vision_tower_goes_to_the_gpu_first(models: Path) -> None:
     assert plan.device("gpu:0").weight_bytes >= plan.estimate.vision_weight_bytes
 
 
+def test_parts_too_big_for_the_gpu_run_on_the_cpu(models: Path) -> None:
+    plan = unimap.plan(models / "qwen2.5-vl-7b", machine="mac-16gb", gpu_budget="1GiB")
+    assert plan.non_mapped_device == plan.vision_device == "cpu"
+    assert plan.device("gpu:0").layers == () and plan.device("gpu:0").used_bytes == 0
+    assert "vision tower" in plan.notes[0] and "everything runs on the CPU" in plan.notes[0]
+
+
 def test_cpu_only_machine_runs_everything_on_the_cpu(models: Path) -> None:
     plan = unimap.plan(models / "qwen2.5-0.5b", machine=None, backend="cpu")
     assert [d.name for d in plan.devices] == ["cpu"]

@@ -164,6 +164,13 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
     if device_map is not None:
         return _manual(spec, machine, est, gpus, device_map)
     plan = _auto(spec, machine, est, gpus)
+    if gpus and plan.non_mapped_device == "cpu":
+        parts = est.non_mapped_weight_bytes + est.vision_weight_bytes
+        what = "the embeddings, lm_head" + (" and vision tower" if est.vision_weight_bytes else "")
+        plan = replace(plan, notes=(*plan.notes, f"{what} ({format_bytes(parts)}) plus one "
+                                    f"working set do not fit {gpus[0].name}'s budget "
+                                    f"({format_bytes(gpus[0].budget_bytes)}): everything runs on "
+                                    "the CPU"))
     if not plan.fits:
         plan = replace(plan, ways_out=ways_out(spec, machine, options))
     elif not plan.all_on_gpu and gpus:
