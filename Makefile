@@ -12,8 +12,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job. Until `unimap run` lands it shows what this machine allows.
-run: doctor
+# The main job: a story from the real TinyStories model that sits beside the project (../shared).
+MODEL ?= ../shared/models/stories260K/stories260K.gguf
+PROMPT ?= Once upon a time
+MAX_TOKENS ?= 200
+
+run: $(STAMP)
+	@if [ ! -f "$(MODEL)" ]; then \
+	  echo "make run: $(MODEL) is not here (it lives in ../shared beside the project)."; \
+	  echo "Pass a model instead: make run MODEL=path/to/model.gguf|model-folder|owner/name"; \
+	  exit 2; fi
+	$(BIN)/unimap run -m "$(MODEL)" --prompt "$(PROMPT)" --max-tokens $(MAX_TOKENS) --max-seq-len 512
 
 doctor: $(STAMP)
 	$(BIN)/unimap doctor

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from unimap.device_map import parse_device_map
 from unimap.errors import ConfigError
@@ -79,3 +80,46 @@ def plan(
     target = resolve_machine(machine, ram=ram, gpu_budget=gpu_budget, gpu_reserve=gpu_reserve,
                              host_reserve=host_reserve, backend=backend)
     return make_plan(spec, target, options, mapping)
+
+
+def load(
+    model: str | Path,
+    device_map: str | int | list[str] | None = "auto",
+    max_seq_len: int = 4096,
+    max_batch_size: int = 1,
+    max_num_images: int = 1,
+    max_image_length: int = 1024,
+    isq: int | None = None,
+    machine: Machine | str | None = None,
+    *,
+    dtype: str | None = None,
+    kv_bits: int | None = None,
+    progress: Any = None,
+    **overrides: Any,
+) -> tuple[Any, Any, Plan]:
+    """Plan, then load `model` (a folder, a .gguf file or a Hub repo id) as the plan says.
+
+    Returns (model, tokenizer, plan). Raises DoesNotFitError, before loading anything, when the
+    plan does not fit. `progress(done, total, what)` is called as parts are materialized."""
+    from unimap import runtime
+
+    planned = plan(model, max_seq_len, max_batch_size, max_num_images, max_image_length, isq,
+                   device_map, machine, dtype=dtype, kv_bits=kv_bits, **overrides).require_fit()
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        loaded, tokenizer = runtime.gguf_model(path)
+    else:
+        with runtime.lazy_model(path if path.is_dir() else Path(str(model))) as (loaded, tokenizer):
+            pass
+    if isq is not None:
+        runtime.quantize_in_place(loaded, isq)
+    if dtype is not None:
+        runtime.cast_floats(loaded, dtype)
+    wired = runtime.WiredLimit()
+    try:
+        placement = runtime.apply_plan(loaded, planned, wired, progress)
+    except BaseException:
+        wired.release()
+        raise
+    object.__setattr__(loaded, "_unimap", runtime.Mapped(planned, placement, wired))
+    return loaded, tokenizer, planned

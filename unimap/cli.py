@@ -259,5 +259,126 @@ def _render_plan(result: Plan, console: Console) -> None:
         console.print("  no setting found that fits: use a smaller model or a bigger machine")
 
 
+def _plan_options(f: Any) -> Any:
+    """The mapping flags `unimap run` shares with `unimap plan` (mistral.rs names)."""
+    for option in reversed([
+        click.option("-m", "--model", required=True,
+                     help="Model folder, .gguf file, or Hugging Face repo id (owner/name)."),
+        click.option("--max-seq-len", type=int, default=4096, show_default=True),
+        click.option("--max-batch-size", type=int, default=1, show_default=True),
+        click.option("--max-num-images", type=int, default=1, show_default=True),
+        click.option("--max-image-length", type=int, default=1024, show_default=True),
+        click.option("--isq", type=int, help="Quantize weights while loading: 2-6 or 8 bits."),
+        click.option("--kv-bits", type=int, help="Quantize the KV cache to this many bits."),
+        click.option("-n", "--device-map", "device_map", help='Deprecated manual map: "16".'),
+    ]):
+        f = option(f)
+    return f
+
+
+@cli.command("run")
+@_plan_options
+@click.option("--prompt", "-p", help="Text to continue (or the first chat message with -i).")
+@click.option("-i", "--interactive", is_flag=True, help="Chat: read messages from the terminal.")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--temp", type=float, default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, help="Random seed for sampling.")
+def run_command(model: str, max_seq_len: int, max_batch_size: int, max_num_images: int,
+                max_image_length: int, isq: int | None, kv_bits: int | None,
+                device_map: str | None, prompt: str | None, interactive: bool, max_tokens: int,
+                temp: float, top_p: float, seed: int | None) -> None:
+    """Load MODEL the way its plan says and generate text."""
+    from rich.progress import Progress as Bar
+
+    from unimap.api import load
+    from unimap.generate import stream_generate
+
+    if not interactive and not (prompt and prompt.strip()):
+        raise click.UsageError("give a non-empty --prompt, or -i to chat")
+    if max_tokens < 1:
+        raise click.UsageError(f"--max-tokens must be at least 1, not {max_tokens}")
+    console = Console(file=sys.stderr, highlight=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        planned = make_plan(model, max_seq_len, max_batch_size, max_num_images, max_image_length,
+                            isq, device_map or "auto", None, kv_bits=kv_bits)
+    _summary(planned, console)
+    planned.require_fit()
+    loaded = None
+    try:
+        with Bar(console=console, transient=True) as bar:
+            task = bar.add_task("loading", total=None)
+
+            def progress(done: int, total: int, what: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"loading {what}")
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                loaded, tokenizer, planned = load(
+                    model, device_map or "auto", max_seq_len, max_batch_size, max_num_images,
+                    max_image_length, isq, kv_bits=kv_bits, progress=progress)
+        chat = _chat_loop(tokenizer, prompt) if interactive else iter([prompt or ""])
+        for text in chat:
+            last = None
+            click.echo(prompt if not interactive and prompt else "", nl=False)
+            for last in stream_generate(loaded, tokenizer, text, max_tokens=max_tokens, temp=temp,
+                                        top_p=top_p, seed=seed):
+                click.echo(last.text, nl=False)
+            click.echo()
+            if last is not None:
+                console.print(_stats(last), highlight=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    finally:
+        state = getattr(loaded, "_unimap", None) if loaded is not None else None
+        if state is not None:
+            state.wired.release()  # the previous wired limit, on every way out
+
+
+def _summary(result: Plan, console: Console) -> None:
+    gpu = [d for d in result.devices if d.name != "cpu" and d.layers]
+    where = ("all on " + result.devices[0].name if result.all_on_gpu else
+             ", ".join(f"{d.name} layers {layer_span(d.layers)}" for d in result.devices if d.layers))
+    status = "fits" if result.fits else f"does not fit: {result.problem}"
+    wired = ("" if result.wired_limit_bytes is None
+             else f", wired limit {format_bytes(result.wired_limit_bytes)}")
+    console.print(f"plan: {escape(result.model)} {status}; {where}; predicted peak "
+                  f"{format_bytes(result.peak_bytes)}{wired}"
+                  + (" (split: layers on the CPU run slower)" if gpu and not result.all_on_gpu else ""),
+                  soft_wrap=True)
+    for note in result.notes:
+        console.print(f"note: {escape(note)}", soft_wrap=True)
+
+
+def _stats(r: Any) -> str:
+    peak = format_bytes(r.peak_memory_bytes)
+    versus = "" if r.predicted_peak_bytes is None else f" (plan: {format_bytes(r.predicted_peak_bytes)})"
+    return (f"prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.1f} tokens/s; generation: "
+            f"{r.generation_tokens} tokens, {r.generation_tps:.1f} tokens/s; peak memory {peak}{versus}")
+
+
+def _chat_loop(tokenizer: Any, first: str | None) -> Any:
+    """Chat turns as prompts: the tokenizer's chat template when it has one, else plain text."""
+    history: list[dict[str, str]] = []
+    message = first
+    while True:
+        if not message:
+            try:
+                message = input("> ")
+            except EOFError:
+                return
+        if message.strip() in ("/quit", "/exit"):
+            return
+        history.append({"role": "user", "content": message})
+        template = getattr(tokenizer, "chat_template", None)
+        if template:
+            yield tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+        else:
+            yield message
+        message = None
+
+
 def main() -> None:
     cli(prog_name="unimap")

@@ -96,9 +96,11 @@ def inspect(model: str | Path) -> ModelSpec:
     path = Path(model).expanduser()
     if path.is_dir():
         return _local(path, str(model))
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _gguf(path, str(model))
     if path.exists():
         raise ModelError(f"{model}: is a file; pass the model's folder (with config.json and "
-                         ".safetensors files)")
+                         ".safetensors files) or a .gguf file")
     if _REPO_ID.match(str(model)):
         return _hub(str(model))
     raise ModelError(f"{model}: no such folder, and not a Hugging Face repo id (owner/name)")
@@ -169,6 +171,13 @@ def _check_index(path: Path, weight_map: dict[str, str] | None,
         if found is None or found[1] != file:
             raise ModelError(f"{path / INDEX_FILE}: says {name!r} is in {file}, but that file's "
                              "header does not list it; the download is inconsistent")
+
+
+def _gguf(path: Path, source: str) -> ModelSpec:
+    from unimap.gguf import gguf_config, gguf_headers, read_gguf
+
+    gguf = read_gguf(path)
+    return build_spec(source, "local", gguf_config(gguf), gguf_headers(gguf), f"{path} metadata")
 
 
 # ---------------------------------------------------------------- the Hugging Face Hub

@@ -1,0 +1,106 @@
+"""generate -> tokens: mlx-lm's generation loop under the plan's memory regime.
+
+Drives mlx-lm's `generate_step` directly (its `stream_generate` would raise the wired limit to
+the maximum), on the stream that holds the embeddings and head, with the plan's KV settings.
+Yields text as it becomes printable and ends with timing and peak-memory figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from unimap.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Response:
+    text: str  # new text since the previous response
+    token: int | None
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    peak_memory_bytes: int
+    predicted_peak_bytes: int | None
+    finish_reason: str | None  # None while generating, then "stop" or "length"
+
+
+class _Detokenizer:
+    """Incremental decoding for tokenizers without a streaming detokenizer of their own."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.emitted = tokenizer, ""
+        self.tokens: list[int] = []
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        text = str(self.tokenizer.decode(self.tokens))
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its last byte
+            return ""
+        new, self.emitted = text[len(self.emitted):], text
+        return new
+
+
+def encode_prompt(tokenizer: Any, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, list):
+        if not prompt:
+            raise ConfigError("the prompt is empty: give some text (--prompt) to continue")
+        return prompt
+    if not prompt.strip():
+        raise ConfigError("the prompt is empty: give some text (--prompt) to continue")
+    bos = getattr(tokenizer, "bos_token", None)
+    if hasattr(tokenizer, "bos_token") and hasattr(tokenizer, "_tokenizer"):  # mlx-lm wrapper
+        add_special = bos is None or not prompt.startswith(bos)
+        return list(tokenizer.encode(prompt, add_special_tokens=add_special))
+    return list(tokenizer.encode(prompt))
+
+
+def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens: int = 256,
+                    temp: float = 0.0, top_p: float = 1.0, seed: int | None = None
+                    ) -> Iterator[Response]:
+    """Generate from `prompt`, yielding each piece of text as it is decoded."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    if max_tokens < 1:
+        raise ConfigError(f"--max-tokens must be at least 1, not {max_tokens}")
+    if not 0.0 <= top_p <= 1.0 or temp < 0.0:
+        raise ConfigError("--temp must be 0 or more and --top-p between 0 and 1")
+    ids = encode_prompt(tokenizer, prompt)
+    if seed is not None:
+        mx.random.seed(seed)
+    state = getattr(model, "_unimap", None)
+    options: dict[str, Any] = {}
+    if state is not None:
+        options["stream"] = state.parts_stream
+        if state.plan.estimate.options.kv_bits:
+            options.update(kv_bits=state.plan.estimate.options.kv_bits, quantized_kv_start=0)
+    eos = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+    detok = _Detokenizer(tokenizer)
+    predicted = state.plan.peak_bytes if state is not None else None
+    start = time.perf_counter()
+    prompt_tps, first_at, count = 0.0, start, 0
+    steps = generate_step(mx.array(ids), model, max_tokens=max_tokens,
+                          sampler=make_sampler(temp, top_p), **options)
+    for count, (step_token, _) in enumerate(steps, start=1):
+        token = int(step_token)
+        if count == 1:
+            first_at = time.perf_counter()
+            prompt_tps = len(ids) / max(first_at - start, 1e-9)
+        done = token in eos
+        text = "" if done else detok.add(token)
+        rate = (count - 1) / max(time.perf_counter() - first_at, 1e-9) if count > 1 else 0.0
+        reason = "stop" if done else "length" if count == max_tokens else None
+        yield Response(text, token, len(ids), prompt_tps, count, rate, mx.get_peak_memory(),
+                       predicted, reason)
+        if done:
+            break
+
+
+def generate(model: Any, tokenizer: Any, prompt: str | list[int], **kwargs: Any) -> str:
+    """The whole continuation of `prompt` as one string (see stream_generate for the options)."""
+    return "".join(r.text for r in stream_generate(model, tokenizer, prompt, **kwargs))

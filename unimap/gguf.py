@@ -1,0 +1,248 @@
+"""GGUF llama checkpoints: header, config and tokenizer from the metadata, without tensor data.
+
+`read_gguf` parses the GGUF v2/v3 header (metadata key/values and tensor infos) in pure Python,
+so planning needs no MLX. `gguf_config` turns llama metadata into the config.json mlx-lm's llama
+model takes (llama.cpp checkpoints rotate interleaved pairs: `rope_traditional`). `SpmTokenizer`
+is the SentencePiece-style tokenizer GGUF files embed for llama (`tokenizer.ggml.model = llama`):
+pieces with scores merged greedily by score, byte-fallback tokens, BOS/EOS. Tensor data is loaded
+by the runtime with `mx.load`. Anything else is a ModelError naming what is unsupported.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from unimap.errors import ModelError
+from unimap.headers import TensorHeader
+
+MAGIC = b"GGUF"
+# ggml tensor types unimap runs: id -> (safetensors dtype name, bytes per element). mx.load also
+# reads Q4_0/Q4_1/Q8_0 into MLX's quantized layout; that path is not wired up or tested yet.
+TENSOR_TYPES: dict[int, tuple[str, int]] = {0: ("F32", 4), 1: ("F16", 2), 30: ("BF16", 2)}
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+            11: "<q", 12: "<d"}
+# llama.cpp tensor names -> mlx-lm llama parameter names
+NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+BLOCK_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+               "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+               "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+
+
+@dataclass(frozen=True)
+class GgufTensor:
+    name: str  # llama.cpp name, e.g. "blk.0.attn_q.weight"
+    shape: tuple[int, ...]  # in MLX order (GGUF lists dimensions fastest-first)
+    type_name: str
+
+    @property
+    def nbytes(self) -> int:
+        count = dict(TENSOR_TYPES.values())[self.type_name]
+        for dim in self.shape:
+            count *= dim
+        return count
+
+
+@dataclass(frozen=True)
+class GgufFile:
+    path: Path
+    version: int
+    metadata: dict[str, Any]
+    tensors: tuple[GgufTensor, ...]
+
+
+class _Reader:
+    def __init__(self, f: BinaryIO, path: Path) -> None:
+        self.f, self.path = f, path
+
+    def take(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        raw = self.f.read(size)
+        if len(raw) < size:
+            raise ModelError(f"{self.path}: the GGUF header is truncated; re-download the file")
+        return struct.unpack(fmt, raw)[0]
+
+    def string(self) -> str:
+        length = self.take("<Q")
+        if length > 1 << 24:
+            raise ModelError(f"{self.path}: a GGUF string claims {length} bytes; the file is corrupt")
+        raw = self.f.read(length)
+        if len(raw) < length:
+            raise ModelError(f"{self.path}: the GGUF header is truncated; re-download the file")
+        return raw.decode("utf-8", errors="replace")
+
+    def value(self, kind: int) -> Any:
+        if kind in _SCALARS:
+            return self.take(_SCALARS[kind])
+        if kind == 8:
+            return self.string()
+        if kind == 9:
+            inner, count = self.take("<I"), self.take("<Q")
+            if count > 1 << 24:
+                raise ModelError(f"{self.path}: a GGUF array claims {count} items; the file is corrupt")
+            return [self.value(inner) for _ in range(count)]
+        raise ModelError(f"{self.path}: unknown GGUF metadata type {kind}; the file is corrupt")
+
+
+def read_gguf(path: Path) -> GgufFile:
+    """The metadata and tensor list of a GGUF file (v2 or v3)."""
+    try:
+        with path.open("rb") as f:
+            r = _Reader(f, path)
+            if f.read(4) != MAGIC:
+                raise ModelError(f"{path}: not a GGUF file (no GGUF magic bytes)")
+            version = r.take("<I")
+            if version not in (2, 3):
+                raise ModelError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
+            n_tensors, n_kv = r.take("<Q"), r.take("<Q")
+            metadata = {}
+            for _ in range(n_kv):
+                key = r.string()
+                metadata[key] = r.value(r.take("<I"))
+            tensors = []
+            for _ in range(n_tensors):
+                name = r.string()
+                dims = [r.take("<Q") for _ in range(r.take("<I"))]
+                kind = r.take("<I")
+                r.take("<Q")  # data offset: the runtime reads data through mx.load
+                if kind not in TENSOR_TYPES:
+                    raise ModelError(f"{path}: tensor {name!r} has ggml type {kind} (a quantized "
+                                     "type); unimap runs F32, F16 and BF16 GGUF files: use an "
+                                     "unquantized GGUF (and --isq) or an MLX checkpoint")
+                tensors.append(GgufTensor(name, tuple(reversed(dims)), TENSOR_TYPES[kind][0]))
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return GgufFile(path, version, metadata, tuple(tensors))
+
+
+def mlx_name(name: str) -> str:
+    """llama.cpp tensor name -> mlx-lm llama parameter name."""
+    stem, _, suffix = name.rpartition(".")
+    if stem.startswith("blk."):
+        _, index, part = stem.split(".", 2)
+        if part not in BLOCK_NAMES:
+            raise ModelError(f"GGUF tensor {name!r} is not part of a llama block")
+        return f"model.layers.{index}.{BLOCK_NAMES[part]}.{suffix}"
+    if stem not in NAMES:
+        raise ModelError(f"GGUF tensor {name!r} is not part of a llama model")
+    return f"{NAMES[stem]}.{suffix}"
+
+
+def _meta(gguf: GgufFile, key: str, default: Any = None) -> Any:
+    value = gguf.metadata.get(key, default)
+    if value is None:
+        raise ModelError(f"{gguf.path}: GGUF metadata lacks {key!r}; cannot build the config")
+    return value
+
+
+def gguf_config(gguf: GgufFile) -> dict[str, Any]:
+    """The llama config.json equivalent of a GGUF file's metadata."""
+    arch = gguf.metadata.get("general.architecture")
+    if arch != "llama":
+        raise ModelError(f"{gguf.path}: GGUF architecture {arch!r} is not supported; unimap runs "
+                         "llama-architecture GGUF files (convert others to safetensors)")
+    tokenizer = gguf.metadata.get("tokenizer.ggml.model")
+    if tokenizer != "llama":
+        raise ModelError(f"{gguf.path}: GGUF tokenizer kind {tokenizer!r} is not supported; "
+                         "unimap rebuilds SentencePiece-style ('llama') tokenizers")
+    heads = int(_meta(gguf, "llama.attention.head_count"))
+    hidden = int(_meta(gguf, "llama.embedding_length"))
+    names = {t.name for t in gguf.tensors}
+    return {
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": int(_meta(gguf, "llama.feed_forward_length")),
+        "num_hidden_layers": int(_meta(gguf, "llama.block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(gguf.metadata.get("llama.attention.head_count_kv", heads)),
+        "head_dim": int(gguf.metadata.get("llama.rope.dimension_count", hidden // heads)),
+        "rms_norm_eps": float(_meta(gguf, "llama.attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(gguf.metadata.get("llama.rope.freq_base", 10000.0)),
+        "rope_traditional": True,  # llama.cpp rotates adjacent pairs
+        "max_position_embeddings": int(gguf.metadata.get("llama.context_length", 2048)),
+        "vocab_size": len(_meta(gguf, "tokenizer.ggml.tokens")),
+        "tie_word_embeddings": "output.weight" not in names,
+        "torch_dtype": "float16" if any(t.type_name == "F16" for t in gguf.tensors) else "float32",
+    }
+
+
+# ---------------------------------------------------------------- tokenizer
+
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+class SpmTokenizer:
+    """SentencePiece-style tokenizer from GGUF metadata (llama.cpp's `llama` vocabulary)."""
+
+    def __init__(self, tokens: list[str], scores: list[float], types: list[int], bos_id: int,
+                 eos_id: int, unk_id: int, add_bos: bool = True) -> None:
+        self.pieces = tokens
+        self.scores = scores
+        self.types = types
+        self.bos_token_id, self.eos_token_id, self.unk_token_id = bos_id, eos_id, unk_id
+        self.eos_token_ids = {eos_id}
+        self.add_bos = add_bos
+        self.vocab = {piece: i for i, piece in enumerate(tokens) if types[i] != BYTE}
+        self.byte_ids = {int(tokens[i][3:5], 16): i for i, t in enumerate(types) if t == BYTE}
+        self.chat_template = None
+
+    @classmethod
+    def from_gguf(cls, gguf: GgufFile) -> SpmTokenizer:
+        tokens = list(_meta(gguf, "tokenizer.ggml.tokens"))
+        n = len(tokens)
+        scores = [float(s) for s in gguf.metadata.get("tokenizer.ggml.scores", [0.0] * n)]
+        types = [int(t) for t in gguf.metadata.get("tokenizer.ggml.token_type", [NORMAL] * n)]
+        if not (len(scores) == len(types) == n):
+            raise ModelError(f"{gguf.path}: tokenizer tokens, scores and types differ in length")
+        return cls(tokens, scores, types, int(gguf.metadata.get("tokenizer.ggml.bos_token_id", 1)),
+                   int(gguf.metadata.get("tokenizer.ggml.eos_token_id", 2)),
+                   int(gguf.metadata.get("tokenizer.ggml.unknown_token_id", 0)),
+                   bool(gguf.metadata.get("tokenizer.ggml.add_bos_token", True)))
+
+    def encode(self, text: str) -> list[int]:
+        """Pieces merged pairwise, highest score first, as SentencePiece BPE does."""
+        ids = [self.bos_token_id] if self.add_bos else []
+        if not text:
+            return ids
+        symbols = list("▁" + text.replace(" ", "▁"))
+        while len(symbols) > 1:
+            best, best_at = None, -1
+            for i in range(len(symbols) - 1):
+                merged = self.vocab.get(symbols[i] + symbols[i + 1])
+                if merged is not None and (best is None or self.scores[merged] > self.scores[best]):
+                    best, best_at = merged, i
+            if best is None:
+                break
+            symbols[best_at:best_at + 2] = [symbols[best_at] + symbols[best_at + 1]]
+        for symbol in symbols:
+            if symbol in self.vocab:
+                ids.append(self.vocab[symbol])
+            else:  # byte fallback, or <unk> when the vocabulary has no byte tokens
+                ids += [self.byte_ids.get(b, self.unk_token_id) for b in symbol.encode("utf-8")]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        out = bytearray()
+        for i in ids:
+            kind = self.types[i] if 0 <= i < len(self.types) else UNKNOWN
+            if kind == BYTE:
+                out.append(int(self.pieces[i][3:5], 16))
+            elif kind in (NORMAL, USER_DEFINED, UNUSED):
+                out += self.pieces[i].replace("▁", " ").encode("utf-8")
+        text = out.decode("utf-8", errors="replace")
+        return text[1:] if text.startswith(" ") else text
+
+
+def gguf_headers(gguf: GgufFile) -> dict[str, tuple[TensorHeader, str]]:
+    """The GGUF tensors as safetensors-style headers under mlx-lm names, for the planner."""
+    headers: dict[str, tuple[TensorHeader, str]] = {}
+    offset = 0
+    for t in gguf.tensors:
+        name = mlx_name(t.name)
+        headers[name] = (TensorHeader(name, t.type_name, t.shape, offset, offset + t.nbytes),
+                         gguf.path.name)
+        offset += t.nbytes
+    return headers

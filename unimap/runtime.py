@@ -1,0 +1,231 @@
+"""apply -> a mapped MLX model: load lazily, set the plan's wired limit, materialize the GPU part
+first and the CPU part after, and pin each layer to its device's stream.
+
+Pinning swaps a layer's class for a subclass whose __call__ runs under `mx.stream(...)`, so
+parameter names and attributes stay as mlx-lm made them. A plan that keeps everything on the GPU
+changes nothing: no class is swapped. The wired limit (Metal) is set before any weight is
+evaluated and held until `release()` (or process exit); the previous limit is restored on every
+path. On the CPU-only build `mx.gpu` exists but is unusable, so a plan's GPU part then runs on a
+stream of its own on the CPU (which is what the tests use to check placement).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unimap.errors import ModelError
+from unimap.plan import Plan
+
+Progress = Callable[[int, int, str], None]  # (done, total, what)
+
+
+@dataclass
+class Mapped:
+    """What unimap keeps on a loaded model (as `model._unimap`)."""
+
+    plan: Plan
+    placement: Placement
+    wired: WiredLimit
+
+    @property
+    def parts_stream(self) -> Any:
+        """Where the embeddings and head run: the generation loop's stream."""
+        p = self.placement
+        return p.gpu_stream if self.plan.non_mapped_device != "cpu" else p.cpu_stream
+
+
+@dataclass
+class Placement:
+    """What apply() did: the streams it used and where each layer runs."""
+
+    gpu_stream: Any
+    cpu_stream: Any
+    layer_streams: dict[int, Any] = field(default_factory=dict)
+    pinned: bool = False
+    gpu_is_real: bool = True
+
+
+# ---------------------------------------------------------------- wired limit
+
+
+class WiredLimit:
+    """Holds the plan's wired limit on Metal and restores the previous one exactly once."""
+
+    def __init__(self) -> None:
+        self.previous: int | None = None
+
+    def set(self, limit_bytes: int | None) -> None:
+        import mlx.core as mx
+
+        if limit_bytes is None or not _metal():
+            return
+        previous = mx.set_wired_limit(limit_bytes)
+        if self.previous is None:
+            self.previous = previous
+            atexit.register(self.release)
+
+    def release(self) -> None:
+        import mlx.core as mx
+
+        if self.previous is not None:
+            previous, self.previous = self.previous, None
+            mx.set_wired_limit(previous)
+
+
+def _metal() -> bool:
+    import mlx.core as mx
+
+    return bool(mx.is_available(mx.gpu)) and bool(getattr(mx, "metal", None)) and mx.metal.is_available()
+
+
+# ---------------------------------------------------------------- pinning
+
+
+_PINNED: dict[type, type] = {}
+
+
+def pinned_class(cls: type) -> type:
+    """A subclass of `cls` whose calls run under the stream stored on the instance."""
+    if cls in _PINNED or getattr(cls, "_unimap_pinned", False):
+        return _PINNED.get(cls, cls)
+    import mlx.core as mx
+
+    class Pinned(cls):  # type: ignore[misc]
+        _unimap_pinned = True
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with mx.stream(self._unimap_stream):
+                return super().__call__(*args, **kwargs)
+
+    Pinned.__name__, Pinned.__qualname__ = cls.__name__, cls.__qualname__
+    Pinned.__module__ = cls.__module__
+    pinned: type = Pinned
+    _PINNED[cls] = pinned
+    return pinned
+
+
+def pin(module: Any, stream: Any) -> None:
+    """Run `module` under `stream` from now on, keeping its parameters and attributes."""
+    module.__class__ = pinned_class(type(module))
+    object.__setattr__(module, "_unimap_stream", stream)
+
+
+# ---------------------------------------------------------------- apply
+
+
+def streams_for(plan: Plan) -> Placement:
+    import mlx.core as mx
+
+    gpu_real = bool(mx.is_available(mx.gpu))
+    cpu_stream = mx.new_stream(mx.cpu)
+    gpu_stream = mx.new_stream(mx.gpu) if gpu_real else mx.new_stream(mx.cpu)
+    return Placement(gpu_stream=gpu_stream, cpu_stream=cpu_stream, gpu_is_real=gpu_real)
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        raise ModelError("this mlx-lm model exposes no `layers`; unimap cannot map it")
+    return list(layers)
+
+
+def _values(tree: Any) -> list[Any]:
+    from mlx.utils import tree_flatten
+
+    return [value for _, value in tree_flatten(tree)]  # type: ignore[str-unpack]
+
+
+def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | None = None) -> Placement:
+    """Materialize `model`'s lazy parameters the way `plan` says, then pin layers to streams."""
+    import mlx.core as mx
+
+    layers = decoder_layers(model)
+    if len(layers) != len(plan.layers):
+        raise ModelError(f"the loaded model has {len(layers)} layers but the plan has "
+                         f"{len(plan.layers)}; the checkpoint and its config disagree")
+    placement = streams_for(plan)
+    on_gpu = {p.index for p in plan.layers if p.device.startswith("gpu")}
+    parts_stream = placement.gpu_stream if plan.non_mapped_device != "cpu" else placement.cpu_stream
+    wired.set(plan.wired_limit_bytes)  # before any weight is evaluated: GPU buffers wire first
+    layer_ids = {id(p) for layer in layers for p in _values(layer.parameters())}
+    parts = [p for p in _values(model.parameters()) if id(p) not in layer_ids]
+    order = sorted(range(len(layers)), key=lambda i: i not in on_gpu)  # GPU layers first
+    total = len(layers) + 1
+    with mx.stream(parts_stream):
+        mx.eval(parts)
+    if progress:
+        progress(1, total, "embeddings and head")
+    for done, index in enumerate(order, start=2):
+        stream = placement.gpu_stream if index in on_gpu else placement.cpu_stream
+        with mx.stream(stream):
+            mx.eval(layers[index].parameters())
+        placement.layer_streams[index] = stream
+        if progress:
+            progress(done, total, f"layer {index}")
+    if not plan.all_on_gpu:  # a split (or CPU-only on a GPU machine): pin every layer
+        for index, layer in enumerate(layers):
+            pin(layer, placement.layer_streams[index])
+        placement.pinned = True
+    mx.clear_cache()
+    return placement
+
+
+# ---------------------------------------------------------------- building the lazy model
+
+
+def quantize_in_place(model: Any, bits: int, group_size: int = 64) -> None:
+    """mlx-lm's rules: modules with to_quantized whose input dim divides by the group, and the
+    model's own quant_predicate (e.g. MoE routers at 8 bits). Lazy: evaluation quantizes."""
+    import mlx.nn as nn
+
+    predicate = getattr(model, "quant_predicate", None)
+
+    def choose(path: str, module: Any) -> bool | dict[str, int]:
+        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % group_size != 0:
+            return False
+        return predicate(path, module) if predicate is not None else True
+
+    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=choose)  # type: ignore[attr-defined]
+
+
+def cast_floats(model: Any, dtype_name: str) -> None:
+    import mlx.core as mx
+    from mlx.utils import tree_map
+
+    dtype = getattr(mx, dtype_name)
+    model.update(tree_map(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p,
+                          model.parameters()))
+
+
+@contextlib.contextmanager
+def lazy_model(path: Path) -> Iterator[tuple[Any, Any]]:
+    """An mlx-lm model and tokenizer from a local folder, parameters not yet evaluated."""
+    from mlx_lm.utils import load
+
+    try:
+        model, tokenizer = load(str(path), lazy=True)[:2]
+    except (ValueError, FileNotFoundError) as exc:
+        raise ModelError(f"{path}: mlx-lm cannot load it ({exc})") from None
+    yield model, tokenizer
+
+
+def gguf_model(path: Path) -> tuple[Any, Any]:
+    """A llama model from a GGUF file: config and tokenizer from its metadata, tensors through
+    mx.load (lazy), renamed to mlx-lm's parameter names."""
+    import mlx.core as mx
+    from mlx_lm.utils import _get_classes
+
+    from unimap.gguf import SpmTokenizer, gguf_config, mlx_name, read_gguf
+
+    gguf = read_gguf(path)
+    config = gguf_config(gguf)
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    weights: dict[str, Any] = mx.load(str(path))  # type: ignore[assignment]
+    model.load_weights([(mlx_name(name), array) for name, array in weights.items()], strict=True)
+    return model, SpmTokenizer.from_gguf(gguf)
