@@ -85,8 +85,8 @@ def test_public_api_is_all() -> None:
     assert sorted(unimap.__all__) == sorted([
         "Backend", "BackendError", "BackendStatus", "BackendUnavailable", "ConfigError",
         "Device", "DoesNotFitError", "Estimate", "Host", "Machine", "ModelError", "ModelSpec",
-        "Options", "Plan", "ProbeError", "UnimapError", "__version__", "estimate", "inspect",
-        "plan", "probe",
+        "Options", "Plan", "ProbeError", "Response", "UnimapError", "__version__", "estimate",
+        "generate", "inspect", "load", "plan", "probe", "stream_generate",
     ])
     for name in unimap.__all__:
         assert getattr(unimap, name) is not None

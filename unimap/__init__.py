@@ -5,10 +5,11 @@ The public surface is `__all__`; everything else is private and may change.
 
 from __future__ import annotations
 
-from unimap.api import plan
+from unimap.api import load, plan
 from unimap.backends import Backend, BackendUnavailable
 from unimap.errors import BackendError, ConfigError, ModelError, ProbeError, UnimapError
 from unimap.estimate import Estimate, Options, estimate
+from unimap.generate import Response, generate, stream_generate
 from unimap.host import Host
 from unimap.inspect import ModelSpec, inspect
 from unimap.machine import BackendStatus, Device, Machine
@@ -35,8 +36,12 @@ __all__ = [
     "ProbeError",
     "UnimapError",
     "__version__",
+    "Response",
     "estimate",
+    "generate",
     "inspect",
+    "load",
     "plan",
     "probe",
+    "stream_generate",
 ]

@@ -119,6 +119,10 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     if options.isq is not None and spec.quantization is not None:
         raise ConfigError(f"{spec.source} is already MLX-quantized to {spec.quantization.bits} bits; "
                           "--isq applies to bf16/fp16/fp32 checkpoints: drop --isq")
+    if options.kv_bits is not None and spec.arch.head_dim % GROUP_SIZE:
+        raise ConfigError(f"--kv-bits needs a head dimension divisible by {GROUP_SIZE} (mlx-lm "
+                          f"quantizes keys per {GROUP_SIZE}); {spec.source} has "
+                          f"{spec.arch.head_dim}: drop --kv-bits")
     act_dtype = options.dtype or spec.dtype
     d = dtype_bytes(act_dtype)
     arch = spec.arch
@@ -171,10 +175,11 @@ def slot_bytes(slot: Slot, options: Options, act_bytes: int) -> int:
 # ---------------------------------------------------------------- KV cache
 
 
-def kv_token_bytes(arch: Architecture, options: Options, d: int) -> int:
-    """Bytes one token adds to one attention layer's cache, keys and values, whole batch."""
+def kv_token_bytes(arch: Architecture, options: Options, d: int, kind: str = "full") -> int:
+    """Bytes one token adds to one attention layer's cache, keys and values, whole batch.
+    --kv-bits quantizes growing caches only: mlx-lm has no quantized rotating cache."""
     per_head = arch.head_dim * d
-    if options.kv_bits is not None:  # mlx-lm QuantizedKVCache: packed + scale and bias per group
+    if options.kv_bits is not None and kind == "full":  # QuantizedKVCache: packed + scale, bias
         per_head = quantized_bytes(arch.head_dim, options.kv_bits, d)
     return 2 * options.max_batch_size * arch.num_kv_heads * per_head
 
@@ -194,7 +199,7 @@ def kv_bytes(arch: Architecture, kind: str, tokens: int, chunk: int, options: Op
     if kind == "recurrent":  # lfm2 short-conv state: (batch, L_cache - 1, hidden)
         return options.max_batch_size * arch.conv_cache_tokens * arch.hidden_size * d
     held = cached_tokens(kind, tokens, chunk, arch.sliding_window, options)
-    return held * kv_token_bytes(arch, options, d)
+    return held * kv_token_bytes(arch, options, d, kind)
 
 
 def _round_up(n: int, step: int) -> int:

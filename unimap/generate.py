@@ -58,6 +58,15 @@ def encode_prompt(tokenizer: Any, prompt: str | list[int]) -> list[int]:
     return list(tokenizer.encode(prompt))
 
 
+def quantized_cache(model: Any, bits: int) -> list[Any]:
+    """mlx-lm's cache with every growing KVCache quantized from the first token, as the plan
+    priced it (mlx-lm's own kv_bits path fills a full-precision cache first and converts it)."""
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
+
+    return [QuantizedKVCache(group_size=64, bits=bits) if type(c) is KVCache else c
+            for c in make_prompt_cache(model)]
+
+
 def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens: int = 256,
                     temp: float = 0.0, top_p: float = 1.0, seed: int | None = None
                     ) -> Iterator[Response]:
@@ -78,7 +87,7 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int], max_tok
     if state is not None:
         options["stream"] = state.parts_stream
         if state.plan.estimate.options.kv_bits:
-            options.update(kv_bits=state.plan.estimate.options.kv_bits, quantized_kv_start=0)
+            options["prompt_cache"] = quantized_cache(model, state.plan.estimate.options.kv_bits)
     eos = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
     detok = _Detokenizer(tokenizer)
     predicted = state.plan.peak_bytes if state is not None else None

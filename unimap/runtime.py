@@ -167,7 +167,9 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
         placement.layer_streams[index] = stream
         if progress:
             progress(done, total, f"layer {index}")
-    if not plan.all_on_gpu:  # a split (or CPU-only on a GPU machine): pin every layer
+    # Pin only when placement differs from where MLX would run anyway: a split, or the CPU
+    # while the default device is a GPU. A CPU-only machine, like an all-GPU plan, changes nothing.
+    if on_gpu and not plan.all_on_gpu or not on_gpu and mx.default_device() == mx.gpu:
         for index, layer in enumerate(layers):
             pin(layer, placement.layer_streams[index])
         placement.pinned = True

@@ -1,0 +1,148 @@
+"""GGUF llama checkpoints: the real stories260K model from ../shared, and malformed files."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import unimap
+from unimap.cli import cli
+from unimap.gguf import SpmTokenizer, gguf_config, read_gguf
+
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K" / "stories260K.gguf"
+needs_stories = pytest.mark.skipif(not STORIES.exists(), reason="../shared/models is not here")
+
+
+def gguf_bytes(metadata: dict[str, Any], tensors: list[tuple[str, list[int], int]],
+               version: int = 3) -> bytes:
+    """A GGUF header (no tensor data): strings, u32, f32 and string arrays are enough here."""
+    def string(s: str) -> bytes:
+        raw = s.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    def value(v: Any) -> bytes:
+        if isinstance(v, str):
+            return struct.pack("<I", 8) + string(v)
+        if isinstance(v, float):
+            return struct.pack("<I", 6) + struct.pack("<f", v)
+        if isinstance(v, int):
+            return struct.pack("<I", 4) + struct.pack("<I", v)
+        return struct.pack("<IIQ", 9, 8, len(v)) + b"".join(string(x) for x in v)
+
+    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(metadata))
+    out += b"".join(string(k) + value(v) for k, v in metadata.items())
+    for name, dims, kind in tensors:
+        out += string(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        out += struct.pack("<IQ", kind, 0)
+    return out
+
+
+LLAMA_META = {"general.architecture": "llama", "tokenizer.ggml.model": "llama",
+              "llama.block_count": 1, "llama.embedding_length": 8, "llama.feed_forward_length": 16,
+              "llama.attention.head_count": 2, "llama.attention.layer_norm_rms_epsilon": 1e-5,
+              "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "a"]}
+
+
+@needs_stories
+def test_reads_the_real_header() -> None:
+    gguf = read_gguf(STORIES)
+    assert gguf.version == 3 and len(gguf.tensors) == 48
+    config = gguf_config(gguf)
+    assert (config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]) == (5, 64, 172)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (8, 4, 8)
+    assert config["vocab_size"] == 512 and config["rope_traditional"] is True
+
+
+@needs_stories
+def test_plan_counts_the_real_tensors() -> None:
+    import mlx.core as mx
+
+    plan = unimap.plan(STORIES, max_seq_len=256)
+    arrays = mx.load(str(STORIES))
+    assert plan.estimate.weight_bytes == sum(a.nbytes for a in arrays.values())
+    assert plan.fits and len(plan.layers) == 5
+
+
+SAMPLES = ["Once upon a time, there was a little girl named Lily.", "héllo wörld 😀",
+           "  two  spaces", 'Tom said: "Hi!"\nThe end.', "x", "abcabcabc aaaa", "日本語"]
+
+
+@needs_stories
+@pytest.mark.parametrize("text", SAMPLES)
+def test_tokenizer_matches_sentencepiece(text: str) -> None:
+    """The reference: Google's SentencePiece, given the same vocabulary as a BPE model."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    gguf = read_gguf(STORIES)
+    proto = pb.ModelProto()
+    proto.trainer_spec.model_type = pb.TrainerSpec.BPE
+    proto.trainer_spec.byte_fallback = True
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    meta = gguf.metadata
+    for piece, score, kind in zip(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.scores"],
+                                  meta["tokenizer.ggml.token_type"], strict=True):
+        entry = proto.pieces.add()
+        entry.piece, entry.score, entry.type = piece, score, kind
+    reference = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    ours = SpmTokenizer.from_gguf(gguf)
+    ids = ours.encode(text)
+    assert ids == [1, *reference.encode(text)]
+    assert ours.decode(ids[1:]) == reference.decode(ids[1:]) == text
+
+
+@needs_stories
+def test_the_real_model_tells_a_story() -> None:
+    model, tokenizer, plan = unimap.load(STORIES, max_seq_len=256)
+    text = unimap.generate(model, tokenizer, "Once upon a time", max_tokens=24)
+    assert text.startswith(", there was a little girl named Lily.")  # greedy, real weights
+
+
+@needs_stories
+def test_cli_run_streams_a_story() -> None:
+    result = CliRunner().invoke(cli, ["run", "-m", str(STORIES), "--prompt", "Once upon a time",
+                                      "--max-tokens", "30", "--max-seq-len", "256"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Once upon a time, there was a little girl")
+    assert "plan: " in result.stderr and "fits" in result.stderr
+    assert "tokens/s" in result.stderr and "peak memory" in result.stderr and "(plan: " in result.stderr
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"GGML" + b"\0" * 20, "not a GGUF file"),
+    (b"GGUF" + struct.pack("<I", 1) + b"\0" * 16, "GGUF version 1 is not supported"),
+    (gguf_bytes(LLAMA_META, [])[:40], "the GGUF header is truncated"),
+    (gguf_bytes({**LLAMA_META, "general.architecture": "gpt2"}, []), "GGUF architecture 'gpt2'"),
+    (gguf_bytes({**LLAMA_META, "tokenizer.ggml.model": "gpt2"}, []), "tokenizer kind 'gpt2'"),
+    (gguf_bytes(LLAMA_META, [("blk.0.attn_q.weight", [8, 8], 2)]), "ggml type 2 \\(a quantized type\\)"),
+    (gguf_bytes({k: v for k, v in LLAMA_META.items() if k != "llama.block_count"}, []),
+     "lacks 'llama.block_count'"),
+    (gguf_bytes(LLAMA_META, [("blk.0.attn_qkv.weight", [8, 24], 0)]), "not part of a llama block"),
+])
+def test_bad_gguf_files(tmp_path: Path, raw: bytes, message: str) -> None:
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(raw)
+    with pytest.raises(unimap.ModelError, match=message):
+        unimap.inspect(path)
+
+
+def test_cli_run_bad_input(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["run", "-m", str(tmp_path / "nope.gguf"), "--prompt", "hi"])
+    assert missing.exit_code == 2 and "no such folder" in missing.stderr
+    empty = runner.invoke(cli, ["run", "-m", str(tmp_path), "--prompt", "  "])
+    assert empty.exit_code == 2 and "non-empty --prompt" in empty.stderr
+    zero = runner.invoke(cli, ["run", "-m", str(tmp_path), "--prompt", "hi", "--max-tokens", "0"])
+    assert zero.exit_code == 2 and "--max-tokens must be at least 1" in zero.stderr
+
+
+def test_cli_run_refuses_what_does_not_fit(models: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", "-m", str(models / "qwen3-30b-a3b"), "--prompt", "hi"])
+    assert result.exit_code == 3
+    assert "does not fit" in result.stderr and "way out" in result.stderr

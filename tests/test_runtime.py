@@ -1,0 +1,225 @@
+"""The runtime: a loaded, mapped model generates what plain mlx-lm generates, each layer runs on
+the stream its plan gave it, memory stays within the plan, and global state is restored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from tiny_models import CONFIGS, write_tiny_model
+
+import unimap
+from unimap.api import load
+from unimap.generate import generate, stream_generate
+from unimap.runtime import WiredLimit
+
+PROMPT = [1, 7, 12, 5, 33, 90, 41, 8, 19, 64, 3, 77]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {family: write_tiny_model(root / family, family) for family in CONFIGS}
+
+
+def reference(path: Path, steps: int = 10) -> tuple[list[int], np.ndarray]:
+    """Plain mlx-lm: greedy tokens and the prompt's logits."""
+    from mlx_lm import load as mlx_load
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    model, _ = mlx_load(str(path))
+    tokens = [int(t) for t, _ in generate_step(mx.array(PROMPT), model, max_tokens=steps,
+                                                  sampler=make_sampler(0.0))]
+    return tokens, np.array(model(mx.array([PROMPT])))
+
+
+def unimap_run(model: Any, tokenizer: Any, steps: int = 10) -> tuple[list[int], np.ndarray]:
+    tokens = [r.token for r in stream_generate(model, tokenizer, list(PROMPT), max_tokens=steps)]
+    return [t for t in tokens if t is not None], np.array(model(mx.array([PROMPT])))
+
+
+def mapped(path: Path, device_map: object = "auto", **kwargs: Any) -> tuple[Any, Any, Any]:
+    with pytest.warns(DeprecationWarning) if device_map != "auto" else _nothing():
+        return load(path, device_map=device_map, max_seq_len=64, **kwargs)  # type: ignore[arg-type]
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+@pytest.mark.parametrize("split", [0, 1, 3, 4])
+def test_same_tokens_as_mlx_lm_for_every_placement(tiny: dict[str, Path], family: str,
+                                                    split: int) -> None:
+    """Layers 0..split-1 on the GPU part, the rest on the CPU (split 4 = all on the GPU)."""
+    expected_tokens, expected_logits = reference(tiny[family])
+    model, tokenizer, plan = mapped(tiny[family], device_map=split, machine="h100-80gb")
+    assert [len(d.layers) for d in plan.devices] == [split, 4 - split]
+    tokens, logits = unimap_run(model, tokenizer)
+    assert tokens == expected_tokens
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
+def test_each_layer_runs_on_its_planned_stream(tiny: dict[str, Path], family: str) -> None:
+    model, tokenizer, plan = mapped(tiny[family], device_map=2, machine="h100-80gb")
+    state = model._unimap
+    placement = state.placement
+    seen: dict[int, Any] = {}
+    for index, layer in enumerate(model.layers):  # record the default stream inside each MLP
+        mlp = layer.mlp if hasattr(layer, "mlp") else layer.block_sparse_moe
+        base = type(mlp)
+
+        def call(self: Any, x: Any, _base: type = base, _i: int = index) -> Any:
+            seen[_i] = mx.default_stream(mx.default_device())
+            return _base.__call__(self, x)
+
+        mlp.__class__ = type(base.__name__, (base,), {"__call__": call})
+    unimap_run(model, tokenizer, steps=2)
+    assert placement.pinned and not placement.gpu_is_real  # the CPU build: two CPU streams
+    assert [seen[i] == placement.gpu_stream for i in range(4)] == [True, True, False, False]
+    assert [seen[i] == placement.cpu_stream for i in range(4)] == [False, False, True, True]
+    assert plan.device("cpu").layers == (2, 3)
+
+
+def test_pinning_keeps_names_and_classes(tiny: dict[str, Path]) -> None:
+    from mlx_lm import load as mlx_load
+
+    plain, _ = mlx_load(str(tiny["qwen3"]))
+    model, _, _ = mapped(tiny["qwen3"], device_map=1, machine="h100-80gb")
+    assert [k for k, _ in tree_flatten(model.parameters())] == [
+        k for k, _ in tree_flatten(plain.parameters())]
+    for layer, original in zip(model.layers, plain.layers, strict=True):
+        assert type(layer).__name__ == type(original).__name__
+        assert isinstance(layer, type(original))
+        assert layer._unimap_stream in (model._unimap.placement.gpu_stream,
+                                        model._unimap.placement.cpu_stream)
+
+
+def test_all_on_gpu_changes_nothing(tiny: dict[str, Path]) -> None:
+    model, _, plan = mapped(tiny["llama"], machine="h100-80gb")
+    assert plan.all_on_gpu and not model._unimap.placement.pinned
+    assert all(not hasattr(layer, "_unimap_stream") for layer in model.layers)
+
+
+def test_cpu_only_machine_changes_nothing(tiny: dict[str, Path]) -> None:
+    model, tokenizer, plan = load(tiny["mistral"], max_seq_len=64)
+    assert [d.name for d in plan.devices] == ["cpu"]
+    assert not model._unimap.placement.pinned
+    assert unimap_run(model, tokenizer)[0] == reference(tiny["mistral"])[0]
+
+
+@pytest.mark.parametrize(("family", "kwargs"), [
+    ("llama", {}),
+    ("gemma3", {}),
+    ("qwen3_moe", {"max_batch_size": 1}),
+    ("phi3", {"isq": 8}),
+    ("llama-hd64", {"kv_bits": 8}),
+    ("qwen2", {"max_batch_size": 1}),
+])
+def test_measured_peak_within_the_plan(tiny: dict[str, Path], family: str,
+                                       kwargs: dict[str, Any]) -> None:
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    model, tokenizer, plan = load(tiny[family], max_seq_len=96, **kwargs)
+    prompt = [(7 * i) % 120 + 3 for i in range(80)]
+    list(stream_generate(model, tokenizer, prompt, max_tokens=16))
+    assert 0 < mx.get_peak_memory() <= plan.peak_bytes
+
+
+def test_kv_bits_needs_whole_groups(tiny: dict[str, Path]) -> None:
+    with pytest.raises(unimap.ConfigError, match="--kv-bits needs a head dimension divisible by 64"):
+        load(tiny["qwen3"], max_seq_len=64, kv_bits=4)
+
+
+def test_isq_quantizes_while_loading(tiny: dict[str, Path]) -> None:
+    model, tokenizer, plan = load(tiny["llama"], max_seq_len=64, isq=4)
+    import mlx.nn as nn
+
+    assert isinstance(model.layers[0].mlp.gate_proj, nn.QuantizedLinear)
+    resident = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
+    assert resident == plan.estimate.weight_bytes  # the plan priced exactly what was built
+    assert len(generate(model, tokenizer, list(PROMPT), max_tokens=4)) >= 0
+
+
+# ----------------------------------------------------------------- global state
+
+
+class FakeMetal:
+    """Stands in for Metal's wired limit, which this machine cannot have."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, events: list[str]) -> None:
+        self.limit = 1234
+        self.events = events
+        monkeypatch.setattr("unimap.runtime._metal", lambda: True)
+        monkeypatch.setattr(mx, "set_wired_limit", self.set)
+        real_eval = mx.eval
+        monkeypatch.setattr(mx, "eval", lambda *a: (events.append("eval"), real_eval(*a))[1])
+
+    def set(self, n: int) -> int:
+        previous, self.limit = self.limit, n
+        self.events.append(f"wired {n}")
+        return previous
+
+
+def test_wired_limit_set_before_any_weight_and_restored(tiny: dict[str, Path],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    metal = FakeMetal(monkeypatch, events)
+    model, tokenizer, plan = load(tiny["llama"], machine="mac-16gb", max_seq_len=64)
+    assert plan.wired_limit_bytes is not None
+    assert events[0] == f"wired {plan.wired_limit_bytes}" and "eval" in events[1:]
+    list(stream_generate(model, tokenizer, list(PROMPT), max_tokens=3))
+    assert metal.limit == plan.wired_limit_bytes  # generation leaves the plan's limit alone
+    model._unimap.wired.release()
+    model._unimap.wired.release()  # twice is harmless
+    assert metal.limit == 1234 and events.count("wired 1234") == 1
+
+
+def test_wired_limit_restored_when_loading_fails(tiny: dict[str, Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    metal = FakeMetal(monkeypatch, [])
+
+    def boom(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("unimap.runtime.pin", boom)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(DeprecationWarning):
+        load(tiny["llama"], device_map=2, machine="mac-16gb", max_seq_len=64)
+    assert metal.limit == 1234
+
+
+def test_wired_limit_is_a_noop_off_metal() -> None:
+    held = WiredLimit()
+    held.set(10**9)
+    assert held.previous is None  # nothing was changed, so nothing to restore
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def test_does_not_fit_is_refused_before_loading(models: Path) -> None:
+    with pytest.raises(unimap.DoesNotFitError, match="does not fit"):
+        load(models / "qwen3-30b-a3b", machine="mac-16gb")  # sparse files: loading would fail
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"prompt": ""}, "the prompt is empty"),
+    ({"prompt": "   "}, "the prompt is empty"),
+    ({"prompt": []}, "the prompt is empty"),
+    ({"prompt": [1, 2], "max_tokens": 0}, "--max-tokens must be at least 1, not 0"),
+    ({"prompt": [1, 2], "temp": -1.0}, "--temp must be 0 or more"),
+])
+def test_bad_generation_requests(tiny: dict[str, Path], kwargs: dict[str, Any], message: str) -> None:
+    model, tokenizer, _ = load(tiny["llama"], max_seq_len=64)
+    with pytest.raises(unimap.ConfigError, match=message):
+        generate(model, tokenizer, **kwargs)

@@ -1,0 +1,60 @@
+"""Tiny random-weight mlx-lm models saved as real checkpoints: config.json, model.safetensors
+(written by MLX) and a small word-level tokenizer, so mlx-lm's own loader reads them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "max_position_embeddings": 1024,
+        "rope_theta": 10000.0}
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "llama": {"model_type": "llama", **TINY},
+    "mistral": {"model_type": "mistral", **TINY, "rope_theta": 1e6},
+    "llama-hd64": {"model_type": "llama", **TINY, "num_attention_heads": 2,
+                   "num_key_value_heads": 1, "head_dim": 64},
+    "qwen2": {"model_type": "qwen2", **TINY, "tie_word_embeddings": True},
+    "qwen3": {"model_type": "qwen3", **TINY, "head_dim": 16},
+    "gemma3": {"model_type": "gemma3_text", **TINY, "head_dim": 16, "sliding_window": 8,
+               "sliding_window_pattern": 2, "query_pre_attn_scalar": 16},
+    "phi3": {"model_type": "phi3", **TINY, "num_key_value_heads": 4},
+    "mixtral": {"model_type": "mixtral", **TINY, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen3_moe": {"model_type": "qwen3_moe", **TINY, "head_dim": 16, "num_experts": 4,
+                  "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 1,
+                  "mlp_only_layers": [], "norm_topk_prob": True},
+}
+
+
+def write_tokenizer(folder: Path, vocab_size: int) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(vocab_size - 3)]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "model_max_length": 1024}))
+
+
+def write_tiny_model(folder: Path, family: str, seed: int = 0, dtype: str = "float32") -> Path:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    config = {**CONFIGS[family], "torch_dtype": dtype}
+    mx.random.seed(seed)
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    model.set_dtype(getattr(mx, dtype))
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = dict(tree_flatten(model.parameters()))
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (folder / "config.json").write_text(json.dumps(config))
+    write_tokenizer(folder, config["vocab_size"])
+    return folder
