@@ -146,3 +146,37 @@ def test_cli_run_refuses_what_does_not_fit(models: Path) -> None:
     result = CliRunner().invoke(cli, ["run", "-m", str(models / "qwen3-30b-a3b"), "--prompt", "hi"])
     assert result.exit_code == 3
     assert "does not fit" in result.stderr and "way out" in result.stderr
+
+
+@needs_stories
+def test_example_script_runs() -> None:
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "text_auto_device_map.py"
+    done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "plan: fits=True" in done.stdout and "Once upon a time, there was" in done.stdout
+
+
+@needs_stories
+def test_cli_chat_and_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    chat = runner.invoke(cli, ["run", "-m", str(STORIES), "-i", "--max-tokens", "8",
+                               "--max-seq-len", "256"], input="Once upon a time\n/quit\n")
+    assert chat.exit_code == 0, chat.output
+    assert "there was a little girl" in chat.stdout
+
+    released: list[bool] = []
+    monkeypatch.setattr("unimap.runtime.WiredLimit.release", lambda self: released.append(True))
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+        yield
+
+    import sys
+
+    monkeypatch.setattr(sys.modules["unimap.generate"], "stream_generate", interrupted)
+    stopped = runner.invoke(cli, ["run", "-m", str(STORIES), "--prompt", "Once", "--max-seq-len", "256"])
+    assert stopped.exit_code == 130 and "interrupted" in stopped.stderr
+    assert released  # the previous wired limit is restored on Ctrl-C too

@@ -45,10 +45,13 @@ def test_plan_invariants(models: Path, key: str) -> None:
     assert plan.devices[-1].name == "cpu"  # the CPU block comes last
     est = plan.estimate
     parts = est.non_mapped_weight_bytes + est.vision_weight_bytes
-    assert sum(d.weight_bytes for d in plan.devices) == est.weight_bytes
-    for d in plan.devices:
-        layer_bytes = sum(est.layers[i].weight_bytes for i in d.layers)
+    split = plan.cpu_dtype is not None
+    assert sum(d.weight_bytes for d in plan.devices) == est.weight_bytes or split
+    for d in plan.devices:  # a split's CPU layers are priced in the CPU's compute dtype
+        priced = est.cpu_layers if d.name == "cpu" and split else est.layers
+        layer_bytes = sum(priced[i].weight_bytes for i in d.layers)
         assert d.weight_bytes - layer_bytes in (0, parts)
+    assert plan.peak_bytes >= sum(d.weight_bytes + d.kv_bytes for d in plan.devices)
     assert plan.fits == all(d.used_bytes <= d.budget_bytes for d in plan.devices)
     gpu = plan.machine.gpus[0]
     if plan.wired_limit_bytes is not None:
@@ -83,6 +86,20 @@ def test_wired_limit_way_out(models: Path) -> None:
     gpu = replace(raised.gpus[0], ceiling_bytes=limit_mb * 2**20,
                   budget_bytes=limit_mb * 2**20 - raised.gpus[0].reserve_bytes)
     assert make_plan(spec, replace(raised, devices=(gpu, raised.cpu)), plan.estimate.options).all_on_gpu
+
+
+def test_x86_cpu_part_of_a_split_runs_in_float32(models: Path) -> None:
+    plan = make_plan(inspect(models / "mixtral-8x7b"), preset_machine("h100-80gb", {}, Reserves()))
+    est = plan.estimate
+    assert plan.cpu_dtype == "float32" and est.dtype == "bfloat16"
+    cpu = plan.device("cpu")
+    assert cpu.weight_bytes == 2 * sum(est.layers[i].weight_bytes for i in cpu.layers)
+    assert cpu.kv_bytes == 2 * sum(est.layers[i].kv_bytes for i in cpu.layers)
+    mac = make_plan(inspect(models / "qwen3-30b-a3b"), preset_machine("mac-64gb", {}, Reserves()))
+    assert mac.cpu_dtype is None and mac.device("cpu").layers  # arm64: not measured, unchanged
+    kept = make_plan(inspect(models / "mixtral-8x7b"), preset_machine("h100-80gb", {}, Reserves()),
+                     Options(cpu_dtype="bfloat16"))
+    assert kept.cpu_dtype is None and kept.device("cpu").weight_bytes < cpu.weight_bytes
 
 
 def test_all_on_gpu_changes_nothing(models: Path) -> None:

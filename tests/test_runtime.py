@@ -35,12 +35,12 @@ def reference(path: Path, steps: int = 10) -> tuple[list[int], np.ndarray]:
     model, _ = mlx_load(str(path))
     tokens = [int(t) for t, _ in generate_step(mx.array(PROMPT), model, max_tokens=steps,
                                                   sampler=make_sampler(0.0))]
-    return tokens, np.array(model(mx.array([PROMPT])))
+    return tokens, np.array(model(mx.array([PROMPT])).astype(mx.float32))
 
 
 def unimap_run(model: Any, tokenizer: Any, steps: int = 10) -> tuple[list[int], np.ndarray]:
     tokens = [r.token for r in stream_generate(model, tokenizer, list(PROMPT), max_tokens=steps)]
-    return [t for t in tokens if t is not None], np.array(model(mx.array([PROMPT])))
+    return [t for t in tokens if t is not None], np.array(model(mx.array([PROMPT])).astype(mx.float32))
 
 
 def mapped(path: Path, device_map: object = "auto", **kwargs: Any) -> tuple[Any, Any, Any]:
@@ -89,6 +89,26 @@ def test_each_layer_runs_on_its_planned_stream(tiny: dict[str, Path], family: st
     assert [seen[i] == placement.gpu_stream for i in range(4)] == [True, True, False, False]
     assert [seen[i] == placement.cpu_stream for i in range(4)] == [False, False, True, True]
     assert plan.device("cpu").layers == (2, 3)
+
+
+def test_cpu_part_of_a_split_computes_in_float32(tmp_path: Path) -> None:
+    """On x86-64 a split's CPU layers run in float32 (the fast MLX CPU path); the plan priced
+    them so, and what the layers hand back stays in the model's dtype."""
+    path = write_tiny_model(tmp_path / "bf16", "llama", dtype="bfloat16")
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    model, tokenizer, plan = mapped(path, device_map=2, machine="h100-80gb")
+    assert plan.cpu_dtype == "float32"
+    assert model.layers[3].mlp.up_proj.weight.dtype == mx.float32
+    assert model.layers[0].mlp.up_proj.weight.dtype == mx.bfloat16
+    out = model.layers[3](mx.zeros((1, 4, 64), mx.bfloat16), mask="causal", cache=None)
+    assert out.dtype == mx.bfloat16
+    expected_tokens, expected_logits = reference(path)
+    tokens, logits = unimap_run(model, tokenizer)
+    np.testing.assert_allclose(logits, expected_logits, atol=0.1)  # bf16 vs float32 rounding
+    resident = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
+    assert resident == sum(d.weight_bytes for d in plan.devices)
+    assert mx.get_peak_memory() <= plan.peak_bytes
 
 
 def test_pinning_keeps_names_and_classes(tiny: dict[str, Path]) -> None:

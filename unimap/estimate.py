@@ -11,7 +11,7 @@ mx.get_peak_memory(). No I/O and no mlx here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from unimap.errors import ConfigError
@@ -40,6 +40,7 @@ class Options:
     kv_bits: int | None = None
     kv_layout: KvLayout = "mlx-lm"
     kv_block_tokens: int = 32  # paged layout only
+    cpu_dtype: str | None = None  # compute dtype of the CPU part of a split (None: the model's)
     prefill_step_tokens: int = PREFILL_STEP_TOKENS
 
     def check(self) -> None:
@@ -56,6 +57,8 @@ class Options:
             raise ConfigError(f"--kv-bits {self.kv_bits!r}: use one of {', '.join(map(str, KV_BITS))}")
         if self.dtype not in (None, "bfloat16", "float16", "float32"):
             raise ConfigError(f"--dtype {self.dtype!r}: use bfloat16, float16 or float32")
+        if self.cpu_dtype not in (None, "bfloat16", "float16", "float32"):
+            raise ConfigError(f"--cpu-dtype {self.cpu_dtype!r}: use bfloat16, float16 or float32")
         if self.kv_layout not in ("mlx-lm", "paged"):
             raise ConfigError(f"kv layout {self.kv_layout!r}: use 'mlx-lm' or 'paged'")
 
@@ -81,6 +84,10 @@ class Estimate:
     activation_terms: dict[str, int] = field(default_factory=dict)  # unfused attention
     fused_activation_terms: dict[str, int] = field(default_factory=dict)
     vision_activation_terms: dict[str, int] = field(default_factory=dict)
+    # the same layers priced for the CPU part of a split, in its compute dtype
+    cpu_dtype: str = ""
+    cpu_layers: tuple[LayerEstimate, ...] = ()
+    cpu_activation_terms: dict[str, int] = field(default_factory=dict)
 
     @property
     def weight_bytes(self) -> int:
@@ -91,9 +98,10 @@ class Estimate:
     def kv_bytes(self) -> int:
         return sum(layer.kv_bytes for layer in self.layers)
 
-    def activation_bytes(self, fused: bool = False) -> int:
+    def activation_bytes(self, fused: bool = False, cpu_part: bool = False) -> int:
         """Peak working set of a prefill chunk (or the vision encoder, when larger)."""
-        terms = self.fused_activation_terms if fused else self.activation_terms
+        terms = (self.cpu_activation_terms if cpu_part else self.fused_activation_terms if fused
+                 else self.activation_terms)
         return max(_phase_peak(terms), _phase_peak(self.vision_activation_terms))
 
     def peak_bytes(self, fused: bool = False) -> int:
@@ -138,6 +146,12 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     growth = max((kv[i] for i, k in enumerate(arch.layer_kinds) if k != "recurrent"), default=0)
     if options.kv_layout == "paged":
         growth = 0  # preallocated once, never copied
+    cpu_name = options.cpu_dtype or act_dtype
+    cpu_d = dtype_bytes(cpu_name)
+    cpu_options = replace(options, dtype=cpu_name) if cpu_name != act_dtype else options
+    cpu_layers = tuple(LayerEstimate(i, kind, slot_bytes(spec.slots[i], cpu_options, cpu_d),
+                                     kv_bytes(arch, kind, tokens, chunk, options, cpu_d))
+                       for i, kind in enumerate(arch.layer_kinds)) if cpu_name != act_dtype else layers
     return Estimate(
         options=options, dtype=act_dtype, layers=layers, non_mapped_weight_bytes=non_mapped,
         vision_weight_bytes=vision, kv_growth_bytes=growth, sequence_tokens=tokens,
@@ -146,6 +160,8 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
         fused_activation_terms=activation_terms(arch, options, chunk, tokens, d,
                                                 fused=arch.head_dim in FUSED_HEAD_DIMS),
         vision_activation_terms=vision_activation_terms(arch, options, d),
+        cpu_dtype=cpu_name, cpu_layers=cpu_layers,
+        cpu_activation_terms=activation_terms(arch, options, chunk, tokens, cpu_d, fused=False),
     )
 
 

@@ -73,6 +73,7 @@ class Plan:
     layers: tuple[LayerPlacement, ...]
     non_mapped_device: str
     vision_device: str | None
+    cpu_dtype: str | None = None  # the CPU part's compute dtype in a split; None = unchanged
     problem: str = ""  # why it does not fit
     ways_out: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
@@ -80,10 +81,9 @@ class Plan:
     @property
     def peak_bytes(self) -> int:
         """The process's predicted peak: everything resident plus the largest working set."""
-        est = self.estimate
         working = max((d.activation_bytes for d in self.devices if d.layers), default=0)
         growth = max((d.kv_growth_bytes for d in self.devices), default=0)
-        return est.weight_bytes + est.kv_bytes + growth + working
+        return sum(d.weight_bytes + d.kv_bytes for d in self.devices) + growth + working
 
     def device(self, name: str) -> DevicePlan:
         return next(d for d in self.devices if d.name == name)
@@ -113,6 +113,7 @@ class Plan:
             "fits": self.fits,
             "all_on_gpu": self.all_on_gpu,
             "wired_limit_bytes": self.wired_limit_bytes,
+            "cpu_dtype": self.cpu_dtype,
             "options": asdict(opts),
             "devices": [{"name": d.name, "description": d.description,
                          "budget_bytes": d.budget_bytes, "used_bytes": d.used_bytes,
@@ -126,7 +127,8 @@ class Plan:
             "vision": None if self.vision_device is None else {
                 "device": self.vision_device, "weight_bytes": est.vision_weight_bytes,
                 "image_tokens": est.image_tokens},
-            "totals": {"weight_bytes": est.weight_bytes, "kv_bytes": est.kv_bytes,
+            "totals": {"weight_bytes": sum(d.weight_bytes for d in self.devices),
+                       "kv_bytes": sum(d.kv_bytes for d in self.devices),
                        "kv_growth_bytes": max((d.kv_growth_bytes for d in self.devices), default=0),
                        "activation_bytes": max((d.activation_bytes for d in self.devices
                                                 if d.layers), default=0),
@@ -153,7 +155,7 @@ class Plan:
 def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
               device_map: DeviceMap | None = None) -> Plan:
     """Place every layer of `spec` on `machine`. Pure: same inputs, same plan."""
-    options = options or Options()
+    options = cpu_compute_dtype(machine, options or Options())
     est = estimate(spec, options)
     gpus = [g for g in machine.gpus if g.budget_bytes is not None]
     unknown = [g.name for g in machine.gpus if g.budget_bytes is None]
@@ -178,6 +180,20 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
     return plan
 
 
+# MLX's CPU kernels on x86-64 are far faster in float32 than in half precision (reference
+# BLAS: fp32 matmul 3.0 vs bf16 3.9 GFLOP/s, but 53 vs 2.9 with OpenBLAS; quantized matmul 1.5
+# vs 0.17 (bf16) vs 0.04 (fp16); docs/BENCHMARKS.md), so a split's CPU layers run in float32
+# there. Elsewhere (Apple Silicon, Grace, Jetson) nothing is measured yet: keep the model dtype.
+FLOAT32_CPU_ARCHS = ("x86_64", "amd64", "AMD64")
+
+
+def cpu_compute_dtype(machine: Machine, options: Options) -> Options:
+    """Options with the CPU part's compute dtype decided (explicit choices are kept)."""
+    if options.cpu_dtype is not None or machine.arch not in FLOAT32_CPU_ARCHS:
+        return options
+    return replace(options, cpu_dtype="float32")
+
+
 def _fused(device: Device) -> bool:
     return device.kind == "gpu"
 
@@ -190,28 +206,34 @@ def _assign(spec: ModelSpec, machine: Machine, est: Estimate, counts: list[tuple
     start = 0
     first_gpu = counts[0][0] if counts else None
     host_parts = first_gpu is not None and _parts_fit(est, first_gpu)
+    on_gpus = min(spec.num_layers, sum(count for _, count in counts))
+    split = 0 < on_gpus < spec.num_layers  # only then does the CPU part change its dtype
     for device, count in [*counts, (machine.cpu, spec.num_layers)]:
         chosen = list(range(start, min(spec.num_layers, start + count)))
         start += len(chosen)
         extra = 0
         if device is machine.cpu and not host_parts or device is first_gpu and host_parts:
             extra = est.non_mapped_weight_bytes + est.vision_weight_bytes
-        device_plans.append(_device_plan(device, est, chosen, extra))
-        placements += [LayerPlacement(i, device.name, est.layers[i].kind, est.layers[i].weight_bytes,
-                                      est.layers[i].kv_bytes) for i in chosen]
+        cpu_part = device is machine.cpu and split
+        device_plans.append(_device_plan(device, est, chosen, extra, cpu_part))
+        priced = est.cpu_layers if cpu_part else est.layers
+        placements += [LayerPlacement(i, device.name, priced[i].kind, priced[i].weight_bytes,
+                                      priced[i].kv_bytes) for i in chosen]
     over = [d for d in device_plans if d.free_bytes < 0]
     parts_device = first_gpu.name if host_parts and first_gpu else "cpu"
     all_gpu = host_parts and len(device_plans[0].layers) == spec.num_layers
     problem = "; ".join(f"{d.name} is over its budget by {format_bytes(-d.free_bytes)}" for d in over)
     return Plan(model=spec.source, machine=machine, estimate=est, mode=mode, fits=not over,
-                all_on_gpu=all_gpu, wired_limit_bytes=_wired_limit(machine, device_plans),
+                all_on_gpu=all_gpu,
+                cpu_dtype=est.cpu_dtype if split and est.cpu_dtype != est.dtype else None, wired_limit_bytes=_wired_limit(machine, device_plans),
                 devices=tuple(device_plans), layers=tuple(placements),
                 non_mapped_device=parts_device,
                 vision_device=parts_device if est.vision_weight_bytes else None, problem=problem)
 
 
-def _device_plan(device: Device, est: Estimate, chosen: list[int], extra_bytes: int) -> DevicePlan:
-    layers = [est.layers[i] for i in chosen]
+def _device_plan(device: Device, est: Estimate, chosen: list[int], extra_bytes: int,
+                 cpu_part: bool = False) -> DevicePlan:
+    layers = [(est.cpu_layers if cpu_part else est.layers)[i] for i in chosen]
     runs = bool(chosen) or extra_bytes > 0
     return DevicePlan(
         name=device.name, description=device.description, budget_bytes=device.budget_bytes or 0,
@@ -219,7 +241,7 @@ def _device_plan(device: Device, est: Estimate, chosen: list[int], extra_bytes: 
         kv_bytes=sum(x.kv_bytes for x in layers),
         kv_growth_bytes=max((x.kv_bytes for x in layers if x.kind != "recurrent"), default=0)
         if est.kv_growth_bytes else 0,
-        activation_bytes=est.activation_bytes(fused=_fused(device)) if runs else 0)
+        activation_bytes=est.activation_bytes(fused=_fused(device), cpu_part=cpu_part) if runs else 0)
 
 
 def _parts_fit(est: Estimate, gpu: Device) -> bool:

@@ -95,12 +95,24 @@ def pinned_class(cls: type) -> type:
         return _PINNED.get(cls, cls)
     import mlx.core as mx
 
+    def cast(value: Any, dtype: Any) -> Any:
+        if isinstance(value, mx.array) and mx.issubdtype(value.dtype, mx.floating):
+            return value.astype(dtype)
+        return value
+
     class Pinned(cls):  # type: ignore[misc]
         _unimap_pinned = True
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            compute = self._unimap_dtype
             with mx.stream(self._unimap_stream):
-                return super().__call__(*args, **kwargs)
+                if compute is None:
+                    return super().__call__(*args, **kwargs)
+                # the CPU part of a split computes in its own dtype; hand back the caller's
+                given = next((a.dtype for a in args if isinstance(a, mx.array)), None)
+                out = super().__call__(*(cast(a, compute) for a in args),
+                                       **{k: cast(v, compute) for k, v in kwargs.items()})
+                return cast(out, given) if given is not None else out
 
     Pinned.__name__, Pinned.__qualname__ = cls.__name__, cls.__qualname__
     Pinned.__module__ = cls.__module__
@@ -109,10 +121,12 @@ def pinned_class(cls: type) -> type:
     return pinned
 
 
-def pin(module: Any, stream: Any) -> None:
-    """Run `module` under `stream` from now on, keeping its parameters and attributes."""
+def pin(module: Any, stream: Any, compute_dtype: Any = None) -> None:
+    """Run `module` under `stream` from now on (in `compute_dtype` if given), keeping its
+    parameters and attributes."""
     module.__class__ = pinned_class(type(module))
     object.__setattr__(module, "_unimap_stream", stream)
+    object.__setattr__(module, "_unimap_dtype", compute_dtype)
 
 
 # ---------------------------------------------------------------- apply
@@ -157,11 +171,15 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
     order = sorted(range(len(layers)), key=lambda i: i not in on_gpu)  # GPU layers first
     total = len(layers) + 1
     with mx.stream(parts_stream):
-        mx.eval(parts)
+        for array in parts:  # one at a time: with --isq each source matrix is freed in turn
+            mx.eval(array)
     if progress:
         progress(1, total, "embeddings and head")
+    cpu_dtype = getattr(mx, plan.cpu_dtype) if plan.cpu_dtype else None
     for done, index in enumerate(order, start=2):
         stream = placement.gpu_stream if index in on_gpu else placement.cpu_stream
+        if cpu_dtype is not None and index not in on_gpu:
+            cast_floats(layers[index], plan.cpu_dtype)  # lazy: cast as it loads
         with mx.stream(stream):
             mx.eval(layers[index].parameters())
         placement.layer_streams[index] = stream
@@ -171,7 +189,7 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
     # while the default device is a GPU. A CPU-only machine, like an all-GPU plan, changes nothing.
     if on_gpu and not plan.all_on_gpu or not on_gpu and mx.default_device() == mx.gpu:
         for index, layer in enumerate(layers):
-            pin(layer, placement.layer_streams[index])
+            pin(layer, placement.layer_streams[index], None if index in on_gpu else cpu_dtype)
         placement.pinned = True
     mx.clear_cache()
     return placement
@@ -195,10 +213,12 @@ def quantize_in_place(model: Any, bits: int, group_size: int = 64) -> None:
     nn.quantize(model, group_size=group_size, bits=bits, class_predicate=choose)  # type: ignore[attr-defined]
 
 
-def cast_floats(model: Any, dtype_name: str) -> None:
+def cast_floats(model: Any, dtype_name: str | None) -> None:
     import mlx.core as mx
     from mlx.utils import tree_map
 
+    if dtype_name is None:
+        return
     dtype = getattr(mx, dtype_name)
     model.update(tree_map(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p,
                           model.parameters()))

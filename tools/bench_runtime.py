@@ -1,0 +1,172 @@
+"""Runtime figures: unimap's generation speed against plain mlx-lm, the loading peak against the
+final size, and the speed of the CPU part of a split by weight and activation dtype.
+
+Usage: python tools/bench_runtime.py [--tokens 128] [--rounds 3] [--skip-dtypes]
+Writes a random llama checkpoint (real safetensors written by MLX) to a temporary folder. Each
+loading-peak case runs in a fresh process. Prints Markdown; docs/BENCHMARKS.md records the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+BENCH = {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816,
+         "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4,
+         "vocab_size": 32000, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+         "tie_word_embeddings": False, "max_position_embeddings": 4096}
+
+
+def write_model(folder: Path, dtype: str) -> Path:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+    from tiny_models import write_tokenizer
+
+    config = {**BENCH, "torch_dtype": dtype}
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    model.set_dtype(getattr(mx, dtype))
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (folder / "config.json").write_text(json.dumps(config))
+    write_tokenizer(folder, 200)
+    return folder
+
+
+def speed(path: Path, tokens: int, rounds: int) -> list[str]:
+    """Tokens/s of plain mlx-lm and of unimap on the same model, prompt and settings, interleaved."""
+    import mlx.core as mx
+    from mlx_lm import load as mlx_load
+    from mlx_lm.generate import stream_generate as mlx_stream
+    from mlx_lm.sample_utils import make_sampler
+
+    import unimap
+
+    prompt = [1] + [(13 * i) % 190 + 3 for i in range(63)]
+    plain, plain_tok = mlx_load(str(path))
+    mapped, mapped_tok, plan = unimap.load(path, max_seq_len=512)
+    split, split_tok, _ = unimap.load(path, max_seq_len=512, device_map=4, machine="h100-80gb")
+    rates: dict[str, list[float]] = {"mlx-lm": [], "unimap (plan: all on one device)": [],
+                                     "unimap split 4+4 (two streams)": []}
+    for _ in range(rounds):
+        last = None
+        for last in mlx_stream(plain, plain_tok, mx.array(prompt), max_tokens=tokens,
+                               sampler=make_sampler(0.0)):
+            pass
+        rates["mlx-lm"].append(last.generation_tps)
+        for name, model, tok in (("unimap (plan: all on one device)", mapped, mapped_tok),
+                                 ("unimap split 4+4 (two streams)", split, split_tok)):
+            r = None
+            for r in unimap.stream_generate(model, tok, prompt, max_tokens=tokens):
+                pass
+            rates[name].append(r.generation_tps)
+    base = statistics.median(rates["mlx-lm"])
+    rows = [f"| {name} | {statistics.median(v):.1f} | {statistics.median(v) / base:.3f} |"
+            for name, v in rates.items()]
+    return ["| run | tokens/s (median) | ratio to mlx-lm |", "|---|---|---|", *rows]
+
+
+LOAD_CHILD = r"""
+import json, sys
+import mlx.core as mx
+from mlx.utils import tree_flatten
+import unimap
+path, isq = sys.argv[1], (int(sys.argv[2]) if sys.argv[2] != "-" else None)
+mx.reset_peak_memory()
+model, tok, plan = unimap.load(path, max_seq_len=512, isq=isq)
+final = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
+layer = max(sum(p.nbytes for _, p in tree_flatten(l.parameters())) for l in model.layers)
+print(json.dumps({"peak": mx.get_peak_memory(), "final": final, "planned": plan.estimate.weight_bytes}))
+"""
+
+
+def load_peaks(paths: dict[str, Path]) -> list[str]:
+    rows = ["| checkpoint | --isq | final size | loading peak | peak / final | allowed |",
+            "|---|---|---|---|---|---|"]
+    from unimap.headers import read_header
+    from unimap.inspect import inspect
+
+    for label, path in paths.items():
+        # the largest unit quantized at once: a decoder layer, or one non-mapped matrix
+        biggest_tensor = max(t.nbytes for t in read_header(path / "model.safetensors")[0].values())
+        source_layer = max(max(inspect(path).layer_weight_bytes()), biggest_tensor)
+        for isq in (None, 4):
+            done = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(path), str(isq or "-")],
+                                  capture_output=True, text=True, check=True)
+            r = json.loads(done.stdout)
+            allowed = (f"final + largest source unit = {(r['final'] + source_layer) / r['final']:.3f}"
+                       if isq else "1.05")
+            rows.append(f"| {label} | {isq or '-'} | {r['final'] / 2**20:.1f} MiB | "
+                        f"{r['peak'] / 2**20:.1f} MiB | {r['peak'] / r['final']:.3f} | {allowed} |")
+    return rows
+
+
+def cpu_layer_dtypes(rounds: int) -> list[str]:
+    """One decoder layer of the bench model on the CPU stream: decode (1 token) and a 16-token
+    chunk, by weight format and activation dtype."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.models.cache import KVCache
+    from mlx_lm.utils import _get_classes
+
+    model_class, args_class = _get_classes({**BENCH, "num_hidden_layers": 1})
+    rows = ["| weights | activations | decode ms/token | 16-token chunk ms |", "|---|---|---|---|"]
+    cases = [(w, a) for w in ("float32", "bfloat16", "float16", "q8", "q4")
+             for a in ("float32", "bfloat16", "float16") if w in (a, "q8", "q4")]
+    with mx.stream(mx.cpu):
+        for weights, act in cases:
+            layer = model_class(args_class.from_dict({**BENCH, "num_hidden_layers": 1})).layers[0]
+            layer.set_dtype(getattr(mx, act))
+            if weights.startswith("q"):
+                nn.quantize(layer, group_size=64, bits=int(weights[1:]))
+            mx.eval(layer.parameters())
+            timings = {}
+            for n in (1, 16):
+                x = mx.random.normal((1, n, BENCH["hidden_size"])).astype(getattr(mx, act))
+                best = float("inf")
+                for _ in range(rounds):
+                    cache = KVCache()
+                    mx.eval(layer(x, mask="causal" if n > 1 else None, cache=cache))
+                    start = time.perf_counter()
+                    mx.eval(layer(x, mask="causal" if n > 1 else None, cache=cache))
+                    best = min(best, time.perf_counter() - start)
+                timings[n] = best * 1000
+            rows.append(f"| {weights} | {act} | {timings[1]:.2f} | {timings[128]:.1f} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-dtypes", action="store_true")
+    args = parser.parse_args()
+    import mlx.core as mx
+
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, MLX {mx.__version__}, "
+          f"GPU available: {mx.is_available(mx.gpu)}; bench model: llama, hidden 1024, 8 layers")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {dtype: write_model(Path(tmp) / dtype, dtype) for dtype in ("float32", "bfloat16")}
+        print("\n### Generation speed (float32 checkpoint, 64-token prompt, greedy)\n")
+        print("\n".join(speed(paths["float32"], args.tokens, args.rounds)))
+        print("\n### Loading peak (fresh process each)\n")
+        print("\n".join(load_peaks(paths)))
+    if not args.skip_dtypes:
+        print("\n### One decoder layer on the CPU stream\n")
+        print("\n".join(cpu_layer_dtypes(args.rounds)))
+
+
+if __name__ == "__main__":
+    main()
