@@ -243,3 +243,11 @@ def test_bad_generation_requests(tiny: dict[str, Path], kwargs: dict[str, Any], 
     model, tokenizer, _ = load(tiny["llama"], max_seq_len=64)
     with pytest.raises(unimap.ConfigError, match=message):
         generate(model, tokenizer, **kwargs)
+
+
+def test_streamed_text_is_the_whole_decoded_text(tiny: dict[str, Path]) -> None:
+    model, tokenizer, _ = load(tiny["llama"], max_seq_len=64)
+    responses = list(stream_generate(model, tokenizer, "w1 w2 w3", max_tokens=12))
+    tokens = [r.token for r in responses if r.token not in tokenizer.eos_token_ids]
+    assert "".join(r.text for r in responses) == tokenizer.decode(tokens)
+    assert responses[-1].finish_reason in ("stop", "length")

@@ -29,13 +29,30 @@ class Response:
 
 
 class _Detokenizer:
-    """Incremental decoding for tokenizers without a streaming detokenizer of their own."""
+    """Text as it becomes printable: mlx-lm's streaming detokenizer when the tokenizer has one,
+    else decoding the tokens so far (fine for the small GGUF vocabularies)."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer, self.emitted = tokenizer, ""
         self.tokens: list[int] = []
+        self.streaming = getattr(tokenizer, "detokenizer", None)
+        if self.streaming is not None:
+            self.streaming.reset()
 
     def add(self, token: int) -> str:
+        if self.streaming is not None:
+            self.streaming.add_token(token)
+            return str(self.streaming.last_segment)
+        return self._add(token)
+
+    def finish(self) -> str:
+        """Whatever text is still held back (an unfinished word or byte sequence)."""
+        if self.streaming is None:
+            return ""
+        self.streaming.finalize()
+        return str(self.streaming.last_segment)
+
+    def _add(self, token: int) -> str:
         self.tokens.append(token)
         text = str(self.tokenizer.decode(self.tokens))
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its last byte
@@ -104,6 +121,8 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int], max_tok
         text = "" if done else detok.add(token)
         rate = (count - 1) / max(time.perf_counter() - first_at, 1e-9) if count > 1 else 0.0
         reason = "stop" if done else "length" if count == max_tokens else None
+        if reason is not None:
+            text += detok.finish()
         yield Response(text, token, len(ids), prompt_tps, count, rate, mx.get_peak_memory(),
                        predicted, reason)
         if done:

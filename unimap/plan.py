@@ -224,8 +224,8 @@ def _assign(spec: ModelSpec, machine: Machine, est: Estimate, counts: list[tuple
     all_gpu = host_parts and len(device_plans[0].layers) == spec.num_layers
     problem = "; ".join(f"{d.name} is over its budget by {format_bytes(-d.free_bytes)}" for d in over)
     return Plan(model=spec.source, machine=machine, estimate=est, mode=mode, fits=not over,
-                all_on_gpu=all_gpu,
-                cpu_dtype=est.cpu_dtype if split and est.cpu_dtype != est.dtype else None, wired_limit_bytes=_wired_limit(machine, device_plans),
+                all_on_gpu=all_gpu, wired_limit_bytes=_wired_limit(machine, device_plans),
+                cpu_dtype=est.cpu_dtype if split and est.cpu_dtype != est.dtype else None,
                 devices=tuple(device_plans), layers=tuple(placements),
                 non_mapped_device=parts_device,
                 vision_device=parts_device if est.vision_weight_bytes else None, problem=problem)
