@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check unimap tests tools
+	$(BIN)/ruff check unimap tests tools examples
 	$(BIN)/mypy unimap
 
 bench: $(STAMP)
