@@ -120,7 +120,9 @@ def test_cli_run_streams_a_story() -> None:
     (gguf_bytes(LLAMA_META, [])[:40], "the GGUF header is truncated"),
     (gguf_bytes({**LLAMA_META, "general.architecture": "gpt2"}, []), "GGUF architecture 'gpt2'"),
     (gguf_bytes({**LLAMA_META, "tokenizer.ggml.model": "gpt2"}, []), "tokenizer kind 'gpt2'"),
-    (gguf_bytes(LLAMA_META, [("blk.0.attn_q.weight", [8, 8], 2)]), "ggml type 2 \\(a quantized type\\)"),
+    (gguf_bytes(LLAMA_META, [("blk.0.attn_q.weight", [64, 8], 12)]), "ggml type 12, which MLX does not load"),
+    (gguf_bytes(LLAMA_META, [("blk.0.attn_norm.weight", [64], 8)]), "expected a matrix whose rows"),
+    (gguf_bytes(LLAMA_META, [("blk.0.attn_q.weight", [40, 8], 8)]), "expected a matrix whose rows"),
     (gguf_bytes({k: v for k, v in LLAMA_META.items() if k != "llama.block_count"}, []),
      "lacks 'llama.block_count'"),
     (gguf_bytes(LLAMA_META, [("blk.0.attn_qkv.weight", [8, 24], 0)]), "not part of a llama block"),
@@ -180,3 +182,45 @@ def test_cli_chat_and_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
     stopped = runner.invoke(cli, ["run", "-m", str(STORIES), "--prompt", "Once", "--max-seq-len", "256"])
     assert stopped.exit_code == 130 and "interrupted" in stopped.stderr
     assert released  # the previous wired limit is restored on Ctrl-C too
+
+
+def requantized(tmp_path: Path, kind: str) -> tuple[Path, dict[str, Any]]:
+    """stories260K rewritten with every 2-D weight whose rows split into 32-blocks as `kind`."""
+    import mlx.core as mx
+    import numpy as np
+    from gguf_writer import write_gguf
+
+    gguf = read_gguf(STORIES)
+    arrays = {k: np.array(v) for k, v in mx.load(str(STORIES)).items()}
+    meta = {k: ([float(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], float) else v)
+            for k, v in gguf.metadata.items()}
+    tensors = [(t.name, arrays[t.name], kind if arrays[t.name].ndim == 2
+                and arrays[t.name].shape[1] % 32 == 0 else "F32") for t in gguf.tensors]
+    return write_gguf(tmp_path / f"stories-{kind}.gguf", meta, tensors), arrays
+
+
+@needs_stories
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0"])
+def test_quantized_gguf_loads_as_planned(tmp_path: Path, kind: str) -> None:
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    path, originals = requantized(tmp_path, kind)
+    plan = unimap.plan(path, max_seq_len=256)
+    assert plan.estimate.dtype == "float16"  # the quantized embedding hands out float16
+    model, tokenizer, plan = unimap.load(path, max_seq_len=256)
+    q = model.layers[0].self_attn.q_proj
+    assert isinstance(q, nn.QuantizedLinear) and (q.group_size, q.bits) == (32, int(kind[1]))
+    assert sum(p.nbytes for _, p in tree_flatten(model.parameters())) == plan.estimate.weight_bytes
+    restored = np.array(mx.dequantize(q.weight, q.scales, q.biases, group_size=32, bits=q.bits))
+    original = originals["blk.0.attn_q.weight"]
+    step = np.abs(original).max() / (127 if kind == "Q8_0" else 7)
+    assert np.abs(restored - original).max() <= step  # the ggml block layout was read right
+    text = unimap.generate(model, tokenizer, "Once upon a time", max_tokens=12)
+    assert text.strip()
+    if kind == "Q8_0":
+        assert text.startswith(", there was a little girl")
+    with pytest.raises(unimap.ConfigError, match="already MLX-quantized"):
+        unimap.plan(path, isq=4)

@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from unimap.errors import ModelError
-from unimap.headers import TensorHeader
+from unimap.headers import DTYPE_BYTES, TensorHeader
 
 MAGIC = b"GGUF"
-# ggml tensor types unimap runs: id -> (safetensors dtype name, bytes per element). mx.load also
-# reads Q4_0/Q4_1/Q8_0 into MLX's quantized layout; that path is not wired up or tested yet.
-TENSOR_TYPES: dict[int, tuple[str, int]] = {0: ("F32", 4), 1: ("F16", 2), 30: ("BF16", 2)}
+# ggml tensor types unimap runs: id -> (name, bits per weight). Floats load as they are; mx.load
+# turns Q4_0/Q4_1/Q8_0 into MLX's affine layout: packed uint32 weights plus float16 scales and
+# biases per block of 32.
+TENSOR_TYPES: dict[int, tuple[str, int]] = {0: ("F32", 32), 1: ("F16", 16), 30: ("BF16", 16),
+                                            2: ("Q4_0", 4), 3: ("Q4_1", 4), 8: ("Q8_0", 8)}
+FLOAT_TYPES = ("F32", "F16", "BF16")
+GGML_BLOCK = 32
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
             11: "<q", 12: "<d"}
 # llama.cpp tensor names -> mlx-lm llama parameter names
@@ -39,11 +43,12 @@ class GgufTensor:
     type_name: str
 
     @property
-    def nbytes(self) -> int:
-        count = dict(TENSOR_TYPES.values())[self.type_name]
-        for dim in self.shape:
-            count *= dim
-        return count
+    def bits(self) -> int:
+        return dict(TENSOR_TYPES.values())[self.type_name]
+
+    @property
+    def quantized(self) -> bool:
+        return self.type_name not in FLOAT_TYPES
 
 
 @dataclass(frozen=True)
@@ -109,10 +114,14 @@ def read_gguf(path: Path) -> GgufFile:
                 kind = r.take("<I")
                 r.take("<Q")  # data offset: the runtime reads data through mx.load
                 if kind not in TENSOR_TYPES:
-                    raise ModelError(f"{path}: tensor {name!r} has ggml type {kind} (a quantized "
-                                     "type); unimap runs F32, F16 and BF16 GGUF files: use an "
-                                     "unquantized GGUF (and --isq) or an MLX checkpoint")
-                tensors.append(GgufTensor(name, tuple(reversed(dims)), TENSOR_TYPES[kind][0]))
+                    raise ModelError(f"{path}: tensor {name!r} has ggml type {kind}, which MLX "
+                                     "does not load; supported: "
+                                     f"{', '.join(t for t, _ in TENSOR_TYPES.values())}")
+                shape = tuple(reversed(dims))
+                if TENSOR_TYPES[kind][0] not in FLOAT_TYPES and (len(shape) != 2 or shape[-1] % GGML_BLOCK):
+                    raise ModelError(f"{path}: quantized tensor {name!r} has shape {list(shape)}; "
+                                     f"expected a matrix whose rows divide into blocks of {GGML_BLOCK}")
+                tensors.append(GgufTensor(name, shape, TENSOR_TYPES[kind][0]))
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return GgufFile(path, version, metadata, tuple(tensors))
@@ -151,7 +160,12 @@ def gguf_config(gguf: GgufFile) -> dict[str, Any]:
     heads = int(_meta(gguf, "llama.attention.head_count"))
     hidden = int(_meta(gguf, "llama.embedding_length"))
     names = {t.name for t in gguf.tensors}
-    return {
+    quantized = quantized_modules(gguf)
+    extra: dict[str, Any] = {}
+    if quantized:  # MLX's config form: defaults plus per-module entries
+        bits = max(q["bits"] for q in quantized.values())
+        extra["quantization"] = {"group_size": GGML_BLOCK, "bits": bits, **quantized}
+    return {**extra,
         "model_type": "llama",
         "hidden_size": hidden,
         "intermediate_size": int(_meta(gguf, "llama.feed_forward_length")),
@@ -165,8 +179,16 @@ def gguf_config(gguf: GgufFile) -> dict[str, Any]:
         "max_position_embeddings": int(gguf.metadata.get("llama.context_length", 2048)),
         "vocab_size": len(_meta(gguf, "tokenizer.ggml.tokens")),
         "tie_word_embeddings": "output.weight" not in names,
-        "torch_dtype": "float16" if any(t.type_name == "F16" for t in gguf.tensors) else "float32",
+        "torch_dtype": _activation_dtype(gguf),
     }
+
+
+def _activation_dtype(gguf: GgufFile) -> str:
+    """What the embedding hands the layers: its own float type, or float16 (MLX dequantizes a
+    quantized embedding with its float16 scales)."""
+    embedding = next((t for t in gguf.tensors if t.name == "token_embd.weight"), None)
+    kind = embedding.type_name if embedding is not None else "F16"
+    return {"F32": "float32", "BF16": "bfloat16"}.get(kind, "float16")
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -237,12 +259,31 @@ class SpmTokenizer:
 
 
 def gguf_headers(gguf: GgufFile) -> dict[str, tuple[TensorHeader, str]]:
-    """The GGUF tensors as safetensors-style headers under mlx-lm names, for the planner."""
-    headers: dict[str, tuple[TensorHeader, str]] = {}
-    offset = 0
+    """The GGUF tensors as MLX will hold them, as safetensors-style headers under mlx-lm names:
+    float tensors as they are; quantized ones as packed weight, scales and biases."""
+    entries: list[tuple[str, str, tuple[int, ...]]] = []
     for t in gguf.tensors:
         name = mlx_name(t.name)
-        headers[name] = (TensorHeader(name, t.type_name, t.shape, offset, offset + t.nbytes),
-                         gguf.path.name)
-        offset += t.nbytes
+        if not t.quantized:
+            entries.append((name, t.type_name, t.shape))
+            continue
+        rows, cols = t.shape
+        stem = name.removesuffix(".weight")
+        entries += [(name, "U32", (rows, cols * t.bits // 32)),
+                    (f"{stem}.scales", "F16", (rows, cols // GGML_BLOCK)),
+                    (f"{stem}.biases", "F16", (rows, cols // GGML_BLOCK))]
+    headers: dict[str, tuple[TensorHeader, str]] = {}
+    offset = 0
+    for name, dtype, shape in entries:
+        nbytes = DTYPE_BYTES[dtype]
+        for dim in shape:
+            nbytes *= dim
+        headers[name] = (TensorHeader(name, dtype, shape, offset, offset + nbytes), gguf.path.name)
+        offset += nbytes
     return headers
+
+
+def quantized_modules(gguf: GgufFile) -> dict[str, dict[str, int]]:
+    """mlx-lm module path -> quantization parameters, for the GGUF's quantized tensors."""
+    return {mlx_name(t.name).removesuffix(".weight"): {"group_size": GGML_BLOCK, "bits": t.bits}
+            for t in gguf.tensors if t.quantized}

@@ -240,14 +240,18 @@ def gguf_model(path: Path) -> tuple[Any, Any]:
     """A llama model from a GGUF file: config and tokenizer from its metadata, tensors through
     mx.load (lazy), renamed to mlx-lm's parameter names."""
     import mlx.core as mx
+    import mlx.nn as nn
     from mlx_lm.utils import _get_classes
 
-    from unimap.gguf import SpmTokenizer, gguf_config, mlx_name, read_gguf
+    from unimap.gguf import SpmTokenizer, gguf_config, mlx_name, quantized_modules, read_gguf
 
     gguf = read_gguf(path)
     config = gguf_config(gguf)
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
+    quantized = quantized_modules(gguf)
+    if quantized:  # turn those modules into QuantizedLinear/Embedding before loading into them
+        nn.quantize(model, class_predicate=lambda p, _: quantized.get(p, False))  # type: ignore[attr-defined]
     weights: dict[str, Any] = mx.load(str(path))  # type: ignore[assignment]
     model.load_weights([(mlx_name(name), array) for name, array in weights.items()], strict=True)
     return model, SpmTokenizer.from_gguf(gguf)
