@@ -78,3 +78,14 @@ def write_gguf(path: Path, metadata: dict[str, Any],
     blob = head + infos
     path.write_bytes(blob + b"\0" * (-len(blob) % align) + data)
     return path
+
+
+def header_bytes(metadata: dict[str, Any], tensors: list[tuple[str, list[int], int]],
+                 version: int = 3) -> bytes:
+    """A GGUF header alone (no tensor data), for malformed-file tests: (name, GGUF dims, type id)."""
+    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(metadata))
+    out += b"".join(_string(k) + _value(v) for k, v in metadata.items())
+    for name, dims, kind in tensors:
+        out += _string(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        out += struct.pack("<IQ", kind, 0)
+    return out

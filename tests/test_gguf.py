@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from gguf_writer import header_bytes
 
 import unimap
 from unimap.cli import cli
@@ -15,30 +16,6 @@ from unimap.gguf import SpmTokenizer, gguf_config, read_gguf
 
 STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K" / "stories260K.gguf"
 needs_stories = pytest.mark.skipif(not STORIES.exists(), reason="../shared/models is not here")
-
-
-def gguf_bytes(metadata: dict[str, Any], tensors: list[tuple[str, list[int], int]],
-               version: int = 3) -> bytes:
-    """A GGUF header (no tensor data): strings, u32, f32 and string arrays are enough here."""
-    def string(s: str) -> bytes:
-        raw = s.encode()
-        return struct.pack("<Q", len(raw)) + raw
-
-    def value(v: Any) -> bytes:
-        if isinstance(v, str):
-            return struct.pack("<I", 8) + string(v)
-        if isinstance(v, float):
-            return struct.pack("<I", 6) + struct.pack("<f", v)
-        if isinstance(v, int):
-            return struct.pack("<I", 4) + struct.pack("<I", v)
-        return struct.pack("<IIQ", 9, 8, len(v)) + b"".join(string(x) for x in v)
-
-    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(metadata))
-    out += b"".join(string(k) + value(v) for k, v in metadata.items())
-    for name, dims, kind in tensors:
-        out += string(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
-        out += struct.pack("<IQ", kind, 0)
-    return out
 
 
 LLAMA_META = {"general.architecture": "llama", "tokenizer.ggml.model": "llama",
@@ -117,15 +94,15 @@ def test_cli_run_streams_a_story() -> None:
 @pytest.mark.parametrize(("raw", "message"), [
     (b"GGML" + b"\0" * 20, "not a GGUF file"),
     (b"GGUF" + struct.pack("<I", 1) + b"\0" * 16, "GGUF version 1 is not supported"),
-    (gguf_bytes(LLAMA_META, [])[:40], "the GGUF header is truncated"),
-    (gguf_bytes({**LLAMA_META, "general.architecture": "gpt2"}, []), "GGUF architecture 'gpt2'"),
-    (gguf_bytes({**LLAMA_META, "tokenizer.ggml.model": "gpt2"}, []), "tokenizer kind 'gpt2'"),
-    (gguf_bytes(LLAMA_META, [("blk.0.attn_q.weight", [64, 8], 12)]), "ggml type 12, which MLX does not load"),
-    (gguf_bytes(LLAMA_META, [("blk.0.attn_norm.weight", [64], 8)]), "expected a matrix whose rows"),
-    (gguf_bytes(LLAMA_META, [("blk.0.attn_q.weight", [40, 8], 8)]), "expected a matrix whose rows"),
-    (gguf_bytes({k: v for k, v in LLAMA_META.items() if k != "llama.block_count"}, []),
+    (header_bytes(LLAMA_META, [])[:40], "the GGUF header is truncated"),
+    (header_bytes({**LLAMA_META, "general.architecture": "gpt2"}, []), "GGUF architecture 'gpt2'"),
+    (header_bytes({**LLAMA_META, "tokenizer.ggml.model": "gpt2"}, []), "tokenizer kind 'gpt2'"),
+    (header_bytes(LLAMA_META, [("blk.0.attn_q.weight", [64, 8], 12)]), "ggml type 12, which MLX"),
+    (header_bytes(LLAMA_META, [("blk.0.attn_norm.weight", [64], 8)]), "expected a matrix whose rows"),
+    (header_bytes(LLAMA_META, [("blk.0.attn_q.weight", [40, 8], 8)]), "expected a matrix whose rows"),
+    (header_bytes({k: v for k, v in LLAMA_META.items() if k != "llama.block_count"}, []),
      "lacks 'llama.block_count'"),
-    (gguf_bytes(LLAMA_META, [("blk.0.attn_qkv.weight", [8, 24], 0)]), "not part of a llama block"),
+    (header_bytes(LLAMA_META, [("blk.0.attn_qkv.weight", [8, 24], 0)]), "not part of a llama block"),
 ])
 def test_bad_gguf_files(tmp_path: Path, raw: bytes, message: str) -> None:
     path = tmp_path / "bad.gguf"

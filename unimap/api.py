@@ -95,22 +95,27 @@ def load(
     dtype: str | None = None,
     kv_bits: int | None = None,
     progress: Any = None,
+    planned: Plan | None = None,
     **overrides: Any,
 ) -> tuple[Any, Any, Plan]:
     """Plan, then load `model` (a folder, a .gguf file or a Hub repo id) as the plan says.
 
     Returns (model, tokenizer, plan). Raises DoesNotFitError, before loading anything, when the
-    plan does not fit. `progress(done, total, what)` is called as parts are materialized."""
+    plan does not fit. `progress(done, total, what)` is called as parts are materialized.
+    `planned` is a plan already made for this model (the other mapping arguments are then unused)."""
     from unimap import runtime
 
-    planned = plan(model, max_seq_len, max_batch_size, max_num_images, max_image_length, isq,
-                   device_map, machine, dtype=dtype, kv_bits=kv_bits, **overrides).require_fit()
+    if planned is None:
+        planned = plan(model, max_seq_len, max_batch_size, max_num_images, max_image_length, isq,
+                       device_map, machine, dtype=dtype, kv_bits=kv_bits, **overrides)
+    planned.require_fit()
+    options = planned.estimate.options
     path = Path(model).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         loaded, tokenizer = runtime.gguf_model(path)
     else:
-        with runtime.lazy_model(path if path.is_dir() else Path(str(model))) as (loaded, tokenizer):
-            pass
+        loaded, tokenizer = runtime.lazy_model(str(path) if path.is_dir() else str(model))
+    isq, dtype = options.isq, options.dtype
     if isq is not None:
         runtime.quantize_in_place(loaded, isq)
     if dtype is not None:

@@ -315,9 +315,7 @@ def run_command(model: str, max_seq_len: int, max_batch_size: int, max_num_image
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                loaded, tokenizer, planned = load(
-                    model, device_map or "auto", max_seq_len, max_batch_size, max_num_images,
-                    max_image_length, isq, kv_bits=kv_bits, progress=progress)
+                loaded, tokenizer, planned = load(model, progress=progress, planned=planned)
         chat = _chat_loop(tokenizer, prompt) if interactive else iter([prompt or ""])
         for text in chat:
             last = None

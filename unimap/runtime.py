@@ -12,8 +12,7 @@ stream of its own on the CPU (which is what the tests use to check placement).
 from __future__ import annotations
 
 import atexit
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,16 +223,16 @@ def cast_floats(model: Any, dtype_name: str | None) -> None:
                           model.parameters()))
 
 
-@contextlib.contextmanager
-def lazy_model(path: Path) -> Iterator[tuple[Any, Any]]:
-    """An mlx-lm model and tokenizer from a local folder, parameters not yet evaluated."""
+def lazy_model(source: str) -> tuple[Any, Any]:
+    """An mlx-lm model and tokenizer (a local folder, or a Hub repo id that mlx-lm downloads),
+    parameters not yet evaluated."""
     from mlx_lm.utils import load
 
     try:
-        model, tokenizer = load(str(path), lazy=True)[:2]
+        model, tokenizer = load(source, lazy=True)[:2]
     except (ValueError, FileNotFoundError) as exc:
-        raise ModelError(f"{path}: mlx-lm cannot load it ({exc})") from None
-    yield model, tokenizer
+        raise ModelError(f"{source}: mlx-lm cannot load it ({exc})") from None
+    return model, tokenizer
 
 
 def gguf_model(path: Path) -> tuple[Any, Any]:
