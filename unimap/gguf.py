@@ -258,7 +258,7 @@ class SpmTokenizer:
         return text[1:] if text.startswith(" ") else text
 
 
-def gguf_headers(gguf: GgufFile) -> dict[str, tuple[TensorHeader, str]]:
+def gguf_headers(gguf: GgufFile) -> list[TensorHeader]:
     """The GGUF tensors as MLX will hold them, as safetensors-style headers under mlx-lm names:
     float tensors as they are; quantized ones as packed weight, scales and biases."""
     entries: list[tuple[str, str, tuple[int, ...]]] = []
@@ -272,13 +272,13 @@ def gguf_headers(gguf: GgufFile) -> dict[str, tuple[TensorHeader, str]]:
         entries += [(name, "U32", (rows, cols * t.bits // 32)),
                     (f"{stem}.scales", "F16", (rows, cols // GGML_BLOCK)),
                     (f"{stem}.biases", "F16", (rows, cols // GGML_BLOCK))]
-    headers: dict[str, tuple[TensorHeader, str]] = {}
+    headers: list[TensorHeader] = []
     offset = 0
     for name, dtype, shape in entries:
         nbytes = DTYPE_BYTES[dtype]
         for dim in shape:
             nbytes *= dim
-        headers[name] = (TensorHeader(name, dtype, shape, offset, offset + nbytes), gguf.path.name)
+        headers.append(TensorHeader(name, dtype, shape, offset, offset + nbytes))
         offset += nbytes
     return headers
 

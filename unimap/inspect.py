@@ -130,14 +130,17 @@ def read_config(path: Path) -> dict[str, Any]:
 def _local(path: Path, source: str) -> ModelSpec:
     config = read_config(path)
     files, weight_map = _weight_files(path)
-    headers: dict[str, tuple[TensorHeader, str]] = {}
+    located: dict[str, str] = {}  # tensor name -> file
+    headers: list[TensorHeader] = []
     for file in files:
-        tensors, _ = read_header(path / file)
-        for name, tensor in tensors.items():
-            if name in headers:
-                raise ModelError(f"{path}: tensor {name!r} is in both {headers[name][1]} and {file}")
-            headers[name] = (tensor, file)
-    _check_index(path, weight_map, headers)
+        found, _ = read_header(path / file)
+        twice = found.keys() & located.keys()
+        if twice:
+            name = min(twice)
+            raise ModelError(f"{path}: tensor {name!r} is in both {located[name]} and {file}")
+        located.update(dict.fromkeys(found, file))
+        headers.extend(found.values())
+    _check_index(path, weight_map, located)
     return build_spec(source, "local", config, headers, str(path / "config.json"))
 
 
@@ -162,13 +165,11 @@ def _weight_files(path: Path) -> tuple[list[str], dict[str, str] | None]:
     return files, None
 
 
-def _check_index(path: Path, weight_map: dict[str, str] | None,
-                 headers: dict[str, tuple[TensorHeader, str]]) -> None:
-    if weight_map is None:
+def _check_index(path: Path, weight_map: dict[str, str] | None, located: dict[str, str]) -> None:
+    if weight_map is None or weight_map == located:
         return
     for name, file in weight_map.items():
-        found = headers.get(name)
-        if found is None or found[1] != file:
+        if located.get(name) != file:
             raise ModelError(f"{path / INDEX_FILE}: says {name!r} is in {file}, but that file's "
                              "header does not list it; the download is inconsistent")
 
@@ -213,13 +214,12 @@ def _hub(repo_id: str) -> ModelSpec:
                          "Face format?") from None
     except (errors.HfHubHTTPError, OSError) as exc:
         raise _unreachable(repo_id, exc) from None
-    headers: dict[str, tuple[TensorHeader, str]] = {}
+    headers: list[TensorHeader] = []
     for file, file_meta in meta.files_metadata.items():
         raw = {name: {"dtype": info.dtype, "shape": list(info.shape),
                       "data_offsets": list(info.data_offsets)}
                for name, info in file_meta.tensors.items()}
-        tensors, _ = parse_header(raw, f"{repo_id}/{file}")
-        headers.update({name: (tensor, file) for name, tensor in tensors.items()})
+        headers.extend(parse_header(raw, f"{repo_id}/{file}")[0].values())
     return build_spec(repo_id, "hub", config, headers, f"{repo_id}/config.json")
 
 
@@ -238,19 +238,19 @@ def _complete(folder: Path) -> bool:
 # ---------------------------------------------------------------- from headers to a spec
 
 
-def build_spec(source: str, where: str, config: dict[str, Any],
-               headers: dict[str, tuple[TensorHeader, str]], config_where: str) -> ModelSpec:
+def build_spec(source: str, where: str, config: dict[str, Any], headers: list[TensorHeader],
+               config_where: str) -> ModelSpec:
     arch = read_architecture(config, config_where)
     quant = _quantization(config, config_where)
     if not headers:
         raise ModelError(f"{source}: the safetensors files hold no tensors")
-    slots, dtype_bytes_used = _slots(source, [h for h, _ in headers.values()], arch)
+    slots, dtype_bytes_used = _slots(source, headers, arch)
     empty = [s.slot for s in slots[:arch.num_layers] if s.header_bytes == 0]
     if empty:
         raise ModelError(f"{source}: config.json says {arch.num_layers} layers but the weights have "
                          f"no tensors for layer(s) {_ranges(empty)}; config and weights disagree")
-    return ModelSpec(source, where, arch, tuple(h for h, _ in headers.values()),
-                     _dtype(arch, dtype_bytes_used), quant, config, slots)
+    return ModelSpec(source, where, arch, tuple(headers), _dtype(arch, dtype_bytes_used), quant,
+                     config, slots)
 
 
 def classify(h: TensorHeader, num_layers: int, eight_bit: tuple[str, ...] = ()) -> Tensor:
