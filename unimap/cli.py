@@ -316,14 +316,18 @@ def run_command(model: str, max_seq_len: int, max_batch_size: int, max_num_image
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 loaded, tokenizer, planned = load(model, progress=progress, planned=planned)
-        chat = _chat_loop(tokenizer, prompt) if interactive else iter([prompt or ""])
-        for text in chat:
-            last = None
-            click.echo(prompt if not interactive and prompt else "", nl=False)
+        history: list[dict[str, str]] = []
+        turns = _messages(prompt) if interactive else iter([prompt or ""])
+        for message in turns:
+            text = _chat_prompt(tokenizer, history, message) if interactive else message
+            click.echo("" if interactive else message, nl=False)
+            reply, last = "", None
             for last in stream_generate(loaded, tokenizer, text, max_tokens=max_tokens, temp=temp,
                                         top_p=top_p, seed=seed):
                 click.echo(last.text, nl=False)
+                reply += last.text
             click.echo()
+            history.append({"role": "assistant", "content": reply})  # the next turn sees it
             if last is not None:
                 console.print(_stats(last), highlight=False, soft_wrap=True)
     except KeyboardInterrupt:
@@ -357,25 +361,27 @@ def _stats(r: Any) -> str:
             f"{r.generation_tokens} tokens, {r.generation_tps:.1f} tokens/s; peak memory {peak}{versus}")
 
 
-def _chat_loop(tokenizer: Any, first: str | None) -> Any:
-    """Chat turns as prompts: the tokenizer's chat template when it has one, else plain text."""
-    history: list[dict[str, str]] = []
-    message = first
+def _messages(first: str | None) -> Any:
+    """Chat messages: the --prompt first, then lines typed at "> " until /quit or end of input."""
+    if first and first.strip():
+        yield first
     while True:
-        if not message:
-            try:
-                message = input("> ")
-            except EOFError:
-                return
+        try:
+            message = input("> ")
+        except EOFError:
+            return
         if message.strip() in ("/quit", "/exit"):
             return
-        history.append({"role": "user", "content": message})
-        template = getattr(tokenizer, "chat_template", None)
-        if template:
-            yield tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
-        else:
+        if message.strip():
             yield message
-        message = None
+
+
+def _chat_prompt(tokenizer: Any, history: list[dict[str, str]], message: str) -> str:
+    """The conversation so far in the tokenizer's chat template, or the bare message without one."""
+    history.append({"role": "user", "content": message})
+    if getattr(tokenizer, "chat_template", None):
+        return str(tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True))
+    return message
 
 
 def main() -> None:
