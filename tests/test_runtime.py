@@ -156,6 +156,16 @@ def test_measured_peak_within_the_plan(tiny: dict[str, Path], family: str,
     assert 0 < mx.get_peak_memory() <= plan.peak_bytes
 
 
+def test_missing_tokenizer_is_a_clear_error(tiny: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(tiny["llama"], tmp_path / "no-tokenizer"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    with pytest.raises(unimap.ModelError, match="no tokenizer .* beside config.json"):
+        load(folder, max_seq_len=64)
+
+
 def test_kv_bits_needs_whole_groups(tiny: dict[str, Path]) -> None:
     with pytest.raises(unimap.ConfigError, match="--kv-bits needs a head dimension divisible by 64"):
         load(tiny["qwen3"], max_seq_len=64, kv_bits=4)

@@ -228,6 +228,12 @@ def lazy_model(source: str) -> tuple[Any, Any]:
     parameters not yet evaluated."""
     from mlx_lm.utils import load
 
+    folder = Path(source)
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    if folder.is_dir() and not any((folder / name).exists() for name in tokenizer_files):
+        raise ModelError(f"{source}: no tokenizer (tokenizer.json, tokenizer.model or "
+                         "tokenizer_config.json) beside config.json; copy the tokenizer files "
+                         "from the model's original repository")
     try:
         model, tokenizer = load(source, lazy=True)[:2]
     except (ValueError, FileNotFoundError) as exc:
