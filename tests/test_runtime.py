@@ -171,6 +171,21 @@ def test_kv_bits_needs_whole_groups(tiny: dict[str, Path]) -> None:
         load(tiny["qwen3"], max_seq_len=64, kv_bits=4)
 
 
+@pytest.mark.parametrize("kwargs", [{"isq": 4}, {"device_map": 2, "machine": "h100-80gb"}])
+def test_loading_peak_within_the_plan(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    """Wide layers, a short context: converting a layer while loading (--isq, or the float32
+    CPU part of a split) is the peak, and the plan must cover it."""
+    path = write_tiny_model(tmp_path / "wide", "llama-wide", dtype="bfloat16")
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    with pytest.warns(DeprecationWarning) if "device_map" in kwargs else _nothing():
+        model, tokenizer, plan = load(path, max_seq_len=16, **kwargs)
+    list(stream_generate(model, tokenizer, [1, 5, 9], max_tokens=4))
+    loading = max(d.load_transient_bytes for d in plan.devices)
+    assert loading > 0
+    assert mx.get_peak_memory() <= plan.peak_bytes
+
+
 def test_isq_quantizes_while_loading(tiny: dict[str, Path]) -> None:
     model, tokenizer, plan = load(tiny["llama"], max_seq_len=64, isq=4)
     import mlx.nn as nn

@@ -15,6 +15,7 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
 CONFIGS: dict[str, dict[str, Any]] = {
     "llama": {"model_type": "llama", **TINY},
     "mistral": {"model_type": "mistral", **TINY, "rope_theta": 1e6},
+    "llama-wide": {"model_type": "llama", **TINY, "hidden_size": 256, "intermediate_size": 1024},
     "llama-hd64": {"model_type": "llama", **TINY, "num_attention_heads": 2,
                    "num_key_value_heads": 1, "head_dim": 64},
     "qwen2": {"model_type": "qwen2", **TINY, "tie_word_embeddings": True},

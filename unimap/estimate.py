@@ -69,6 +69,7 @@ class LayerEstimate:
     kind: str  # "full", "sliding", "recurrent"
     weight_bytes: int
     kv_bytes: int  # cache (or recurrent state) at its largest
+    source_bytes: int = 0  # the layer as stored: held beside its result while it is converted
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Estimate:
     layers: tuple[LayerEstimate, ...]
     non_mapped_weight_bytes: int  # embeddings, lm_head, final norm, ...
     vision_weight_bytes: int  # vision tower and projector
+    parts_source_bytes: int  # the largest non-mapped tensor as stored (converted one at a time)
     kv_growth_bytes: int  # transient: one layer's cache while it is copied to grow
     sequence_tokens: int  # max_seq_len plus the image tokens
     image_tokens: int
@@ -103,6 +105,12 @@ class Estimate:
         terms = (self.cpu_activation_terms if cpu_part else self.fused_activation_terms if fused
                  else self.activation_terms)
         return max(_phase_peak(terms), _phase_peak(self.vision_activation_terms))
+
+    @property
+    def converts(self) -> bool:
+        """Whether loading converts stored weights (--isq or --dtype): each unit's stored form
+        is then held beside its result for a moment."""
+        return self.options.isq is not None or self.options.dtype is not None
 
     def peak_bytes(self, fused: bool = False) -> int:
         return self.weight_bytes + self.kv_bytes + self.kv_growth_bytes + self.activation_bytes(fused)
@@ -141,7 +149,7 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     non_mapped, vision = priced[NON_MAPPED_SLOT], priced[VISION_SLOT]
     chunk = min(options.prefill_step_tokens, max(tokens - 1, 1))
     kv = [kv_bytes(arch, kind, tokens, chunk, options, d) for kind in arch.layer_kinds]
-    layers = tuple(LayerEstimate(i, kind, weights[i], kv[i])
+    layers = tuple(LayerEstimate(i, kind, weights[i], kv[i], spec.slots[i].header_bytes)
                    for i, kind in enumerate(arch.layer_kinds))
     growth = max((kv[i] for i, k in enumerate(arch.layer_kinds) if k != "recurrent"), default=0)
     if options.kv_layout == "paged":
@@ -150,11 +158,14 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     cpu_d = dtype_bytes(cpu_name)
     cpu_options = replace(options, dtype=cpu_name) if cpu_name != act_dtype else options
     cpu_layers = tuple(LayerEstimate(i, kind, slot_bytes(spec.slots[i], cpu_options, cpu_d),
-                                     kv_bytes(arch, kind, tokens, chunk, options, cpu_d))
+                                     kv_bytes(arch, kind, tokens, chunk, options, cpu_d),
+                                     spec.slots[i].header_bytes)
                        for i, kind in enumerate(arch.layer_kinds)) if cpu_name != act_dtype else layers
     return Estimate(
         options=options, dtype=act_dtype, layers=layers, non_mapped_weight_bytes=non_mapped,
-        vision_weight_bytes=vision, kv_growth_bytes=growth, sequence_tokens=tokens,
+        vision_weight_bytes=vision,
+        parts_source_bytes=max(spec.slots[-2].largest_bytes, spec.slots[-1].largest_bytes),
+        kv_growth_bytes=growth, sequence_tokens=tokens,
         image_tokens=image_tokens,
         activation_terms=activation_terms(arch, options, chunk, tokens, d, fused=False),
         fused_activation_terms=activation_terms(arch, options, chunk, tokens, d,

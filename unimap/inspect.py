@@ -52,6 +52,7 @@ class Slot(NamedTuple):
     q_bytes: int
     q8_elements: int  # elements --isq keeps at 8 bits (mlx-lm's quant_predicate, e.g. routers)
     q8_bytes: int
+    largest_bytes: int  # the biggest single tensor (the unit a cast or --isq loads at once)
 
 NON_MAPPED_SLOT, VISION_SLOT = -1, -2
 
@@ -285,7 +286,7 @@ def _slots(source: str, headers: list[TensorHeader], arch: Architecture) -> tupl
     """Per-slot sums (layers 0..n-1, non-mapped -1, vision -2) and float bytes by dtype."""
     n = arch.num_layers
     eight_bit = EIGHT_BIT_MODULES.get(arch.model_type, ())
-    sums = [[0] * 7 for _ in range(n + 2)]
+    sums = [[0] * 8 for _ in range(n + 2)]
     by_dtype: dict[str, int] = {}
     prefix = "model.layers."
     for h in headers:
@@ -304,6 +305,8 @@ def _slots(source: str, headers: list[TensorHeader], arch: Architecture) -> tupl
         row = sums[layer if layer is not None else n + vision]
         nbytes = h.end - h.begin
         row[0] += nbytes
+        if nbytes > row[7]:
+            row[7] = nbytes
         width = _FLOAT_WIDTH.get(h.dtype)
         if width:
             by_dtype[h.dtype] = by_dtype.get(h.dtype, 0) + nbytes

@@ -25,6 +25,12 @@ from unimap.machine import Device, Machine
 from unimap.units import MiB, format_bytes
 
 
+# Arrays outside the parameters, KV and working sets: scalars, RoPE tables, sampler state. The
+# loading peak measured 16 bytes above weights plus one converted layer (tools/gpu_check.py on
+# the CPU build); 64 KiB keeps the prediction above such strays with room to spare.
+SMALL_ARRAYS_BYTES = 64 * 1024
+
+
 class DoesNotFitError(UnimapError):
     """The model does not fit this machine under these options; the message has the ways out."""
 
@@ -41,10 +47,14 @@ class DevicePlan:
     kv_bytes: int
     kv_growth_bytes: int
     activation_bytes: int
+    load_transient_bytes: int = 0  # a stored unit held beside its converted form while loading
 
     @property
     def used_bytes(self) -> int:
-        return self.weight_bytes + self.kv_bytes + self.kv_growth_bytes + self.activation_bytes
+        """The larger of running (weights, KV, one growth copy, a working set) and loading
+        (weights plus the unit being converted)."""
+        running = self.kv_bytes + self.kv_growth_bytes + self.activation_bytes
+        return self.weight_bytes + max(running, self.load_transient_bytes)
 
     @property
     def free_bytes(self) -> int:
@@ -83,7 +93,10 @@ class Plan:
         """The process's predicted peak: everything resident plus the largest working set."""
         working = max((d.activation_bytes for d in self.devices if d.layers), default=0)
         growth = max((d.kv_growth_bytes for d in self.devices), default=0)
-        return sum(d.weight_bytes + d.kv_bytes for d in self.devices) + growth + working
+        weights = sum(d.weight_bytes for d in self.devices)
+        loading = weights + max((d.load_transient_bytes for d in self.devices), default=0)
+        running = weights + sum(d.kv_bytes for d in self.devices) + growth + working
+        return max(running, loading) + SMALL_ARRAYS_BYTES
 
     def device(self, name: str) -> DevicePlan:
         return next(d for d in self.devices if d.name == name)
@@ -120,7 +133,8 @@ class Plan:
                          "free_bytes": d.free_bytes, "layers": list(d.layers),
                          "weight_bytes": d.weight_bytes, "kv_bytes": d.kv_bytes,
                          "kv_growth_bytes": d.kv_growth_bytes,
-                         "activation_bytes": d.activation_bytes} for d in self.devices],
+                         "activation_bytes": d.activation_bytes,
+                         "load_transient_bytes": d.load_transient_bytes} for d in self.devices],
             "layers": [asdict(layer) for layer in self.layers],
             "non_mapped": {"device": self.non_mapped_device,
                            "weight_bytes": est.non_mapped_weight_bytes},
@@ -235,13 +249,20 @@ def _device_plan(device: Device, est: Estimate, chosen: list[int], extra_bytes: 
                  cpu_part: bool = False) -> DevicePlan:
     layers = [(est.cpu_layers if cpu_part else est.layers)[i] for i in chosen]
     runs = bool(chosen) or extra_bytes > 0
+    converting = est.converts or (cpu_part and est.cpu_dtype != est.dtype)
+    transient = 0
+    if converting:
+        transient = max((x.source_bytes for x in layers), default=0)
+    if est.converts and extra_bytes:
+        transient = max(transient, est.parts_source_bytes)
     return DevicePlan(
         name=device.name, description=device.description, budget_bytes=device.budget_bytes or 0,
         layers=tuple(chosen), weight_bytes=sum(x.weight_bytes for x in layers) + extra_bytes,
         kv_bytes=sum(x.kv_bytes for x in layers),
         kv_growth_bytes=max((x.kv_bytes for x in layers if x.kind != "recurrent"), default=0)
         if est.kv_growth_bytes else 0,
-        activation_bytes=est.activation_bytes(fused=_fused(device), cpu_part=cpu_part) if runs else 0)
+        activation_bytes=est.activation_bytes(fused=_fused(device), cpu_part=cpu_part) if runs else 0,
+        load_transient_bytes=transient)
 
 
 def _parts_fit(est: Estimate, gpu: Device) -> bool:
@@ -264,18 +285,20 @@ def _auto(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device]) 
 
 
 def _layers_that_fit(est: Estimate, gpu: Device, start: int, with_parts: bool) -> int:
+    """How many layers from `start` fit the GPU, counted as _device_plan counts them."""
     budget = gpu.budget_bytes or 0
-    used = est.activation_bytes(fused=True)
-    if with_parts:
-        used += est.non_mapped_weight_bytes + est.vision_weight_bytes
-    growth = count = 0
+    working = est.activation_bytes(fused=True)
+    weights = est.non_mapped_weight_bytes + est.vision_weight_bytes if with_parts else 0
+    transient = est.parts_source_bytes if with_parts and est.converts else 0
+    kv = growth = count = 0
     for layer in est.layers[start:]:
-        new_growth = max(growth, layer.kv_bytes if est.kv_growth_bytes and layer.kind != "recurrent"
-                         else 0)
-        if used + layer.weight_bytes + layer.kv_bytes + new_growth > budget:
+        grows = est.kv_growth_bytes and layer.kind != "recurrent"
+        new_growth = max(growth, layer.kv_bytes if grows else 0)
+        new_transient = max(transient, layer.source_bytes if est.converts else 0)
+        new_weights, new_kv = weights + layer.weight_bytes, kv + layer.kv_bytes
+        if new_weights + max(working + new_kv + new_growth, new_transient) > budget:
             break
-        used += layer.weight_bytes + layer.kv_bytes
-        growth, count = new_growth, count + 1
+        weights, kv, growth, transient, count = new_weights, new_kv, new_growth, new_transient, count + 1
     return count
 
 
