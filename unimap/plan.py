@@ -24,7 +24,6 @@ from unimap.inspect import ModelSpec
 from unimap.machine import Device, Machine
 from unimap.units import MiB, format_bytes
 
-
 # Arrays outside the parameters, KV and working sets: scalars, RoPE tables, sampler state. The
 # loading peak measured 16 bytes above weights plus one converted layer (tools/gpu_check.py on
 # the CPU build); 64 KiB keeps the prediction above such strays with room to spare.
