@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_probe.py
 	$(BIN)/python tools/bench_cpu_blas.py
 	$(BIN)/python tools/bench_plan.py
+	$(BIN)/python tools/bench_runtime.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

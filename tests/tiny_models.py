@@ -44,11 +44,17 @@ def write_tokenizer(folder: Path, vocab_size: int) -> None:
 
 
 def write_tiny_model(folder: Path, family: str, seed: int = 0, dtype: str = "float32") -> Path:
+    return write_random_model(folder, CONFIGS[family], seed, dtype)
+
+
+def write_random_model(folder: Path, config: dict[str, Any], seed: int = 0,
+                       dtype: str = "float32") -> Path:
+    """Any mlx-lm config with random weights, saved as a checkpoint mlx-lm loads."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.utils import _get_classes
 
-    config = {**CONFIGS[family], "torch_dtype": dtype}
+    config = {**config, "torch_dtype": dtype}
     mx.random.seed(seed)
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
@@ -57,5 +63,5 @@ def write_tiny_model(folder: Path, family: str, seed: int = 0, dtype: str = "flo
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     (folder / "config.json").write_text(json.dumps(config))
-    write_tokenizer(folder, config["vocab_size"])
+    write_tokenizer(folder, min(config["vocab_size"], 200))
     return folder

@@ -28,23 +28,6 @@ BENCH = {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816,
          "tie_word_embeddings": False, "max_position_embeddings": 4096}
 
 
-def write_model(folder: Path, dtype: str) -> Path:
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.utils import _get_classes
-    from tiny_models import write_tokenizer
-
-    config = {**BENCH, "torch_dtype": dtype}
-    model_class, args_class = _get_classes(config)
-    model = model_class(args_class.from_dict(config))
-    model.set_dtype(getattr(mx, dtype))
-    folder.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (folder / "config.json").write_text(json.dumps(config))
-    write_tokenizer(folder, 200)
-    return folder
-
-
 def speed(path: Path, tokens: int, rounds: int) -> list[str]:
     """Tokens/s of plain mlx-lm and of unimap on the same model, prompt and settings, interleaved."""
     import mlx.core as mx
@@ -154,7 +137,10 @@ def main() -> None:
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, MLX {mx.__version__}, "
           f"GPU available: {mx.is_available(mx.gpu)}; bench model: llama, hidden 1024, 8 layers")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {dtype: write_model(Path(tmp) / dtype, dtype) for dtype in ("float32", "bfloat16")}
+        from tiny_models import write_random_model
+
+        paths = {dtype: write_random_model(Path(tmp) / dtype, BENCH, dtype=dtype)
+                 for dtype in ("float32", "bfloat16")}
         print("\n### Generation speed (float32 checkpoint, 64-token prompt, greedy)\n")
         print("\n".join(speed(paths["float32"], args.tokens, args.rounds)))
         print("\n### Loading peak (fresh process each)\n")

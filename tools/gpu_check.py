@@ -29,22 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 CONFIG = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632,
           "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4,
           "vocab_size": 32000, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-          "tie_word_embeddings": False, "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
-
-
-def write_model(folder: Path) -> Path:
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.utils import _get_classes
-    from tiny_models import write_tokenizer
-
-    model_class, args_class = _get_classes(CONFIG)
-    model = model_class(args_class.from_dict(CONFIG))
-    model.set_dtype(mx.bfloat16)
-    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (folder / "config.json").write_text(json.dumps(CONFIG))
-    write_tokenizer(folder, 200)
-    return folder
+          "tie_word_embeddings": False, "max_position_embeddings": 4096}
 
 
 def run_case(path: Path, tokens: int, **kwargs: Any) -> dict[str, Any]:
@@ -88,7 +73,9 @@ def main() -> None:
     machine = unimap.probe()
     report["machine"] = machine.to_dict()
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_model(Path(tmp))
+        from tiny_models import write_random_model
+
+        path = write_random_model(Path(tmp), CONFIG, dtype="bfloat16")
         whole = run_case(path, args.tokens)
         split_args: dict[str, Any] = {"device_map": 4}
         if not gpu:
