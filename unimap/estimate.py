@@ -247,7 +247,7 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
     b, h = options.max_batch_size, arch.hidden_size
     bl = b * chunk
     q_width, kv_width = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
-    keys = min(tokens, _round_up(tokens, KV_STEP_TOKENS))
+    keys = tokens  # the last chunk attends to every token cached so far
     if arch.sliding_window is not None and all(k != "full" for k in arch.layer_kinds):
         keys = min(keys, arch.sliding_window - 1 + chunk)
     terms = {

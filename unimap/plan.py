@@ -187,9 +187,9 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
                                     f"({format_bytes(gpus[0].budget_bytes)}): everything runs on "
                                     "the CPU"))
     if not plan.fits:
-        plan = replace(plan, ways_out=ways_out(spec, machine, options))
+        plan = replace(plan, ways_out=ways_out(spec, machine, est))
     elif not plan.all_on_gpu and gpus:
-        plan = replace(plan, notes=(*plan.notes, *_wired_tip(spec, machine, options)))
+        plan = replace(plan, notes=(*plan.notes, *_wired_tip(machine, est)))
     return plan
 
 
@@ -347,7 +347,8 @@ def _fits(spec: ModelSpec, machine: Machine, options: Options) -> bool:
     return _auto(spec, machine, est, gpus).fits
 
 
-def ways_out(spec: ModelSpec, machine: Machine, options: Options) -> tuple[str, ...]:
+def ways_out(spec: ModelSpec, machine: Machine, est: Estimate) -> tuple[str, ...]:
+    options = est.options
     found: list[str] = []
     seq = _largest(lambda n: _fits(spec, machine, replace(options, max_seq_len=n)), options.max_seq_len - 1)
     if seq:
@@ -362,7 +363,7 @@ def ways_out(spec: ModelSpec, machine: Machine, options: Options) -> tuple[str, 
           and _fits(spec, machine, replace(options, kv_bits=b))]
     if kv:
         found.append(f"--kv-bits {kv[0]} (quantize the KV cache)")
-    found += _wired_tip(spec, machine, options)
+    found += _wired_tip(machine, est)
     return tuple(found)
 
 
@@ -377,17 +378,13 @@ def _largest(fits: Callable[[int], bool], upper: int) -> int:
     return lo // 256 * 256 if lo >= 256 else lo
 
 
-def _wired_tip(spec: ModelSpec, machine: Machine, options: Options) -> list[str]:
+def _wired_tip(machine: Machine, est: Estimate) -> list[str]:
     """Metal: the iogpu.wired_limit_mb that would hold every layer on the GPU, if RAM allows."""
     from unimap.backends import metal
 
     gpu = machine.gpus[0] if machine.gpus else None
     ram = machine.ram_total_bytes
     if gpu is None or gpu.backend != "metal" or ram is None:
-        return []
-    try:
-        est = estimate(spec, options)
-    except UnimapError:
         return []
     peak = est.peak_bytes(fused=True)
     need = peak + max(gpu.reserve_bytes, -(-peak * 2 // 98))  # the reserve grows with the ceiling

@@ -131,7 +131,7 @@ def pin(module: Any, stream: Any, compute_dtype: Any = None) -> None:
 # ---------------------------------------------------------------- apply
 
 
-def streams_for(plan: Plan) -> Placement:
+def new_streams() -> Placement:
     import mlx.core as mx
 
     gpu_real = bool(mx.is_available(mx.gpu))
@@ -161,7 +161,7 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
     if len(layers) != len(plan.layers):
         raise ModelError(f"the loaded model has {len(layers)} layers but the plan has "
                          f"{len(plan.layers)}; the checkpoint and its config disagree")
-    placement = streams_for(plan)
+    placement = new_streams()
     on_gpu = {p.index for p in plan.layers if p.device.startswith("gpu")}
     parts_stream = placement.gpu_stream if plan.non_mapped_device != "cpu" else placement.cpu_stream
     wired.set(plan.wired_limit_bytes)  # before any weight is evaluated: GPU buffers wire first
