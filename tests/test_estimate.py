@@ -13,6 +13,7 @@ import fixtures as fx
 import pytest
 
 from unimap import ConfigError, Options, estimate, inspect
+from unimap.calibration import COEFFICIENTS
 from unimap.estimate import quantized_bytes
 
 TINY = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
@@ -102,18 +103,31 @@ def test_activations_hand_computed(tiny) -> None:  # type: ignore[no-untyped-def
     est = estimate(tiny, Options(max_seq_len=1000))
     chunk, keys = 999, 1000  # mlx-lm prefills all but the last token, then decodes it
     t = est.activation_terms
-    assert t["all/residual"] == t["all/normed"] == chunk * 128 * 2
-    assert t["attention/qkv"] == chunk * (128 + 2 * 64) * 2
-    assert t["attention/rope"] == chunk * (128 + 64) * 2
-    assert t["attention/scores"] == 2 * 2 * chunk * keys * 2 + chunk * keys
-    assert t["mlp/intermediate"] == 3 * chunk * 256 * 2
-    assert t["all/logits"] == 256 * (2 + 4 + 4)
-    shared = 2 * chunk * 128 * 2 + 2560
-    attention = chunk * 256 * 2 + chunk * 192 * 2 + chunk * 128 * 2 + t["attention/scores"]
-    assert est.activation_bytes(fused=False) == shared + attention == 10655896
-    # head_dim 64 runs in MLX's fused kernel on a GPU: no score matrix, the MLP phase is larger
-    assert est.activation_bytes(fused=True) == shared + 3 * chunk * 256 * 2 + chunk * 128 * 2
-    assert est.peak_bytes(fused=False) == est.weight_bytes + 2 * 262144 + 262144 + 10655896
+    # unfused attention: bf16 scores (batch, 2 heads, chunk, keys) and the boolean causal mask
+    assert t["prefill/scores-and-masks"] == 2 * chunk * keys * 2 + chunk * keys
+    a, b, c, e = COEFFICIENTS[("llama", "bfloat16")]  # hidden 128, q 2x64, kv 1x64, MLP 256
+    assert t["prefill/arrays"] == int(chunk * (a * 128 * 4 + b * 128 * 2 + c * 64 * 2 + e * 256 * 2))
+    assert t["decode/logits"] == 2 * 256 * (2 + 4 + 4)
+    assert est.activation_bytes(fused=False) == t["prefill/scores-and-masks"] + t["prefill/arrays"]
+    # head_dim 64 runs in MLX's fused kernel on Metal: no scores and no causal mask
+    assert est.activation_bytes(fused=True) == t["prefill/arrays"]
+    # a cache grows beside the chunk's arrays, not beside its scores
+    growth = 1024 * 2 * 64 * 2
+    assert est.kv_growth_bytes == growth
+    assert est.working_bytes(fused=True) == t["prefill/arrays"] + growth
+    assert est.working_bytes(fused=False) == est.activation_bytes(fused=False)
+    assert est.peak_bytes(fused=False) == est.weight_bytes + est.kv_bytes + est.activation_bytes()
+
+
+def test_float32_and_unknown_families_use_their_coefficients(tmp_path: Path) -> None:
+    from unimap.estimate import coefficients
+
+    assert coefficients("mistral", "float32") == COEFFICIENTS[("llama", "float32")]
+    assert coefficients("qwen2_5_vl", "bfloat16") == COEFFICIENTS[("qwen2", "bfloat16")]
+    unknown = coefficients("lfm2", "bfloat16")  # not measured: the largest of every family
+    rows = [row for (_, dtype), row in COEFFICIENTS.items() if dtype == "bfloat16"]
+    assert unknown == tuple(max(column) for column in zip(*rows, strict=True))
+    assert all(u >= r for row in rows for u, r in zip(unknown, row, strict=True))
 
 
 def test_vision_tokens_and_activations(tmp_path: Path) -> None:

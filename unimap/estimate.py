@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from unimap.calibration import COEFFICIENTS, QUANTIZED_KV, QUANTIZED_WEIGHTS
 from unimap.errors import ConfigError
 from unimap.families import Architecture
 from unimap.inspect import GROUP_SIZE, NON_MAPPED_SLOT, VISION_SLOT, ModelSpec, Slot, dtype_bytes
@@ -106,6 +107,17 @@ class Estimate:
                  else self.activation_terms)
         return max(_phase_peak(terms), _phase_peak(self.vision_activation_terms))
 
+    def growth_arrays_bytes(self, cpu_part: bool = False) -> int:
+        """The chunk's arrays alive while a layer's cache is copied to grow (not its scores:
+        those come after the cache update)."""
+        terms = self.cpu_activation_terms if cpu_part else self.activation_terms
+        return terms.get("prefill/arrays", 0)
+
+    def working_bytes(self, fused: bool = False, cpu_part: bool = False) -> int:
+        """Above weights and KV: the larger of a working set and a cache growing mid-chunk."""
+        return max(self.activation_bytes(fused, cpu_part),
+                   self.kv_growth_bytes + self.growth_arrays_bytes(cpu_part) if self.kv_growth_bytes else 0)
+
     @property
     def converts(self) -> bool:
         """Whether loading converts stored weights (--isq or --dtype): each unit's stored form
@@ -113,7 +125,7 @@ class Estimate:
         return self.options.isq is not None or self.options.dtype is not None
 
     def peak_bytes(self, fused: bool = False) -> int:
-        return self.weight_bytes + self.kv_bytes + self.kv_growth_bytes + self.activation_bytes(fused)
+        return self.weight_bytes + self.kv_bytes + self.working_bytes(fused)
 
 
 def _phase_peak(terms: dict[str, int]) -> int:
@@ -154,6 +166,8 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     growth = max((kv[i] for i, k in enumerate(arch.layer_kinds) if k != "recurrent"), default=0)
     if options.kv_layout == "paged":
         growth = 0  # preallocated once, never copied
+    # packed uint32 weights: an MLX-quantized checkpoint or quantized GGUF tensors
+    quantized = options.isq is not None or any(h.dtype == "U32" for h in spec.headers)
     cpu_name = options.cpu_dtype or act_dtype
     cpu_d = dtype_bytes(cpu_name)
     cpu_options = replace(options, dtype=cpu_name) if cpu_name != act_dtype else options
@@ -167,12 +181,12 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
         parts_source_bytes=max(spec.slots[-2].largest_bytes, spec.slots[-1].largest_bytes),
         kv_growth_bytes=growth, sequence_tokens=tokens,
         image_tokens=image_tokens,
-        activation_terms=activation_terms(arch, options, chunk, tokens, d, fused=False),
-        fused_activation_terms=activation_terms(arch, options, chunk, tokens, d,
+        activation_terms=activation_terms(arch, options, chunk, tokens, d, False, quantized),
+        fused_activation_terms=activation_terms(arch, options, chunk, tokens, d, quantized=quantized,
                                                 fused=arch.head_dim in FUSED_HEAD_DIMS),
         vision_activation_terms=vision_activation_terms(arch, options, d),
         cpu_dtype=cpu_name, cpu_layers=cpu_layers,
-        cpu_activation_terms=activation_terms(arch, options, chunk, tokens, cpu_d, fused=False),
+        cpu_activation_terms=activation_terms(arch, options, chunk, tokens, cpu_d, False, quantized),
     )
 
 
@@ -237,34 +251,67 @@ def _round_up(n: int, step: int) -> int:
 
 
 def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: int, d: int,
-                     fused: bool) -> dict[str, int]:
-    """One prefill chunk through one decoder layer, plus the last token's logits.
-
-    Shapes: x (B, L, hidden); q (B, L, heads*head_dim); k, v (B, L, kv_heads*head_dim);
-    unfused attention scores (B, heads, L, L_kv) and their softmax; MLP intermediate (B, L, I)
-    for gate, up and their product (MoE: I = experts_per_token x expert I, plus router logits).
-    """
-    b, h = options.max_batch_size, arch.hidden_size
-    bl = b * chunk
-    q_width, kv_width = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
-    keys = tokens  # the last chunk attends to every token cached so far
-    if arch.sliding_window is not None and all(k != "full" for k in arch.layer_kinds):
-        keys = min(keys, arch.sliding_window - 1 + chunk)
-    terms = {
-        "all/residual": bl * h * d,  # the layer's input, kept for the residual add
-        "all/normed": bl * h * d,
-        "attention/qkv": bl * (q_width + 2 * kv_width) * d,
-        "attention/rope": bl * (q_width + kv_width) * d,  # rotated q and k are new arrays
-        "attention/output": bl * q_width * d,
-        "mlp/intermediate": 3 * bl * _mlp_width(arch) * d,
-        "mlp/output": bl * h * d,
-        "all/logits": b * arch.vocab_size * (d + 4 + 4),  # logits, fp32 logsumexp and logprobs
+                     fused: bool, quantized: bool = False) -> dict[str, int]:
+    """The working set of the two phases that can peak: one prefill chunk through the worst
+    decoder layer (the last chunk, which attends to every cached token), and a decode step's
+    logits. Scores and masks are exact shapes; every other array of the chunk is priced with the
+    coefficients measured by tools/calibrate_activations.py (unimap/calibration.py)."""
+    b = options.max_batch_size
+    return {
+        "prefill/scores-and-masks": attention_bytes(arch, options, chunk, tokens, d, fused),
+        "prefill/arrays": chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits),
+        # two steps in flight (mlx-lm evaluates the next while the last is read): logits plus
+        # their float32 logsumexp and logprobs, each over the vocabulary
+        "decode/logits": 2 * b * arch.vocab_size * (d + 4 + 4),
+        "decode/arrays": chunk_array_bytes(arch, b, d, quantized, options.kv_bits),
     }
-    if arch.moe is not None:
-        terms["mlp/router"] = bl * arch.moe.num_experts * 4
-    if not fused:  # scores and their softmax, plus the causal mask
-        terms["attention/scores"] = 2 * b * arch.num_heads * chunk * keys * d + chunk * keys
-    return terms
+
+
+def attention_bytes(arch: Architecture, options: Options, chunk: int, tokens: int, d: int,
+                    fused: bool) -> int:
+    """What grows with chunk x keys in the worst layer: the scores (B, heads, chunk, keys) and
+    the causal mask (chunk x keys booleans) that MLX's unfused attention builds, plus mlx-lm's
+    sliding-window mask, which lives for the whole forward pass. Fused attention (Metal, for
+    FUSED_HEAD_DIMS) builds neither scores nor causal mask."""
+    b = options.max_batch_size
+    window_keys = min(tokens, (arch.sliding_window or tokens) - 1 + chunk)
+    window_mask = chunk * window_keys if "sliding" in arch.layer_kinds else 0
+    worst = 0
+    for kind in set(arch.layer_kinds) - {"recurrent"}:
+        keys = tokens if kind == "full" else window_keys
+        if not fused:
+            worst = max(worst, b * arch.num_heads * chunk * keys * d + chunk * keys)
+    return worst + window_mask
+
+
+def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool = False,
+                      kv_bits: int | None = None) -> int:
+    """Every other array a chunk of `tokens` (batch x length) makes in a decoder layer, from the
+    measured coefficients for the family and dtype (the largest of all families when the family
+    was not measured), plus what quantized weights and a quantized cache add."""
+    a, b, c, e = coefficients(arch.model_type, "float32" if d >= 4 else "bfloat16")
+    q_width = arch.num_heads * arch.head_dim
+    per_token = (a * arch.hidden_size * 4 + b * q_width * d + c * arch.num_kv_heads * arch.head_dim * d
+                 + e * _mlp_width(arch) * d)
+    if quantized:
+        per_token += QUANTIZED_WEIGHTS * arch.hidden_size * 4
+    if kv_bits is not None:
+        per_token += QUANTIZED_KV * q_width * d
+    return int(tokens * per_token)
+
+
+# the mlx-lm module that runs each model type, where it is not the type itself
+CALIBRATED_AS = {"mistral": "llama", "llava": "llama", "gemma3": "gemma3_text",
+                 "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2"}
+
+
+def coefficients(model_type: str, dtype: str) -> tuple[float, float, float, float]:
+    found = COEFFICIENTS.get((CALIBRATED_AS.get(model_type, model_type), dtype))
+    if found is not None:
+        return found
+    rows = [v for (_, kind), v in COEFFICIENTS.items() if kind == dtype]
+    return (max(r[0] for r in rows), max(r[1] for r in rows), max(r[2] for r in rows),
+            max(r[3] for r in rows))
 
 
 def _mlp_width(arch: Architecture) -> int:

@@ -84,10 +84,20 @@ def quantized_cache(model: Any, bits: int) -> list[Any]:
             for c in make_prompt_cache(model)]
 
 
+def make_cache(model: Any) -> list[Any]:
+    """The cache the plan priced: mlx-lm's, quantized from the first token under --kv-bits."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    state = getattr(model, "_unimap", None)
+    bits = state.plan.estimate.options.kv_bits if state is not None else None
+    return quantized_cache(model, bits) if bits else make_prompt_cache(model)
+
+
 def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens: int = 256,
-                    temp: float = 0.0, top_p: float = 1.0, seed: int | None = None
-                    ) -> Iterator[Response]:
-    """Generate from `prompt`, yielding each piece of text as it is decoded."""
+                    temp: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                    prompt_cache: list[Any] | None = None) -> Iterator[Response]:
+    """Generate from `prompt`, yielding each piece of text as it is decoded. `prompt_cache`
+    (from `make_cache(model)`) is filled in place, to be kept for a later turn or inspected."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_sampler
@@ -103,8 +113,7 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int], max_tok
     options: dict[str, Any] = {}
     if state is not None:
         options["stream"] = state.parts_stream
-        if state.plan.estimate.options.kv_bits:
-            options["prompt_cache"] = quantized_cache(model, state.plan.estimate.options.kv_bits)
+    options["prompt_cache"] = prompt_cache if prompt_cache is not None else make_cache(model)
     eos = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
     detok = _Detokenizer(tokenizer)
     predicted = state.plan.peak_bytes if state is not None else None

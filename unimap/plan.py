@@ -47,13 +47,20 @@ class DevicePlan:
     kv_growth_bytes: int
     activation_bytes: int
     load_transient_bytes: int = 0  # a stored unit held beside its converted form while loading
+    growth_arrays_bytes: int = 0  # the chunk's arrays alive while a layer's cache grows
+
+    @property
+    def working_bytes(self) -> int:
+        """Above weights and KV: a working set, or one layer's cache being copied to grow
+        beside the chunk's arrays, whichever is larger (they do not overlap in time)."""
+        growing = self.kv_growth_bytes + self.growth_arrays_bytes if self.kv_growth_bytes else 0
+        return max(self.activation_bytes, growing)
 
     @property
     def used_bytes(self) -> int:
-        """The larger of running (weights, KV, one growth copy, a working set) and loading
-        (weights plus the unit being converted)."""
-        running = self.kv_bytes + self.kv_growth_bytes + self.activation_bytes
-        return self.weight_bytes + max(running, self.load_transient_bytes)
+        """The larger of running (weights, KV and the working bytes) and loading (weights plus
+        the unit being converted)."""
+        return self.weight_bytes + max(self.kv_bytes + self.working_bytes, self.load_transient_bytes)
 
     @property
     def free_bytes(self) -> int:
@@ -90,11 +97,11 @@ class Plan:
     @property
     def peak_bytes(self) -> int:
         """The process's predicted peak: everything resident plus the largest working set."""
-        working = max((d.activation_bytes for d in self.devices if d.layers), default=0)
-        growth = max((d.kv_growth_bytes for d in self.devices), default=0)
+        working = max((d.working_bytes for d in self.devices if d.layers or d.activation_bytes),
+                      default=0)
         weights = sum(d.weight_bytes for d in self.devices)
         loading = weights + max((d.load_transient_bytes for d in self.devices), default=0)
-        running = weights + sum(d.kv_bytes for d in self.devices) + growth + working
+        running = weights + sum(d.kv_bytes for d in self.devices) + working
         return max(running, loading) + SMALL_ARRAYS_BYTES
 
     def device(self, name: str) -> DevicePlan:
@@ -133,6 +140,7 @@ class Plan:
                          "weight_bytes": d.weight_bytes, "kv_bytes": d.kv_bytes,
                          "kv_growth_bytes": d.kv_growth_bytes,
                          "activation_bytes": d.activation_bytes,
+                         "growth_arrays_bytes": d.growth_arrays_bytes,
                          "load_transient_bytes": d.load_transient_bytes} for d in self.devices],
             "layers": [asdict(layer) for layer in self.layers],
             "non_mapped": {"device": self.non_mapped_device,
@@ -208,7 +216,7 @@ def cpu_compute_dtype(machine: Machine, options: Options) -> Options:
 
 
 def _fused(device: Device) -> bool:
-    return device.kind == "gpu"
+    return device.kind == "gpu" and device.backend == "metal"
 
 
 def _assign(spec: ModelSpec, machine: Machine, est: Estimate, counts: list[tuple[Device, int]],
@@ -261,12 +269,13 @@ def _device_plan(device: Device, est: Estimate, chosen: list[int], extra_bytes: 
         kv_growth_bytes=max((x.kv_bytes for x in layers if x.kind != "recurrent"), default=0)
         if est.kv_growth_bytes else 0,
         activation_bytes=est.activation_bytes(fused=_fused(device), cpu_part=cpu_part) if runs else 0,
-        load_transient_bytes=transient)
+        load_transient_bytes=transient,
+        growth_arrays_bytes=est.growth_arrays_bytes(cpu_part) if layers else 0)
 
 
 def _parts_fit(est: Estimate, gpu: Device) -> bool:
     """Can the first GPU hold the non-mapped parts, the vision tower and a working set?"""
-    need = est.non_mapped_weight_bytes + est.vision_weight_bytes + est.activation_bytes(fused=True)
+    need = est.non_mapped_weight_bytes + est.vision_weight_bytes + est.activation_bytes(fused=_fused(gpu))
     return need <= (gpu.budget_bytes or 0)
 
 
@@ -286,7 +295,8 @@ def _auto(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device]) 
 def _layers_that_fit(est: Estimate, gpu: Device, start: int, with_parts: bool) -> int:
     """How many layers from `start` fit the GPU, counted as _device_plan counts them."""
     budget = gpu.budget_bytes or 0
-    working = est.activation_bytes(fused=True)
+    working = est.activation_bytes(fused=_fused(gpu))
+    arrays = est.growth_arrays_bytes()
     weights = est.non_mapped_weight_bytes + est.vision_weight_bytes if with_parts else 0
     transient = est.parts_source_bytes if with_parts and est.converts else 0
     kv = growth = count = 0
@@ -295,7 +305,8 @@ def _layers_that_fit(est: Estimate, gpu: Device, start: int, with_parts: bool) -
         new_growth = max(growth, layer.kv_bytes if grows else 0)
         new_transient = max(transient, layer.source_bytes if est.converts else 0)
         new_weights, new_kv = weights + layer.weight_bytes, kv + layer.kv_bytes
-        if new_weights + max(working + new_kv + new_growth, new_transient) > budget:
+        running = new_kv + max(working, new_growth + arrays if new_growth else 0)
+        if new_weights + max(running, new_transient) > budget:
             break
         weights, kv, growth, transient, count = new_weights, new_kv, new_growth, new_transient, count + 1
     return count

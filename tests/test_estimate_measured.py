@@ -1,0 +1,62 @@
+"""The estimate against real runs: a few cases of tools/bench_estimate.py, each in a fresh process
+(load through unimap, prefill max_seq_len tokens in mlx-lm's chunks, decode). A correctness check
+that the plan's peak is never below mx.get_peak_memory(), not a timing check; the full matrix and
+its over-prediction figures are in docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import bench_estimate as bench
+import pytest
+
+CASES = [
+    bench.Case("llama", "bf16", 300, 2),  # batch 2 through the batched loop, a partly used KV step
+    bench.Case("gemma3", "bf16", 640, 1),  # sliding-window layers past their window
+    bench.Case("qwen3_moe", "f32", 256, 1, None, "split"),  # MoE, half the layers on the CPU stream
+    bench.Case("llama", "f32", 512, 1, 8, "cpu"),  # quantized KV cache, the probed machine
+    bench.Case("stories260k", "gguf", 256, 2, None, "split"),  # the shipped GGUF model
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    work = tmp_path_factory.mktemp("bench")
+    return {r["name"]: r for r in bench.measure(CASES, work, timeout=300)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_predicted_peak_covers_the_measured_peak(results: dict[str, dict[str, Any]],
+                                                 case: bench.Case) -> None:
+    r = results[case.name]
+    assert 0 < r["measured"] <= r["predicted"], f"{case.name}: measured {r['measured']} > {r['predicted']}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_weights_and_cache_are_priced_exactly(results: dict[str, dict[str, Any]],
+                                              case: bench.Case) -> None:
+    """The resident weights after loading are the planned bytes (plus the tokenizer's and
+    RoPE's few small arrays), and a full-attention cache ends at exactly its planned size."""
+    r = results[case.name]
+    assert 0 <= r["weights_measured"] - r["weights_predicted"] < 64 * 1024
+    if case.model != "gemma3":  # sliding layers are priced at their largest, mid-prefill
+        assert r["kv_measured"] == r["kv_predicted"]
+
+
+def test_the_baseline_prices_what_mistralrs_documents(tmp_path: Path) -> None:
+    """The mistral.rs baseline on a hand-checkable case: header weights, max_seq_len of KV per
+    layer in the activation dtype, batch x heads x min(seq, 1024)^2 activation elements."""
+    from unimap.estimate import Options
+    from unimap.inspect import inspect
+
+    path = bench.checkpoint(tmp_path, "llama", "bf16")
+    spec = inspect(path)
+    config = bench.MODELS["llama"]
+    got = bench.mistralrs_bytes(spec, Options(max_seq_len=2048, max_batch_size=2), "bfloat16")
+    kv = config["num_hidden_layers"] * 2 * 2 * config["num_key_value_heads"] * 2048 * 64 * 2
+    act = 2 * config["num_attention_heads"] * 1024 * 1024 * 2
+    assert got == sum(slot.header_bytes for slot in spec.slots) + kv + act
+    # 8-bit ISQ gets no credit from a bf16 checkpoint: Q8_0's pack factor is 2 * 32 // 34 = 1
+    isq8 = bench.mistralrs_bytes(spec, Options(max_seq_len=2048, max_batch_size=2, isq=8), "bfloat16")
+    assert isq8 == got

@@ -1,0 +1,408 @@
+"""Predicted against measured peak memory over a matrix of models and settings (issue 5).
+
+Usage: python tools/bench_estimate.py [--quick] [--only SUBSTRING] [--json OUT] [--png OUT]
+
+Every case runs in a fresh process: `unimap.load` plans and loads a random-weight checkpoint
+(real safetensors written by MLX, or the shipped GGUF model), then the real workload runs through
+unimap's runtime: a prefill of max_seq_len - DECODE tokens in mlx-lm's chunks, then DECODE
+greedy tokens, so the cache ends at max_seq_len. Batch 1 goes through `unimap.stream_generate`;
+larger batches through a loop that does what mlx-lm's generate_step does, row-batched. The child
+reports mx.get_peak_memory() (loading and running), the resident weights after loading, the KV
+cache's bytes at the end and the growth of the process RSS. Each case is also priced with the
+published mistral.rs formulas (`mistralrs_bytes`, written here from FACTS.md) as a baseline.
+
+Prints Markdown (the table and summary in docs/BENCHMARKS.md); --png draws predicted against
+measured. `tests/test_estimate_measured.py` runs a few of these cases as a correctness check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+DECODE_TOKENS = 4
+GGUF = ROOT.parent / "shared" / "models" / "stories260K" / "stories260K.gguf"
+OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
+
+# Small random models with the proportions of real ones (head_dim 64, so --kv-bits applies).
+BASE = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 4096,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+        "max_position_embeddings": 16384}
+MODELS: dict[str, dict[str, Any]] = {
+    "llama": {"model_type": "llama", **BASE},
+    "llama-wide": {"model_type": "llama", **BASE, "hidden_size": 512, "intermediate_size": 1536,
+                   "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 8192},
+    "mistral": {"model_type": "mistral", **BASE, "rope_theta": 1e6},
+    "qwen2": {"model_type": "qwen2", **BASE, "tie_word_embeddings": True},
+    "qwen3": {"model_type": "qwen3", **BASE},
+    "gemma3": {"model_type": "gemma3_text", **BASE, "sliding_window": 512,
+               "sliding_window_pattern": 2, "query_pre_attn_scalar": 64},
+    "phi3": {"model_type": "phi3", **BASE, "num_key_value_heads": 4},
+    "qwen3_moe": {"model_type": "qwen3_moe", **BASE, "num_experts": 8, "num_experts_per_tok": 2,
+                  "moe_intermediate_size": 256, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                  "norm_topk_prob": True},
+    "mixtral": {"model_type": "mixtral", **BASE, "num_local_experts": 4, "num_experts_per_tok": 2},
+}
+
+
+MOE = ("qwen3_moe", "mixtral")
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str  # a MODELS key, or "stories260k" (the shipped GGUF)
+    weights: str  # bf16, f32, q4, q8 (MLX-quantized checkpoints), isq4, isq8, gguf
+    seq: int
+    batch: int = 1
+    kv_bits: int | None = None
+    place: str = "gpu"  # gpu: all on one device; split: half the layers on the CPU; cpu
+
+    @property
+    def name(self) -> str:
+        kv = f"kv{self.kv_bits}" if self.kv_bits else "kv16"
+        return f"{self.model}/{self.weights}/{self.seq}x{self.batch}/{kv}/{self.place}"
+
+
+def matrix() -> list[Case]:
+    """Sequence x batch on llama; every architecture at two lengths; weight formats x KV;
+    placements; the GGUF model. Lengths and widths are kept where a 2-core CPU finishes them."""
+    cases: list[Case] = []
+    for seq in (256, 1024, 4096, 8192):
+        for batch in (1, 2, 4):
+            if seq * batch <= 16384:
+                cases.append(Case("llama", "bf16", seq, batch))
+    for model in ("mistral", "qwen2", "qwen3", "gemma3", "phi3", "qwen3_moe", "mixtral", "llama-wide"):
+        for seq in (256, 2048):  # MoE in float32: MLX's CPU gather_mm takes float32 only
+            cases.append(Case(model, "f32" if model in MOE else "bf16", seq, 1 if seq > 256 else 2))
+    cases.append(Case("gemma3", "bf16", 4096, 1))
+    for weights in ("bf16", "f32", "q4", "q8", "isq4", "isq8"):
+        for kv in (None, 8, 4):
+            cases.append(Case("llama", weights, 1024, 2, kv))
+    for weights in ("q4", "isq8"):
+        cases.append(Case("qwen3", weights, 2048, 1, 8))
+    for model, weights in (("llama", "bf16"), ("llama", "q4"), ("gemma3", "bf16"),
+                           ("qwen3_moe", "f32"), ("llama-wide", "q8")):
+        for place in ("split", "cpu"):
+            cases.append(Case(model, weights, 1024, 1, None, place))
+    for seq, batch in ((256, 1), (512, 4), (2048, 1)):
+        for place in ("gpu", "split", "cpu"):
+            cases.append(Case("stories260k", "gguf", seq, batch, None, place))
+    return list(dict.fromkeys(cases))
+
+
+QUICK = [Case("llama", "bf16", 256, 2), Case("qwen3", "q4", 512, 1, 8),
+         Case("gemma3", "bf16", 1024, 1), Case("qwen3_moe", "f32", 256, 1, None, "split"),
+         Case("llama", "isq4", 512, 1, None, "cpu"), Case("stories260k", "gguf", 256, 2)]
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def checkpoint(work: Path, model: str, weights: str) -> Path:
+    """The checkpoint a case loads, written once per (model, stored format) into `work`."""
+    if model == "stories260k":
+        return GGUF
+    stored = {"isq4": "bf16", "isq8": "bf16"}.get(weights, weights)
+    folder = work / f"{model}-{stored}"
+    if (folder / "config.json").exists():
+        return folder
+    from tiny_models import write_random_model
+
+    config = MODELS[model]
+    if stored in ("bf16", "f32"):
+        return write_random_model(folder, config, dtype="bfloat16" if stored == "bf16" else "float32")
+    return write_quantized_model(folder, config, bits=int(stored[1:]))
+
+
+def write_quantized_model(folder: Path, config: dict[str, Any], bits: int) -> Path:
+    """An MLX-quantized checkpoint as mlx-lm's convert writes it: bf16 random weights quantized
+    with the model's own predicate, `quantization` in config.json."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+    from tiny_models import write_tokenizer
+
+    from unimap.runtime import quantize_in_place
+
+    mx.random.seed(0)
+    config = {**config, "torch_dtype": "bfloat16", "quantization": {"group_size": 64, "bits": bits}}
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    model.set_dtype(mx.bfloat16)
+    quantize_in_place(model, bits)
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())),
+                        metadata={"format": "mlx"})
+    (folder / "config.json").write_text(json.dumps(config))
+    write_tokenizer(folder, min(config["vocab_size"], 200))
+    return folder
+
+
+# ---------------------------------------------------------------- one case, in a fresh process
+
+
+def load_kwargs(case: Case, num_layers: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"max_seq_len": case.seq, "max_batch_size": case.batch,
+                              "kv_bits": case.kv_bits}
+    if case.weights.startswith("isq"):
+        kwargs["isq"] = int(case.weights[3:])
+    if case.place == "gpu":  # a machine where everything fits on the GPU (here: a CPU stream)
+        kwargs["machine"] = "h100-80gb"
+    elif case.place == "split":
+        kwargs.update(machine="h100-80gb", device_map=num_layers // 2)
+    # "cpu": the probed machine itself (this CPU build: one device, the CPU)
+    return kwargs
+
+
+def cache_bytes(cache: list[Any]) -> int:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    return sum(a.nbytes for c in cache for _, a in tree_flatten([c.keys, c.values])
+               if isinstance(a, mx.array))
+
+
+def run_batched(model: Any, tokens: Any, decode: int, cache: list[Any]) -> None:
+    """mlx-lm's generate_step for a (batch, length) prompt: prefill chunks evaluated through the
+    cache, then pipelined greedy steps."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    step_tokens: int = generate_step.__kwdefaults__["prefill_step_size"]
+    stream = model._unimap.parts_stream
+
+    def step(inputs: Any) -> tuple[Any, Any]:
+        logits = model(inputs, cache=cache)[:, -1, :]
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return mx.argmax(logprobs, axis=-1), logprobs
+
+    with mx.stream(stream):
+        done, total = 0, tokens.shape[1]
+        while total - done > 1:
+            n = min(step_tokens, total - done - 1)
+            model(tokens[:, done:done + n], cache=cache)
+            mx.eval([c.state for c in cache])
+            done += n
+            mx.clear_cache()
+        y, logprobs = step(tokens[:, done:])
+        mx.async_eval(y, logprobs)
+        for _ in range(decode):
+            next_y, next_logprobs = step(y[:, None])
+            mx.async_eval(next_y, next_logprobs)
+            mx.eval(y)
+            y, logprobs = next_y, next_logprobs
+        mx.eval(y, logprobs)
+
+
+def child(case: Case, path: Path) -> dict[str, Any]:
+    import resource
+
+    import mlx.core as mx
+
+    import unimap
+    from unimap.generate import make_cache
+    from unimap.inspect import inspect
+
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    num_layers = inspect(path).num_layers
+    mx.reset_peak_memory()
+    start = time.perf_counter()
+    model, tokenizer, plan = unimap.load(path, **load_kwargs(case, num_layers))
+    load_peak = mx.get_peak_memory()
+    weights = mx.get_active_memory()
+    mx.reset_peak_memory()
+    cache = make_cache(model)
+    prompt_len = case.seq - DECODE_TOKENS
+    rows = [[(31 * i + 17 * r) % 150 + 3 for i in range(prompt_len)] for r in range(case.batch)]
+    if case.batch == 1:
+        for _ in unimap.stream_generate(model, tokenizer, rows[0], max_tokens=DECODE_TOKENS,
+                                        prompt_cache=cache):
+            pass
+    else:
+        run_batched(model, mx.array(rows), DECODE_TOKENS, cache)
+    run_peak = mx.get_peak_memory()
+    est = plan.estimate
+    return {
+        "case": asdict(case), "name": case.name, "seconds": time.perf_counter() - start,
+        "predicted": plan.peak_bytes, "measured": max(load_peak, run_peak),
+        "load_peak": load_peak, "run_peak": run_peak,
+        "weights_predicted": sum(d.weight_bytes for d in plan.devices), "weights_measured": weights,
+        "kv_predicted": sum(d.kv_bytes for d in plan.devices), "kv_measured": cache_bytes(cache),
+        "working_predicted": plan.peak_bytes - sum(d.weight_bytes + d.kv_bytes for d in plan.devices),
+        "rss_growth": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_start,
+        "mistralrs": mistralrs_bytes(inspect(path), est.options, est.dtype),
+        "devices": {d.name: len(d.layers) for d in plan.devices},
+        "cpu_dtype": plan.cpu_dtype,
+    }
+
+
+# ---------------------------------------------------------------- the mistral.rs baseline
+
+
+MISTRALRS_ATTENTION_CHUNK = 1024  # mistral.rs caps the attention activation at this many tokens
+GGML_BLOCKS = {4: (256, 144), 8: (32, 34)}  # ISQ bits -> (block elements, block bytes): Q4K, Q8_0
+
+
+def mistralrs_bytes(spec: Any, options: Any, dtype: str) -> int:
+    """What mistral.rs's automatic device mapper counts for the same run, from its published
+    rules (FACTS.md), written here: weights from headers, or for ISQ the float weights divided by
+    an integer pack factor (dtype bytes x block elements // block bytes); a KV cache of
+    max_seq_len for every layer in the activation dtype (no sliding windows, no KV quantization);
+    activations = batch x heads x min(max_seq_len, 1024)^2 elements. Its safety margins are
+    budget rules, not part of the estimate, and are left out."""
+    from unimap.inspect import dtype_bytes
+
+    d = dtype_bytes(dtype)
+    arch = spec.arch
+    weights = 0
+    for slot in spec.slots:
+        if options.isq is None:
+            weights += slot.header_bytes
+            continue
+        elements, size = GGML_BLOCKS[options.isq]
+        pack = max(1, dtype_bytes(spec.dtype) * elements // size)
+        quantizable = slot.q_bytes + slot.q8_bytes
+        weights += slot.header_bytes - quantizable + quantizable // pack
+    kv = arch.num_layers * 2 * options.max_batch_size * arch.num_kv_heads * options.max_seq_len \
+        * arch.head_dim * d
+    act = options.max_batch_size * arch.num_heads * min(options.max_seq_len,
+                                                         MISTRALRS_ATTENTION_CHUNK) ** 2 * d
+    return int(weights + kv + act)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if OPENBLAS.exists() and "LD_PRELOAD" not in env:  # memory is the same; fp32 runs faster
+        env["LD_PRELOAD"] = str(OPENBLAS)
+    return env
+
+
+def measure(cases: list[Case], work: Path, timeout: float = 900) -> Iterator[dict[str, Any]]:
+    env = child_env()
+    for case in cases:
+        path = checkpoint(work, case.model, case.weights)
+        done = subprocess.run([sys.executable, __file__, "--child", json.dumps(asdict(case)),
+                               str(path)], capture_output=True, text=True, env=env, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"{case.name} failed:\n{done.stderr[-3000:]}")
+        yield json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ratio(r: dict[str, Any], key: str = "predicted") -> float:
+    return float(r[key]) / float(r["measured"])
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def table(results: list[dict[str, Any]]) -> list[str]:
+    rows = ["| case (model/weights/seq x batch/KV/placement) | measured peak MiB | unimap MiB | "
+            "unimap / measured | mistral.rs MiB | mistral.rs / measured | weights pred/meas | "
+            "KV pred/meas | working set pred/meas MiB | RSS growth MiB | s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        working_measured = r["measured"] - r["weights_measured"] - r["kv_measured"]
+        rows.append(
+            f"| {r['name']} | {mib(r['measured'])} | {mib(r['predicted'])} | {ratio(r):.3f} | "
+            f"{mib(r['mistralrs'])} | {ratio(r, 'mistralrs'):.3f} | "
+            f"{r['weights_predicted'] / max(r['weights_measured'], 1):.3f} | "
+            f"{r['kv_predicted'] / max(r['kv_measured'], 1):.3f} | "
+            f"{mib(r['working_predicted'])} / {mib(working_measured)} | {mib(r['rss_growth'])} | "
+            f"{r['seconds']:.1f} |")
+    return rows
+
+
+def summary(results: list[dict[str, Any]]) -> list[str]:
+    lines = ["| estimator | cases under (measured > predicted) | worst under | median over | "
+             "max over |", "|---|---|---|---|---|"]
+    for label, key in (("unimap", "predicted"), ("mistral.rs formulas", "mistralrs")):
+        ratios = [ratio(r, key) for r in results]
+        under = [x for x in ratios if x < 1.0]
+        over = [x - 1.0 for x in ratios if x >= 1.0] or [0.0]
+        worst = f"{(1.0 - min(under)) * 100:.1f} %" if under else "none"
+        lines.append(f"| {label} | {len(under)} of {len(ratios)} | {worst} | "
+                     f"{statistics.median(over) * 100:.1f} % | {max(over) * 100:.1f} % |")
+    return lines
+
+
+def draw(results: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    measured = [r["measured"] / 2**20 for r in results]
+    ax.scatter(measured, [r["mistralrs"] / 2**20 for r in results], s=14, marker="x",
+               color="tab:orange", label="mistral.rs formulas")
+    ax.scatter(measured, [r["predicted"] / 2**20 for r in results], s=14, color="tab:blue",
+               label="unimap")
+    low, high = min(measured) * 0.7, max(measured) * 1.6
+    ax.plot([low, high], [low, high], color="black", linewidth=0.8, label="predicted = measured")
+    ax.plot([low, high], [low * 1.1, high * 1.1], color="grey", linewidth=0.6, linestyle="--",
+            label="+10 %")
+    ax.set(xscale="log", yscale="log", xlim=(low, high), xlabel="measured peak (MiB)",
+           ylabel="predicted peak (MiB)",
+           title=f"Predicted vs measured peak memory ({len(results)} runs)")
+    ax.legend(loc="upper left")
+    ax.grid(True, which="both", linewidth=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(child(Case(**json.loads(sys.argv[2])), Path(sys.argv[3]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the small subset the tests run")
+    parser.add_argument("--only", default="", help="cases whose name contains this")
+    parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--png", type=Path, help="draw predicted against measured here")
+    parser.add_argument("--work", type=Path, help="keep checkpoints here (default: a temp folder)")
+    args = parser.parse_args()
+    import mlx.core as mx
+
+    cases = [c for c in (QUICK if args.quick else matrix()) if args.only in c.name]
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, MLX {mx.__version__}, GPU available: {mx.is_available(mx.gpu)}, "
+          f"BLAS preloaded: {child_env().get('LD_PRELOAD', 'none')}; {len(cases)} cases\n")
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for result in measure(cases, work):
+            results.append(result)
+            print(f"  {result['name']}: {ratio(result):.3f} ({result['seconds']:.1f} s)",
+                  file=sys.stderr, flush=True)
+    print("\n".join(table(results)))
+    print()
+    print("\n".join(summary(results)))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    if args.png:
+        draw(results, args.png)
+
+
+if __name__ == "__main__":
+    main()
