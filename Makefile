@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run doctor test lint bench clean
+.PHONY: run doctor test lint bench bench-estimate calibrate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_cpu_blas.py
 	$(BIN)/python tools/bench_plan.py
 	$(BIN)/python tools/bench_runtime.py
+	$(MAKE) bench-estimate
+
+# Predicted against measured peak memory over the benchmark matrix (about 20 minutes on 2 cores).
+bench-estimate: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python tools/bench_estimate.py --png docs/estimate_vs_measured.png
+
+# Refit unimap/calibration.py from measurements on this machine (about 12 minutes on 2 cores).
+calibrate: $(STAMP)
+	$(BIN)/python tools/calibrate_activations.py --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -105,8 +105,11 @@ def test_activations_hand_computed(tiny) -> None:  # type: ignore[no-untyped-def
     t = est.activation_terms
     # unfused attention: bf16 scores (batch, 2 heads, chunk, keys) and the boolean causal mask
     assert t["prefill/scores-and-masks"] == 2 * chunk * keys * 2 + chunk * keys
-    a, b, c, e = COEFFICIENTS[("llama", "bfloat16")]  # hidden 128, q 2x64, kv 1x64, MLP 256
-    assert t["prefill/arrays"] == int(chunk * (a * 128 * 4 + b * 128 * 2 + c * 64 * 2 + e * 256 * 2))
+    a, b, c, e, qw, qkv = COEFFICIENTS[("llama", "bfloat16")]  # hidden 128, q 2x64, kv 1x64, MLP 256
+    per_token = a * 128 * 4 + b * 128 * 2 + c * 64 * 2 + e * 256 * 2
+    assert t["prefill/arrays"] == int(chunk * per_token)
+    quantized = estimate(tiny, Options(max_seq_len=1000, isq=4, kv_bits=8)).activation_terms
+    assert quantized["prefill/arrays"] == int(chunk * (per_token + qw * 128 * 4 + qkv * 128 * 2))
     assert t["decode/logits"] == 2 * 256 * (2 + 4 + 4)
     assert est.activation_bytes(fused=False) == t["prefill/scores-and-masks"] + t["prefill/arrays"]
     # head_dim 64 runs in MLX's fused kernel on Metal: no scores and no causal mask

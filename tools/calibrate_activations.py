@@ -13,9 +13,9 @@ bytes) are known exactly, so what remains is fitted as a sum of arrays the size 
 
 (the hidden-sized arrays counted in float32: MLX's CPU rms_norm and rope upcast). Coefficients are
 non-negative least squares, then scaled up by the largest under-prediction left, so no measured
-shape exceeds its fit. Quantized weights and a quantized KV cache add arrays of their own: each is
-one more coefficient, the largest extra seen over llama and qwen3 in both dtypes. --write
-regenerates unimap/calibration.py with the machine and versions.
+shape exceeds its fit. Quantized weights and a quantized KV cache add arrays of their own: two
+more coefficients per family and dtype, the largest extra over the unquantized run at 4 and 8
+bits. --write regenerates unimap/calibration.py with the machine and versions.
 """
 
 from __future__ import annotations
@@ -118,27 +118,6 @@ def _cache_bytes(cache: list[Any]) -> int:
     return sum(a.nbytes for c in cache for _, a in tree_flatten([c.keys, c.values]) if a is not None)
 
 
-def quantized_extras(verbose: bool = True) -> dict[str, float]:
-    """What quantized weights and a quantized cache add to a chunk's arrays, per B*L*hidden*4
-    and per B*L*q_width*d bytes: the largest difference to the same run unquantized."""
-    extra = {"weights": 0.0, "kv": 0.0}
-    for family in ("llama", "qwen3"):
-        config = FAMILIES[family]
-        for dtype, d in (("bfloat16", 2), ("float32", 4)):
-            for batch, chunk, prior in SHAPES[:2]:
-                plain = measure(config, batch, chunk, prior, dtype)
-                hidden, q_width = features(config, batch, chunk, d)[:2]
-                for bits in (4, 8):
-                    more = measure(config, batch, chunk, prior, dtype, bits=bits) - plain
-                    extra["weights"] = max(extra["weights"], more / hidden)
-                    more = measure(config, batch, chunk, prior, dtype, kv_bits=bits) - plain
-                    extra["kv"] = max(extra["kv"], more / q_width)
-    rounded = {k: round(v + 0.005, 2) for k, v in extra.items()}
-    if verbose:
-        print(f"quantized weights, quantized KV: {rounded}", file=sys.stderr)
-    return rounded
-
-
 def fit(rows: list[tuple[list[int], int]]) -> tuple[list[float], float]:
     """Non-negative least squares (drop a negative coefficient, refit), then the scale that
     lifts every row to at least its measurement."""
@@ -160,32 +139,48 @@ def fit(rows: list[tuple[list[int], int]]) -> tuple[list[float], float]:
 
 
 def calibrate(verbose: bool = True) -> dict[tuple[str, str], tuple[float, ...]]:
-    import mlx.core as mx
-
+    """(family, dtype) -> (a, b, c, e, quantized weights, quantized KV)."""
     table: dict[tuple[str, str], tuple[float, ...]] = {}
     for family, config in FAMILIES.items():
         for dtype, d in (("bfloat16", 2), ("float32", 4)):
             if dtype != "float32" and family in MOE_ONLY_FLOAT32:
                 continue
-            rows = []
-            for variant in variants(config):
+            rows, plain = [], {}
+            for index, variant in enumerate(variants(config)):
                 for batch, chunk, prior in SHAPES:
-                    rest = measure(variant, batch, chunk, prior, dtype) - known_bytes(
-                        variant, batch, chunk, prior, d)
+                    working = measure(variant, batch, chunk, prior, dtype)
+                    if index == 0:
+                        plain[(batch, chunk, prior)] = working
+                    rest = working - known_bytes(variant, batch, chunk, prior, d)
                     rows.append((features(variant, batch, chunk, d), rest))
             coef, worst_over = fit(rows)
-            table[(family, dtype)] = tuple(round(c + 0.005, 2) for c in coef)
+            extras = quantized_extras(config, dtype, d, plain)
+            table[(family, dtype)] = tuple(round(c + 0.005, 2) for c in [*coef, *extras])
             if verbose:
-                print(f"{family:12s} {dtype:9s} a b c e = {table[(family, dtype)]}  "
+                print(f"{family:12s} {dtype:9s} a b c e qw qkv = {table[(family, dtype)]}  "
                       f"(largest over-fit {worst_over:.2f}x)", file=sys.stderr)
     for family in MOE_ONLY_FLOAT32:  # same arrays in half precision: take the float32 bytes
-        a, b, c, e = table[(family, "float32")]
-        table[(family, "bfloat16")] = (a, 2 * b, 2 * c, 2 * e)
-    del mx
+        a, b, c, e, qw, qkv = table[(family, "float32")]
+        table[(family, "bfloat16")] = (a, 2 * b, 2 * c, 2 * e, qw, 2 * qkv)
     return table
 
 
-def render(table: dict[tuple[str, str], tuple[float, ...]], extras: dict[str, float]) -> str:
+def quantized_extras(config: dict[str, Any], dtype: str, d: int,
+                     plain: dict[tuple[int, int, int], int]) -> tuple[float, float]:
+    """What quantized weights (per B*L*hidden*4 bytes) and a quantized cache (per B*L*q_width*d
+    bytes) add to the unquantized run's working set: the largest over 4 and 8 bits and two
+    chunk shapes, never below zero (a quantized cache can need less)."""
+    weights = kv = 0.0
+    for batch, chunk, prior in SHAPES[:2]:
+        hidden, q_width = features(config, batch, chunk, d)[:2]
+        base = plain[(batch, chunk, prior)]
+        for bits in (4, 8):
+            weights = max(weights, (measure(config, batch, chunk, prior, dtype, bits=bits) - base) / hidden)
+            kv = max(kv, (measure(config, batch, chunk, prior, dtype, kv_bits=bits) - base) / q_width)
+    return weights, kv
+
+
+def render(table: dict[tuple[str, str], tuple[float, ...]]) -> str:
     import mlx.core as mx
 
     lines = [
@@ -198,18 +193,16 @@ def render(table: dict[tuple[str, str], tuple[float, ...]], extras: dict[str, fl
         "",
         "One prefill chunk of B x L tokens needs, besides the attention scores and masks:",
         "    a * B*L*hidden*4 + b * B*L*q_width*d + c * B*L*kv_width*d + e * B*L*mlp_width*d",
-        "bytes, with d the activation dtype's size. Keys: (mlx-lm family, activation dtype).",
+        "bytes, with d the activation dtype's size; plus qw * B*L*hidden*4 with quantized weights",
+        "(an MLX-quantized checkpoint, GGUF quantized tensors or --isq) and qkv * B*L*q_width*d",
+        "with a quantized KV cache (--kv-bits). Keys: (mlx-lm family, activation dtype).",
         '"""',
         "",
-        "COEFFICIENTS: dict[tuple[str, str], tuple[float, float, float, float]] = {",
+        "COEFFICIENTS: dict[tuple[str, str], tuple[float, float, float, float, float, float]] = {",
     ]
     for (family, dtype), coef in sorted(table.items()):
         lines.append(f'    ("{family}", "{dtype}"): {coef!r},')
-    lines += ["}", "",
-              "# with quantized weights (an MLX-quantized checkpoint or --isq), per B*L*hidden*4 bytes",
-              f"QUANTIZED_WEIGHTS = {extras['weights']!r}",
-              "# with a quantized KV cache (--kv-bits), per B*L*q_width*d bytes",
-              f"QUANTIZED_KV = {extras['kv']!r}", ""]
+    lines += ["}", ""]
     return "\n".join(lines)
 
 
@@ -223,7 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help="regenerate unimap/calibration.py")
     args = parser.parse_args()
-    text = render(calibrate(), quantized_extras())
+    text = render(calibrate())
     if args.write:
         (ROOT / "unimap" / "calibration.py").write_text(text)
     print(text)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from unimap.calibration import COEFFICIENTS, QUANTIZED_KV, QUANTIZED_WEIGHTS
+from unimap.calibration import COEFFICIENTS
 from unimap.errors import ConfigError
 from unimap.families import Architecture
 from unimap.inspect import GROUP_SIZE, NON_MAPPED_SLOT, VISION_SLOT, ModelSpec, Slot, dtype_bytes
@@ -289,14 +289,15 @@ def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool =
     """Every other array a chunk of `tokens` (batch x length) makes in a decoder layer, from the
     measured coefficients for the family and dtype (the largest of all families when the family
     was not measured), plus what quantized weights and a quantized cache add."""
-    a, b, c, e = coefficients(arch.model_type, "float32" if d >= 4 else "bfloat16")
+    dtype = "float32" if d >= 4 else "bfloat16"
+    a, b, c, e, qw, qkv = coefficients(arch.model_type, dtype)
     q_width = arch.num_heads * arch.head_dim
     per_token = (a * arch.hidden_size * 4 + b * q_width * d + c * arch.num_kv_heads * arch.head_dim * d
                  + e * _mlp_width(arch) * d)
     if quantized:
-        per_token += QUANTIZED_WEIGHTS * arch.hidden_size * 4
+        per_token += qw * arch.hidden_size * 4
     if kv_bits is not None:
-        per_token += QUANTIZED_KV * q_width * d
+        per_token += qkv * q_width * d
     return int(tokens * per_token)
 
 
@@ -305,13 +306,14 @@ CALIBRATED_AS = {"mistral": "llama", "llava": "llama", "gemma3": "gemma3_text",
                  "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2"}
 
 
-def coefficients(model_type: str, dtype: str) -> tuple[float, float, float, float]:
+def coefficients(model_type: str, dtype: str) -> tuple[float, ...]:
+    """The measured coefficients (a, b, c, e, quantized weights, quantized KV) of a family; for a
+    family not measured, the largest of each over every family."""
     found = COEFFICIENTS.get((CALIBRATED_AS.get(model_type, model_type), dtype))
     if found is not None:
         return found
     rows = [v for (_, kind), v in COEFFICIENTS.items() if kind == dtype]
-    return (max(r[0] for r in rows), max(r[1] for r in rows), max(r[2] for r in rows),
-            max(r[3] for r in rows))
+    return tuple(max(column) for column in zip(*rows, strict=True))
 
 
 def _mlp_width(arch: Architecture) -> int:
