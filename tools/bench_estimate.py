@@ -335,15 +335,15 @@ def table(results: list[dict[str, Any]]) -> list[str]:
 
 
 def summary(results: list[dict[str, Any]]) -> list[str]:
-    lines = ["| estimator | cases under (measured > predicted) | worst under | median over | "
-             "max over |", "|---|---|---|---|---|"]
+    lines = ["| estimator | median predicted / measured | cases under (measured > predicted) | "
+             "worst under | median over | max over |", "|---|---|---|---|---|---|"]
     for label, key in (("unimap", "predicted"), ("mistral.rs formulas", "mistralrs")):
         ratios = [ratio(r, key) for r in results]
         under = [x for x in ratios if x < 1.0]
         over = [x - 1.0 for x in ratios if x >= 1.0] or [0.0]
         worst = f"{(1.0 - min(under)) * 100:.1f} %" if under else "none"
-        lines.append(f"| {label} | {len(under)} of {len(ratios)} | {worst} | "
-                     f"{statistics.median(over) * 100:.1f} % | {max(over) * 100:.1f} % |")
+        lines.append(f"| {label} | {statistics.median(ratios):.3f} | {len(under)} of {len(ratios)} | "
+                     f"{worst} | {statistics.median(over) * 100:.1f} % | {max(over) * 100:.1f} % |")
     return lines
 
 
@@ -382,7 +382,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--png", type=Path, help="draw predicted against measured here")
     parser.add_argument("--work", type=Path, help="keep checkpoints here (default: a temp folder)")
+    parser.add_argument("--results", type=Path, help="render the tables (and --png) from a --json file")
     args = parser.parse_args()
+    if args.results:
+        report(json.loads(args.results.read_text()), None, args.png)
+        return
     import mlx.core as mx
 
     cases = [c for c in (QUICK if args.quick else matrix()) if args.only in c.name]
@@ -397,13 +401,17 @@ def main() -> None:
             results.append(result)
             print(f"  {result['name']}: {ratio(result):.3f} ({result['seconds']:.1f} s)",
                   file=sys.stderr, flush=True)
+    report(results, args.json, args.png)
+
+
+def report(results: list[dict[str, Any]], json_out: Path | None, png: Path | None) -> None:
     print("\n".join(table(results)))
     print()
     print("\n".join(summary(results)))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    if args.png:
-        draw(results, args.png)
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=1))
+    if png:
+        draw(results, png)
 
 
 if __name__ == "__main__":
