@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_runtime.py
 	$(MAKE) bench-estimate
 
-# Predicted against measured peak memory over the benchmark matrix (about 20 minutes on 2 cores).
+# Predicted against measured peak memory over the benchmark matrix (about 30 minutes on 2 cores).
 bench-estimate: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python tools/bench_estimate.py --png docs/estimate_vs_measured.png
