@@ -5,7 +5,9 @@ The KV cache follows mlx-lm's layout (KVCache grows in steps of 256 tokens, a gr
 briefly holds its old and new buffers; sliding-window layers keep at most window - 1 + one
 prefill chunk) or a paged layout rounded to blocks, optionally quantized. Activations are the
 working set of one prefill chunk (mlx-lm prefills in chunks of 2048 and computes logits for the
-last token only), derived from the shapes; issue 5's benchmark calibrates them against
+last token only): the attention scores and masks from the shapes, every other array from
+coefficients measured per model family (unimap/calibration.py, fitted by
+tools/calibrate_activations.py); tools/bench_estimate.py checks the whole peak against
 mx.get_peak_memory(). No I/O and no mlx here.
 """
 
@@ -85,7 +87,7 @@ class Estimate:
     sequence_tokens: int  # max_seq_len plus the image tokens
     image_tokens: int
     activation_terms: dict[str, int] = field(default_factory=dict)  # unfused attention
-    fused_activation_terms: dict[str, int] = field(default_factory=dict)
+    fused_activation_terms: dict[str, int] = field(default_factory=dict)  # Metal's fused kernel
     vision_activation_terms: dict[str, int] = field(default_factory=dict)
     # the same layers priced for the CPU part of a split, in its compute dtype
     cpu_dtype: str = ""
@@ -181,12 +183,15 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
         parts_source_bytes=max(spec.slots[-2].largest_bytes, spec.slots[-1].largest_bytes),
         kv_growth_bytes=growth, sequence_tokens=tokens,
         image_tokens=image_tokens,
-        activation_terms=activation_terms(arch, options, chunk, tokens, d, False, quantized),
-        fused_activation_terms=activation_terms(arch, options, chunk, tokens, d, quantized=quantized,
-                                                fused=arch.head_dim in FUSED_HEAD_DIMS),
+        activation_terms=activation_terms(arch, options, chunk, tokens, d, fused=False,
+                                          quantized=quantized),
+        fused_activation_terms=activation_terms(arch, options, chunk, tokens, d,
+                                                fused=arch.head_dim in FUSED_HEAD_DIMS,
+                                                quantized=quantized),
         vision_activation_terms=vision_activation_terms(arch, options, d),
         cpu_dtype=cpu_name, cpu_layers=cpu_layers,
-        cpu_activation_terms=activation_terms(arch, options, chunk, tokens, cpu_d, False, quantized),
+        cpu_activation_terms=activation_terms(arch, options, chunk, tokens, cpu_d, fused=False,
+                                              quantized=quantized),
     )
 
 
