@@ -111,6 +111,28 @@ def test_cpu_part_of_a_split_computes_in_float32(tmp_path: Path) -> None:
     assert mx.get_peak_memory() <= plan.peak_bytes
 
 
+def test_half_precision_moe_runs_on_a_cpu_only_machine_in_float32(tmp_path: Path) -> None:
+    """MLX's CPU gather_mm takes float32 only: plain mlx-lm cannot run a bf16 MoE on the CPU;
+    unimap plans (and prices) its layers in float32 and hands back bf16."""
+    from mlx_lm import load as mlx_load
+
+    path = write_tiny_model(tmp_path / "moe", "qwen3_moe", dtype="bfloat16")
+    plain, _ = mlx_load(str(path))
+    with pytest.raises(RuntimeError, match="float32"):
+        mx.eval(plain(mx.array([PROMPT])))
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    model, tokenizer, plan = load(path, max_seq_len=64)
+    assert [d.name for d in plan.devices] == ["cpu"] and plan.cpu_dtype == "float32"
+    assert model.layers[0].mlp.switch_mlp.gate_proj.weight.dtype == mx.float32
+    assert model.model.embed_tokens.weight.dtype == mx.bfloat16
+    tokens, logits = unimap_run(model, tokenizer)
+    assert len(tokens) == 10 and np.isfinite(logits).all()
+    assert mx.get_peak_memory() <= plan.peak_bytes
+    resident = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
+    assert resident == sum(d.weight_bytes for d in plan.devices)
+
+
 def test_pinning_keeps_names_and_classes(tiny: dict[str, Path]) -> None:
     from mlx_lm import load as mlx_load
 

@@ -89,7 +89,7 @@ class Plan:
     layers: tuple[LayerPlacement, ...]
     non_mapped_device: str
     vision_device: str | None
-    cpu_dtype: str | None = None  # the CPU part's compute dtype in a split; None = unchanged
+    cpu_dtype: str | None = None  # the CPU layers' compute dtype where it changes; None = unchanged
     problem: str = ""  # why it does not fit
     ways_out: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
@@ -176,7 +176,7 @@ class Plan:
 def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
               device_map: DeviceMap | None = None) -> Plan:
     """Place every layer of `spec` on `machine`. Pure: same inputs, same plan."""
-    options = cpu_compute_dtype(machine, options or Options())
+    options = cpu_compute_dtype(machine, options or Options(), spec)
     est = estimate(spec, options)
     gpus = [g for g in machine.gpus if g.budget_bytes is not None]
     unknown = [g.name for g in machine.gpus if g.budget_bytes is None]
@@ -208,11 +208,19 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
 FLOAT32_CPU_ARCHS = ("x86_64", "amd64", "AMD64")
 
 
-def cpu_compute_dtype(machine: Machine, options: Options) -> Options:
+def cpu_compute_dtype(machine: Machine, options: Options, spec: ModelSpec | None = None) -> Options:
     """Options with the CPU part's compute dtype decided (explicit choices are kept)."""
-    if options.cpu_dtype is not None or machine.arch not in FLOAT32_CPU_ARCHS:
+    if options.cpu_dtype is not None:
         return options
-    return replace(options, cpu_dtype="float32")
+    if machine.arch in FLOAT32_CPU_ARCHS or spec is not None and cpu_needs_float32(spec, options):
+        return replace(options, cpu_dtype="float32")
+    return options
+
+
+def cpu_needs_float32(spec: ModelSpec, options: Options) -> bool:
+    """MLX's CPU gather_mm (the routed experts of an MoE layer) accepts float32 only: a
+    half-precision MoE layer cannot run on the CPU in its own dtype."""
+    return spec.arch.moe is not None and (options.dtype or spec.dtype) != "float32"
 
 
 def _fused(device: Device) -> bool:
@@ -228,14 +236,17 @@ def _assign(spec: ModelSpec, machine: Machine, est: Estimate, counts: list[tuple
     first_gpu = counts[0][0] if counts else None
     host_parts = first_gpu is not None and _parts_fit(est, first_gpu)
     on_gpus = min(spec.num_layers, sum(count for _, count in counts))
-    split = 0 < on_gpus < spec.num_layers  # only then does the CPU part change its dtype
+    # only a split's CPU part changes its dtype, or every CPU layer where the CPU cannot run the
+    # model's dtype at all (half-precision MoE)
+    converts = 0 < on_gpus < spec.num_layers or on_gpus < spec.num_layers and cpu_needs_float32(
+        spec, est.options)
     for device, count in [*counts, (machine.cpu, spec.num_layers)]:
         chosen = list(range(start, min(spec.num_layers, start + count)))
         start += len(chosen)
         extra = 0
         if device is machine.cpu and not host_parts or device is first_gpu and host_parts:
             extra = est.non_mapped_weight_bytes + est.vision_weight_bytes
-        cpu_part = device is machine.cpu and split
+        cpu_part = device is machine.cpu and converts
         device_plans.append(_device_plan(device, est, chosen, extra, cpu_part))
         priced = est.cpu_layers if cpu_part else est.layers
         placements += [LayerPlacement(i, device.name, priced[i].kind, priced[i].weight_bytes,
@@ -246,7 +257,7 @@ def _assign(spec: ModelSpec, machine: Machine, est: Estimate, counts: list[tuple
     problem = "; ".join(f"{d.name} is over its budget by {format_bytes(-d.free_bytes)}" for d in over)
     return Plan(model=spec.source, machine=machine, estimate=est, mode=mode, fits=not over,
                 all_on_gpu=all_gpu, wired_limit_bytes=_wired_limit(machine, device_plans),
-                cpu_dtype=est.cpu_dtype if split and est.cpu_dtype != est.dtype else None,
+                cpu_dtype=est.cpu_dtype if converts and est.cpu_dtype != est.dtype else None,
                 devices=tuple(device_plans), layers=tuple(placements),
                 non_mapped_device=parts_device,
                 vision_device=parts_device if est.vision_weight_bytes else None, problem=problem)

@@ -184,9 +184,11 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
         placement.layer_streams[index] = stream
         if progress:
             progress(done, total, f"layer {index}")
-    # Pin only when placement differs from where MLX would run anyway: a split, or the CPU
-    # while the default device is a GPU. A CPU-only machine, like an all-GPU plan, changes nothing.
-    if on_gpu and not plan.all_on_gpu or not on_gpu and mx.default_device() == mx.gpu:
+    # Pin only when placement differs from where MLX would run anyway: a split, the CPU while
+    # the default device is a GPU, or CPU layers computing in another dtype (half-precision MoE).
+    # Otherwise a CPU-only machine, like an all-GPU plan, changes nothing.
+    if (on_gpu and not plan.all_on_gpu or not on_gpu and mx.default_device() == mx.gpu
+            or plan.cpu_dtype is not None):
         for index, layer in enumerate(layers):
             pin(layer, placement.layer_streams[index], None if index in on_gpu else cpu_dtype)
         placement.pinned = True
