@@ -48,17 +48,24 @@ def write_tiny_model(folder: Path, family: str, seed: int = 0, dtype: str = "flo
 
 
 def write_random_model(folder: Path, config: dict[str, Any], seed: int = 0,
-                       dtype: str = "float32") -> Path:
-    """Any mlx-lm config with random weights, saved as a checkpoint mlx-lm loads."""
+                       dtype: str = "float32", bits: int | None = None) -> Path:
+    """Any mlx-lm config with random weights, saved as a checkpoint mlx-lm loads; with `bits`,
+    MLX-quantized (group 64, the model's own predicate) as mlx-lm's convert writes it."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.utils import _get_classes
 
+    from unimap.runtime import quantize_in_place
+
     config = {**config, "torch_dtype": dtype}
+    if bits is not None:
+        config["quantization"] = {"group_size": 64, "bits": bits}
     mx.random.seed(seed)
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
     model.set_dtype(getattr(mx, dtype))
+    if bits is not None:
+        quantize_in_place(model, bits)
     folder.mkdir(parents=True, exist_ok=True)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})

@@ -134,34 +134,10 @@ def checkpoint(work: Path, model: str, weights: str) -> Path:
         return folder
     from tiny_models import write_random_model
 
-    config = MODELS[model]
-    if stored in ("bf16", "f32"):
-        return write_random_model(folder, config, dtype="bfloat16" if stored == "bf16" else "float32")
-    return write_quantized_model(folder, config, bits=int(stored[1:]))
-
-
-def write_quantized_model(folder: Path, config: dict[str, Any], bits: int) -> Path:
-    """An MLX-quantized checkpoint as mlx-lm's convert writes it: bf16 random weights quantized
-    with the model's own predicate, `quantization` in config.json."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.utils import _get_classes
-    from tiny_models import write_tokenizer
-
-    from unimap.runtime import quantize_in_place
-
-    mx.random.seed(0)
-    config = {**config, "torch_dtype": "bfloat16", "quantization": {"group_size": 64, "bits": bits}}
-    model_class, args_class = _get_classes(config)
-    model = model_class(args_class.from_dict(config))
-    model.set_dtype(mx.bfloat16)
-    quantize_in_place(model, bits)
-    folder.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())),
-                        metadata={"format": "mlx"})
-    (folder / "config.json").write_text(json.dumps(config))
-    write_tokenizer(folder, min(config["vocab_size"], 200))
-    return folder
+    if stored == "f32":
+        return write_random_model(folder, MODELS[model], dtype="float32")
+    bits = None if stored == "bf16" else int(stored[1:])  # q4, q8: MLX-quantized bf16 weights
+    return write_random_model(folder, MODELS[model], dtype="bfloat16", bits=bits)
 
 
 # ---------------------------------------------------------------- one case, in a fresh process
