@@ -111,15 +111,29 @@ def test_activations_hand_computed(tiny) -> None:  # type: ignore[no-untyped-def
     quantized = estimate(tiny, Options(max_seq_len=1000, isq=4, kv_bits=8)).activation_terms
     assert quantized["prefill/arrays"] == int(chunk * (per_token + qw * 128 * 4 + qkv * 128 * 2))
     assert t["decode/logits"] == 2 * 256 * (2 + 4 + 4)
-    assert est.activation_bytes(fused=False) == t["prefill/scores-and-masks"] + t["prefill/arrays"]
+    assert est.activation_bytes("unfused") == t["prefill/scores-and-masks"] + t["prefill/arrays"]
     # head_dim 64 runs in MLX's fused kernel on Metal: no scores and no causal mask
-    assert est.activation_bytes(fused=True) == t["prefill/arrays"]
+    assert est.activation_bytes("metal") == t["prefill/arrays"]
     # a cache grows beside the chunk's arrays, not beside its scores
     growth = 1024 * 2 * 64 * 2
     assert est.kv_growth_bytes == growth
-    assert est.working_bytes(fused=True) == t["prefill/arrays"] + growth
-    assert est.working_bytes(fused=False) == est.activation_bytes(fused=False)
-    assert est.peak_bytes(fused=False) == est.weight_bytes + est.kv_bytes + est.activation_bytes()
+    assert est.working_bytes("metal") == t["prefill/arrays"] + growth
+    assert est.working_bytes("unfused") == est.activation_bytes("unfused")
+    assert est.peak_bytes("unfused") == est.weight_bytes + est.kv_bytes + est.activation_bytes()
+
+
+def test_cuda_activations_hand_computed(tiny) -> None:  # type: ignore[no-untyped-def]
+    """MLX's CUDA backend (measured on an H200): no scores, the other arrays x CUDA_ARRAYS_FACTOR,
+    and a boolean mask per batch row only when a chunk follows cached tokens."""
+    from unimap.estimate import CUDA_ARRAYS_FACTOR
+
+    one_chunk = estimate(tiny, Options(max_seq_len=1000, max_batch_size=2))
+    cuda = one_chunk.cuda_activation_terms
+    assert cuda["prefill/scores-and-masks"] == 0
+    assert cuda["prefill/arrays"] == int(one_chunk.activation_terms["prefill/arrays"] * CUDA_ARRAYS_FACTOR)
+    assert cuda["decode/logits"] == one_chunk.activation_terms["decode/logits"]
+    two_chunks = estimate(tiny, Options(max_seq_len=3000, max_batch_size=2)).cuda_activation_terms
+    assert two_chunks["prefill/scores-and-masks"] == 2 * 2048 * 3000  # last chunk x every key
 
 
 def test_float32_and_unknown_families_use_their_coefficients(tmp_path: Path) -> None:

@@ -116,3 +116,16 @@ def test_doctor_lists_plugin_in_a_real_process(site: Path) -> None:
     assert backends["rocm"]["distribution"] == "unimap_rocm"
     assert backends["rocm"]["reason"] == "no ROCm device (set FAKE_ROCM=1)"
     assert backends["cpu"]["selected"]
+
+
+def test_builtin_backends_without_an_installed_distribution(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    """A checkout copied to a machine and run with PYTHONPATH has no entry points registered
+    (seen on the lent GPU machine); unimap's own backends must still be found and probe must work."""
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "entry_points", lambda **_: [])
+    found = {f.name: f for f in discover()}
+    assert set(found) == {"metal", "cuda", "cpu"}
+    assert all(f.backend is not None and f.distribution == "unimap (source tree)" for f in found.values())
+    assert probe(linux_host(tmp_path, {})).backend == "cpu"

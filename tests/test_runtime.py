@@ -10,7 +10,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from tiny_models import CONFIGS, write_tiny_model
+from tiny_models import CONFIGS, stand_in_machine, write_tiny_model
 
 import unimap
 from unimap.api import load
@@ -62,7 +62,7 @@ def test_same_tokens_as_mlx_lm_for_every_placement(tiny: dict[str, Path], family
                                                     split: int) -> None:
     """Layers 0..split-1 on the GPU part, the rest on the CPU (split 4 = all on the GPU)."""
     expected_tokens, expected_logits = reference(tiny[family])
-    model, tokenizer, plan = mapped(tiny[family], device_map=split, machine="h100-80gb")
+    model, tokenizer, plan = mapped(tiny[family], device_map=split, machine=stand_in_machine())
     assert [len(d.layers) for d in plan.devices] == [split, 4 - split]
     tokens, logits = unimap_run(model, tokenizer)
     assert tokens == expected_tokens
@@ -71,7 +71,7 @@ def test_same_tokens_as_mlx_lm_for_every_placement(tiny: dict[str, Path], family
 
 @pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
 def test_each_layer_runs_on_its_planned_stream(tiny: dict[str, Path], family: str) -> None:
-    model, tokenizer, plan = mapped(tiny[family], device_map=2, machine="h100-80gb")
+    model, tokenizer, plan = mapped(tiny[family], device_map=2, machine=stand_in_machine())
     state = model._unimap
     placement = state.placement
     seen: dict[int, Any] = {}
@@ -97,7 +97,7 @@ def test_cpu_part_of_a_split_computes_in_float32(tmp_path: Path) -> None:
     path = write_tiny_model(tmp_path / "bf16", "llama", dtype="bfloat16")
     mx.clear_cache()
     mx.reset_peak_memory()
-    model, tokenizer, plan = mapped(path, device_map=2, machine="h100-80gb")
+    model, tokenizer, plan = mapped(path, device_map=2, machine=stand_in_machine())
     assert plan.cpu_dtype == "float32"
     assert model.layers[3].mlp.up_proj.weight.dtype == mx.float32
     assert model.layers[0].mlp.up_proj.weight.dtype == mx.bfloat16
@@ -137,7 +137,7 @@ def test_pinning_keeps_names_and_classes(tiny: dict[str, Path]) -> None:
     from mlx_lm import load as mlx_load
 
     plain, _ = mlx_load(str(tiny["qwen3"]))
-    model, _, _ = mapped(tiny["qwen3"], device_map=1, machine="h100-80gb")
+    model, _, _ = mapped(tiny["qwen3"], device_map=1, machine=stand_in_machine())
     assert [k for k, _ in tree_flatten(model.parameters())] == [
         k for k, _ in tree_flatten(plain.parameters())]
     for layer, original in zip(model.layers, plain.layers, strict=True):
@@ -148,7 +148,7 @@ def test_pinning_keeps_names_and_classes(tiny: dict[str, Path]) -> None:
 
 
 def test_all_on_gpu_changes_nothing(tiny: dict[str, Path]) -> None:
-    model, _, plan = mapped(tiny["llama"], machine="h100-80gb")
+    model, _, plan = mapped(tiny["llama"], machine=stand_in_machine())
     assert plan.all_on_gpu and not model._unimap.placement.pinned
     assert all(not hasattr(layer, "_unimap_stream") for layer in model.layers)
 
@@ -193,7 +193,7 @@ def test_kv_bits_needs_whole_groups(tiny: dict[str, Path]) -> None:
         load(tiny["qwen3"], max_seq_len=64, kv_bits=4)
 
 
-@pytest.mark.parametrize("kwargs", [{"isq": 4}, {"device_map": 2, "machine": "h100-80gb"}])
+@pytest.mark.parametrize("kwargs", [{"isq": 4}, {"device_map": 2, "machine": stand_in_machine()}])
 def test_loading_peak_within_the_plan(tmp_path: Path, kwargs: dict[str, Any]) -> None:
     """Wide layers, a short context: converting a layer while loading (--isq, or the float32
     CPU part of a split) is the peak, and the plan must cover it."""

@@ -72,3 +72,17 @@ def write_random_model(folder: Path, config: dict[str, Any], seed: int = 0,
     (folder / "config.json").write_text(json.dumps(config))
     write_tokenizer(folder, min(config["vocab_size"], 200))
     return folder
+
+
+def stand_in_machine(name: str = "h100-80gb") -> Any:
+    """A preset GPU machine as MLX's CPU build runs it: its GPU's layers run on a CPU stream with
+    MLX's CPU kernels, so the plan prices them that way (unfused attention, CPU-calibrated
+    arrays) and the measured peaks of tests and benchmarks compare like with like."""
+    from dataclasses import replace
+
+    from unimap.machines import preset_machine
+    from unimap.settings import Reserves
+
+    machine = preset_machine(name, {}, Reserves())
+    return replace(machine, backend="cpu", devices=tuple(
+        replace(d, backend="cpu") if d.kind == "gpu" else d for d in machine.devices))

@@ -143,15 +143,21 @@ def checkpoint(work: Path, model: str, weights: str) -> Path:
 # ---------------------------------------------------------------- one case, in a fresh process
 
 
-def load_kwargs(case: Case, num_layers: int) -> dict[str, Any]:
+def load_kwargs(case: Case, num_layers: int, gpu: bool = False) -> dict[str, Any]:
+    """Placement: on a machine with a GPU (`gpu`), the probed machine itself with a layer count
+    (all, half, none); on the CPU build, a preset GPU machine whose "GPU" is a CPU stream."""
+    from tiny_models import stand_in_machine
+
     kwargs: dict[str, Any] = {"max_seq_len": case.seq, "max_batch_size": case.batch,
                               "kv_bits": case.kv_bits}
     if case.weights.startswith("isq"):
         kwargs["isq"] = int(case.weights[3:])
-    if case.place == "gpu":  # a machine where everything fits on the GPU (here: a CPU stream)
-        kwargs["machine"] = "h100-80gb"
+    if gpu:
+        kwargs["device_map"] = {"gpu": num_layers, "split": num_layers // 2, "cpu": 0}[case.place]
+    elif case.place == "gpu":  # a machine where everything fits on the GPU (here: a CPU stream)
+        kwargs["machine"] = stand_in_machine()
     elif case.place == "split":
-        kwargs.update(machine="h100-80gb", device_map=num_layers // 2)
+        kwargs.update(machine=stand_in_machine(), device_map=num_layers // 2)
     # "cpu": the probed machine itself (this CPU build: one device, the CPU)
     return kwargs
 
@@ -209,7 +215,8 @@ def child(case: Case, path: Path) -> dict[str, Any]:
     num_layers = inspect(path).num_layers
     mx.reset_peak_memory()
     start = time.perf_counter()
-    model, tokenizer, plan = unimap.load(path, **load_kwargs(case, num_layers))
+    gpu = bool(mx.is_available(mx.gpu))
+    model, tokenizer, plan = unimap.load(path, **load_kwargs(case, num_layers, gpu))
     load_peak = mx.get_peak_memory()
     weights = mx.get_active_memory()
     mx.reset_peak_memory()
@@ -234,7 +241,7 @@ def child(case: Case, path: Path) -> dict[str, Any]:
         "rss_growth": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_start,
         "mistralrs": mistralrs_bytes(inspect(path), est.options, est.dtype),
         "devices": {d.name: len(d.layers) for d in plan.devices},
-        "cpu_dtype": plan.cpu_dtype,
+        "cpu_dtype": plan.cpu_dtype, "backend": plan.machine.backend,
     }
 
 
@@ -385,6 +392,8 @@ def main() -> None:
             results.append(result)
             print(f"  {result['name']}: {ratio(result):.3f} ({result['seconds']:.1f} s)",
                   file=sys.stderr, flush=True)
+            if args.json:  # kept as it grows, so a run cut short still leaves its cases
+                args.json.write_text(json.dumps(results, indent=1))
     report(results, args.json, args.png)
 
 

@@ -73,7 +73,7 @@ def known_bytes(config: dict[str, Any], batch: int, chunk: int, prior: int, d: i
     from unimap.families import read_architecture
 
     arch = read_architecture(config, "calibration")
-    return attention_bytes(arch, Options(max_batch_size=batch), chunk, prior + chunk, d, fused=False)
+    return attention_bytes(arch, Options(max_batch_size=batch), chunk, prior + chunk, d, "unfused")
 
 
 def measure(config: dict[str, Any], batch: int, chunk: int, prior: int, dtype: str,

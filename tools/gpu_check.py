@@ -73,13 +73,13 @@ def main() -> None:
     machine = unimap.probe()
     report["machine"] = machine.to_dict()
     with tempfile.TemporaryDirectory() as tmp:
-        from tiny_models import write_random_model
+        from tiny_models import stand_in_machine, write_random_model
 
         path = write_random_model(Path(tmp), CONFIG, dtype="bfloat16")
         whole = run_case(path, args.tokens)
         split_args: dict[str, Any] = {"device_map": 4}
         if not gpu:
-            split_args["machine"] = "h100-80gb"  # the CPU build has no GPU to split with
+            split_args["machine"] = stand_in_machine()  # the CPU build has no GPU to split with
         split = run_case(path, args.tokens, **split_args)
     drift = float(np.abs(whole.pop("_logits") - split.pop("_logits")).max())
     report.update(whole=whole, split=split, split_logit_max_abs_diff=drift)

@@ -26,6 +26,13 @@ KV_BITS = (2, 3, 4, 5, 6, 8)
 KV_STEP_TOKENS = 256  # mlx-lm KVCache.step
 PREFILL_STEP_TOKENS = 2048  # mlx-lm generate_step's prefill_step_size
 FUSED_HEAD_DIMS = (64, 80, 128)  # head dims MLX's fused prefill attention kernel handles
+# How a device runs attention: "unfused" (MLX's CPU backend, and any GPU not measured), "metal"
+# (fused kernel, no scores), "cuda" (fused, measured: see CUDA_ARRAYS_FACTOR).
+Kernel = Literal["unfused", "metal", "cuda"]
+# MLX's CUDA backend (0.32.4, H200) measured a chunk's other arrays at 1.470-1.477 times the
+# CPU-calibrated figure (llama bf16, 256-4096 tokens, batch 1-4: tools/bench_estimate.py on the
+# GPU; docs/BENCHMARKS.md). Families not measured there take the same factor.
+CUDA_ARRAYS_FACTOR = 1.48
 
 KvLayout = Literal["mlx-lm", "paged"]
 
@@ -88,6 +95,7 @@ class Estimate:
     image_tokens: int
     activation_terms: dict[str, int] = field(default_factory=dict)  # unfused attention
     fused_activation_terms: dict[str, int] = field(default_factory=dict)  # Metal's fused kernel
+    cuda_activation_terms: dict[str, int] = field(default_factory=dict)  # MLX's CUDA backend
     vision_activation_terms: dict[str, int] = field(default_factory=dict)
     # the same layers priced for the CPU part of a split, in its compute dtype
     cpu_dtype: str = ""
@@ -103,22 +111,27 @@ class Estimate:
     def kv_bytes(self) -> int:
         return sum(layer.kv_bytes for layer in self.layers)
 
-    def activation_bytes(self, fused: bool = False, cpu_part: bool = False) -> int:
-        """Peak working set of a prefill chunk (or the vision encoder, when larger)."""
-        terms = (self.cpu_activation_terms if cpu_part else self.fused_activation_terms if fused
-                 else self.activation_terms)
-        return max(_phase_peak(terms), _phase_peak(self.vision_activation_terms))
+    def terms(self, kernel: Kernel = "unfused", cpu_part: bool = False) -> dict[str, int]:
+        """The activation terms of a device that runs attention with `kernel` (the CPU part of
+        a split: in its own compute dtype)."""
+        if cpu_part:
+            return self.cpu_activation_terms
+        return {"unfused": self.activation_terms, "metal": self.fused_activation_terms,
+                "cuda": self.cuda_activation_terms}[kernel]
 
-    def growth_arrays_bytes(self, cpu_part: bool = False) -> int:
+    def activation_bytes(self, kernel: Kernel = "unfused", cpu_part: bool = False) -> int:
+        """Peak working set of a prefill chunk (or the vision encoder, when larger)."""
+        return max(_phase_peak(self.terms(kernel, cpu_part)), _phase_peak(self.vision_activation_terms))
+
+    def growth_arrays_bytes(self, kernel: Kernel = "unfused", cpu_part: bool = False) -> int:
         """The chunk's arrays alive while a layer's cache is copied to grow (not its scores:
         those come after the cache update)."""
-        terms = self.cpu_activation_terms if cpu_part else self.activation_terms
-        return terms.get("prefill/arrays", 0)
+        return self.terms(kernel, cpu_part).get("prefill/arrays", 0)
 
-    def working_bytes(self, fused: bool = False, cpu_part: bool = False) -> int:
+    def working_bytes(self, kernel: Kernel = "unfused", cpu_part: bool = False) -> int:
         """Above weights and KV: the larger of a working set and a cache growing mid-chunk."""
-        return max(self.activation_bytes(fused, cpu_part),
-                   self.kv_growth_bytes + self.growth_arrays_bytes(cpu_part) if self.kv_growth_bytes else 0)
+        growth = self.kv_growth_bytes + self.growth_arrays_bytes(kernel, cpu_part)
+        return max(self.activation_bytes(kernel, cpu_part), growth if self.kv_growth_bytes else 0)
 
     @property
     def converts(self) -> bool:
@@ -126,8 +139,8 @@ class Estimate:
         is then held beside its result for a moment."""
         return self.options.isq is not None or self.options.dtype is not None
 
-    def peak_bytes(self, fused: bool = False) -> int:
-        return self.weight_bytes + self.kv_bytes + self.working_bytes(fused)
+    def peak_bytes(self, kernel: Kernel = "unfused") -> int:
+        return self.weight_bytes + self.kv_bytes + self.working_bytes(kernel)
 
 
 def _phase_peak(terms: dict[str, int]) -> int:
@@ -183,15 +196,13 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
         parts_source_bytes=max(spec.slots[-2].largest_bytes, spec.slots[-1].largest_bytes),
         kv_growth_bytes=growth, sequence_tokens=tokens,
         image_tokens=image_tokens,
-        activation_terms=activation_terms(arch, options, chunk, tokens, d, fused=False,
-                                          quantized=quantized),
-        fused_activation_terms=activation_terms(arch, options, chunk, tokens, d,
-                                                fused=arch.head_dim in FUSED_HEAD_DIMS,
-                                                quantized=quantized),
+        activation_terms=activation_terms(arch, options, chunk, tokens, d, "unfused", quantized),
+        fused_activation_terms=activation_terms(arch, options, chunk, tokens, d, "metal", quantized),
+        cuda_activation_terms=activation_terms(arch, options, chunk, tokens, d, "cuda", quantized),
         vision_activation_terms=vision_activation_terms(arch, options, d),
         cpu_dtype=cpu_name, cpu_layers=cpu_layers,
-        cpu_activation_terms=activation_terms(arch, options, chunk, tokens, cpu_d, fused=False,
-                                              quantized=quantized),
+        cpu_activation_terms=activation_terms(arch, options, chunk, tokens, cpu_d, "unfused",
+                                              quantized),
     )
 
 
@@ -256,15 +267,19 @@ def _round_up(n: int, step: int) -> int:
 
 
 def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: int, d: int,
-                     fused: bool, quantized: bool = False) -> dict[str, int]:
+                     kernel: Kernel = "unfused", quantized: bool = False) -> dict[str, int]:
     """The working set of the two phases that can peak: one prefill chunk through the worst
     decoder layer (the last chunk, which attends to every cached token), and a decode step's
     logits. Scores and masks are exact shapes; every other array of the chunk is priced with the
-    coefficients measured by tools/calibrate_activations.py (unimap/calibration.py)."""
+    coefficients measured by tools/calibrate_activations.py (unimap/calibration.py), scaled by
+    what the CUDA backend measured on top of them."""
     b = options.max_batch_size
+    arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits)
+    if kernel == "cuda":
+        arrays = int(arrays * CUDA_ARRAYS_FACTOR)
     return {
-        "prefill/scores-and-masks": attention_bytes(arch, options, chunk, tokens, d, fused),
-        "prefill/arrays": chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits),
+        "prefill/scores-and-masks": attention_bytes(arch, options, chunk, tokens, d, kernel),
+        "prefill/arrays": arrays,
         # two steps in flight (mlx-lm evaluates the next while the last is read): logits plus
         # their float32 logsumexp and logprobs, each over the vocabulary
         "decode/logits": 2 * b * arch.vocab_size * (d + 4 + 4),
@@ -273,19 +288,27 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
 
 
 def attention_bytes(arch: Architecture, options: Options, chunk: int, tokens: int, d: int,
-                    fused: bool) -> int:
+                    kernel: Kernel = "unfused") -> int:
     """What grows with chunk x keys in the worst layer: the scores (B, heads, chunk, keys) and
     the causal mask (chunk x keys booleans) that MLX's unfused attention builds, plus mlx-lm's
-    sliding-window mask, which lives for the whole forward pass. Fused attention (Metal, for
-    FUSED_HEAD_DIMS) builds neither scores nor causal mask."""
+    sliding-window mask, which lives for the whole forward pass. Metal's fused kernel (for
+    FUSED_HEAD_DIMS) builds neither scores nor causal mask. MLX's CUDA backend (measured with
+    head dim 64) builds no scores either, but a boolean mask per batch row when the chunk
+    follows cached tokens; its other head dims, and windowed layers, are priced unfused there
+    until measured."""
     b = options.max_batch_size
     window_keys = min(tokens, (arch.sliding_window or tokens) - 1 + chunk)
     window_mask = chunk * window_keys if "sliding" in arch.layer_kinds else 0
+    fused = arch.head_dim in FUSED_HEAD_DIMS
     worst = 0
     for kind in set(arch.layer_kinds) - {"recurrent"}:
         keys = tokens if kind == "full" else window_keys
-        if not fused:
-            worst = max(worst, b * arch.num_heads * chunk * keys * d + chunk * keys)
+        if kernel == "metal" and fused:
+            continue
+        if kernel == "cuda" and fused and kind == "full":
+            worst = max(worst, b * chunk * keys if keys > chunk + 1 else 0)
+            continue
+        worst = max(worst, b * arch.num_heads * chunk * keys * d + chunk * keys)
     return worst + window_mask
 
 

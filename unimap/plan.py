@@ -19,7 +19,7 @@ from typing import Any
 
 from unimap.device_map import DeviceMap, format_device_map
 from unimap.errors import ConfigError, UnimapError
-from unimap.estimate import ISQ_BITS, KV_BITS, Estimate, Options, estimate
+from unimap.estimate import ISQ_BITS, KV_BITS, Estimate, Kernel, Options, estimate
 from unimap.inspect import ModelSpec
 from unimap.machine import Device, Machine
 from unimap.units import MiB, format_bytes
@@ -223,8 +223,11 @@ def cpu_needs_float32(spec: ModelSpec, options: Options) -> bool:
     return spec.arch.moe is not None and (options.dtype or spec.dtype) != "float32"
 
 
-def _fused(device: Device) -> bool:
-    return device.kind == "gpu" and device.backend == "metal"
+def _kernel(device: Device) -> Kernel:
+    """How the device runs attention, as the estimate prices it."""
+    if device.kind == "gpu" and device.backend in ("metal", "cuda"):
+        return "metal" if device.backend == "metal" else "cuda"
+    return "unfused"
 
 
 def _assign(spec: ModelSpec, machine: Machine, est: Estimate, counts: list[tuple[Device, int]],
@@ -279,14 +282,14 @@ def _device_plan(device: Device, est: Estimate, chosen: list[int], extra_bytes: 
         kv_bytes=sum(x.kv_bytes for x in layers),
         kv_growth_bytes=max((x.kv_bytes for x in layers if x.kind != "recurrent"), default=0)
         if est.kv_growth_bytes else 0,
-        activation_bytes=est.activation_bytes(fused=_fused(device), cpu_part=cpu_part) if runs else 0,
+        activation_bytes=est.activation_bytes(_kernel(device), cpu_part) if runs else 0,
         load_transient_bytes=transient,
-        growth_arrays_bytes=est.growth_arrays_bytes(cpu_part) if layers else 0)
+        growth_arrays_bytes=est.growth_arrays_bytes(_kernel(device), cpu_part) if layers else 0)
 
 
 def _parts_fit(est: Estimate, gpu: Device) -> bool:
     """Can the first GPU hold the non-mapped parts, the vision tower and a working set?"""
-    need = est.non_mapped_weight_bytes + est.vision_weight_bytes + est.activation_bytes(fused=_fused(gpu))
+    need = est.non_mapped_weight_bytes + est.vision_weight_bytes + est.activation_bytes(_kernel(gpu))
     return need <= (gpu.budget_bytes or 0)
 
 
@@ -306,8 +309,8 @@ def _auto(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device]) 
 def _layers_that_fit(est: Estimate, gpu: Device, start: int, with_parts: bool) -> int:
     """How many layers from `start` fit the GPU, counted as _device_plan counts them."""
     budget = gpu.budget_bytes or 0
-    working = est.activation_bytes(fused=_fused(gpu))
-    arrays = est.growth_arrays_bytes()
+    working = est.activation_bytes(_kernel(gpu))
+    arrays = est.growth_arrays_bytes(_kernel(gpu))
     weights = est.non_mapped_weight_bytes + est.vision_weight_bytes if with_parts else 0
     transient = est.parts_source_bytes if with_parts and est.converts else 0
     kv = growth = count = 0
@@ -408,7 +411,7 @@ def _wired_tip(machine: Machine, est: Estimate) -> list[str]:
     ram = machine.ram_total_bytes
     if gpu is None or gpu.backend != "metal" or ram is None:
         return []
-    peak = est.peak_bytes(fused=True)
+    peak = est.peak_bytes("metal")
     need = peak + max(gpu.reserve_bytes, -(-peak * 2 // 98))  # the reserve grows with the ceiling
     available = machine.ram_available_bytes or 0
     if need > min(metal.suggested_wired_limit_bytes(ram), available) or need <= (gpu.ceiling_bytes or 0):

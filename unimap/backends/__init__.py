@@ -55,11 +55,21 @@ class Found:
     load_error: str | None = None
 
 
+BUILTIN = {"metal": "unimap.backends.metal:MetalBackend", "cuda": "unimap.backends.cuda:CudaBackend",
+           "cpu": "unimap.backends.cpu:CpuBackend"}
+
+
 def discover() -> list[Found]:
-    """Every backend registered by any installed distribution, in a stable order."""
+    """Every backend registered by any installed distribution, in a stable order. unimap's own
+    backends are there even when it runs from a source tree that was never installed (no entry
+    points), as on a machine where only the checkout was copied."""
+    points = {p.name: p for p in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    for name, target in BUILTIN.items():
+        points.setdefault(name, metadata.EntryPoint(name, target, ENTRY_POINT_GROUP))
     found = []
-    for point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
-        dist = point.dist.name if point.dist is not None else "unknown"
+    for point in sorted(points.values(), key=lambda p: p.name):
+        dist = point.dist.name if point.dist is not None else \
+            "unimap (source tree)" if point.name in BUILTIN else "unknown"
         try:
             backend = point.load()()
         except Exception as exc:  # a broken plugin must not break doctor
