@@ -15,6 +15,7 @@ import pytest
 from unimap import ConfigError, Options, estimate, inspect
 from unimap.calibration import COEFFICIENTS
 from unimap.estimate import quantized_bytes
+from unimap.vision_calibration import VISION_COEFFICIENTS
 
 TINY = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
         "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
@@ -155,7 +156,22 @@ def test_vision_tokens_and_activations(tmp_path: Path) -> None:
     assert est.image_tokens == 2 * 1369
     assert est.sequence_tokens == 4096 + 2738
     assert est.vision_weight_bytes == spec.slots[-1].header_bytes > 0
-    assert est.vision_activation_terms["vision-attention/scores"] == 2 * 16 * 5476 * 5476 * 2
+    # Qwen2.5-VL's tower is not measured: the largest coefficients of the measured towers
+    cp, ch, cm, cs, ck = (max(c) for c in zip(*[v for (_, dt), v in VISION_COEFFICIENTS.items()
+                                                 if dt == "bfloat16"], strict=True))
+    v, n = spec.arch.vision, 5476
+    assert v is not None and (v.hidden_size, v.intermediate_size, v.num_heads, v.num_layers) == (
+        1280, 3420, 16, 32)
+    pixels = 2 * n * 3 * 14 * 14 * 2 * 4  # float32, temporal patches of 2 frames
+    terms = est.vision_activation_terms
+    assert terms["all/pixels"] == pixels
+    assert terms["all/input-embeddings"] == (4096 + 2738) * 3584 * 2
+    assert terms["vision/encoder"] == int(cp * pixels + ch * 2 * n * 1280 * 2 + cm * 2 * n * 3420 * 2
+                                          + cs * 16 * n * n * 2 + ck * 32 * 2 * n * 1280 * 2)
+    # the pixels and input embeddings stay alive through the language model's prefill
+    text = max(t + a for t, a in [(est.activation_terms["prefill/scores-and-masks"],
+                                   est.activation_terms["prefill/arrays"])])
+    assert est.activation_bytes() == max(text + pixels + terms["all/input-embeddings"], sum(terms.values()))
     none = estimate(spec, Options(max_num_images=0))
     assert none.image_tokens == 0 and none.vision_activation_terms == {}
     gemma = inspect(fx.write_model(tmp_path / "g", fx.GEMMA3_4B_VL, fx.gemma3_vl(fx.GEMMA3_4B_VL), 2))

@@ -100,10 +100,13 @@ def load(
 ) -> tuple[Any, Any, Plan]:
     """Plan, then load `model` (a folder, a .gguf file or a Hub repo id) as the plan says.
 
-    Returns (model, tokenizer, plan). Raises DoesNotFitError, before loading anything, when the
+    Returns (model, tokenizer, plan); for a vision-language model (through mlx-vlm, the
+    `unimap[vision]` extra) the tokenizer is mlx-vlm's processor, which `generate` takes with
+    `images=[...]`. `max_num_images` and `max_image_length` size the plan's vision working set
+    and image tokens. Raises DoesNotFitError, before loading anything, when the
     plan does not fit. `progress(done, total, what)` is called as parts are materialized.
     `planned` is a plan already made for this model (the other mapping arguments are then unused)."""
-    from unimap import runtime
+    from unimap import runtime, vlm
 
     if planned is None:
         planned = plan(model, max_seq_len, max_batch_size, max_num_images, max_image_length, isq,
@@ -111,13 +114,16 @@ def load(
     planned.require_fit()
     options = planned.estimate.options
     path = Path(model).expanduser()
+    source = str(path) if path.is_dir() else str(model)
     if path.is_file() and path.suffix.lower() == ".gguf":
         loaded, tokenizer = runtime.gguf_model(path)
+    elif planned.estimate.vision_weight_bytes:  # a vision tower: mlx-vlm's model and processor
+        loaded, tokenizer = vlm.lazy_vlm(source)
     else:
-        loaded, tokenizer = runtime.lazy_model(str(path) if path.is_dir() else str(model))
+        loaded, tokenizer = runtime.lazy_model(source)
     isq, dtype = options.isq, options.dtype
-    if isq is not None:
-        runtime.quantize_in_place(loaded, isq)
+    if isq is not None:  # the language model only: the plan keeps the vision tower as stored
+        runtime.quantize_in_place(loaded.language_model if vlm.is_vlm(loaded) else loaded, isq)
     if dtype is not None:
         runtime.cast_floats(loaded, dtype)
     wired = runtime.WiredLimit()

@@ -22,7 +22,7 @@ from unimap import __version__
 from unimap.api import plan as make_plan
 from unimap.api import resolve_machine
 from unimap.doctor import Report, diagnose
-from unimap.errors import UnimapError
+from unimap.errors import ConfigError, UnimapError
 from unimap.host import Host
 from unimap.machine import Machine
 from unimap.machines import PRESETS
@@ -284,13 +284,18 @@ def _plan_options(f: Any) -> Any:
 @click.option("--temp", type=float, default=0.0, show_default=True, help="0 is greedy.")
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, help="Random seed for sampling.")
-def run_command(model: str, max_seq_len: int, max_batch_size: int, max_num_images: int,
-                max_image_length: int, isq: int | None, kv_bits: int | None,
+@click.option("--image", "images", multiple=True, metavar="PATH",
+              help="An image to go with the prompt (vision-language models; repeat for more). "
+                   "--max-num-images defaults to the number given.")
+@click.pass_context
+def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size: int,
+                max_num_images: int, max_image_length: int, isq: int | None, kv_bits: int | None,
                 device_map: str | None, prompt: str | None, interactive: bool, max_tokens: int,
-                temp: float, top_p: float, seed: int | None) -> None:
+                temp: float, top_p: float, seed: int | None, images: tuple[str, ...]) -> None:
     """Load MODEL the way its plan says and generate text."""
     from rich.progress import Progress as Bar
 
+    from unimap import vlm
     from unimap.api import load
     from unimap.generate import stream_generate
 
@@ -298,11 +303,27 @@ def run_command(model: str, max_seq_len: int, max_batch_size: int, max_num_image
         raise click.UsageError("give a non-empty --prompt, or -i to chat")
     if max_tokens < 1:
         raise click.UsageError(f"--max-tokens must be at least 1, not {max_tokens}")
+    if images and ctx.get_parameter_source("max_num_images") is click.core.ParameterSource.DEFAULT:
+        max_num_images = max(max_num_images, len(images))  # plan for the images given
     console = Console(file=sys.stderr, highlight=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         planned = make_plan(model, max_seq_len, max_batch_size, max_num_images, max_image_length,
                             isq, device_map or "auto", None, kv_bits=kv_bits)
+    vision = planned.estimate.vision_weight_bytes > 0
+    if images and not vision:
+        raise ConfigError(f"{model} is a text-only model and cannot take images: drop --image, or run "
+                          "a vision-language model (Qwen2-VL, Qwen2.5-VL, Gemma 3)")
+    if vision and interactive:
+        raise click.UsageError("chat (-i) with a vision-language model is not supported yet: give "
+                               "one --prompt (and --image)")
+    pictures: list[Any] = []
+    if images:  # every image checked before the model loads
+        vlm.require()
+        checked = vlm.read_images(list(images), max_num_images, max_image_length)
+        pictures = checked.images
+        for note in checked.notes:
+            console.print(f"note: {escape(note)}", soft_wrap=True)
     _summary(planned, console)
     planned.require_fit()
     loaded = None
@@ -320,10 +341,10 @@ def run_command(model: str, max_seq_len: int, max_batch_size: int, max_num_image
         turns = _messages(prompt) if interactive else iter([prompt or ""])
         for message in turns:
             text = _chat_prompt(tokenizer, history, message) if interactive else message
-            click.echo("" if interactive else message, nl=False)
+            click.echo("" if interactive or vision else message, nl=False)  # a VLM answers
             reply, last = "", None
             for last in stream_generate(loaded, tokenizer, text, max_tokens=max_tokens, temp=temp,
-                                        top_p=top_p, seed=seed):
+                                        top_p=top_p, seed=seed, images=pictures):
                 click.echo(last.text, nl=False)
                 reply += last.text
             click.echo()

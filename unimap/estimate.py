@@ -20,6 +20,7 @@ from unimap.calibration import COEFFICIENTS
 from unimap.errors import ConfigError
 from unimap.families import Architecture
 from unimap.inspect import GROUP_SIZE, NON_MAPPED_SLOT, VISION_SLOT, ModelSpec, Slot, dtype_bytes
+from unimap.vision_calibration import VISION_COEFFICIENTS
 
 ISQ_BITS = (2, 3, 4, 5, 6, 8)
 KV_BITS = (2, 3, 4, 5, 6, 8)
@@ -120,8 +121,11 @@ class Estimate:
                 "cuda": self.cuda_activation_terms}[kernel]
 
     def activation_bytes(self, kernel: Kernel = "unfused", cpu_part: bool = False) -> int:
-        """Peak working set of a prefill chunk (or the vision encoder, when larger)."""
-        return max(_phase_peak(self.terms(kernel, cpu_part)), _phase_peak(self.vision_activation_terms))
+        """Peak working set of a prefill chunk (beside the pixels and input embeddings of a run
+        with images), or of the vision encoder, when larger."""
+        vision = self.vision_activation_terms
+        shared = sum(v for k, v in vision.items() if k.startswith("all/"))
+        return max(_phase_peak(self.terms(kernel, cpu_part)) + shared, _phase_peak(vision))
 
     def growth_arrays_bytes(self, kernel: Kernel = "unfused", cpu_part: bool = False) -> int:
         """The chunk's arrays alive while a layer's cache is copied to grow (not its scores:
@@ -376,19 +380,35 @@ def _image_tokens(arch: Architecture, options: Options) -> int:
 
 
 def vision_activation_terms(arch: Architecture, options: Options, d: int) -> dict[str, int]:
-    """The vision encoder over all images: hidden states, qkv, per-image attention scores
-    (unfused, one image at a time) and the MLP intermediate."""
+    """The vision phase: the float32 pixel values and the prompt's input embeddings (alive
+    through every phase of a run with images), and the encoder's working set over all images
+    from the coefficients tools/calibrate_vision.py measured (unimap/vision_calibration.py)."""
     v = arch.vision
     if v is None or options.max_num_images == 0:
         return {}
     n = _image_patches(arch, options)
-    p = options.max_num_images * n
-    pixels = p * 3 * v.patch_size * v.patch_size * v.temporal_patch_size
+    images = options.max_num_images
+    p = images * n
+    pixels = p * 3 * v.patch_size * v.patch_size * v.temporal_patch_size * 4
+    cp, ch, cm, cs, ck = vision_coefficients(arch.model_type, "float32" if d >= 4 else "bfloat16")
+    at_once = 1 if v.kind == "qwen2_vl" else images  # Qwen2-VL attends within one image at a time
+    encoder = (cp * pixels + ch * p * v.hidden_size * d + cm * p * v.intermediate_size * d
+               + cs * v.num_heads * n * n * d * at_once + ck * v.num_layers * p * v.hidden_size * d)
+    b = options.max_batch_size
+    tokens = options.max_seq_len + _image_tokens(arch, options)
     return {
-        "all/pixels": pixels * 4,  # float32 pixel values in patch layout
-        "all/hidden": 2 * p * v.hidden_size * d,
-        "vision-attention/qkv": 3 * p * v.hidden_size * d,
-        "vision-attention/scores": 2 * v.num_heads * n * n * d,
-        "vision-mlp/intermediate": 2 * p * v.intermediate_size * d,
-        "all/image-embeddings": options.max_num_images * n * arch.hidden_size * d,
+        "all/pixels": b * pixels,
+        "all/input-embeddings": b * tokens * arch.hidden_size * d,
+        "vision/encoder": b * int(encoder),
     }
+
+
+def vision_coefficients(model_type: str, dtype: str) -> tuple[float, ...]:
+    """The measured encoder coefficients (pixels, width, MLP, scores, depth) of an mlx-vlm
+    family; for a family not measured (Qwen2.5-VL's windowed tower, LLaVA's CLIP), the largest
+    of each over the measured ones."""
+    found = VISION_COEFFICIENTS.get((model_type, dtype))
+    if found is not None:
+        return found
+    rows = [v for (_, kind), v in VISION_COEFFICIENTS.items() if kind == dtype]
+    return tuple(max(column) for column in zip(*rows, strict=True))

@@ -8,10 +8,12 @@ Yields text as it becomes printable and ends with timing and peak-memory figures
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from unimap import vlm
 from unimap.errors import ConfigError
 
 
@@ -85,57 +87,127 @@ def quantized_cache(model: Any, bits: int) -> list[Any]:
 
 
 def make_cache(model: Any) -> list[Any]:
-    """The cache the plan priced: mlx-lm's, quantized from the first token under --kv-bits."""
+    """The cache the plan priced: mlx-lm's, quantized from the first token under --kv-bits
+    (for a vision-language model: mlx-vlm's cache of its language model)."""
     from mlx_lm.models.cache import make_prompt_cache
 
     state = getattr(model, "_unimap", None)
     bits = state.plan.estimate.options.kv_bits if state is not None else None
+    if vlm.is_vlm(model):
+        from mlx_vlm.models.cache import make_prompt_cache as make_vlm_cache
+
+        if bits:
+            raise ConfigError("--kv-bits is not supported for vision-language models yet (mlx-vlm "
+                              "quantizes its cache after filling it at full precision, which the "
+                              "plan does not price): drop --kv-bits")
+        return list(make_vlm_cache(model.language_model))
     return quantized_cache(model, bits) if bits else make_prompt_cache(model)
 
 
 def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens: int = 256,
                     temp: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                    prompt_cache: list[Any] | None = None) -> Iterator[Response]:
+                    prompt_cache: list[Any] | None = None,
+                    images: Sequence[str | Path | Any] | None = None) -> Iterator[Response]:
     """Generate from `prompt`, yielding each piece of text as it is decoded. `prompt_cache`
-    (from `make_cache(model)`) is filled in place, to be kept for a later turn or inspected."""
+    (from `make_cache(model)`) is filled in place, to be kept for a later turn or inspected.
+    `images` (paths or PIL images) go with the prompt to a vision-language model loaded by `unimap.load`; the
+    prompt is then put in the model's chat template with one image placeholder per image."""
     import mlx.core as mx
-    from mlx_lm.generate import generate_step
-    from mlx_lm.sample_utils import make_sampler
 
     if max_tokens < 1:
         raise ConfigError(f"--max-tokens must be at least 1, not {max_tokens}")
     if not 0.0 <= top_p <= 1.0 or temp < 0.0:
         raise ConfigError("--temp must be 0 or more and --top-p between 0 and 1")
-    ids = encode_prompt(tokenizer, prompt)
     if seed is not None:
         mx.random.seed(seed)
     state = getattr(model, "_unimap", None)
-    options: dict[str, Any] = {}
-    if state is not None:
-        options["stream"] = state.parts_stream
-    options["prompt_cache"] = prompt_cache if prompt_cache is not None else make_cache(model)
-    eos = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+    cache = prompt_cache if prompt_cache is not None else make_cache(model)
+    if vlm.is_vlm(model):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError("the prompt is empty: give some text (--prompt) to go with the images")
+        steps, n_prompt, eos = _vlm_steps(model, tokenizer, prompt, list(images or ()), max_tokens,
+                                          temp, top_p, cache)
+    else:
+        if images:
+            name = state.plan.model if state is not None else "this model"
+            raise ConfigError(f"{name} is a text-only model and cannot take images: drop --image, or "
+                              "run a vision-language model (Qwen2-VL, Qwen2.5-VL, Gemma 3)")
+        steps, n_prompt, eos = _text_steps(model, tokenizer, prompt, max_tokens, temp, top_p, cache)
     detok = _Detokenizer(tokenizer)
     predicted = state.plan.peak_bytes if state is not None else None
     start = time.perf_counter()
     prompt_tps, first_at, count = 0.0, start, 0
-    steps = generate_step(mx.array(ids), model, max_tokens=max_tokens,
-                          sampler=make_sampler(temp, top_p), **options)
     for count, (step_token, _) in enumerate(steps, start=1):
         token = int(step_token)
         if count == 1:
             first_at = time.perf_counter()
-            prompt_tps = len(ids) / max(first_at - start, 1e-9)
+            prompt_tps = n_prompt / max(first_at - start, 1e-9)
         done = token in eos
         text = "" if done else detok.add(token)
         rate = (count - 1) / max(time.perf_counter() - first_at, 1e-9) if count > 1 else 0.0
         reason = "stop" if done else "length" if count == max_tokens else None
         if reason is not None:
             text += detok.finish()
-        yield Response(text, token, len(ids), prompt_tps, count, rate, mx.get_peak_memory(),
+        yield Response(text, token, n_prompt, prompt_tps, count, rate, mx.get_peak_memory(),
                        predicted, reason)
         if done:
             break
+
+
+def _text_steps(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens: int, temp: float,
+                top_p: float, cache: list[Any]) -> tuple[Iterator[Any], int, set[int]]:
+    """mlx-lm's generate_step on the stream that holds the embeddings and head."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    ids = encode_prompt(tokenizer, prompt)
+    state = getattr(model, "_unimap", None)
+    options: dict[str, Any] = {"prompt_cache": cache}
+    if state is not None:
+        options["stream"] = state.parts_stream
+    eos = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+    steps = generate_step(mx.array(ids), model, max_tokens=max_tokens,
+                          sampler=make_sampler(temp, top_p), **options)
+    return steps, len(ids), eos
+
+
+def _vlm_steps(model: Any, processor: Any, prompt: str, images: list[Any], max_tokens: int,
+               temp: float, top_p: float, cache: list[Any]) -> tuple[Iterator[Any], int, set[int]]:
+    """mlx-vlm's generate_step (vision tower, projector, then the language model) with the
+    images checked against the plan, on the stream that holds the embeddings, head and vision
+    tower, in prefill chunks of the size the plan priced. mlx-vlm's own stream_generate is not
+    used: it would raise the wired limit to the maximum."""
+    import warnings
+
+    state = getattr(model, "_unimap", None)
+    options = state.plan.estimate.options if state is not None else None
+    checked = vlm.read_images(images, options.max_num_images if options else len(images),
+                              options.max_image_length if options else 1 << 30)
+    for note in checked.notes:
+        warnings.warn(note, stacklevel=3)
+    inputs = vlm.prepare(model, processor, prompt, checked.images)
+    step_tokens = options.prefill_step_tokens if options else None
+    stream = state.parts_stream if state is not None else None
+    return (_on_stream(stream, inputs, model, max_tokens, temp, top_p, cache, step_tokens),
+            inputs.num_tokens, vlm.eos_ids(model, processor))
+
+
+def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, temp: float,
+               top_p: float, cache: list[Any], step_tokens: int | None) -> Iterator[Any]:
+    """mlx-vlm's generate_step with its generation stream swapped for `stream` while it runs."""
+    from mlx_vlm.generate import ar
+
+    kept = ar.generation_stream
+    if stream is not None:
+        ar.generation_stream = stream
+    try:
+        yield from ar.generate_step(inputs.input_ids, model, inputs.pixel_values, inputs.mask,
+                                    max_tokens=max_tokens, temperature=temp, top_p=top_p,
+                                    prompt_cache=cache, prefill_step_size=step_tokens,
+                                    **inputs.extra)
+    finally:
+        ar.generation_stream = kept
 
 
 def generate(model: Any, tokenizer: Any, prompt: str | list[int], **kwargs: Any) -> str:

@@ -193,7 +193,7 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
         plan = replace(plan, notes=(*plan.notes, f"{what} ({format_bytes(parts)}) plus one "
                                     f"working set do not fit {gpus[0].name}'s budget "
                                     f"({format_bytes(gpus[0].budget_bytes)}): everything runs on "
-                                    "the CPU"))
+                                    "the CPU" + _vision_tip(spec, est, gpus[0])))
     if not plan.fits:
         plan = replace(plan, ways_out=ways_out(spec, machine, est))
     elif not plan.all_on_gpu and gpus:
@@ -372,9 +372,43 @@ def _fits(spec: ModelSpec, machine: Machine, options: Options) -> bool:
     return _auto(spec, machine, est, gpus).fits
 
 
+def _vision_tip(spec: ModelSpec, est: Estimate, gpu: Device) -> str:
+    """What would let the vision tower (and the other non-mapped parts) onto the GPU: fewer or
+    smaller images, when the encoder's working set is what does not fit."""
+    options = est.options
+    if not est.vision_weight_bytes or not est.vision_activation_terms:
+        return ""
+
+    def fits(changed: Options) -> bool:
+        try:
+            return _parts_fit(estimate(spec, changed), gpu)
+        except UnimapError:
+            return False
+
+    tips = []
+    length = _largest(lambda n: fits(replace(options, max_image_length=n)), options.max_image_length - 1)
+    if length:
+        tips.append(f"--max-image-length {length}")
+    if options.max_num_images > 1:
+        count = _largest(lambda n: fits(replace(options, max_num_images=n)), options.max_num_images - 1)
+        if count:
+            tips.append(f"--max-num-images {count}")
+    return f"; the vision tower would fit {gpu.name} with {' or '.join(tips)}" if tips else ""
+
+
 def ways_out(spec: ModelSpec, machine: Machine, est: Estimate) -> tuple[str, ...]:
     options = est.options
     found: list[str] = []
+    if est.vision_activation_terms:  # a vision-language model: smaller or fewer images
+        length = _largest(lambda n: _fits(spec, machine, replace(options, max_image_length=n)),
+                          options.max_image_length - 1)
+        if length:
+            found.append(f"--max-image-length {length} (the largest image edge that fits)")
+        if options.max_num_images > 1:
+            count = _largest(lambda n: _fits(spec, machine, replace(options, max_num_images=n)),
+                             options.max_num_images - 1)
+            if count:
+                found.append(f"--max-num-images {count} (images per prompt)")
     seq = _largest(lambda n: _fits(spec, machine, replace(options, max_seq_len=n)), options.max_seq_len - 1)
     if seq:
         found.append(f"--max-seq-len {seq} (the longest context that fits)")

@@ -1,0 +1,147 @@
+"""Tiny random-weight vision-language models built from mlx-vlm's own model classes and saved as
+real checkpoints (config.json, model.safetensors written by MLX, a word-level tokenizer with the
+family's special tokens, a chat template and the image processor's config), so mlx-vlm's loader
+and processors read them offline. Two families: Qwen2-VL (dynamic resolution, merged patches)
+and Gemma 3 (a SigLIP tower at a fixed size, pooled to a fixed number of image tokens, a
+projector, a text model with sliding-window layers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MEAN, STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "max_position_embeddings": 4096,
+        "tie_word_embeddings": False}
+VOCAB = 160
+WORDS = 120  # plain words w0..w119; the rest of the vocabulary is special tokens and padding
+
+QWEN2_VL_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                    "<|image_pad|>", "<|video_pad|>"]
+GEMMA3_SPECIAL = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                  "<end_of_image>", "<image_soft_token>"]
+
+# one placeholder per image, in the content-list form mlx-vlm's apply_chat_template produces
+QWEN2_VL_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} {% if m['content'] is string %}"
+    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }} {% if m['content'] is string %}"
+    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+    "<start_of_image> {% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn> {% endfor %}{% if add_generation_prompt %}<start_of_turn>model {% endif %}")
+
+
+def _tokenizer(folder: Path, special: list[str], eos: str, pad: str, template: str,
+               extra: dict[str, Any] | None = None) -> dict[str, int]:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    words = ["<unk>"] + [f"w{i}" for i in range(WORDS)]
+    words += [f"x{i}" for i in range(VOCAB - len(words) - len(special))]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": pad,
+        "unk_token": "<unk>", "model_max_length": 8192, "chat_template": template, **(extra or {})}))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    return {s: int(tokenizer.token_to_id(s)) for s in special}
+
+
+def qwen2_vl_config(ids: dict[str, int]) -> dict[str, Any]:
+    return {"model_type": "qwen2_vl", **TEXT, "vocab_size": VOCAB, "rope_theta": 1e6,
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+            "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+            "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "vision_config": {"model_type": "qwen2_vl", "depth": 2, "embed_dim": 64, "hidden_size": 64,
+                              "num_heads": 2, "mlp_ratio": 2, "patch_size": 14, "spatial_patch_size": 14,
+                              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}}
+
+
+def gemma3_config(ids: dict[str, int]) -> dict[str, Any]:
+    text = {**TEXT, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 64,
+            "sliding_window_pattern": 2, "rope_global_base_freq": 1e6, "rope_local_base_freq": 1e4}
+    return {"model_type": "gemma3", "vocab_size": VOCAB, "image_token_index": ids["<image_soft_token>"],
+            "boi_token_index": ids["<start_of_image>"], "eoi_token_index": ids["<end_of_image>"],
+            "mm_tokens_per_image": 4, "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]],
+            "pad_token_id": ids["<pad>"], "hidden_size": TEXT["hidden_size"],
+            "text_config": {"model_type": "gemma3_text", **text, "vocab_size": VOCAB,
+                            "mm_tokens_per_image": 4},
+            "vision_config": {"model_type": "siglip_vision_model", "num_hidden_layers": 2, "hidden_size": 64,
+                              "intermediate_size": 128, "num_attention_heads": 2, "image_size": 56,
+                              "patch_size": 14, "num_channels": 3, "layer_norm_eps": 1e-6}}
+
+
+def _processor_files(folder: Path, family: str, config: dict[str, Any]) -> None:
+    if family == "qwen2_vl":
+        (folder / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor",
+            "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 4096, "patch_size": 14, "merge_size": 2,
+            "temporal_patch_size": 2, "image_mean": MEAN, "image_std": STD}))
+        return
+    size = config["vision_config"]["image_size"]
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Gemma3ImageProcessor", "processor_class": "Gemma3Processor",
+        "size": {"height": size, "width": size}, "do_resize": True, "do_normalize": True,
+        "do_rescale": True, "do_convert_rgb": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+        "resample": 2, "do_pan_and_scan": False, "image_seq_length": config["mm_tokens_per_image"]}))
+    (folder / "processor_config.json").write_text(json.dumps({
+        "processor_class": "Gemma3Processor", "image_seq_length": config["mm_tokens_per_image"]}))
+
+
+def write_tiny_vlm(folder: Path, family: str, seed: int = 0, dtype: str = "float32",
+                   vision: dict[str, Any] | None = None) -> Path:
+    """A random `family` ("qwen2_vl" or "gemma3") checkpoint mlx-vlm loads; `vision` overrides
+    fields of its vision_config (a wider or deeper tower)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_vlm.utils import get_model_and_args, update_module_configs
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if family == "qwen2_vl":
+        ids = _tokenizer(folder, QWEN2_VL_SPECIAL, "<|im_end|>", "<|endoftext|>", QWEN2_VL_TEMPLATE)
+        config = qwen2_vl_config(ids)
+    elif family == "gemma3":
+        ids = _tokenizer(folder, GEMMA3_SPECIAL, "<end_of_turn>", "<pad>", GEMMA3_TEMPLATE, {
+            "bos_token": "<bos>", "extra_special_tokens": {
+                "image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
+                "eoi_token": "<end_of_image>"}})
+        config = gemma3_config(ids)
+    else:
+        raise ValueError(f"no tiny {family} vision-language model")
+    config["vision_config"].update(vision or {})
+    config["torch_dtype"] = dtype
+    _processor_files(folder, family, config)
+    mx.random.seed(seed)
+    built = json.loads(json.dumps(config))
+    model_class, _ = get_model_and_args(built)
+    built.setdefault("text_config", {})
+    model_config = update_module_configs(model_class.ModelConfig.from_dict(built), model_class, built,
+                                         ["text", "vision", "projector"])
+    model = model_class.Model(model_config)
+    # sharper logits than the default initialisation, so greedy tokens vary with the input
+    head = model.language_model.lm_head
+    head.weight = head.weight * 16.0
+    model.set_dtype(getattr(mx, dtype))
+    weights = dict(tree_flatten(model.parameters()))
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def write_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    """A random RGB PNG of width x height pixels."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path

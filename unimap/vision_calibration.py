@@ -1,0 +1,19 @@
+"""Vision-encoder working-set coefficients, fitted by tools/calibrate_vision.py.
+
+Generated 2026-11-27 on Linux-6.18.44-fc-v782-x86_64-with-glibc2.36 (x86_64), MLX 0.32.4,
+mlx-lm 0.32.2, mlx-vlm 0.7.10, MLX's CPU backend. Do not edit by hand: rerun the tool with --write.
+
+The vision tower and projector on `images` images of n patches each (P = images * n) need,
+besides the pixel values and the image embeddings:
+    p * pixel bytes + h * P*width*d + m * P*mlp*d + s * heads*n*n*d * images_at_once
+    + k * depth*P*width*d
+bytes, with d the dtype's size and images_at_once 1 (Qwen2-VL) or images (fixed-size
+towers, one batch). Keys: (mlx-vlm family, dtype).
+"""
+
+VISION_COEFFICIENTS: dict[tuple[str, str], tuple[float, float, float, float, float]] = {
+    ('gemma3', 'bfloat16'): (2.4, 32.89, 0.01, 1.06, 0.01),
+    ('gemma3', 'float32'): (0.64, 18.32, 1.82, 1.08, 0.01),
+    ('qwen2_vl', 'bfloat16'): (0.01, 41.38, 1.26, 1.09, 0.13),
+    ('qwen2_vl', 'float32'): (0.01, 27.46, 0.97, 1.08, 0.22),
+}

@@ -1,0 +1,150 @@
+"""Vision-language models through mlx-vlm (the optional extra: pip install 'unimap[vision]').
+
+What the apply and generate stages need beyond a text model: loading the model lazily with
+mlx-vlm's loader (vision tower, projector and language model in one module tree, so the plan is
+applied to it as to a text model), checking the images a run is given, and turning prompt and
+images into the inputs mlx-vlm's generation step takes. Images larger than the plan's
+--max-image-length are scaled down (longest edge), with a note, so a run stays inside the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unimap.errors import ConfigError, ModelError
+
+INSTALL = "pip install 'unimap[vision]'"
+
+
+def require() -> None:
+    """Raise a ConfigError that says how to install mlx-vlm when it is missing."""
+    try:
+        import mlx_vlm  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"vision-language models run through mlx-vlm, which is not installed: "
+                          f"{INSTALL}") from None
+
+
+def is_vlm(model: Any) -> bool:
+    """Whether `model` came from mlx-vlm's loader (a vision tower beside a language model)."""
+    return hasattr(model, "vision_tower") and hasattr(model, "language_model")
+
+
+def lazy_vlm(source: str) -> tuple[Any, Any]:
+    """An mlx-vlm model and processor (a local folder, or a Hub repo id that mlx-vlm downloads),
+    parameters not yet evaluated."""
+    require()
+    from mlx_vlm.utils import load
+
+    try:
+        model, processor = load(source, lazy=True)
+    except (ValueError, FileNotFoundError, OSError, KeyError) as exc:
+        raise ModelError(f"{source}: mlx-vlm cannot load it ({type(exc).__name__}: {exc})") from None
+    return model, processor
+
+
+@dataclass
+class Images:
+    """Images checked and ready for the processor, with what was done to them."""
+
+    images: list[Any] = field(default_factory=list)  # PIL images, RGB
+    notes: list[str] = field(default_factory=list)
+
+
+def read_images(paths: list[Any], max_num_images: int, max_image_length: int) -> Images:
+    """Open every image (a path, or a PIL image already open), or raise a ConfigError naming
+    the first bad one: missing, not a file, unreadable, not an image, or more images than the
+    plan made room for."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(paths) > max_num_images:
+        raise ConfigError(f"{len(paths)} images given but the plan made room for {max_num_images}: "
+                          f"pass --max-num-images {len(paths)} (max_num_images={len(paths)} in "
+                          "Python) so the plan counts them, or give fewer images")
+    found = Images()
+    for given in paths:
+        if isinstance(given, Image.Image):
+            found.images.append(_within(given.convert("RGB"), "an image", max_image_length, found))
+            continue
+        path = Path(given).expanduser()
+        if not path.exists():
+            raise ConfigError(f"image {given}: no such file")
+        if not path.is_file():
+            raise ConfigError(f"image {given}: not a file")
+        try:
+            with path.open("rb") as handle, Image.open(handle) as opened:
+                opened.load()
+                image = opened.convert("RGB")
+        except PermissionError:
+            raise ConfigError(f"image {given}: not readable (permission denied)") from None
+        except UnidentifiedImageError:
+            raise ConfigError(f"image {given}: not an image Pillow can read; give a PNG, JPEG, WebP "
+                              "or another common format") from None
+        except (OSError, SyntaxError, ValueError) as exc:  # a truncated or corrupt image file
+            raise ConfigError(f"image {given}: cannot be decoded ({exc}); is the file complete?") from None
+        found.images.append(_within(image, f"image {given}", max_image_length, found))
+    return found
+
+
+def _within(image: Any, name: str, max_image_length: int, found: Images) -> Any:
+    """`image` scaled down (aspect kept) so its longest edge is at most max_image_length."""
+    from PIL import Image
+
+    width, height = image.size
+    if max(width, height) <= max_image_length:
+        return image
+    scale = max_image_length / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    found.notes.append(f"{name} scaled from {width}x{height} to {size[0]}x{size[1]} to stay within "
+                       f"--max-image-length {max_image_length}")
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+@dataclass
+class Inputs:
+    """What mlx-vlm's generate_step takes: token ids, pixels, mask and model-specific extras
+    (Qwen2-VL's image_grid_thw, ...)."""
+
+    input_ids: Any
+    pixel_values: Any
+    mask: Any
+    extra: dict[str, Any]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[-1])
+
+
+def prepare(model: Any, processor: Any, prompt: str, images: list[Any]) -> Inputs:
+    """The prompt in the model's chat template with one image placeholder per image, tokenized
+    and with the images turned into pixels by the model's processor."""
+    from mlx_vlm.prompt_utils import apply_chat_template
+    from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
+
+    config = model.config
+    text = apply_chat_template(processor, config, prompt, num_images=len(images))
+    try:
+        inputs = prepare_inputs(processor, images=images or None, prompts=text,
+                                image_token_index=getattr(config, "image_token_index", None),
+                                add_special_tokens=should_add_special_tokens(config.model_type, processor))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"the model's processor cannot prepare this prompt and these images "
+                          f"({exc})") from None
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
+    return Inputs(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"), extra)
+
+
+def eos_ids(model: Any, processor: Any) -> set[int]:
+    """The tokens that end a reply: the model config's eos_token_id(s) and the tokenizer's."""
+    found: set[int] = set()
+    configured = getattr(model.config, "eos_token_id", None)
+    if isinstance(configured, int):
+        found.add(configured)
+    elif isinstance(configured, list):
+        found.update(int(t) for t in configured)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        found.add(int(tokenizer.eos_token_id))
+    return found
