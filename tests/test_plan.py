@@ -25,7 +25,7 @@ GOLDEN = json.loads((Path(__file__).parent / "golden" / "plans.json").read_text(
 def plan_case(models: Path, key: str) -> Plan:
     family, machine, case = key.split("|")
     return make_plan(inspect(models / family), preset_machine(machine, {}, Reserves()),
-                     golden_plans.CASES[case])
+                     {**golden_plans.CASES, **golden_plans.VISION_CASES}[case])
 
 
 def test_golden_plans(models: Path) -> None:

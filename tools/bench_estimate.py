@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 DECODE_TOKENS = 4
+VISION_TEMPLATE_TOKENS = 16  # at most what the tiny models' chat templates add around a prompt
 GGUF = ROOT.parent / "shared" / "models" / "stories260K" / "stories260K.gguf"
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0")
 
@@ -64,6 +65,13 @@ MODELS: dict[str, dict[str, Any]] = {
 
 
 MOE = ("qwen3_moe", "mixtral")
+# vision-language models (tests/tiny_vlms.py: mlx-vlm's classes) with towers wide enough that the
+# encoder, not the tiny text model, sets the peak at the larger images
+VISION: dict[str, dict[str, Any]] = {
+    "qwen2_vl": {"embed_dim": 256, "num_heads": 4, "mlp_ratio": 2, "depth": 4},
+    "gemma3_vl": {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512,
+                  "num_hidden_layers": 4, "image_size": 448},  # fixed size: every image -> 448
+}
 
 
 @dataclass(frozen=True)
@@ -74,11 +82,13 @@ class Case:
     batch: int = 1
     kv_bits: int | None = None
     place: str = "gpu"  # gpu: all on one device; split: half the layers on the CPU; cpu
+    image: int = 0  # vision models: one square image of this many pixels a side
 
     @property
     def name(self) -> str:
         kv = f"kv{self.kv_bits}" if self.kv_bits else "kv16"
-        return f"{self.model}/{self.weights}/{self.seq}x{self.batch}/{kv}/{self.place}"
+        image = f"/image{self.image}" if self.image else ""
+        return f"{self.model}/{self.weights}/{self.seq}x{self.batch}/{kv}/{self.place}{image}"
 
 
 def matrix() -> list[Case]:
@@ -105,6 +115,11 @@ def matrix() -> list[Case]:
     for seq, batch in ((256, 1), (512, 4), (2048, 1)):
         for place in ("gpu", "split", "cpu"):
             cases.append(Case("stories260k", "gguf", seq, batch, None, place))
+    for weights, image, place in (("f32", 224, "gpu"), ("f32", 448, "gpu"), ("bf16", 448, "gpu"),
+                                  ("f32", 672, "gpu"), ("f32", 448, "split"), ("f32", 448, "cpu")):
+        cases.append(Case("qwen2_vl", weights, 256, 1, None, place, image))
+    for weights, place in (("f32", "gpu"), ("bf16", "gpu"), ("f32", "split")):
+        cases.append(Case("gemma3_vl", weights, 256, 1, None, place, 448))
     return list(dict.fromkeys(cases))
 
 
@@ -132,6 +147,12 @@ def checkpoint(work: Path, model: str, weights: str) -> Path:
     folder = work / f"{model}-{stored}"
     if (folder / "config.json").exists():
         return folder
+    if model in VISION:
+        from tiny_vlms import write_tiny_vlm
+
+        family = "gemma3" if model == "gemma3_vl" else model
+        dtype = "float32" if stored == "f32" else "bfloat16"
+        return write_tiny_vlm(folder, family, dtype=dtype, vision=VISION[model])
     from tiny_models import write_random_model
 
     if stored == "f32":
@@ -150,6 +171,8 @@ def load_kwargs(case: Case, num_layers: int, gpu: bool = False) -> dict[str, Any
 
     kwargs: dict[str, Any] = {"max_seq_len": case.seq, "max_batch_size": case.batch,
                               "kv_bits": case.kv_bits}
+    if case.image:
+        kwargs.update(max_num_images=1, max_image_length=case.image)
     if case.weights.startswith("isq"):
         kwargs["isq"] = int(case.weights[3:])
     if gpu:
@@ -223,7 +246,15 @@ def child(case: Case, path: Path) -> dict[str, Any]:
     cache = make_cache(model)
     prompt_len = case.seq - DECODE_TOKENS
     rows = [[(31 * i + 17 * r) % 150 + 3 for i in range(prompt_len)] for r in range(case.batch)]
-    if case.batch == 1:
+    if case.image:  # words w0..w119 (one token each), the chat template's few tokens, the image
+        from tiny_vlms import write_image
+
+        image = write_image(path.parent / f"image{case.image}.png", case.image, case.image)
+        words = " ".join(f"w{(31 * i) % 120}" for i in range(prompt_len - VISION_TEMPLATE_TOKENS))
+        for _ in unimap.stream_generate(model, tokenizer, words, max_tokens=DECODE_TOKENS,
+                                        prompt_cache=cache, images=[image]):
+            pass
+    elif case.batch == 1:
         for _ in unimap.stream_generate(model, tokenizer, rows[0], max_tokens=DECODE_TOKENS,
                                         prompt_cache=cache):
             pass

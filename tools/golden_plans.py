@@ -27,11 +27,15 @@ from unimap.settings import Reserves  # noqa: E402
 
 MACHINES = ("mac-16gb", "mac-64gb", "jetson-orin-64gb", "h100-80gb")
 CASES = {"default": Options(), "long": Options(max_seq_len=32768, max_batch_size=2)}
+# vision-language families also plan for several large images
+VISION_CASES = {"images": Options(max_num_images=4, max_image_length=1792)}
 
 
 def summary(spec_dir: Path, machine: str, options: Options) -> dict[str, object]:
     plan = make_plan(inspect(spec_dir), preset_machine(machine, {}, Reserves()), options)
-    return {
+    vision = {"vision_device": plan.vision_device, "image_tokens": plan.estimate.image_tokens,
+              "notes": list(plan.notes)} if plan.estimate.vision_weight_bytes else {}
+    return {**vision,
         "fits": plan.fits,
         "all_on_gpu": plan.all_on_gpu,
         "layers": {d.name: len(d.layers) for d in plan.devices},
@@ -43,9 +47,13 @@ def summary(spec_dir: Path, machine: str, options: Options) -> dict[str, object]
 
 
 def golden(models: Path) -> dict[str, object]:
-    return {f"{family}|{machine}|{case}": summary(models / family, machine, options)
-            for family in fixtures.FAMILIES for machine in MACHINES
-            for case, options in CASES.items()}
+    found = {}
+    for family in fixtures.FAMILIES:
+        cases = {**CASES, **(VISION_CASES if inspect(models / family).arch.vision else {})}
+        for machine in MACHINES:
+            for case, options in cases.items():
+                found[f"{family}|{machine}|{case}"] = summary(models / family, machine, options)
+    return found
 
 
 def main(argv: list[str]) -> None:

@@ -173,7 +173,8 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
         for array in parts:  # one at a time: with --isq each source matrix is freed in turn
             mx.eval(array)
     if progress:
-        progress(1, total, "embeddings and head")
+        what = "embeddings, head and vision tower" if plan.vision_device else "embeddings and head"
+        progress(1, total, what)
     cpu_dtype = getattr(mx, plan.cpu_dtype) if plan.cpu_dtype else None
     for done, index in enumerate(order, start=2):
         stream = placement.gpu_stream if index in on_gpu else placement.cpu_stream
