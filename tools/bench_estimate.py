@@ -400,7 +400,8 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the small subset the tests run")
-    parser.add_argument("--only", default="", help="cases whose name contains this")
+    parser.add_argument("--only", default="", help="cases whose name contains this (or any of a "
+                                                   "comma-separated list)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--png", type=Path, help="draw predicted against measured here")
     parser.add_argument("--work", type=Path, help="keep checkpoints here (default: a temp folder)")
@@ -411,7 +412,8 @@ def main() -> None:
         return
     import mlx.core as mx
 
-    cases = [c for c in available(QUICK if args.quick else matrix()) if args.only in c.name]
+    wanted = args.only.split(",")
+    cases = [c for c in available(QUICK if args.quick else matrix()) if any(w in c.name for w in wanted)]
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, MLX {mx.__version__}, GPU available: {mx.is_available(mx.gpu)}, "
           f"BLAS preloaded: {child_env().get('LD_PRELOAD', 'none')}; {len(cases)} cases\n")

@@ -8,6 +8,10 @@ Prints a short table last and writes full results to DIR/gpu_check.json ($OUT wh
   measured peak against the plan's prediction;
 - the same model split 4 GPU + 4 CPU layers: tokens/s, peak against the plan, and how far the
   logits move (the CPU part computes in float32 on x86-64).
+- with --vision, tiny random Qwen2-VL and Gemma 3 models (mlx-vlm's classes, bf16, one 448-pixel
+  image): greedy tokens from plain mlx-vlm against unimap all on the GPU and split 2 + 2, and the
+  measured peak against the plan;
+- with --no-text, only the vision part.
 On a machine without a GPU it runs the same steps on the CPU build (the split then uses a preset
 machine), so the script itself is tested here before it spends device time.
 """
@@ -57,10 +61,52 @@ def run_case(path: Path, tokens: int, **kwargs: Any) -> dict[str, Any]:
     return {**result, "_logits": logits}
 
 
+def _ratio(case: dict[str, Any]) -> str:
+    return (f"{case['peak_bytes']} / {case['predicted_peak_bytes']} "
+            f"({case['peak_bytes'] / case['predicted_peak_bytes']:.3f})")
+
+
+def vision_checks(tmp: Path, split_args: dict[str, Any]) -> dict[str, Any]:
+    """Plain mlx-vlm's greedy tokens against unimap's, all on the GPU and split, per family."""
+    import mlx.core as mx
+    from bench_estimate import VISION
+    from mlx_vlm import generate, load
+    from mlx_vlm.prompt_utils import apply_chat_template
+    from tiny_vlms import write_image, write_tiny_vlm
+
+    import unimap
+
+    image = write_image(tmp / "image.png", 448, 448)
+    found: dict[str, Any] = {}
+    for name, family in (("qwen2_vl", "qwen2_vl"), ("gemma3_vl", "gemma3")):
+        path = write_tiny_vlm(tmp / name, family, dtype="bfloat16", vision=VISION[name])
+        model, processor = load(str(path))
+        prompt = apply_chat_template(processor, model.config, "w1 w2 w3", num_images=1)
+        reference = list(generate(model, processor, prompt, image=[str(image)], max_tokens=16,
+                                  temperature=0.0).token_ids)
+        del model, processor
+        runs: dict[str, Any] = {"reference": reference}
+        for run, kwargs in (("whole", {}), ("split", {"device_map": 2, **split_args})):
+            mx.clear_cache()
+            mx.reset_peak_memory()
+            model, processor, plan = unimap.load(path, max_seq_len=256, max_image_length=448, **kwargs)
+            tokens = [r.token for r in unimap.stream_generate(model, processor, "w1 w2 w3", images=[image],
+                                                              max_tokens=16)]
+            runs[run] = {"tokens": tokens, "peak_bytes": mx.get_peak_memory(),
+                         "predicted_peak_bytes": plan.peak_bytes,
+                         "plan": {d.name: list(d.layers) for d in plan.devices}}
+            model._unimap.wired.release()
+            del model, processor
+        found[name] = runs
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--vision", action="store_true", help="also check vision-language runs")
+    parser.add_argument("--no-text", action="store_true", help="skip the text-model runs")
     args = parser.parse_args()
     import mlx.core as mx
     import numpy as np
@@ -72,29 +118,34 @@ def main() -> None:
                               "device_info": dict(mx.device_info(mx.gpu)) if gpu else {}}
     machine = unimap.probe()
     report["machine"] = machine.to_dict()
+    rows: list[tuple[str, str]] = [("mlx / gpu", f"{report['mlx']} / {gpu}"), ("backend", machine.backend),
+                                   *[(f"{d.name} budget", f"{d.budget_bytes} ({d.description}; "
+                                      f"unified={d.unified})") for d in machine.devices]]
     with tempfile.TemporaryDirectory() as tmp:
         from tiny_models import stand_in_machine, write_random_model
 
-        path = write_random_model(Path(tmp), CONFIG, dtype="bfloat16")
-        whole = run_case(path, args.tokens)
-        split_args: dict[str, Any] = {"device_map": 4}
-        if not gpu:
-            split_args["machine"] = stand_in_machine()  # the CPU build has no GPU to split with
-        split = run_case(path, args.tokens, **split_args)
-    drift = float(np.abs(whole.pop("_logits") - split.pop("_logits")).max())
-    report.update(whole=whole, split=split, split_logit_max_abs_diff=drift)
+        split_args: dict[str, Any] = {} if gpu else {"machine": stand_in_machine()}
+        if not args.no_text:
+            path = write_random_model(Path(tmp) / "llama", CONFIG, dtype="bfloat16")
+            whole = run_case(path, args.tokens)
+            split = run_case(path, args.tokens, device_map=4, **split_args)
+            drift = float(np.abs(whole.pop("_logits") - split.pop("_logits")).max())
+            report.update(whole=whole, split=split, split_logit_max_abs_diff=drift)
+            for name, case in (("all on one device", whole), ("split 4+4", split)):
+                rows += [(f"{name}: tokens/s", f"{case['generation_tps']:.1f}"),
+                         (f"{name}: peak / plan", _ratio(case))]
+            rows += [("split logits max |diff|", f"{drift:.4f}"),
+                     ("split cpu dtype", str(split["cpu_dtype"]))]
+        if args.vision:
+            report["vision"] = vision_checks(Path(tmp), split_args)
+            for family, found in report["vision"].items():
+                for name in ("whole", "split"):
+                    rows += [(f"{family} {name}: same tokens as mlx-vlm",
+                              str(found[name]["tokens"] == found["reference"])),
+                             (f"{family} {name}: peak / plan", _ratio(found[name]))]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-    rows = [("mlx / gpu", f"{report['mlx']} / {gpu}"),
-            ("backend", machine.backend),
-            *[(f"{d.name} budget", f"{d.budget_bytes} ({d.description}; unified={d.unified})")
-              for d in machine.devices]]
-    for name, case in (("all on one device", whole), ("split 4+4", split)):
-        rows += [(f"{name}: tokens/s", f"{case['generation_tps']:.1f}"),
-                 (f"{name}: peak / plan", f"{case['peak_bytes']} / {case['predicted_peak_bytes']} "
-                                          f"({case['peak_bytes'] / case['predicted_peak_bytes']:.3f})")]
-    rows += [("split logits max |diff|", f"{drift:.4f}"), ("split cpu dtype", str(split["cpu_dtype"]))]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
 
