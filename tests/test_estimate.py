@@ -14,7 +14,7 @@ import pytest
 
 from unimap import ConfigError, Options, estimate, inspect
 from unimap.calibration import COEFFICIENTS
-from unimap.estimate import quantized_bytes
+from unimap.estimate import CUDA_ARRAYS_FACTORS, quantized_bytes
 from unimap.vision_calibration import VISION_COEFFICIENTS
 
 TINY = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
@@ -124,17 +124,34 @@ def test_activations_hand_computed(tiny) -> None:  # type: ignore[no-untyped-def
 
 
 def test_cuda_activations_hand_computed(tiny) -> None:  # type: ignore[no-untyped-def]
-    """MLX's CUDA backend (measured on an H200): no scores, the other arrays x CUDA_ARRAYS_FACTOR,
+    """MLX's CUDA backend (measured on an H200): no scores, the other arrays x the family's CUDA factor,
     and a boolean mask per batch row only when a chunk follows cached tokens."""
-    from unimap.estimate import CUDA_ARRAYS_FACTOR
+    from unimap.estimate import cuda_arrays_factor
 
     one_chunk = estimate(tiny, Options(max_seq_len=1000, max_batch_size=2))
     cuda = one_chunk.cuda_activation_terms
     assert cuda["prefill/scores-and-masks"] == 0
-    assert cuda["prefill/arrays"] == int(one_chunk.activation_terms["prefill/arrays"] * CUDA_ARRAYS_FACTOR)
+    factor = cuda_arrays_factor("llama")
+    assert cuda["prefill/arrays"] == int(one_chunk.activation_terms["prefill/arrays"] * factor)
+    assert cuda_arrays_factor("qwen2") == max(CUDA_ARRAYS_FACTORS.values())  # not measured on CUDA
     assert cuda["decode/logits"] == one_chunk.activation_terms["decode/logits"]
     two_chunks = estimate(tiny, Options(max_seq_len=3000, max_batch_size=2)).cuda_activation_terms
     assert two_chunks["prefill/scores-and-masks"] == 2 * 2048 * 3000  # last chunk x every key
+
+
+def test_cuda_prices_windowed_layers_past_their_window_unfused(tmp_path: Path) -> None:
+    """mlx-lm hands a sliding-window layer a boolean array mask once the sequence passes the
+    window; MLX's CUDA attention then runs unfused: two float32-sized score buffers and the mask,
+    beside the window mask every windowed layer shares."""
+    config = {**TINY, "model_type": "gemma3_text", "sliding_window": 512, "sliding_window_pattern": 2,
+              "num_hidden_layers": 4, "query_pre_attn_scalar": 64}
+    spec = inspect(fx.write_model(tmp_path / "g", config, fx.gemma3_text(config)))
+    chunk, tokens = 2047, 2048
+    keys = min(tokens, 511 + chunk)
+    past = estimate(spec, Options(max_seq_len=tokens)).cuda_activation_terms
+    assert past["prefill/scores-and-masks"] == 2 * chunk * keys * 8 + chunk * keys + chunk * keys
+    inside = estimate(spec, Options(max_seq_len=400)).cuda_activation_terms  # fused, "causal"
+    assert inside["prefill/scores-and-masks"] == 399 * 400  # only the shared window mask
 
 
 def test_float32_and_unknown_families_use_their_coefficients(tmp_path: Path) -> None:

@@ -28,12 +28,23 @@ KV_STEP_TOKENS = 256  # mlx-lm KVCache.step
 PREFILL_STEP_TOKENS = 2048  # mlx-lm generate_step's prefill_step_size
 FUSED_HEAD_DIMS = (64, 80, 128)  # head dims MLX's fused prefill attention kernel handles
 # How a device runs attention: "unfused" (MLX's CPU backend, and any GPU not measured), "metal"
-# (fused kernel, no scores), "cuda" (fused, measured: see CUDA_ARRAYS_FACTOR).
+# (fused kernel, no scores), "cuda" (measured on an H200, MLX 0.32.4; docs/BENCHMARKS.md).
 Kernel = Literal["unfused", "metal", "cuda"]
-# MLX's CUDA backend (0.32.4, H200) measured a chunk's other arrays at 1.470-1.477 times the
-# CPU-calibrated figure (llama bf16, 256-4096 tokens, batch 1-4: tools/bench_estimate.py on the
-# GPU; docs/BENCHMARKS.md). Families not measured there take the same factor.
-CUDA_ARRAYS_FACTOR = 1.48
+# MLX's CUDA backend frees an array only when the kernels using it have run, so more of a chunk's
+# arrays are alive at once than on the CPU. Measured factor over the CPU-calibrated figure, per
+# mlx-lm family: the largest any case needed (bf16, tools/bench_estimate.py on the GPU: llama
+# 1.470-1.477 over 256-8192 tokens x batch 1-4; qwen3 1.375; phi3 2.261; gemma3 1.32 to 1.85 past
+# its window). Families not measured there take the largest.
+CUDA_ARRAYS_FACTORS = {"llama": 1.48, "qwen3": 1.38, "phi3": 2.27, "gemma3_text": 1.85}
+# CUDA attention (tools/gpu_attention_probe.py): bf16 with no mask or "causal" is fused for head
+# dims 64 and 96 (80 and 128 assumed, as on Metal); a boolean array mask (a sliding window past
+# its size), or float32, runs unfused with float32-sized scores, and in a model two such score
+# buffers were alive at once (gemma3, 2048 and 4096 tokens).
+CUDA_FUSED_HEAD_DIMS = (64, 80, 96, 128)
+CUDA_UNFUSED_SCORE_BYTES = 2 * 4
+# The vision tower on CUDA, evaluated block by block (runtime.py does on a CUDA GPU): 1.05 times
+# the CPU-calibrated figure (Qwen2-VL, 448 px; one lazy graph measured 2.67 times).
+CUDA_VISION_FACTOR = 1.05
 
 KvLayout = Literal["mlx-lm", "paged"]
 
@@ -120,10 +131,17 @@ class Estimate:
         return {"unfused": self.activation_terms, "metal": self.fused_activation_terms,
                 "cuda": self.cuda_activation_terms}[kernel]
 
+    def vision_terms(self, kernel: Kernel = "unfused") -> dict[str, int]:
+        """The vision phase's terms on a device that runs attention with `kernel`."""
+        if kernel != "cuda" or "vision/encoder" not in self.vision_activation_terms:
+            return self.vision_activation_terms
+        encoder = int(self.vision_activation_terms["vision/encoder"] * CUDA_VISION_FACTOR)
+        return {**self.vision_activation_terms, "vision/encoder": encoder}
+
     def activation_bytes(self, kernel: Kernel = "unfused", cpu_part: bool = False) -> int:
         """Peak working set of a prefill chunk (beside the pixels and input embeddings of a run
         with images), or of the vision encoder, when larger."""
-        vision = self.vision_activation_terms
+        vision = self.vision_terms(kernel)
         shared = sum(v for k, v in vision.items() if k.startswith("all/"))
         return max(_phase_peak(self.terms(kernel, cpu_part)) + shared, _phase_peak(vision))
 
@@ -280,7 +298,7 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
     b = options.max_batch_size
     arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits)
     if kernel == "cuda":
-        arrays = int(arrays * CUDA_ARRAYS_FACTOR)
+        arrays = int(arrays * cuda_arrays_factor(arch.model_type))
     return {
         "prefill/scores-and-masks": attention_bytes(arch, options, chunk, tokens, d, kernel),
         "prefill/arrays": arrays,
@@ -296,10 +314,10 @@ def attention_bytes(arch: Architecture, options: Options, chunk: int, tokens: in
     """What grows with chunk x keys in the worst layer: the scores (B, heads, chunk, keys) and
     the causal mask (chunk x keys booleans) that MLX's unfused attention builds, plus mlx-lm's
     sliding-window mask, which lives for the whole forward pass. Metal's fused kernel (for
-    FUSED_HEAD_DIMS) builds neither scores nor causal mask. MLX's CUDA backend (measured with
-    head dim 64) builds no scores either, but a boolean mask per batch row when the chunk
-    follows cached tokens; its other head dims, and windowed layers, are priced unfused there
-    until measured."""
+    FUSED_HEAD_DIMS) builds neither scores nor causal mask. On CUDA (measured): fused attention
+    leaves a boolean per batch row, chunk and key when the chunk follows cached tokens; a layer
+    given an array mask (a sliding window the sequence has passed) or a float32 model runs
+    unfused, with two float32-sized score buffers alive."""
     b = options.max_batch_size
     window_keys = min(tokens, (arch.sliding_window or tokens) - 1 + chunk)
     window_mask = chunk * window_keys if "sliding" in arch.layer_kinds else 0
@@ -309,11 +327,22 @@ def attention_bytes(arch: Architecture, options: Options, chunk: int, tokens: in
         keys = tokens if kind == "full" else window_keys
         if kernel == "metal" and fused:
             continue
-        if kernel == "cuda" and fused and kind == "full":
-            worst = max(worst, b * chunk * keys if keys > chunk + 1 else 0)
+        if kernel == "cuda":
+            array_mask = kind == "sliding" and tokens > (arch.sliding_window or tokens)
+            if arch.head_dim in CUDA_FUSED_HEAD_DIMS and d < 4 and not array_mask:
+                worst = max(worst, b * chunk * keys if keys > chunk + 1 else 0)
+            else:
+                worst = max(worst, b * arch.num_heads * chunk * keys * CUDA_UNFUSED_SCORE_BYTES
+                            + chunk * keys)
             continue
         worst = max(worst, b * arch.num_heads * chunk * keys * d + chunk * keys)
     return worst + window_mask
+
+
+def cuda_arrays_factor(model_type: str) -> float:
+    """How many times the CPU-calibrated chunk arrays MLX's CUDA backend holds, per family."""
+    family = CALIBRATED_AS.get(model_type, model_type)
+    return CUDA_ARRAYS_FACTORS.get(family, max(CUDA_ARRAYS_FACTORS.values()))
 
 
 def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool = False,

@@ -128,6 +128,69 @@ def pin(module: Any, stream: Any, compute_dtype: Any = None) -> None:
     object.__setattr__(module, "_unimap_dtype", compute_dtype)
 
 
+# ---------------------------------------------------------------- vision tower, block by block
+
+
+_EVALUATED: dict[type, type] = {}
+
+
+def evaluated_class(cls: type) -> type:
+    """A subclass of `cls` whose calls evaluate their output before returning."""
+    if cls in _EVALUATED or getattr(cls, "_unimap_evaluated", False):
+        return _EVALUATED.get(cls, cls)
+    import mlx.core as mx
+
+    class Evaluated(cls):  # type: ignore[misc]
+        _unimap_evaluated = True
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            out = super().__call__(*args, **kwargs)
+            mx.eval(out)
+            return out
+
+    Evaluated.__name__, Evaluated.__qualname__ = cls.__name__, cls.__qualname__
+    Evaluated.__module__ = cls.__module__
+    made: type = Evaluated
+    _EVALUATED[cls] = made
+    return made
+
+
+def tower_blocks(module: Any) -> list[Any]:
+    """A vision tower's transformer blocks: the longest list of submodules named `blocks` or
+    `layers` under `module` (mlx-vlm's Qwen2-VL `blocks`, SigLIP's `encoder.layers`)."""
+    import mlx.nn as nn
+
+    kind: type = nn.Module  # type: ignore[attr-defined]
+    best: list[Any] = []
+    for name, child in module.children().items():
+        if isinstance(child, list) and name in ("blocks", "layers") and all(
+                isinstance(c, kind) for c in child):
+            found = list(child)
+        elif isinstance(child, kind):
+            found = tower_blocks(child)
+        else:
+            continue
+        if len(found) > len(best):
+            best = found
+    return best
+
+
+def evaluate_blockwise(tower: Any) -> int:
+    """Evaluate `tower` block by block from now on (same results): on MLX's CUDA backend an
+    array's memory is freed only after the kernels using it have run, and a whole tower as one
+    lazy graph held 2.5 times as much (Qwen2-VL, measured on an H200). Returns the blocks."""
+    blocks = tower_blocks(tower)
+    for block in blocks:
+        block.__class__ = evaluated_class(type(block))
+    return len(blocks)
+
+
+def _cuda() -> bool:
+    import mlx.core as mx
+
+    return bool(mx.is_available(mx.gpu)) and not _metal()
+
+
 # ---------------------------------------------------------------- apply
 
 
@@ -193,6 +256,9 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
         for index, layer in enumerate(layers):
             pin(layer, placement.layer_streams[index], None if index in on_gpu else cpu_dtype)
         placement.pinned = True
+    if plan.vision_device is not None and plan.vision_device != "cpu" and _cuda() and hasattr(
+            model, "vision_tower"):
+        evaluate_blockwise(model.vision_tower)  # priced so (estimate.CUDA_VISION_FACTOR)
     mx.clear_cache()
     return placement
 
