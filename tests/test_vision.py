@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +331,21 @@ def test_blockwise_vision_tower_gives_the_same_tokens_in_less_memory(
     tokens = [r.token for r in unimap.stream_generate(model, processor, PROMPT, images=[images[0]],
                                                        max_tokens=8)]
     assert tokens == reference(vlms[family], images[0])
+
+
+def test_kv_bits_with_a_vision_model_is_refused_before_loading(vlms: dict[str, Path]) -> None:
+    """The plan can price a quantized cache, but mlx-vlm's run would not match it. (The tiny
+    models' head dim of 16 cannot take --kv-bits at all, so the option is set on a plan.)"""
+    path = vlms["qwen2_vl"]
+    plan = unimap.plan(path, max_seq_len=256)
+    with pytest.raises(ConfigError, match="--kv-bits is not supported for vision-language models"):
+        unimap.load(path, planned=replace(plan, estimate=replace(
+            plan.estimate, options=replace(plan.estimate.options, kv_bits=8))))
+
+
+def test_plan_json_carries_the_vision_part(vlms: dict[str, Path]) -> None:
+    data = unimap.plan(vlms["qwen2_vl"], max_seq_len=256, max_image_length=224,
+                       machine=stand_in_machine()).to_dict()
+    vision = data["vision"]
+    assert vision["device"] == "gpu:0" and vision["image_tokens"] == 64  # 224 px -> 16 x 16 / 4
+    assert set(vision["activation_terms"]) == {"all/pixels", "all/input-embeddings", "vision/encoder"}

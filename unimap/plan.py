@@ -147,7 +147,9 @@ class Plan:
                            "weight_bytes": est.non_mapped_weight_bytes},
             "vision": None if self.vision_device is None else {
                 "device": self.vision_device, "weight_bytes": est.vision_weight_bytes,
-                "image_tokens": est.image_tokens},
+                "image_tokens": est.image_tokens,
+                "activation_terms": est.vision_terms(_kernel(next(
+                    d for d in self.machine.devices if d.name == self.vision_device)))},
             "totals": {"weight_bytes": sum(d.weight_bytes for d in self.devices),
                        "kv_bytes": sum(d.kv_bytes for d in self.devices),
                        "kv_growth_bytes": max((d.kv_growth_bytes for d in self.devices), default=0),
