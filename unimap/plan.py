@@ -227,8 +227,10 @@ def cpu_needs_float32(spec: ModelSpec, options: Options) -> bool:
 
 def _kernel(device: Device) -> Kernel:
     """How the device runs attention, as the estimate prices it."""
-    if device.kind == "gpu" and device.backend in ("metal", "cuda"):
-        return "metal" if device.backend == "metal" else "cuda"
+    if device.kind == "gpu" and device.backend == "metal":
+        return "metal"
+    if device.kind == "gpu" and device.backend == "cuda":
+        return "cuda"
     return "unfused"
 
 
@@ -377,7 +379,6 @@ def _fits(spec: ModelSpec, machine: Machine, options: Options) -> bool:
 def _vision_tip(spec: ModelSpec, est: Estimate, gpu: Device) -> str:
     """What would let the vision tower (and the other non-mapped parts) onto the GPU: fewer or
     smaller images, when the encoder's working set is what does not fit."""
-    options = est.options
     if not est.vision_weight_bytes or not est.vision_activation_terms:
         return ""
 
@@ -387,30 +388,31 @@ def _vision_tip(spec: ModelSpec, est: Estimate, gpu: Device) -> str:
         except UnimapError:
             return False
 
-    tips = []
+    tips = [f"{flag} {value}" for flag, value in _smaller_images(est.options, fits)]
+    return f"; the vision tower would fit {gpu.name} with {' or '.join(tips)}" if tips else ""
+
+
+def _smaller_images(options: Options, fits: Callable[[Options], bool]) -> list[tuple[str, int]]:
+    """The largest --max-image-length, and --max-num-images, below the current ones that fit."""
+    found = []
     length = _largest(lambda n: fits(replace(options, max_image_length=n)), options.max_image_length - 1)
     if length:
-        tips.append(f"--max-image-length {length}")
+        found.append(("--max-image-length", length))
     if options.max_num_images > 1:
         count = _largest(lambda n: fits(replace(options, max_num_images=n)), options.max_num_images - 1)
         if count:
-            tips.append(f"--max-num-images {count}")
-    return f"; the vision tower would fit {gpu.name} with {' or '.join(tips)}" if tips else ""
+            found.append(("--max-num-images", count))
+    return found
 
 
 def ways_out(spec: ModelSpec, machine: Machine, est: Estimate) -> tuple[str, ...]:
     options = est.options
     found: list[str] = []
     if est.vision_activation_terms:  # a vision-language model: smaller or fewer images
-        length = _largest(lambda n: _fits(spec, machine, replace(options, max_image_length=n)),
-                          options.max_image_length - 1)
-        if length:
-            found.append(f"--max-image-length {length} (the largest image edge that fits)")
-        if options.max_num_images > 1:
-            count = _largest(lambda n: _fits(spec, machine, replace(options, max_num_images=n)),
-                             options.max_num_images - 1)
-            if count:
-                found.append(f"--max-num-images {count} (images per prompt)")
+        why = {"--max-image-length": "the largest image edge that fits",
+               "--max-num-images": "images per prompt"}
+        found += [f"{flag} {value} ({why[flag]})" for flag, value in
+                  _smaller_images(options, lambda changed: _fits(spec, machine, changed))]
     seq = _largest(lambda n: _fits(spec, machine, replace(options, max_seq_len=n)), options.max_seq_len - 1)
     if seq:
         found.append(f"--max-seq-len {seq} (the longest context that fits)")
