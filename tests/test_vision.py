@@ -349,3 +349,16 @@ def test_plan_json_carries_the_vision_part(vlms: dict[str, Path]) -> None:
     vision = data["vision"]
     assert vision["device"] == "gpu:0" and vision["image_tokens"] == 64  # 224 px -> 16 x 16 / 4
     assert set(vision["activation_terms"]) == {"all/pixels", "all/input-embeddings", "vision/encoder"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_prompt_without_images_matches_mlx_vlm(vlms: dict[str, Path], family: str) -> None:
+    from mlx_vlm import generate, load
+    from mlx_vlm.prompt_utils import apply_chat_template
+
+    model, processor = load(str(vlms[family]))
+    prompt = apply_chat_template(processor, model.config, PROMPT, num_images=0)
+    expected = list(generate(model, processor, prompt, max_tokens=8, temperature=0.0).token_ids)
+    mapped, mapped_processor, _ = unimap.load(vlms[family], max_seq_len=256, max_num_images=0)
+    got = [r.token for r in unimap.stream_generate(mapped, mapped_processor, PROMPT, max_tokens=8)]
+    assert got == expected
