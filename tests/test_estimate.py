@@ -159,6 +159,11 @@ def test_float32_and_unknown_families_use_their_coefficients(tmp_path: Path) -> 
 
     assert coefficients("mistral", "float32") == COEFFICIENTS[("llama", "float32")]
     assert coefficients("qwen2_5_vl", "bfloat16") == COEFFICIENTS[("qwen2", "bfloat16")]
+    from unimap.estimate import vision_coefficients
+
+    llava = vision_coefficients("llava", "float32")  # CLIP towers are not measured: the largest
+    towers = [row for (_, dtype), row in VISION_COEFFICIENTS.items() if dtype == "float32"]
+    assert llava == tuple(max(column) for column in zip(*towers, strict=True))
     unknown = coefficients("lfm2", "bfloat16")  # not measured: the largest of every family
     rows = [row for (_, dtype), row in COEFFICIENTS.items() if dtype == "bfloat16"]
     assert unknown == tuple(max(column) for column in zip(*rows, strict=True))
@@ -173,9 +178,7 @@ def test_vision_tokens_and_activations(tmp_path: Path) -> None:
     assert est.image_tokens == 2 * 1369
     assert est.sequence_tokens == 4096 + 2738
     assert est.vision_weight_bytes == spec.slots[-1].header_bytes > 0
-    # Qwen2.5-VL's tower is not measured: the largest coefficients of the measured towers
-    cp, ch, cm, cs, ck = (max(c) for c in zip(*[v for (_, dt), v in VISION_COEFFICIENTS.items()
-                                                 if dt == "bfloat16"], strict=True))
+    cp, ch, cm, cs, ck = VISION_COEFFICIENTS[("qwen2_5_vl", "bfloat16")]  # measured for the family
     v, n = spec.arch.vision, 5476
     assert v is not None and (v.hidden_size, v.intermediate_size, v.num_heads, v.num_layers) == (
         1280, 3420, 16, 32)

@@ -1,6 +1,6 @@
-"""Vision-language models end to end: tiny random Qwen2-VL and Gemma 3 checkpoints built from
-mlx-vlm's own classes (tests/tiny_vlms.py), inspected, planned, loaded through unimap and
-generated from with images, against plain mlx-vlm on the same files."""
+"""Vision-language models end to end: tiny random Qwen2-VL, Qwen2.5-VL and Gemma 3 checkpoints
+built from mlx-vlm's own classes (tests/tiny_vlms.py), inspected, planned, loaded through unimap
+and generated from with images, against plain mlx-vlm on the same files."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import unimap
 from unimap.cli import cli
 from unimap.errors import ConfigError, ModelError
 
-FAMILIES = ("qwen2_vl", "gemma3")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "gemma3")
 PROMPT = "w1 w2 w3"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_inspect_reads_the_mlx_vlm_layout(vlms: dict[str, Path], family: str) ->
         assert spec.slots[i].header_bytes == layer > 0
     assert sum(s.header_bytes for s in spec.slots) == sum(a.nbytes for a in tensors.values())
     assert spec.arch.vision is not None
-    assert spec.arch.vision.kind == ("qwen2_vl" if family == "qwen2_vl" else "fixed")
+    assert spec.arch.vision.kind == ("fixed" if family == "gemma3" else "qwen2_vl")
 
 
 def test_unknown_vision_family_is_a_clear_error(vlms: dict[str, Path], tmp_path: Path) -> None:
@@ -303,7 +303,7 @@ def test_example_runs(vlms: dict[str, Path], images: list[Path]) -> None:
     assert "predicted peak" in done.stdout and "measured peak" in done.stdout
 
 
-@pytest.mark.parametrize(("family", "blocks"), [("qwen2_vl", 2), ("gemma3", 2)])
+@pytest.mark.parametrize(("family", "blocks"), [("qwen2_vl", 2), ("qwen2_5_vl", 2), ("gemma3", 2)])
 def test_blockwise_vision_tower_gives_the_same_tokens_in_less_memory(
         vlms: dict[str, Path], images: list[Path], family: str, blocks: int) -> None:
     """What the runtime does on a CUDA GPU (where one lazy graph held 2.5 times as much),

@@ -1,9 +1,10 @@
 """Tiny random-weight vision-language models built from mlx-vlm's own model classes and saved as
 real checkpoints (config.json, model.safetensors written by MLX, a word-level tokenizer with the
 family's special tokens, a chat template and the image processor's config), so mlx-vlm's loader
-and processors read them offline. Two families: Qwen2-VL (dynamic resolution, merged patches)
-and Gemma 3 (a SigLIP tower at a fixed size, pooled to a fixed number of image tokens, a
-projector, a text model with sliding-window layers)."""
+and processors read them offline. Three families: Qwen2-VL (dynamic resolution, merged patches),
+Qwen2.5-VL (the same with windowed attention in the tower) and Gemma 3 (a SigLIP tower at a
+fixed size, pooled to a fixed number of image tokens, a projector, a text model with
+sliding-window layers)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,19 @@ def qwen2_vl_config(ids: dict[str, int]) -> dict[str, Any]:
                               "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}}
 
 
+def qwen2_5_vl_config(ids: dict[str, int]) -> dict[str, Any]:
+    """Qwen2.5-VL: windowed attention in the tower (112-px windows) but for its last block, an
+    RMSNorm'd gated MLP, and the merger's output width set apart from the tower's."""
+    config = qwen2_vl_config(ids)
+    config["model_type"] = "qwen2_5_vl"
+    config["vision_config"] = {
+        "model_type": "qwen2_5_vl", "depth": 2, "hidden_size": 64, "intermediate_size": 128,
+        "out_hidden_size": TEXT["hidden_size"], "num_heads": 2, "patch_size": 14,
+        "spatial_patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        "window_size": 112, "fullatt_block_indexes": [1], "in_channels": 3, "tokens_per_second": 2}
+    return config
+
+
 def gemma3_config(ids: dict[str, int]) -> dict[str, Any]:
     text = {**TEXT, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 64,
             "sliding_window_pattern": 2, "rope_global_base_freq": 1e6, "rope_local_base_freq": 1e4}
@@ -81,9 +95,10 @@ def gemma3_config(ids: dict[str, int]) -> dict[str, Any]:
 
 
 def _processor_files(folder: Path, family: str, config: dict[str, Any]) -> None:
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        processor = "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor"
         (folder / "preprocessor_config.json").write_text(json.dumps({
-            "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor",
+            "image_processor_type": "Qwen2VLImageProcessor", "processor_class": processor,
             "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 4096, "patch_size": 14, "merge_size": 2,
             "temporal_patch_size": 2, "image_mean": MEAN, "image_std": STD}))
         return
@@ -99,16 +114,16 @@ def _processor_files(folder: Path, family: str, config: dict[str, Any]) -> None:
 
 def write_tiny_vlm(folder: Path, family: str, seed: int = 0, dtype: str = "float32",
                    vision: dict[str, Any] | None = None) -> Path:
-    """A random `family` ("qwen2_vl" or "gemma3") checkpoint mlx-vlm loads; `vision` overrides
+    """A random `family` ("qwen2_vl", "qwen2_5_vl" or "gemma3") checkpoint mlx-vlm loads; `vision` overrides
     fields of its vision_config (a wider or deeper tower)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_vlm.utils import get_model_and_args, update_module_configs
 
     folder.mkdir(parents=True, exist_ok=True)
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "qwen2_5_vl"):
         ids = _tokenizer(folder, QWEN2_VL_SPECIAL, "<|im_end|>", "<|endoftext|>", QWEN2_VL_TEMPLATE)
-        config = qwen2_vl_config(ids)
+        config = qwen2_vl_config(ids) if family == "qwen2_vl" else qwen2_5_vl_config(ids)
     elif family == "gemma3":
         ids = _tokenizer(folder, GEMMA3_SPECIAL, "<end_of_turn>", "<pad>", GEMMA3_TEMPLATE, {
             "bos_token": "<bos>", "extra_special_tokens": {

@@ -69,6 +69,8 @@ MOE = ("qwen3_moe", "mixtral")
 # encoder, not the tiny text model, sets the peak at the larger images
 VISION: dict[str, dict[str, Any]] = {
     "qwen2_vl": {"embed_dim": 256, "num_heads": 4, "mlp_ratio": 2, "depth": 4},
+    "qwen2_5_vl": {"hidden_size": 256, "num_heads": 4, "intermediate_size": 512, "depth": 4,
+                   "fullatt_block_indexes": [3]},
     "gemma3_vl": {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512,
                   "num_hidden_layers": 4, "image_size": 448},  # fixed size: every image -> 448
 }
@@ -118,6 +120,8 @@ def matrix() -> list[Case]:
     for weights, image, place in (("f32", 224, "gpu"), ("f32", 448, "gpu"), ("bf16", 448, "gpu"),
                                   ("f32", 672, "gpu"), ("f32", 448, "split"), ("f32", 448, "cpu")):
         cases.append(Case("qwen2_vl", weights, 256, 1, None, place, image))
+    for weights, image in (("f32", 448), ("bf16", 448), ("f32", 672)):
+        cases.append(Case("qwen2_5_vl", weights, 256, 1, None, "gpu", image))
     for weights, place in (("f32", "gpu"), ("bf16", "gpu"), ("f32", "split")):
         cases.append(Case("gemma3_vl", weights, 256, 1, None, place, 448))
     return list(dict.fromkeys(cases))

@@ -12,7 +12,7 @@ mx.get_peak_memory() above the weights, pixel values and token ids. It is fitted
               + k * depth*P*width*d
 
 with P the patches of all images, n the patches of one image, d the dtype's size, and
-images_at_once 1 for Qwen2-VL (one image's attention at a time) or the image count for the
+images_at_once 1 for Qwen2-VL and Qwen2.5-VL (one image's attention at a time) or the image count for the
 fixed-size towers (SigLIP: the images are one batch). Non-negative least squares, then scaled
 up by the largest under-prediction left, so no measured shape exceeds its fit. --write
 regenerates unimap/vision_calibration.py with the machine and versions.
@@ -36,11 +36,14 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 BASE: dict[str, dict[str, Any]] = {
     "qwen2_vl": {"embed_dim": 256, "num_heads": 4, "mlp_ratio": 2, "depth": 2},
+    "qwen2_5_vl": {"hidden_size": 256, "num_heads": 4, "intermediate_size": 512, "depth": 2},
     "gemma3": {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512,
                "num_hidden_layers": 2},
 }
 WIDER: dict[str, list[dict[str, Any]]] = {  # the base, then one dimension doubled at a time
     "qwen2_vl": [{}, {"embed_dim": 512}, {"num_heads": 8}, {"mlp_ratio": 4}, {"depth": 6}],
+    "qwen2_5_vl": [{}, {"hidden_size": 512}, {"num_heads": 8}, {"intermediate_size": 1024},
+                   {"depth": 6}],
     "gemma3": [{}, {"hidden_size": 512}, {"num_attention_heads": 8}, {"intermediate_size": 1024},
                {"num_hidden_layers": 6}],
 }
@@ -54,6 +57,9 @@ def features(family: str, vision: dict[str, Any], patches: int, images: int, pix
     if family == "qwen2_vl":
         width, heads, depth = vision["embed_dim"], vision["num_heads"], vision["depth"]
         mlp, at_once = width * vision["mlp_ratio"], 1
+    elif family == "qwen2_5_vl":
+        width, heads, depth = vision["hidden_size"], vision["num_heads"], vision["depth"]
+        mlp, at_once = vision["intermediate_size"], 1
     else:
         width, heads = vision["hidden_size"], vision["num_attention_heads"]
         depth = vision["num_hidden_layers"]
@@ -149,7 +155,7 @@ def render(table: dict[tuple[str, str], tuple[float, ...]]) -> str:
         "besides the pixel values and the image embeddings:",
         "    p * pixel bytes + h * P*width*d + m * P*mlp*d + s * heads*n*n*d * images_at_once",
         "    + k * depth*P*width*d",
-        "bytes, with d the dtype's size and images_at_once 1 (Qwen2-VL) or images (fixed-size",
+        "bytes, with d the dtype's size and images_at_once 1 (Qwen2-VL, Qwen2.5-VL) or images (fixed-size",
         "towers, one batch). Keys: (mlx-vlm family, dtype).",
         '"""',
         "",

@@ -7,13 +7,15 @@ The vision tower and projector on `images` images of n patches each (P = images 
 besides the pixel values and the image embeddings:
     p * pixel bytes + h * P*width*d + m * P*mlp*d + s * heads*n*n*d * images_at_once
     + k * depth*P*width*d
-bytes, with d the dtype's size and images_at_once 1 (Qwen2-VL) or images (fixed-size
+bytes, with d the dtype's size and images_at_once 1 (Qwen2-VL, Qwen2.5-VL) or images (fixed-size
 towers, one batch). Keys: (mlx-vlm family, dtype).
 """
 
 VISION_COEFFICIENTS: dict[tuple[str, str], tuple[float, float, float, float, float]] = {
-    ('gemma3', 'bfloat16'): (2.4, 32.89, 0.01, 1.06, 0.01),
-    ('gemma3', 'float32'): (0.64, 18.32, 1.82, 1.08, 0.01),
-    ('qwen2_vl', 'bfloat16'): (0.01, 41.38, 1.26, 1.09, 0.13),
-    ('qwen2_vl', 'float32'): (0.01, 27.46, 0.97, 1.08, 0.22),
+    ('gemma3', 'bfloat16'): (4.61, 27.46, 0.01, 1.17, 0.01),
+    ('gemma3', 'float32'): (1.59, 16.77, 1.54, 0.98, 0.01),
+    ('qwen2_5_vl', 'bfloat16'): (0.15, 37.75, 1.96, 1.01, 0.32),
+    ('qwen2_5_vl', 'float32'): (0.25, 23.73, 2.15, 1.02, 0.66),
+    ('qwen2_vl', 'bfloat16'): (0.01, 41.57, 1.18, 1.09, 0.13),
+    ('qwen2_vl', 'float32'): (0.01, 27.45, 0.94, 1.09, 0.26),
 }
