@@ -253,6 +253,8 @@ def test_a_text_only_model_given_an_image(tmp_path: Path, images: list[Path]) ->
     model, tokenizer, _ = unimap.load(path, max_seq_len=64)
     with pytest.raises(ConfigError, match="is a text-only model and cannot take images: drop --image"):
         list(unimap.stream_generate(model, tokenizer, "w1 w2", images=[images[0]], max_tokens=1))
+    with pytest.raises(ConfigError, match="give it text .* not a list of messages"):
+        list(unimap.stream_generate(model, tokenizer, [{"role": "user", "content": "w1"}], max_tokens=1))
 
 
 # ---------------------------------------------------------------- CLI and example
@@ -278,7 +280,6 @@ def test_cli_run_with_images_matches_the_api(vlms: dict[str, Path], images: list
     (["--image", "{missing}"], "no such file"),
     (["--image", "{image}", "--image", "{image}", "--max-num-images", "1"],
      "2 images given but the plan made room for 1"),
-    (["--image", "{image}", "-i"], "chat (-i) with a vision-language model is not supported yet"),
 ])
 def test_cli_run_bad_images(vlms: dict[str, Path], images: list[Path], tmp_path: Path,
                             args: list[str], message: str) -> None:
@@ -362,3 +363,29 @@ def test_a_prompt_without_images_matches_mlx_vlm(vlms: dict[str, Path], family: 
     mapped, mapped_processor, _ = unimap.load(vlms[family], max_seq_len=256, max_num_images=0)
     got = [r.token for r in unimap.stream_generate(mapped, mapped_processor, PROMPT, max_tokens=8)]
     assert got == expected
+
+
+def test_chat_with_a_vision_model(vlms: dict[str, Path], images: list[Path]) -> None:
+    """-i with --image: the images go with the first message; each reply is what plain mlx-vlm
+    makes of the conversation so far in the model's chat template."""
+    from mlx_vlm import generate, load
+    from mlx_vlm.prompt_utils import apply_chat_template
+
+    from unimap.vlm import user_message
+
+    path = vlms["qwen2_5_vl"]
+    result = CliRunner().invoke(cli, ["run", "-m", str(path), "--image", str(images[0]), "-i", "-p", PROMPT,
+                                      "--max-tokens", "4", "--max-seq-len", "256"], input="w5 w6\n/quit\n")
+    assert result.exit_code == 0, result.output
+    model, processor = load(str(path))
+    conversation: list[dict[str, Any]] = [user_message(PROMPT, 1)]
+    replies = []
+    for follow_up in ("w5 w6", None):
+        prompt = apply_chat_template(processor, model.config, conversation, num_images=1)
+        reply = generate(model, processor, prompt, image=[str(images[0])], max_tokens=4, temperature=0.0).text
+        replies.append(reply.strip())
+        if follow_up:
+            conversation += [{"role": "assistant", "content": reply}, user_message(follow_up)]
+    assert all(replies) and replies[0] != replies[1]  # the second turn saw the first
+    at = result.stdout.index(replies[0])
+    assert result.stdout.index(replies[1], at + len(replies[0])) > at

@@ -314,9 +314,6 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
     if images and not vision:
         raise ConfigError(f"{model} is a text-only model and cannot take images: drop --image, or run "
                           "a vision-language model (Qwen2-VL, Qwen2.5-VL, Gemma 3)")
-    if vision and interactive:
-        raise click.UsageError("chat (-i) with a vision-language model is not supported yet: give "
-                               "one --prompt (and --image)")
     pictures: list[Any] = []
     if images:  # every image checked before the model loads
         vlm.require()
@@ -337,10 +334,15 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 loaded, tokenizer, planned = load(model, progress=progress, planned=planned)
-        history: list[dict[str, str]] = []
+        history: list[dict[str, Any]] = []
         turns = _messages(prompt) if interactive else iter([prompt or ""])
         for message in turns:
-            text = _chat_prompt(tokenizer, history, message) if interactive else message
+            text: Any = message
+            if interactive and vision:  # the images go with the first message of the chat
+                history.append(vlm.user_message(message, 0 if history else len(pictures)))
+                text = history
+            elif interactive:
+                text = _chat_prompt(tokenizer, history, message)
             click.echo("" if interactive or vision else message, nl=False)  # a VLM answers
             reply, last = "", None
             for last in stream_generate(loaded, tokenizer, text, max_tokens=max_tokens, temp=temp,

@@ -104,14 +104,17 @@ def make_cache(model: Any) -> list[Any]:
     return quantized_cache(model, bits) if bits else make_prompt_cache(model)
 
 
-def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens: int = 256,
+def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[dict[str, Any]],
+                    max_tokens: int = 256,
                     temp: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                     prompt_cache: list[Any] | None = None,
                     images: Sequence[str | Path | Any] | None = None) -> Iterator[Response]:
     """Generate from `prompt`, yielding each piece of text as it is decoded. `prompt_cache`
     (from `make_cache(model)`) is filled in place, to be kept for a later turn or inspected.
-    `images` (paths or PIL images) go with the prompt to a vision-language model loaded by `unimap.load`; the
-    prompt is then put in the model's chat template with one image placeholder per image."""
+    `images` (paths or PIL images) go with the prompt to a vision-language model loaded by
+    `unimap.load`; the prompt is then put in the model's chat template with one image placeholder
+    per image, or is a conversation (a list of {"role", "content"} messages; `vlm.user_message`
+    makes one with image placeholders)."""
     import mlx.core as mx
 
     if max_tokens < 1:
@@ -123,16 +126,19 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int], max_tok
     state = getattr(model, "_unimap", None)
     cache = prompt_cache if prompt_cache is not None else make_cache(model)
     if vlm.is_vlm(model):
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not prompt or isinstance(prompt, str) and not prompt.strip() or isinstance(prompt[0], int):
             raise ConfigError("the prompt is empty: give some text (--prompt) to go with the images")
         steps, n_prompt, eos = _vlm_steps(model, tokenizer, prompt, list(images or ()), max_tokens,
                                           temp, top_p, cache)
     else:
+        name = state.plan.model if state is not None else "this model"
         if images:
-            name = state.plan.model if state is not None else "this model"
             raise ConfigError(f"{name} is a text-only model and cannot take images: drop --image, or "
                               "run a vision-language model (Qwen2-VL, Qwen2.5-VL, Gemma 3)")
-        steps, n_prompt, eos = _text_steps(model, tokenizer, prompt, max_tokens, temp, top_p, cache)
+        if prompt and not isinstance(prompt, str) and isinstance(prompt[0], dict):
+            raise ConfigError(f"{name} is a text-only model: give it text (the conversation in its "
+                              "tokenizer's chat template) or token ids, not a list of messages")
+        steps, n_prompt, eos = _text_steps(model, tokenizer, prompt, max_tokens, temp, top_p, cache)  # type: ignore[arg-type]
     detok = _Detokenizer(tokenizer)
     predicted = state.plan.peak_bytes if state is not None else None
     start = time.perf_counter()
@@ -172,7 +178,7 @@ def _text_steps(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens:
     return steps, len(ids), eos
 
 
-def _vlm_steps(model: Any, processor: Any, prompt: str, images: list[Any], max_tokens: int,
+def _vlm_steps(model: Any, processor: Any, prompt: Any, images: list[Any], max_tokens: int,
                temp: float, top_p: float, cache: list[Any]) -> tuple[Iterator[Any], int, set[int]]:
     """mlx-vlm's generate_step (vision tower, projector, then the language model) with the
     images checked against the plan, on the stream that holds the embeddings, head and vision

@@ -117,9 +117,16 @@ class Inputs:
         return int(self.input_ids.shape[-1])
 
 
-def prepare(model: Any, processor: Any, prompt: str, images: list[Any]) -> Inputs:
-    """The prompt in the model's chat template with one image placeholder per image, tokenized
-    and with the images turned into pixels by the model's processor."""
+def user_message(text: str, images: int = 0) -> dict[str, Any]:
+    """A chat message from the user, with placeholders for `images` images before its text."""
+    content: list[dict[str, str]] = [{"type": "image"}] * images + [{"type": "text", "text": text}]
+    return {"role": "user", "content": content}
+
+
+def prepare(model: Any, processor: Any, prompt: str | list[dict[str, Any]], images: list[Any]) -> Inputs:
+    """The prompt (a message, or a conversation of {"role", "content"} messages whose image
+    placeholders say where the images go) in the model's chat template, tokenized, and the
+    images turned into pixels by the model's processor."""
     from mlx_vlm.prompt_utils import apply_chat_template
     from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
