@@ -305,33 +305,32 @@ def test_example_runs(vlms: dict[str, Path], images: list[Path]) -> None:
 
 
 @pytest.mark.parametrize(("family", "blocks"), [("qwen2_vl", 2), ("qwen2_5_vl", 2), ("gemma3", 2)])
-def test_blockwise_vision_tower_gives_the_same_tokens_in_less_memory(
-        vlms: dict[str, Path], images: list[Path], family: str, blocks: int) -> None:
-    """What the runtime does on a CUDA GPU (where one lazy graph held 2.5 times as much),
-    forced here on the CPU build: every block found, same tokens, no higher peak."""
-    from unimap import vlm
+def test_blockwise_vision_tower_gives_the_same_tokens(vlms: dict[str, Path], images: list[Path],
+                                                      family: str, blocks: int) -> None:
+    """What the runtime does on a CUDA GPU, forced here on the CPU build: every block found,
+    the same tokens. (What it saves is a CUDA effect, recorded in the next test; on the CPU
+    build both ways peak within noise of each other.)"""
     from unimap.runtime import evaluate_blockwise
 
-    def tower_peak(model: Any, processor: Any) -> int:
-        from PIL import Image
-
-        picture = Image.open(images[0]).convert("RGB")
-        inputs = vlm.prepare(model, processor, PROMPT, [picture])
-        mx.eval(inputs.input_ids, inputs.pixel_values)
-        mx.clear_cache()
-        base = mx.get_active_memory()
-        mx.reset_peak_memory()
-        mx.eval(model.get_input_embeddings(inputs.input_ids, inputs.pixel_values, mask=inputs.mask,
-                                           **inputs.extra).inputs_embeds)
-        return mx.get_peak_memory() - base
-
     model, processor, _ = unimap.load(vlms[family], max_seq_len=256)
-    one_graph = tower_peak(model, processor)
     assert evaluate_blockwise(model.vision_tower) == blocks
-    assert tower_peak(model, processor) <= one_graph
     tokens = [r.token for r in unimap.stream_generate(model, processor, PROMPT, images=[images[0]],
                                                        max_tokens=8)]
     assert tokens == reference(vlms[family], images[0])
+
+
+def test_blockwise_evaluation_was_measured_to_pay_on_cuda() -> None:
+    """The H200 record behind evaluating the tower block by block on CUDA (and pricing it at
+    CUDA_VISION_FACTOR): tools/gpu_attention_probe.py's Qwen2-VL tower, 448 px."""
+    import json
+
+    from unimap.estimate import CUDA_VISION_FACTOR
+
+    record = json.loads((ROOT / "docs" / "gpu" / "h200_attention_probe.json").read_text())
+    assert record["gpu"] is True
+    found = record["vision_working_bytes"]
+    assert found["eval_per_block"] * 2 < found["one_graph"]
+    assert 1.0 < CUDA_VISION_FACTOR < found["one_graph"] / found["eval_per_block"]
 
 
 def test_kv_bits_with_a_vision_model_is_refused_before_loading(vlms: dict[str, Path]) -> None:
