@@ -42,8 +42,8 @@ CUDA_ARRAYS_FACTORS = {"llama": 1.48, "qwen3": 1.38, "phi3": 2.27, "gemma3_text"
 # buffers were alive at once (gemma3, 2048 and 4096 tokens).
 CUDA_FUSED_HEAD_DIMS = (64, 80, 96, 128)
 CUDA_UNFUSED_SCORE_BYTES = 2 * 4
-# The vision tower on CUDA, evaluated block by block (runtime.py does on a CUDA GPU): 1.05 times
-# the CPU-calibrated figure (Qwen2-VL, 448 px; one lazy graph measured 2.67 times).
+# The vision tower on CUDA, evaluated block by block (runtime.py does on a CUDA GPU): 1.045 times
+# the CPU-calibrated figure (Qwen2-VL, 448 px; as one lazy graph it held 2.65 times).
 CUDA_VISION_FACTOR = 1.05
 
 KvLayout = Literal["mlx-lm", "paged"]
