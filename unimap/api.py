@@ -119,9 +119,7 @@ def load(
         loaded, tokenizer = runtime.gguf_model(path)
     elif planned.estimate.vision_weight_bytes:  # a vision tower: mlx-vlm's model and processor
         if options.kv_bits is not None:
-            raise ConfigError("--kv-bits is not supported for vision-language models yet (mlx-vlm "
-                              "quantizes its cache after filling it at full precision, which the "
-                              "plan does not price): drop --kv-bits")
+            raise ConfigError(vlm.NO_KV_BITS)
         loaded, tokenizer = vlm.lazy_vlm(source)
     else:
         loaded, tokenizer = runtime.lazy_model(source)

@@ -22,7 +22,7 @@ from unimap import __version__
 from unimap.api import plan as make_plan
 from unimap.api import resolve_machine
 from unimap.doctor import Report, diagnose
-from unimap.errors import ConfigError, UnimapError
+from unimap.errors import UnimapError
 from unimap.host import Host
 from unimap.machine import Machine
 from unimap.machines import PRESETS
@@ -312,8 +312,7 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
                             isq, device_map or "auto", None, kv_bits=kv_bits)
     vision = planned.estimate.vision_weight_bytes > 0
     if images and not vision:
-        raise ConfigError(f"{model} is a text-only model and cannot take images: drop --image, or run "
-                          "a vision-language model (Qwen2-VL, Qwen2.5-VL, Gemma 3)")
+        raise vlm.text_only(model)
     pictures: list[Any] = []
     if images:  # every image checked before the model loads
         vlm.require()

@@ -13,6 +13,7 @@ mx.get_peak_memory(). No I/O and no mlx here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -370,10 +371,16 @@ CALIBRATED_AS = {"mistral": "llama", "llava": "llama", "gemma3": "gemma3_text",
 def coefficients(model_type: str, dtype: str) -> tuple[float, ...]:
     """The measured coefficients (a, b, c, e, quantized weights, quantized KV) of a family; for a
     family not measured, the largest of each over every family."""
-    found = COEFFICIENTS.get((CALIBRATED_AS.get(model_type, model_type), dtype))
+    return _measured_or_largest(COEFFICIENTS, CALIBRATED_AS.get(model_type, model_type), dtype)
+
+
+def _measured_or_largest(table: Mapping[tuple[str, str], tuple[float, ...]], family: str,
+                         dtype: str) -> tuple[float, ...]:
+    """The row of (family, dtype), or the largest of each column over the dtype's rows."""
+    found = table.get((family, dtype))
     if found is not None:
         return found
-    rows = [v for (_, kind), v in COEFFICIENTS.items() if kind == dtype]
+    rows = [v for (_, kind), v in table.items() if kind == dtype]
     return tuple(max(column) for column in zip(*rows, strict=True))
 
 
@@ -434,10 +441,6 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int) -> dic
 
 def vision_coefficients(model_type: str, dtype: str) -> tuple[float, ...]:
     """The measured encoder coefficients (pixels, width, MLP, scores, depth) of an mlx-vlm
-    family; for a family not measured (Qwen2.5-VL's windowed tower, LLaVA's CLIP), the largest
-    of each over the measured ones."""
-    found = VISION_COEFFICIENTS.get((model_type, dtype))
-    if found is not None:
-        return found
-    rows = [v for (_, kind), v in VISION_COEFFICIENTS.items() if kind == dtype]
-    return tuple(max(column) for column in zip(*rows, strict=True))
+    family; for a family not measured (LLaVA's CLIP tower), the largest of each over the
+    measured ones."""
+    return _measured_or_largest(VISION_COEFFICIENTS, model_type, dtype)

@@ -97,9 +97,7 @@ def make_cache(model: Any) -> list[Any]:
         from mlx_vlm.models.cache import make_prompt_cache as make_vlm_cache
 
         if bits:
-            raise ConfigError("--kv-bits is not supported for vision-language models yet (mlx-vlm "
-                              "quantizes its cache after filling it at full precision, which the "
-                              "plan does not price): drop --kv-bits")
+            raise ConfigError(vlm.NO_KV_BITS)
         return list(make_vlm_cache(model.language_model))
     return quantized_cache(model, bits) if bits else make_prompt_cache(model)
 
@@ -133,8 +131,7 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[d
     else:
         name = state.plan.model if state is not None else "this model"
         if images:
-            raise ConfigError(f"{name} is a text-only model and cannot take images: drop --image, or "
-                              "run a vision-language model (Qwen2-VL, Qwen2.5-VL, Gemma 3)")
+            raise vlm.text_only(name)
         if prompt and not isinstance(prompt, str) and isinstance(prompt[0], dict):
             raise ConfigError(f"{name} is a text-only model: give it text (the conversation in its "
                               "tokenizer's chat template) or token ids, not a list of messages")

@@ -16,6 +16,14 @@ from typing import Any
 from unimap.errors import ConfigError, ModelError
 
 INSTALL = "pip install 'unimap[vision]'"
+NO_KV_BITS = ("--kv-bits is not supported for vision-language models yet (mlx-vlm quantizes its "
+              "cache after filling it at full precision, which the plan does not price): drop --kv-bits")
+
+
+def text_only(name: str) -> ConfigError:
+    """The error for images given to a model without a vision tower."""
+    return ConfigError(f"{name} is a text-only model and cannot take images: drop --image, or run a "
+                       "vision-language model (Qwen2-VL, Qwen2.5-VL, Gemma 3)")
 
 
 def require() -> None:
