@@ -90,7 +90,7 @@ def test_sliding_window_and_recurrent_layers(tmp_path: Path) -> None:
     assert [layer.kv_bytes // per_token for layer in est.layers] == [2559] * 5 + [4096]
     short = estimate(spec, Options(max_seq_len=300))
     assert short.layers[0].kv_bytes == 512 * per_token  # 300 -> 512: the window caps the step
-    lfm = {**fx.LFM2_1_2B, "hidden_size": 128, "block_ff_dim": 384, "num_hidden_layers": 2,
+    lfm = {**fx.LFM2_1_2B, "hidden_size": 128, "block_dim": 128, "block_ff_dim": 384, "num_hidden_layers": 2,
            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 256,
            "layer_types": ["conv", "full_attention"]}
     est = estimate(inspect(fx.write_model(tmp_path / "l", lfm, fx.lfm2(lfm))), Options(max_seq_len=1000))

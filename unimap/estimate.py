@@ -19,7 +19,7 @@ from typing import Literal
 
 from unimap.calibration import COEFFICIENTS
 from unimap.errors import ConfigError
-from unimap.families import Architecture
+from unimap.families import Architecture, LayerCache
 from unimap.inspect import GROUP_SIZE, NON_MAPPED_SLOT, VISION_SLOT, ModelSpec, Slot, dtype_bytes
 from unimap.vision_calibration import VISION_COEFFICIENTS
 
@@ -185,10 +185,8 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     if options.isq is not None and spec.quantization is not None:
         raise ConfigError(f"{spec.source} is already MLX-quantized to {spec.quantization.bits} bits; "
                           "--isq applies to bf16/fp16/fp32 checkpoints: drop --isq")
-    if options.kv_bits is not None and spec.arch.head_dim % GROUP_SIZE:
-        raise ConfigError(f"--kv-bits needs a head dimension divisible by {GROUP_SIZE} (mlx-lm "
-                          f"quantizes keys per {GROUP_SIZE}); {spec.source} has "
-                          f"{spec.arch.head_dim}: drop --kv-bits")
+    if options.kv_bits is not None:
+        _check_kv_bits(spec)
     act_dtype = options.dtype or spec.dtype
     d = dtype_bytes(act_dtype)
     arch = spec.arch
@@ -198,7 +196,7 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     weights = [priced[i] for i in range(arch.num_layers)]
     non_mapped, vision = priced[NON_MAPPED_SLOT], priced[VISION_SLOT]
     chunk = min(options.prefill_step_tokens, max(tokens - 1, 1))
-    kv = [kv_bytes(arch, kind, tokens, chunk, options, d) for kind in arch.layer_kinds]
+    kv = [kv_bytes(arch, i, tokens, chunk, options, d) for i in range(arch.num_layers)]
     layers = tuple(LayerEstimate(i, kind, weights[i], kv[i], spec.slots[i].header_bytes)
                    for i, kind in enumerate(arch.layer_kinds))
     growth = max((kv[i] for i, k in enumerate(arch.layer_kinds) if k != "recurrent"), default=0)
@@ -210,7 +208,7 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     cpu_d = dtype_bytes(cpu_name)
     cpu_options = replace(options, dtype=cpu_name) if cpu_name != act_dtype else options
     cpu_layers = tuple(LayerEstimate(i, kind, slot_bytes(spec.slots[i], cpu_options, cpu_d),
-                                     kv_bytes(arch, kind, tokens, chunk, options, cpu_d),
+                                     kv_bytes(arch, i, tokens, chunk, options, cpu_d),
                                      spec.slots[i].header_bytes)
                        for i, kind in enumerate(arch.layer_kinds)) if cpu_name != act_dtype else layers
     return Estimate(
@@ -227,6 +225,19 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
         cpu_activation_terms=activation_terms(arch, options, chunk, tokens, cpu_d, "unfused",
                                               quantized),
     )
+
+
+def _check_kv_bits(spec: ModelSpec) -> None:
+    """mlx-lm quantizes plain KV caches in groups of 64 along the head dimension."""
+    arch = spec.arch
+    dims = {c.head_dim for c in arch.caches if c.quantizable} if arch.caches else {arch.head_dim}
+    if arch.caches and not dims:
+        raise ConfigError(f"--kv-bits: {spec.source} has no plain KV cache for mlx-lm to quantize "
+                          "(its layers keep windowed or recurrent caches): drop --kv-bits")
+    odd = sorted(d for d in dims if d % GROUP_SIZE)
+    if odd:
+        raise ConfigError(f"--kv-bits needs a head dimension divisible by {GROUP_SIZE} (mlx-lm "
+                          f"quantizes keys per {GROUP_SIZE}); {spec.source} has {odd[0]}: drop --kv-bits")
 
 
 # ---------------------------------------------------------------- weights
@@ -275,11 +286,27 @@ def cached_tokens(kind: str, tokens: int, chunk: int, window: int | None, option
     return min(full, max(window, window - 1 + chunk))
 
 
-def kv_bytes(arch: Architecture, kind: str, tokens: int, chunk: int, options: Options, d: int) -> int:
-    if kind == "recurrent":  # lfm2 short-conv state: (batch, L_cache - 1, hidden)
-        return options.max_batch_size * arch.conv_cache_tokens * arch.hidden_size * d
+def kv_bytes(arch: Architecture, index: int, tokens: int, chunk: int, options: Options, d: int) -> int:
+    """Layer `index`'s cache at its largest, whole batch."""
+    if arch.caches:
+        return layer_cache_bytes(arch.caches[index], tokens, chunk, options, d)
+    kind = arch.layer_kinds[index]
     held = cached_tokens(kind, tokens, chunk, arch.sliding_window, options)
     return held * kv_token_bytes(arch, options, d, kind)
+
+
+def layer_cache_bytes(cache: LayerCache, tokens: int, chunk: int, options: Options, d: int) -> int:
+    """A cache read from mlx-lm's model: tokens held x what one token adds (packed when --kv-bits
+    quantizes it), plus its fixed state (float32 where the model keeps it so)."""
+    b = options.max_batch_size
+    state = cache.state_elements * (4 if cache.state_float32 else d)
+    if not cache.token_elements:
+        return b * state
+    per_token = cache.token_elements * d
+    if options.kv_bits is not None and cache.quantizable:
+        per_token = quantized_bytes(cache.token_elements, options.kv_bits, d)
+    held = cached_tokens(cache.kind, tokens, chunk, cache.window, options)
+    return b * (held * per_token + state)
 
 
 def _round_up(n: int, step: int) -> int:
@@ -299,7 +326,7 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
     b = options.max_batch_size
     arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits)
     if kernel == "cuda":
-        arrays = int(arrays * cuda_arrays_factor(arch.model_type))
+        arrays = int(arrays * cuda_arrays_factor(arch.family))
     return {
         "prefill/scores-and-masks": attention_bytes(arch, options, chunk, tokens, d, kernel),
         "prefill/arrays": arrays,
@@ -352,10 +379,10 @@ def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool =
     measured coefficients for the family and dtype (the largest of all families when the family
     was not measured), plus what quantized weights and a quantized cache add."""
     dtype = "float32" if d >= 4 else "bfloat16"
-    a, b, c, e, qw, qkv = coefficients(arch.model_type, dtype)
+    a, b, c, e, qw, qkv = coefficients(arch.family, dtype)
     q_width = arch.num_heads * arch.head_dim
     per_token = (a * arch.hidden_size * 4 + b * q_width * d + c * arch.num_kv_heads * arch.head_dim * d
-                 + e * _mlp_width(arch) * d)
+                 + e * _mlp_width(arch) * d + moe_routed_bytes(arch, d))
     if quantized:
         per_token += qw * arch.hidden_size * 4
     if kv_bits is not None:
@@ -382,6 +409,19 @@ def _measured_or_largest(table: Mapping[tuple[str, str], tuple[float, ...]], fam
         return found
     rows = [v for (_, kind), v in table.items() if kind == dtype]
     return tuple(max(column) for column in zip(*rows, strict=True))
+
+
+def moe_routed_bytes(arch: Architecture, d: int) -> int:
+    """Per token, what an MoE layer's routing copies beyond its expert widths: mlx-lm's SwitchGLU
+    sorts the token x top-k rows by expert (a hidden-wide copy of each) and unsorts the experts'
+    outputs (another), then weights them; two hidden-wide rows per routed expert are alive at
+    once (tools/bench_estimate.py, top-k 1 to 8)."""
+    if arch.moe is None or not any(arch.moe.sparse_layers):
+        return 0
+    return MOE_ROUTED_COPIES * arch.moe.experts_per_token * arch.hidden_size * d
+
+
+MOE_ROUTED_COPIES = 2
 
 
 def _mlp_width(arch: Architecture) -> int:

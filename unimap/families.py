@@ -1,10 +1,11 @@
-"""Model families unimap can plan: how each reads its config.json.
+"""Model families unimap can plan: how a config.json becomes an Architecture.
 
-Each supported `model_type` maps to a reader that turns the raw config (and, for vision-language
-models, its `text_config` and `vision_config`) into an Architecture: the few numbers the
-estimate needs, with the same defaults and per-layer cache kinds that mlx-lm's model file uses.
-Unknown keys are ignored (as mlx-lm's BaseModelArgs.from_dict does); a missing or mistyped key
-that we need is a ModelError naming it. Pure functions over dicts: no I/O, no mlx.
+Any `model_type` the installed mlx-lm runs is read from mlx-lm's own Model class
+(unimap/structure.py: layers, each layer's cache, MoE routing and widths as mlx-lm builds them).
+A few families keep hand-written readers as overrides: the ones the activation coefficients were
+measured with (so the coefficients keep meaning what they measured) and the vision-language
+models, whose tower mlx-lm does not build. Those readers are pure functions over dicts with
+mlx-lm's defaults; a missing or mistyped key is a ModelError naming it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ class Vision:
 
 
 @dataclass(frozen=True)
+class LayerCache:
+    """What one decoder layer's cache holds per batch row, as mlx-lm's cache objects show it."""
+
+    kind: str  # "full" (grows), "sliding" (bounded by window), "recurrent" (fixed), "none"
+    token_elements: int  # elements one token adds (keys and values of every head)
+    state_elements: int  # elements held whatever the length (SSM / conv state)
+    window: int | None  # sliding and chunked caches: tokens kept at most
+    head_dim: int  # the keys' last dimension (what --kv-bits quantizes in groups)
+    quantizable: bool  # a plain KVCache, which --kv-bits turns into a QuantizedKVCache
+    state_float32: bool = False  # state kept in float32 whatever the model's dtype
+
+
+@dataclass(frozen=True)
 class Architecture:
     model_type: str
     num_layers: int
@@ -58,8 +72,14 @@ class Architecture:
     tie_word_embeddings: bool
     torch_dtype: str | None
     moe: Moe | None = None
-    conv_cache_tokens: int = 0  # recurrent conv layers (lfm2): tokens of state kept per layer
     vision: Vision | None = None
+    # read from mlx-lm's model (unimap/structure.py): one per layer; empty for the hand readers
+    caches: tuple[LayerCache, ...] = ()
+    module: str = ""  # the mlx-lm module that runs the model (its family for the coefficients)
+
+    @property
+    def family(self) -> str:
+        return self.module or self.model_type
 
 
 def _need(cfg: Mapping[str, Any], key: str, where: str, kind: type = int) -> Any:
@@ -166,19 +186,6 @@ def _qwen3_moe(cfg: Mapping[str, Any], model_type: str, where: str) -> Architect
     return _with(arch, moe=moe)
 
 
-def _lfm2(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
-    filled = dict(cfg)
-    filled.setdefault("intermediate_size", cfg.get("block_ff_dim"))
-    arch = _dense(filled, model_type, where)
-    types = cfg.get("layer_types")
-    if types is None:
-        full = set(cfg.get("full_attn_idxs") or [])
-        types = ["full_attention" if i in full else "conv" for i in range(arch.num_layers)]
-    kinds = _layer_types(types, arch.num_layers, where, {"full_attention": "full", "conv": "recurrent"})
-    return _with(arch, layer_kinds=kinds, conv_cache_tokens=_need(cfg, "conv_L_cache", where) - 1,
-                 tie_word_embeddings=bool(cfg.get("tie_embedding", cfg.get("tie_word_embeddings", True))))
-
-
 def _qwen2_vl(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
     text = cfg.get("text_config") or cfg  # Qwen2-VL keeps the text fields at the top level
     arch = _dense(text, model_type, where)
@@ -240,7 +247,6 @@ READERS: dict[str, Callable[[Mapping[str, Any], str, str], Architecture]] = {
     "gemma3": _gemma3,
     "mixtral": _mixtral,
     "qwen3_moe": _qwen3_moe,
-    "lfm2": _lfm2,
     "qwen2_vl": _qwen2_vl,
     "qwen2_5_vl": _qwen2_vl,
     "llava": _llava,
@@ -253,7 +259,34 @@ def read_architecture(cfg: Mapping[str, Any], where: str) -> Architecture:
     if not isinstance(model_type, str):
         raise ModelError(f"{where}: no 'model_type' string; is this a Hugging Face model config?")
     reader = READERS.get(model_type)
-    if reader is None:
-        raise ModelError(f"{where}: model_type {model_type!r} is not supported; supported: "
-                         f"{', '.join(sorted(READERS))}")
-    return reader(cfg, model_type, where)
+    if reader is not None:
+        return reader(cfg, model_type, where)
+    if isinstance(cfg.get("vision_config"), dict):
+        raise ModelError(f"{where}: {model_type!r} is a vision-language model; unimap plans the "
+                         f"vision towers of {', '.join(sorted(VISION_TYPES))} so far")
+    from unimap.structure import read_structure
+
+    return from_structure(read_structure(dict(cfg), where), cfg, model_type)
+
+
+VISION_TYPES = ("gemma3", "llava", "qwen2_5_vl", "qwen2_vl")
+
+
+def from_structure(s: Any, cfg: Mapping[str, Any], model_type: str) -> Architecture:
+    """An Architecture from a unimap.structure.Structure (what mlx-lm's model showed)."""
+    kinds = tuple("recurrent" if c.kind == "none" else c.kind for c in s.caches)
+    windows = [c.window for c in s.caches if c.kind == "sliding" and c.window]
+    moe = None
+    if s.num_experts:
+        moe = Moe(num_experts=s.num_experts, experts_per_token=s.experts_per_token,
+                  expert_intermediate_size=s.expert_width, shared_intermediate_size=s.shared_width,
+                  sparse_layers=s.sparse_layers)
+    dtype = cfg.get("torch_dtype") or cfg.get("dtype")
+    return Architecture(
+        model_type=model_type, num_layers=s.num_layers, hidden_size=s.hidden_size,
+        intermediate_size=max(s.mlp_widths, default=0), vocab_size=s.vocab_size,
+        num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.head_dim,
+        layer_kinds=kinds, sliding_window=max(windows) if windows else None,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        torch_dtype=dtype if isinstance(dtype, str) else None, moe=moe, caches=s.caches,
+        module=s.module)

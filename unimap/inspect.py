@@ -23,6 +23,9 @@ INDEX_FILE = "model.safetensors.index.json"
 _VISION = re.compile(r"(?:^|\.)(vision_tower|visual|vision_model|vision_encoder|multi_modal_projector|"
                      r"mm_projector|image_newline)(?:\.|$)")
 _VISION_HINT = re.compile(r"vis|multi_modal|mm_proj|image_newline")
+# Decoder layers under any prefix mlx-lm's families use: model.layers.N, language_model.model.
+# layers.N, backbone.layers.N, transformer.h.N, model.blocks.N, ...
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)(?:\.|$)")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FLOAT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 _FLOAT_WIDTH = {"BF16": 2, "F16": 2, "F32": 4}
@@ -245,7 +248,9 @@ def build_spec(source: str, where: str, config: dict[str, Any], headers: list[Te
     quant = _quantization(config, config_where)
     if not headers:
         raise ModelError(f"{source}: the safetensors files hold no tensors")
-    slots, dtype_bytes_used = _slots(source, headers, arch)
+    dropped = _nextn_layers(config)
+    kept = [h for h in headers if not h.name.startswith(MTP_PREFIX)]
+    slots, dtype_bytes_used = _slots(source, kept, arch, dropped)
     empty = [s.slot for s in slots[:arch.num_layers] if s.header_bytes == 0]
     if empty:
         raise ModelError(f"{source}: config.json says {arch.num_layers} layers but the weights have "
@@ -262,13 +267,9 @@ def classify(h: TensorHeader, num_layers: int, eight_bit: tuple[str, ...] = ()) 
     isq = _isq(h, eight_bit)
     if _VISION_HINT.search(name) and _VISION.search(name):
         return Tensor(name, None, "vision", "")
-    at = name.find("layers.")
-    while at >= 0:  # the first "layers.<int>." on a component boundary
-        if at == 0 or name[at - 1] == ".":
-            digits = name[at + 7:].split(".", 1)[0]
-            if digits.isdigit():
-                return Tensor(name, int(digits), "layer", isq)
-        at = name.find("layers.", at + 1)
+    found = _LAYER.search(name)  # the first "<layers|h|blocks>.<int>." on component boundaries
+    if found:
+        return Tensor(name, int(found.group(1)), "layer", isq)
     part = ("embed" if "embed_tokens" in name or name.endswith("wte.weight")
             else "lm_head" if "lm_head" in name else "other")
     return Tensor(name, None, part, isq)
@@ -281,9 +282,20 @@ def _isq(h: TensorHeader, eight_bit: tuple[str, ...]) -> str:
     return "q8" if eight_bit and h.name[:-7].endswith(eight_bit) else "q"
 
 
-def _slots(source: str, headers: list[TensorHeader], arch: Architecture) -> tuple[
+MTP_PREFIX = "mtp."  # multi-token-prediction heads (Qwen3-Next): mlx-lm drops them on load
+
+
+def _nextn_layers(config: dict[str, Any]) -> int:
+    """Layers past num_hidden_layers that hold next-token-prediction modules (DeepSeek V3,
+    GLM-4.5: `num_nextn_predict_layers`), which mlx-lm's sanitize drops on load."""
+    value = config.get("num_nextn_predict_layers")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _slots(source: str, headers: list[TensorHeader], arch: Architecture, dropped: int = 0) -> tuple[
         tuple[Slot, ...], dict[str, int]]:
-    """Per-slot sums (layers 0..n-1, non-mapped -1, vision -2) and float bytes by dtype."""
+    """Per-slot sums (layers 0..n-1, non-mapped -1, vision -2) and float bytes by dtype; the
+    `dropped` layers after the last (next-token prediction) are not loaded, so not counted."""
     n = arch.num_layers
     eight_bit = EIGHT_BIT_MODULES.get(arch.model_type, ())
     sums = [[0] * 8 for _ in range(n + 2)]
@@ -299,6 +311,8 @@ def _slots(source: str, headers: list[TensorHeader], arch: Architecture) -> tupl
             layer, vision, isq = t.layer, t.part == "vision", t.isq
         else:
             vision, isq = False, _isq(h, eight_bit)
+        if layer is not None and n <= layer < n + dropped:
+            continue
         if layer is not None and layer >= n:
             raise ModelError(f"{source}: tensor {name!r} belongs to layer {layer}, but "
                              f"config.json says num_hidden_layers={n}; config and weights disagree")
