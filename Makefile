@@ -46,11 +46,12 @@ bench-estimate: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python tools/bench_estimate.py --png docs/estimate_vs_measured.png
 
-# Refit unimap/calibration.py and unimap/vision_calibration.py from measurements on this machine
-# (about 12 + 3 minutes on 2 cores).
+# Refit unimap/calibration.py, unimap/vision_calibration.py and unimap/family_calibration.py from
+# measurements on this machine (about 12 + 3 + 8 minutes on 2 cores).
 calibrate: $(STAMP)
 	$(BIN)/python tools/calibrate_activations.py --write
 	$(BIN)/python tools/calibrate_vision.py --write
+	$(BIN)/python tools/calibrate_families.py --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

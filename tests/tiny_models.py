@@ -70,8 +70,16 @@ def write_random_model(folder: Path, config: dict[str, Any], seed: int = 0,
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     (folder / "config.json").write_text(json.dumps(config))
-    write_tokenizer(folder, min(config["vocab_size"], 200))
+    write_tokenizer(folder, min(_vocab_size(model), 200))
     return folder
+
+
+def _vocab_size(model: Any) -> int:
+    """Rows of the model's token embedding (wrapper families keep the vocabulary in text_config)."""
+    import mlx.nn as nn
+
+    return max(m.weight.shape[0] for _, m in model.named_modules()
+               if isinstance(m, nn.Embedding | nn.QuantizedEmbedding))
 
 
 def stand_in_machine(name: str = "h100-80gb") -> Any:

@@ -64,7 +64,13 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 
 
-MOE = ("qwen3_moe", "mixtral")
+# MoE routing at top-k 1, 2, 4, 8 over 8, 64 and 128 experts (qwen3_moe's layout)
+for _experts in (8, 64, 128):
+    for _k in (1, 2, 4, 8):
+        MODELS[f"moe-e{_experts}-k{_k}"] = {**MODELS["qwen3_moe"], "num_experts": _experts,
+                                             "num_experts_per_tok": _k}
+MOE = ("qwen3_moe", "mixtral", *(m for m in MODELS if m.startswith("moe-")))
+FAMILY = "family:"  # a model "family:<mlx-lm module>": tests/tiny_families.py's tiny config
 # vision-language models (tests/tiny_vlms.py: mlx-vlm's classes) with towers wide enough that the
 # encoder, not the tiny text model, sets the peak at the larger images
 VISION: dict[str, dict[str, Any]] = {
@@ -105,6 +111,9 @@ def matrix() -> list[Case]:
         for seq in (256, 2048):  # MoE in float32: MLX's CPU gather_mm takes float32 only
             cases.append(Case(model, "f32" if model in MOE else "bf16", seq, 1 if seq > 256 else 2))
     cases.append(Case("gemma3", "bf16", 4096, 1))
+    for model in (m for m in MODELS if m.startswith("moe-")):
+        cases.append(Case(model, "f32", 1024, 1))
+    cases += family_cases()
     for weights in ("bf16", "f32", "q4", "q8", "isq4", "isq8"):
         for kv in (None, 8, 4):
             cases.append(Case("llama", weights, 1024, 2, kv))
@@ -130,6 +139,14 @@ def matrix() -> list[Case]:
 QUICK = [Case("llama", "bf16", 256, 2), Case("qwen3", "q4", 512, 1, 8),
          Case("gemma3", "bf16", 1024, 1), Case("qwen3_moe", "f32", 256, 1, None, "split"),
          Case("llama", "isq4", 512, 1, None, "cpu"), Case("stories260k", "gguf", 256, 2)]
+
+
+def family_cases() -> list[Case]:
+    """Every buildable mlx-lm family (tests/tiny_families.py) at a short and a long prompt."""
+    from tiny_families import UNBUILDABLE, families
+
+    return [Case(f"{FAMILY}{f}", "f32", seq, 1) for f in families() if f not in UNBUILDABLE
+            for seq in (256, 2048)]
 
 
 def available(cases: list[Case]) -> list[Case]:
@@ -159,6 +176,10 @@ def checkpoint(work: Path, model: str, weights: str) -> Path:
         return write_tiny_vlm(folder, family, dtype=dtype, vision=VISION[model])
     from tiny_models import write_random_model
 
+    if model.startswith(FAMILY):
+        from tiny_families import tiny_config
+
+        return write_random_model(work / model.replace(":", "-"), tiny_config(model[len(FAMILY):]))
     if stored == "f32":
         return write_random_model(folder, MODELS[model], dtype="float32")
     bits = None if stored == "bf16" else int(stored[1:])  # q4, q8: MLX-quantized bf16 weights
@@ -193,8 +214,17 @@ def cache_bytes(cache: list[Any]) -> int:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    return sum(a.nbytes for c in cache for _, a in tree_flatten([c.keys, c.values])
-               if isinstance(a, mx.array))
+    return sum(a.nbytes for c in cache for _, a in tree_flatten(_state(c)) if isinstance(a, mx.array))
+
+
+def _state(cache: Any) -> Any:
+    """What a cache holds: its keys and values, or its state (recurrent and nested caches)."""
+    if hasattr(cache, "keys") and hasattr(cache, "values"):
+        return [cache.keys, cache.values]
+    try:
+        return [a for a in cache.state if not isinstance(a, str)]
+    except (AttributeError, NotImplementedError, TypeError):
+        return []
 
 
 def run_batched(model: Any, tokens: Any, decode: int, cache: list[Any]) -> None:

@@ -2,13 +2,17 @@
 (estimate, place, and search the ways out when it does not fit).
 
 Usage: python tools/bench_plan.py [--repeats N]
-Writes sparse fixtures of every family in tools/fixtures.py to a temporary folder and prints a
-Markdown table (best of N, warm file cache). Figures in docs/BENCHMARKS.md come from this tool.
+Writes sparse fixtures of every family in tools/fixtures.py, and of every published config in
+tools/published_configs.json (names and shapes from mlx-lm's own lazily built model; read through
+mlx-lm's model class, so "inspect" includes building it and two lazy forwards), to a temporary
+folder and prints a Markdown table (best of N, warm file cache, the family's mlx-lm module
+already imported). Figures in docs/BENCHMARKS.md come from this tool.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -46,12 +50,23 @@ def main() -> None:
           f"planning for {args.machine}")
     print("\n| model | tensors | files | inspect | plan | total | fits |\n|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for family, (_, _, shards) in fixtures.FAMILIES.items():
-            folder = fixtures.write_family(Path(tmp), family)
+        folders = [(family, fixtures.write_family(Path(tmp), family), shards)
+                   for family, (_, _, shards) in fixtures.FAMILIES.items()]
+        published = json.loads((Path(fixtures.__file__).parent / "published_configs.json").read_text())
+        for family, entry in published.items():
+            config = {k: v for k, v in entry["config"].items() if k != "quantization_config"}
+            if "vision_config" in config:
+                continue
+            folder = fixtures.write_model(Path(tmp) / f"published-{family}", config,
+                                          fixtures.from_model(config))
+            folders.append((f"{entry['model']} ({family})", folder, 1))
+        for name, folder, shards in folders:
+            inspect(folder)  # once first: the family's mlx-lm module is imported then
             t_inspect, spec = best(lambda f=folder: inspect(f), args.repeats)
             t_plan, plan = best(lambda s=spec: make_plan(s, machine), args.repeats)
-            print(f"| {family} | {len(spec.headers)} | {shards} | {t_inspect * 1000:.1f} ms | "  # type: ignore[attr-defined]
-                  f"{t_plan * 1000:.1f} ms | {(t_inspect + t_plan) * 1000:.1f} ms | {plan.fits} |")  # type: ignore[attr-defined]
+            print(f"| {name} | {len(spec.headers)} | {shards} | "  # type: ignore[attr-defined]
+                  f"{t_inspect * 1000:.1f} ms | {t_plan * 1000:.1f} ms | "
+                  f"{(t_inspect + t_plan) * 1000:.1f} ms | {plan.fits} |")  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -209,6 +209,17 @@ def gemma3_vl(c: dict[str, Any], dt: str = "BF16") -> Shapes:
     return out
 
 
+def from_model(c: dict[str, Any], dt: str = "BF16") -> Shapes:
+    """Any architecture mlx-lm runs: the names and shapes of its own Model's parameters (as an
+    MLX checkpoint stores them), read from a lazily built model (nothing allocated)."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    model_class, args_class = _get_classes(c)
+    model = model_class(args_class.from_dict(c))
+    return {name: (dt, tuple(array.shape)) for name, array in tree_flatten(model.parameters())}
+
+
 def mlx_quantized(shapes: Shapes, bits: int, group_size: int = 64) -> Shapes:
     """What mlx_lm.convert -q writes: Linear/Embedding weights as packed uint32 plus scales and
     biases in the model dtype; norms untouched."""

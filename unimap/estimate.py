@@ -19,7 +19,8 @@ from typing import Literal
 
 from unimap.calibration import COEFFICIENTS
 from unimap.errors import ConfigError
-from unimap.families import Architecture, LayerCache
+from unimap.families import Architecture, LayerCache, Vision
+from unimap.family_calibration import FAMILY_EXTRA
 from unimap.inspect import GROUP_SIZE, NON_MAPPED_SLOT, VISION_SLOT, ModelSpec, Slot, dtype_bytes
 from unimap.vision_calibration import VISION_COEFFICIENTS
 
@@ -324,7 +325,7 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
     coefficients measured by tools/calibrate_activations.py (unimap/calibration.py), scaled by
     what the CUDA backend measured on top of them."""
     b = options.max_batch_size
-    arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits)
+    arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits, chunk, tokens)
     if kernel == "cuda":
         arrays = int(arrays * cuda_arrays_factor(arch.family))
     return {
@@ -374,7 +375,7 @@ def cuda_arrays_factor(model_type: str) -> float:
 
 
 def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool = False,
-                      kv_bits: int | None = None) -> int:
+                      kv_bits: int | None = None, chunk: int = 1, keys: int = 1) -> int:
     """Every other array a chunk of `tokens` (batch x length) makes in a decoder layer, from the
     measured coefficients for the family and dtype (the largest of all families when the family
     was not measured), plus what quantized weights and a quantized cache add."""
@@ -383,6 +384,7 @@ def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool =
     q_width = arch.num_heads * arch.head_dim
     per_token = (a * arch.hidden_size * 4 + b * q_width * d + c * arch.num_kv_heads * arch.head_dim * d
                  + e * _mlp_width(arch) * d + moe_routed_bytes(arch, d))
+    per_token += family_extra_bytes(arch, chunk, keys)
     if quantized:
         per_token += qw * arch.hidden_size * 4
     if kv_bits is not None:
@@ -411,17 +413,36 @@ def _measured_or_largest(table: Mapping[tuple[str, str], tuple[float, ...]], fam
     return tuple(max(column) for column in zip(*rows, strict=True))
 
 
+SCAN_STEP_TOKENS = 256  # mlx-lm's SSM scan (ssm_attn) works in blocks of this many tokens
+
+
+def family_extra_bytes(arch: Architecture, chunk: int, keys: int) -> float:
+    """Per chunk token, what a tiny twin of a family without measured coefficients needed beyond
+    them (unimap/family_calibration.py): per unit of hidden width or, for families with a
+    (heads, dim, dim) recurrent state, per state head and scan-block token (an SSM scan keeps
+    (block x block) arrays per head); plus per head and key for score-like arrays its attention
+    keeps beyond the priced ones. So the term grows with the model as those arrays do."""
+    found = FAMILY_EXTRA.get(arch.family)
+    if found is None:
+        return 0.0
+    basis, per_unit, per_score = found
+    unit = (arch.state_heads * min(chunk, SCAN_STEP_TOKENS) if basis == "state"
+            else arch.hidden_size)
+    return (per_unit * unit + per_score * arch.num_heads * keys) * 4
+
+
 def moe_routed_bytes(arch: Architecture, d: int) -> int:
     """Per token, what an MoE layer's routing copies beyond its expert widths: mlx-lm's SwitchGLU
-    sorts the token x top-k rows by expert (a hidden-wide copy of each) and unsorts the experts'
-    outputs (another), then weights them; two hidden-wide rows per routed expert are alive at
-    once (tools/bench_estimate.py, top-k 1 to 8)."""
+    sorts the token x top-k rows by expert (a hidden-wide copy of each), the experts' outputs are
+    unsorted (another) and weighted (a third). Three hidden-wide rows per routed expert cover
+    top-k 1 to 8 with 8 and 64 experts (predicted/measured 1.023-1.077, docs/BENCHMARKS.md);
+    two were under at top-8."""
     if arch.moe is None or not any(arch.moe.sparse_layers):
         return 0
     return MOE_ROUTED_COPIES * arch.moe.experts_per_token * arch.hidden_size * d
 
 
-MOE_ROUTED_COPIES = 2
+MOE_ROUTED_COPIES = 3
 
 
 def _mlp_width(arch: Architecture) -> int:
@@ -440,18 +461,29 @@ def _image_patches(arch: Architecture, options: Options) -> int:
     if v is None:
         return 0
     if v.kind == "fixed":
-        return (v.image_size or 0) // v.patch_size * ((v.image_size or 0) // v.patch_size)
+        per_tile = (v.image_size or 0) // v.patch_size * ((v.image_size or 0) // v.patch_size)
+        return per_tile * image_tiles(v, options)
     unit = v.patch_size * v.merge_size
     side = _round_up(options.max_image_length, unit) // v.patch_size
     return side * side
+
+
+def image_tiles(v: Vision, options: Options) -> int:
+    """Tiles of image_size an image of max_image_length may be cut into, plus a thumbnail (one
+    tile when the family resizes, or the image is no larger than a tile)."""
+    size = v.image_size or 0
+    if not v.tiled or size <= 0 or options.max_image_length <= size:
+        return 1
+    side = -(-options.max_image_length // size)
+    return side * side + 1
 
 
 def _image_tokens(arch: Architecture, options: Options) -> int:
     v = arch.vision
     if v is None or options.max_num_images == 0:
         return 0
-    per_image = v.tokens_per_image if v.kind == "fixed" else _image_patches(arch, options) // (
-        v.merge_size * v.merge_size)
+    per_image = (v.tokens_per_image or 0) * image_tiles(v, options) if v.kind == "fixed" else (
+        _image_patches(arch, options) // (v.merge_size * v.merge_size))
     return options.max_num_images * (per_image or 0)
 
 
@@ -462,8 +494,9 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int) -> dic
     v = arch.vision
     if v is None or options.max_num_images == 0:
         return {}
-    n = _image_patches(arch, options)
-    images = options.max_num_images
+    tiles = image_tiles(v, options) if v.kind == "fixed" else 1
+    n = _image_patches(arch, options) // tiles  # patches one attention sees (an image or a tile)
+    images = options.max_num_images * tiles
     p = images * n
     pixels = p * 3 * v.patch_size * v.patch_size * v.temporal_patch_size * 4
     cp, ch, cm, cs, ck = vision_coefficients(arch.model_type, "float32" if d >= 4 else "bfloat16")

@@ -42,6 +42,9 @@ class Vision:
     image_size: int | None  # fixed-resolution encoders
     tokens_per_image: int | None  # language-model tokens per image for fixed encoders
     temporal_patch_size: int = 1
+    # fixed-size towers of families without a reader: an image larger than image_size may be cut
+    # into tiles of that size plus a thumbnail (Llama 4, LLaVA-NeXT, InternVL), so price those
+    tiled: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class LayerCache:
     head_dim: int  # the keys' last dimension (what --kv-bits quantizes in groups)
     quantizable: bool  # a plain KVCache, which --kv-bits turns into a QuantizedKVCache
     state_float32: bool = False  # state kept in float32 whatever the model's dtype
+    state_heads: int = 0  # heads of a (batch, heads, dim, dim) recurrent state (SSM, linear attention)
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,16 @@ class Architecture:
     # read from mlx-lm's model (unimap/structure.py): one per layer; empty for the hand readers
     caches: tuple[LayerCache, ...] = ()
     module: str = ""  # the mlx-lm module that runs the model (its family for the coefficients)
+    layer_prefixes: tuple[str, ...] = ()  # each layer's parameter path in mlx-lm ("model.layers.0.")
 
     @property
     def family(self) -> str:
         return self.module or self.model_type
+
+    @property
+    def state_heads(self) -> int:
+        """The most heads any layer's recurrent state has (0 without one)."""
+        return max((c.state_heads for c in self.caches), default=0)
 
 
 def _need(cfg: Mapping[str, Any], key: str, where: str, kind: type = int) -> Any:
@@ -259,14 +269,75 @@ def read_architecture(cfg: Mapping[str, Any], where: str) -> Architecture:
     if not isinstance(model_type, str):
         raise ModelError(f"{where}: no 'model_type' string; is this a Hugging Face model config?")
     reader = READERS.get(model_type)
-    if reader is not None:
+    text_only = model_type in VISION_TYPES and "vision_config" not in cfg and model_type != "gemma3"
+    if reader is not None and not text_only:  # a text-only checkpoint of a VLM: mlx-lm's model
         return reader(cfg, model_type, where)
-    if isinstance(cfg.get("vision_config"), dict):
-        raise ModelError(f"{where}: {model_type!r} is a vision-language model; unimap plans the "
-                         f"vision towers of {', '.join(sorted(VISION_TYPES))} so far")
     from unimap.structure import read_structure
 
+    if isinstance(cfg.get("vision_config"), dict):
+        return _vision_language(cfg, model_type, where)
     return from_structure(read_structure(dict(cfg), where), cfg, model_type)
+
+
+def _vision_language(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    """A vision-language config without a hand reader: the language model from mlx-lm (its module
+    for this model_type builds the language model alone, or the module of text_config's type),
+    the vision tower sized from vision_config's common fields."""
+    from unimap.structure import read_structure
+
+    try:
+        structure = read_structure(dict(cfg), where)
+    except ModelError as whole:
+        text = cfg.get("text_config")
+        if not isinstance(text, dict) or not isinstance(text.get("model_type"), str):
+            raise ModelError(f"{where}: {model_type!r} is a vision-language model whose language "
+                             f"model mlx-lm cannot build ({whole}); unimap plans it when mlx-lm "
+                             "has a model for it") from None
+        structure = read_structure(dict(text), f"{where} text_config")
+    arch = from_structure(structure, cfg, model_type)
+    return _with(arch, vision=_any_vision(cfg, where))
+
+
+def _first_of(cfg: Mapping[str, Any], keys: tuple[str, ...], where: str, default: Any = None) -> Any:
+    """The first of `keys` present (a size given as [h, w] counts as its larger side)."""
+    for key in keys:
+        value = cfg.get(key)
+        if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+            value = max(value)
+        if value is not None:
+            return _typed(value, key, where, int)
+    if default is None:
+        raise ModelError(f"{where}: none of {', '.join(repr(k) for k in keys)}; cannot size the "
+                         "vision tower")
+    return default
+
+
+def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
+    """The vision tower from the fields most vision configs use. With no fixed image_size, the
+    tower takes images at their own resolution (patches of max_image_length, merged per side by
+    spatial_merge_size); tokens per image from the config, else one per (merged) patch."""
+    v = cfg["vision_config"]
+    vw = f"{where} vision_config"
+    hidden = _first_of(v, ("hidden_size", "embed_dim", "width", "d_model", "hidden_dim"), vw)
+    ratio = v.get("mlp_ratio") if isinstance(v.get("mlp_ratio"), int | float) else 4
+    inter = _first_of(v, ("intermediate_size", "mlp_dim", "ffn_dim"), vw, int(hidden * ratio))
+    patch = _first_of(v, ("patch_size",), vw, 14)
+    size = _first_of(v, ("image_size",), vw, 0)
+    if patch == 0:
+        raise ModelError(f"{vw}: 'patch_size' must be positive")
+    merge = _first_of(v, ("spatial_merge_size", "merge_size"), vw, 1) or 1
+    tokens = _first_of(cfg, ("mm_tokens_per_image", "image_seq_length", "num_image_tokens"), where, 0)
+    fixed = size > 0
+    shuffle = v.get("pixel_shuffle_ratio", cfg.get("downsample_ratio"))  # Llama 4, InternVL
+    if not tokens and fixed and isinstance(shuffle, int | float) and 0 < shuffle < 1:
+        tokens = max(1, int((size // patch) ** 2 * shuffle * shuffle))
+    return Vision(kind="fixed" if fixed else "qwen2_vl",
+                  num_layers=_first_of(v, ("num_hidden_layers", "depth", "num_layers", "layers"), vw),
+                  hidden_size=hidden, intermediate_size=inter,
+                  num_heads=_first_of(v, ("num_attention_heads", "num_heads", "heads", "n_heads"), vw),
+                  patch_size=patch, merge_size=merge, image_size=size if fixed else None,
+                  tokens_per_image=(tokens or (size // patch) ** 2 // (merge * merge)) if fixed else None,
+                  temporal_patch_size=_first_of(v, ("temporal_patch_size",), vw, 1), tiled=fixed)
 
 
 VISION_TYPES = ("gemma3", "llava", "qwen2_5_vl", "qwen2_vl")
@@ -289,4 +360,4 @@ def from_structure(s: Any, cfg: Mapping[str, Any], model_type: str) -> Architect
         layer_kinds=kinds, sliding_window=max(windows) if windows else None,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         torch_dtype=dtype if isinstance(dtype, str) else None, moe=moe, caches=s.caches,
-        module=s.module)
+        module=s.module, layer_prefixes=s.layer_prefixes)

@@ -301,11 +301,14 @@ def _slots(source: str, headers: list[TensorHeader], arch: Architecture, dropped
     sums = [[0] * 8 for _ in range(n + 2)]
     by_dtype: dict[str, int] = {}
     prefix = "model.layers."
+    owned = {p: i for i, p in enumerate(arch.layer_prefixes) if not p.startswith(prefix)}
     for h in headers:
         name, layer = h.name, None
         if name.startswith(prefix):  # most tensors: skip the general classifier
             digits = name[13:name.find(".", 13)]
             layer = int(digits) if digits.isdigit() else None
+        elif owned:  # layers mlx-lm keeps elsewhere (e.g. a second list of shared-KV layers)
+            layer = _owner(name, owned)
         if layer is None:
             t = classify(h, n, eight_bit)
             layer, vision, isq = t.layer, t.part == "vision", t.isq
@@ -332,6 +335,17 @@ def _slots(source: str, headers: list[TensorHeader], arch: Architecture, dropped
                 row[k + 1] += nbytes
     ids = [*range(n), NON_MAPPED_SLOT, VISION_SLOT]
     return tuple(Slot(i, *row) for i, row in zip(ids, sums, strict=True)), by_dtype
+
+
+def _owner(name: str, owned: dict[str, int]) -> int | None:
+    """The layer whose parameter path (`owned`: prefix -> index) starts `name`, if any."""
+    at = name.find(".")
+    while at >= 0:
+        found = owned.get(name[:at + 1])
+        if found is not None:
+            return found
+        at = name.find(".", at + 1)
+    return None
 
 
 def _quantization(config: dict[str, Any], where: str) -> Quantization | None:

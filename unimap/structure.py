@@ -3,26 +3,30 @@
 Nothing is evaluated: MLX arrays are lazy, so constructing `Model(ModelArgs.from_dict(config))`
 and running a few tokens through it only records shapes. From that we read what the estimate
 needs for any architecture mlx-lm runs: the decoder layers, each layer's cache (the cache objects
-the model makes, and the elements one token adds to each, measured from their state after 256 and
-512 tokens), the MoE routing (experts from the switch layers' weights, top-k from the block that
-routes) and the widths of the layers as mlx-lm builds them. A config mlx-lm cannot build is a
+the model makes, and the elements one token adds to each, measured from what they hold after 4 and
+6 tokens), the MoE routing (experts from the switch layers' weights, top-k from what the router
+hands the experts) and the widths of the layers as mlx-lm builds them. A config mlx-lm cannot build is a
 ModelError naming the field or the reason. This module imports mlx and mlx-lm, lazily.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from unimap.errors import ModelError
 from unimap.families import LayerCache
 
-PROBE_TOKENS = (256, 512)  # two lazy forwards, whole steps of mlx-lm's KVCache (which holds
-# its buffer in steps of 256 tokens): per-token cache growth and fixed state
+PROBE_TOKENS = (4, 6)  # two short lazy forwards: per-token cache growth and fixed state
 TOP_K_NAMES = ("top_k", "num_experts_per_tok", "moe_topk", "moe_top_k", "moe_k",
                "num_experts_per_token", "experts_per_token", "n_activated_experts", "k")
 HEAD_NAMES = ("num_attention_heads", "n_heads", "num_heads", "n_head", "num_query_heads")
+_ATTENTION_ONLY = re.compile(r"attn|attention")
 _ATTENTION = re.compile(r"attn|attention|mixer|self_attn|linear_attn|mamba|ssm|conv")
 
 
@@ -42,6 +46,7 @@ class Structure:
     expert_width: int = 0
     shared_width: int = 0  # shared experts' total width (0 when none)
     sparse_layers: tuple[bool, ...] = ()
+    layer_prefixes: tuple[str, ...] = ()  # each layer's parameter path, e.g. "model.layers.0."
 
 
 def model_classes(config: dict[str, Any], where: str) -> tuple[Any, Any]:
@@ -81,25 +86,42 @@ def _unbuildable(where: str, exc: Exception) -> ModelError:
 
 def read_structure(config: dict[str, Any], where: str) -> Structure:
     """Build `config`'s model lazily and read its structure (see the module docstring)."""
-    import mlx.core as mx
 
     model = build_lazy(config, where)
     layers = _layers(model, where)
-    vocab, hidden = _embedding(model, where)
-    model.set_dtype(mx.float16)  # lazy: the caches then show which arrays follow the model dtype
-    caches = [_probe_caches(model, tokens, where) for tokens in PROBE_TOKENS]
+    args = _text_args(model, config)
+    vocab, hidden = _embedding(model, args, where)
+    _weightless(model)
+    inside = [list(layer.named_modules()) for layer in layers]  # (path, module) of each layer
+    blocks = _switch_blocks(inside)
+    probes = [_probe(model, layers, blocks, tokens, where) for tokens in PROBE_TOKENS]
+    caches = [probe.caches for probe in probes]
     per_cache = [_cache_reading(a, b) for a, b in zip(caches[0], caches[1], strict=True)]
-    layer_caches = _assign(per_cache, len(layers))
-    args = getattr(model, "args", None) or getattr(model, "config", None)
+    layer_caches = _assign(per_cache, len(layers), probes[1].handed)
     kv_heads, head_dim = _kv_shape(caches[1])
-    heads = _first_int(args, HEAD_NAMES) or kv_heads
-    moe = _moe(layers, args)
+    heads = _heads(inside) or _first_int(args, HEAD_NAMES) or kv_heads
+    moe = _moe(layers, inside, blocks, probes[1].top_k, args, hidden)
     experts = moe.get("num_experts", 0)
     return Structure(
         module=type(model).__module__.rsplit(".", 1)[-1], num_layers=len(layers),
         hidden_size=hidden, vocab_size=vocab, num_heads=heads, num_kv_heads=kv_heads,
-        head_dim=head_dim, mlp_widths=tuple(_mlp_width(layer, hidden, experts) for layer in layers),
-        caches=tuple(layer_caches), **moe)
+        head_dim=head_dim, mlp_widths=tuple(_mlp_width(modules, hidden, experts) for modules in inside),
+        caches=tuple(layer_caches), layer_prefixes=_prefixes(model, layers), **moe)
+
+
+def _weightless(model: Any) -> None:
+    """Give every parameter the value 0 broadcast to its shape, float ones in float16 (the caches
+    then show which arrays follow the model's dtype). Shapes are all the probe reads; and should a
+    model evaluate mid-forward (dbrx routes with .tolist()), a broadcast scalar allocates nothing,
+    where a lazily initialized full-size weight would be materialized and kept."""
+    import mlx.core as mx
+    from mlx.utils import tree_map
+
+    def zero(p: Any) -> Any:
+        dtype = mx.float16 if mx.issubdtype(p.dtype, mx.floating) else p.dtype
+        return mx.broadcast_to(mx.zeros((), dtype=dtype), p.shape)
+
+    model.update(tree_map(zero, model.parameters()))
 
 
 def _layers(model: Any, where: str) -> list[Any]:
@@ -113,34 +135,158 @@ def _layers(model: Any, where: str) -> list[Any]:
     return layers
 
 
-def _embedding(model: Any, where: str) -> tuple[int, int]:
-    """(vocabulary, width) of the token embedding: the Embedding with the most rows."""
+def _prefixes(model: Any, layers: list[Any]) -> tuple[str, ...]:
+    """Where each layer's parameters sit in the model's tree ("model.layers.3.")."""
+    from mlx.utils import tree_flatten
+
+    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    names = {id(v): k for k, v in flat}
+    out = []
+    for layer in layers:
+        own: list[tuple[str, Any]] = tree_flatten(layer.parameters())  # type: ignore[assignment]
+        full = names.get(id(own[0][1]), "") if own else ""
+        out.append(full[:len(full) - len(own[0][0])] if full else "")
+    return tuple(out)
+
+
+def _text_args(model: Any, config: dict[str, Any]) -> Any:
+    """The language model's arguments: the model's own, or its text_config for wrappers."""
+    args = getattr(model, "args", None) or getattr(model, "config", None)
+    text = getattr(args, "text_config", None) or config.get("text_config")
+    if isinstance(text, dict):
+        return SimpleNamespace(**text)
+    return text if text is not None else args
+
+
+TOKEN_EMBEDDINGS = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embedding",
+                    "embeddings", "emb")
+
+
+def _embedding(model: Any, args: Any, where: str) -> tuple[int, int]:
+    """(vocabulary, width) of the token embedding: by its usual names, else the one with as many
+    rows as the vocabulary, else the first (position and n-gram tables come later or differ)."""
     import mlx.nn as nn
 
     kinds = (nn.Embedding, nn.QuantizedEmbedding)  # type: ignore[attr-defined]
-    found = [m for _, m in model.named_modules() if isinstance(m, kinds)]
+    found = [(p, m) for p, m in model.named_modules() if isinstance(m, kinds) and m.weight.ndim == 2]
     if not found:
         raise ModelError(f"{where}: mlx-lm's model has no token embedding; unimap cannot size it")
-    rows, width = max((m.weight.shape[0], m.weight.shape[1]) for m in found
-                      if len(m.weight.shape) == 2)
-    return int(rows), int(width)
+    vocab = _first_int(args, ("vocab_size", "n_vocab", "padded_vocab_size"))
+    named = [m for p, m in found if p.rsplit(".", 1)[-1] in TOKEN_EMBEDDINGS]
+    sized = [m for _, m in found if m.weight.shape[0] == vocab]
+    chosen = (named or sized or [m for _, m in found])[0]
+    rows, width = chosen.weight.shape
+    bits = getattr(chosen, "bits", None)
+    return int(rows), int(width * 32 // bits if bits else width)
 
 
-def _probe_caches(model: Any, tokens: int, where: str) -> list[Any]:
+def _heads(inside: list[list[tuple[str, Any]]]) -> int:
+    """Query heads, from the first attention module that says (n_heads, num_heads, ...)."""
+    for modules in inside:
+        for path, module in modules:
+            if _ATTENTION_ONLY.search(path.rsplit(".", 1)[-1]):
+                found = _first_int(module, HEAD_NAMES)
+                if found:
+                    return found
+    return 0
+
+
+@dataclass
+class _Probe:
+    caches: list[Any]
+    handed: dict[int, list[int]]  # layer index -> indices of the caches it was handed
+    top_k: dict[int, int]  # id of a switch block -> experts each token was routed to
+
+
+def _probe(model: Any, layers: list[Any], blocks: list[Any], tokens: int, where: str) -> _Probe:
+    """A lazy forward of `tokens` tokens through the model's own caches, noting which caches
+    each layer is handed and how many experts each MoE block routes every token to."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
-    cache = make_prompt_cache(model)
+    found = _Probe(make_prompt_cache(model), {}, {})
+    positions = {id(c): j for j, c in enumerate(found.caches)}
+
+    def on_layer(index: int, values: tuple[Any, ...]) -> None:
+        for value in values:
+            j = positions.get(id(value))
+            if j is not None and j not in found.handed.setdefault(index, []):
+                found.handed[index].append(j)
+
+    def on_block(index: int, values: tuple[Any, ...]) -> None:
+        routed = [v.shape[-1] for v in values if isinstance(v, mx.array) and v.ndim >= 2
+                  and mx.issubdtype(v.dtype, mx.integer)]
+        if routed:
+            found.top_k[id(blocks[index])] = max(routed)
+
+    prompt = mx.zeros((1, tokens), dtype=mx.int32)
+    with _watching(layers, on_layer), _watching(blocks, on_block):
+        try:  # traced by mx.compile, which refuses a forward pass that evaluates arrays (the
+            # traced function hands back its input: nothing is left for compile to optimize)
+            mx.compile(lambda x: (model(x, cache=found.caches), x)[1])(prompt)
+        except ValueError as exc:
+            if "eval" not in str(exc):
+                raise _fails(where, tokens, exc) from None
+            _evaluates(model, where)
+            found = _Probe(make_prompt_cache(model), {}, {})
+            positions.update({id(c): j for j, c in enumerate(found.caches)})
+            try:
+                model(prompt, cache=found.caches)
+            except Exception as again:  # noqa: BLE001 - any failure of a foreign forward pass
+                raise _fails(where, tokens, again) from None
+        except Exception as exc:  # noqa: BLE001 - any failure of a foreign forward pass
+            raise _fails(where, tokens, exc) from None
+    found.caches = list(found.caches)
+    return found
+
+
+EAGER_PROBE_BYTES = 1 << 30  # the most parameters (float16) a forward that evaluates may touch
+
+
+def _evaluates(model: Any, where: str) -> None:
+    """A model whose forward pass evaluates arrays (dbrx routes with .tolist()) computes as it is
+    probed: allowed while its weights are small, else a ModelError that says so."""
+    from mlx.utils import tree_flatten
+
+    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    size = sum(p.size * p.dtype.size for _, p in flat)
+    if size > EAGER_PROBE_BYTES:
+        raise ModelError(f"{where}: mlx-lm's {type(model).__module__} evaluates arrays inside its "
+                         "forward pass, so unimap cannot read its caches without computing through "
+                         f"{size / 2**30:.0f} GiB of weights; plan it with a manual map (-n)")
+
+
+def _fails(where: str, tokens: int, exc: Exception) -> ModelError:
+    return ModelError(f"{where}: mlx-lm's model fails on a {tokens}-token prompt "
+                      f"({type(exc).__name__}: {exc}); unimap cannot read its caches")
+
+
+@contextmanager
+def _watching(modules: list[Any], seen: Callable[[int, tuple[Any, ...]], None]) -> Iterator[None]:
+    """Within the block, each call of modules[i] first hands `seen(i, its arguments)`."""
+    classes = [type(m) for m in modules]
     try:
-        model(mx.zeros((1, tokens), dtype=mx.int32), cache=cache)
-    except Exception as exc:  # noqa: BLE001 - any failure of a foreign forward pass
-        raise ModelError(f"{where}: mlx-lm's model fails on a {tokens}-token prompt "
-                         f"({type(exc).__name__}: {exc}); unimap cannot read its caches") from None
-    return list(cache)
+        for index, module in enumerate(modules):
+            module.__class__ = _noting(classes[index], index, seen)
+        yield
+    finally:
+        for module, cls in zip(modules, classes, strict=True):
+            module.__class__ = cls
+
+
+def _noting(cls: type, index: int, seen: Callable[[int, tuple[Any, ...]], None]) -> type:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen(index, (*args, *kwargs.values()))
+        return cls.__call__(self, *args, **kwargs)
+
+    return type(cls.__name__, (cls,), {"__call__": call})
+
+
+Held = tuple[tuple[int, ...], int]  # (shape, bytes per element) of an array a cache holds
 
 
 def _arrays(state: Any) -> list[Any]:
-    """Every MLX array inside a cache's state (nested lists, tuples, other caches)."""
+    """Every MLX array inside a cache's state (nested lists and tuples)."""
     import mlx.core as mx
 
     if isinstance(state, mx.array):
@@ -150,16 +296,30 @@ def _arrays(state: Any) -> list[Any]:
     return []
 
 
-def _state(cache: Any) -> list[Any]:
+def _held(cache: Any) -> list[Held]:
+    """What a cache holds after the probe. KV caches allocate in steps of 256 tokens, so their
+    (batch, heads, tokens, dim) arrays count only the tokens they hold (`size()`); nested caches
+    (CacheList) are read member by member; anything else by its state."""
+    inner = getattr(cache, "caches", None)
+    if isinstance(inner, list | tuple):
+        return [x for c in inner for x in _held(c)]
+    size = cache.size() if callable(getattr(cache, "size", None)) else 0
+    offset = getattr(cache, "offset", None)
+    if not size and isinstance(offset, int):  # e.g. ChunkedKVCache: tokens since its start
+        size = offset - getattr(cache, "start_position", 0)
+    if getattr(cache, "keys", None) is not None and isinstance(size, int) and size > 0:
+        arrays = _arrays([cache.keys, getattr(cache, "values", None)])
+        return [((*a.shape[:2], min(size, a.shape[2]), *a.shape[3:]) if a.ndim == 4 else a.shape,
+                 a.dtype.size) for a in arrays]
     try:
-        return _arrays(cache.state)
+        return [(a.shape, a.dtype.size) for a in _arrays(cache.state)]
     except (AttributeError, NotImplementedError, TypeError, ValueError):
         return []
 
 
-def _elements(arrays: list[Any], wide: bool) -> int:
+def _elements(held: list[Held], wide: bool) -> int:
     """Elements of the arrays that follow the model dtype (wide=False) or are float32 (True)."""
-    return sum(a.size for a in arrays if (a.dtype.size >= 4) == wide and a.dtype.size > 1)
+    return sum(math.prod(shape) for shape, size in held if (size >= 4) == wide and size > 1)
 
 
 def _window(cache: Any) -> int | None:
@@ -175,32 +335,42 @@ def _window(cache: Any) -> int | None:
 
 
 def _cache_reading(two: Any, three: Any) -> LayerCache:
-    small, large = _state(two), _state(three)
+    small, large = _held(two), _held(three)
     half = [_elements(small, False), _elements(large, False)]
     wide = [_elements(small, True), _elements(large, True)]
     short, long = PROBE_TOKENS
     token = (half[1] - half[0] + wide[1] - wide[0]) // (long - short)
     state = half[0] + wide[0] - short * token
     keys = _keys(large)
-    head_dim = int(keys[0].shape[-1]) if keys else 0
+    head_dim = keys[0][-1] if keys else 0
     window = _window(three)
     kind = ("full" if token and window is None else "sliding" if token
             else "recurrent" if state else "none")
     from mlx_lm.models.cache import KVCache
 
+    heads = [shape[1] for shape, _ in large if len(shape) == 4 and shape[2] != PROBE_TOKENS[1]]
     return LayerCache(kind=kind, token_elements=token, state_elements=max(state, 0),
                       window=window if token else None, head_dim=head_dim,
                       quantizable=type(three) is KVCache,
-                      state_float32=bool(wide[0]) and not token)
+                      state_float32=bool(wide[0]) and not token, state_heads=max(heads, default=0))
 
 
-def _assign(per_cache: list[LayerCache], num_layers: int) -> list[LayerCache]:
-    """Caches to layers: cache i belongs to layer i mod the layer count (fewer caches than
-    layers: later layers share an earlier one's; more: a layer used in several passes)."""
+def _assign(per_cache: list[LayerCache], num_layers: int,
+            handed: dict[int, list[int]]) -> list[LayerCache]:
+    """Caches to layers: each cache to the first layer handed it in the forward pass (layers
+    handed one already owned share it, so hold nothing more; a layer handed several, as in
+    looped models, holds them all). A model that hands its layers no cache object: cache i to
+    layer i mod the layer count."""
+    owner: dict[int, int] = {}
+    for layer in sorted(handed):
+        for j in handed[layer]:
+            owner.setdefault(j, layer)
+    if len(owner) < len(per_cache):
+        owner = {j: j % num_layers for j in range(len(per_cache))}
     empty = LayerCache("none", 0, 0, None, 0, False)
     out = [empty] * num_layers
-    for i, cache in enumerate(per_cache):
-        layer = i % num_layers
+    for j, cache in enumerate(per_cache):
+        layer = owner[j]
         out[layer] = cache if out[layer] is empty else _merge(out[layer], cache)
     return out
 
@@ -211,20 +381,20 @@ def _merge(a: LayerCache, b: LayerCache) -> LayerCache:
     kind = "full" if "full" in (a.kind, b.kind) else "sliding" if token else a.kind
     return LayerCache(kind, token, a.state_elements + b.state_elements, window,
                       max(a.head_dim, b.head_dim), a.quantizable and b.quantizable,
-                      a.state_float32 or b.state_float32)
+                      a.state_float32 or b.state_float32, max(a.state_heads, b.state_heads))
 
 
-def _keys(arrays: list[Any]) -> list[Any]:
-    """The arrays shaped like keys (B, heads, tokens, dim) after the longer probe."""
-    return [a for a in arrays if len(a.shape) == 4 and a.shape[2] == PROBE_TOKENS[1]]
+def _keys(held: list[Held]) -> list[tuple[int, ...]]:
+    """The shapes like keys (B, heads, tokens, dim) after the longer probe."""
+    return [shape for shape, _ in held if len(shape) == 4 and shape[2] == PROBE_TOKENS[1]]
 
 
 def _kv_shape(caches: list[Any]) -> tuple[int, int]:
     """(kv heads, head dim) of the first attention cache's keys; (0, 0) without attention."""
     for cache in caches:
-        keys = _keys(_state(cache))
+        keys = _keys(_held(cache))
         if keys:
-            return int(keys[0].shape[1]), int(keys[0].shape[3])
+            return keys[0][1], keys[0][3]
     return 0, 0
 
 
@@ -236,20 +406,31 @@ def _first_int(obj: Any, names: tuple[str, ...]) -> int:
     return 0
 
 
-def _linears(module: Any) -> list[tuple[str, Any]]:
+def _linears(modules: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     import mlx.nn as nn
 
     kinds = (nn.Linear, nn.QuantizedLinear)  # type: ignore[attr-defined]
-    return [(path, m) for path, m in module.named_modules() if isinstance(m, kinds)]
+    return [(path, m) for path, m in modules if isinstance(m, kinds)]
 
 
-def _mlp_width(layer: Any, hidden: int, experts: int) -> int:
+ROUTERS = ("gate", "router", "wg", "gating", "classifier")  # last path part of MoE routers
+
+
+def _mlp_width(modules: list[tuple[str, Any]], hidden: int, experts: int) -> int:
     """The widest projection out of the hidden size outside attention (the MLP as built; an
     MoE router, with one output per expert, is not an MLP)."""
-    widths = [m.weight.shape[0] for path, m in _linears(layer)
+    widths = [m.weight.shape[0] for path, m in _linears(modules)
               if not _ATTENTION.search(path) and _in_dims(m) == hidden
-              and not (experts and m.weight.shape[0] == experts)]
+              and not (experts and m.weight.shape[0] == experts
+                       and path.rsplit(".", 1)[-1] in ROUTERS)]
     return int(max(widths, default=0))
+
+
+def _width(shapes: Sequence[tuple[int, ...]], hidden: int) -> int:
+    """An MLP's width from its projections' (..., out, in) shapes: the side that is not the
+    hidden size (the hidden size itself when both are)."""
+    other = [out if out != hidden else inp for *_, out, inp in shapes]
+    return max((w for w in other if w != hidden), default=hidden)
 
 
 def _in_dims(linear: Any) -> int:
@@ -258,23 +439,36 @@ def _in_dims(linear: Any) -> int:
     return width * 32 // bits if bits else width
 
 
-def _moe(layers: list[Any], args: Any) -> dict[str, Any]:
-    """Experts, top-k, expert and shared widths from the switch layers mlx-lm builds."""
+def _switch_blocks(inside: list[list[tuple[str, Any]]]) -> list[Any]:
+    """The modules that hold switch (stacked-expert) linears: mlx-lm's SwitchGLU, SwitchMLP
+    and their family variants."""
     from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 
     switch = (SwitchLinear, QuantizedSwitchLinear)
+    return [m for modules in inside for _, m in modules
+            if any(isinstance(c, switch) for c in _children(m))]
+
+
+def _moe(layers: list[Any], inside: list[list[tuple[str, Any]]], blocks: list[Any],
+         routed: dict[int, int], args: Any, hidden: int) -> dict[str, Any]:
+    """Experts, top-k (what the forward pass routed each token to), expert and shared widths
+    from the switch layers mlx-lm builds."""
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+
+    switch = (SwitchLinear, QuantizedSwitchLinear)
+    ids = {id(b) for b in blocks}
     sparse, experts, width, top_k, shared = [], 0, 0, 0, 0
-    for layer in layers:
-        blocks = [(p, m) for p, m in layer.named_modules()
-                  if any(isinstance(c, switch) for c in _children(m))]
-        sparse.append(bool(blocks))
-        for path, block in blocks:
+    for layer, modules in zip(layers, inside, strict=True):
+        found = [(p, m) for p, m in modules if id(m) in ids]
+        sparse.append(bool(found))
+        for path, block in found:
             linears = [c for c in _children(block) if isinstance(c, switch)]
             experts = max(experts, max(int(c.weight.shape[0]) for c in linears))
-            width = max(width, max(int(c.weight.shape[1]) for c in linears))
+            width = max(width, _width([_dims(c) for c in linears], hidden))
             parent = _parent(layer, path)
-            top_k = max(top_k, _first_int(parent, TOP_K_NAMES) or _first_int(args, TOP_K_NAMES))
-            shared = max(shared, _shared_width(parent))
+            k = routed.get(id(block)) or _first_int(parent, TOP_K_NAMES) or _first_int(args, TOP_K_NAMES)
+            top_k = max(top_k, k)
+            shared = max(shared, _shared_width(parent, hidden))
     if not experts:
         return {}
     return {"num_experts": experts, "experts_per_token": min(top_k or experts, experts),
@@ -294,8 +488,14 @@ def _parent(layer: Any, path: str) -> Any:
     return module
 
 
-def _shared_width(moe_block: Any) -> int:
+def _dims(linear: Any) -> tuple[int, int]:
+    """(out, in) of a linear or switch linear, unpacking quantized input dims."""
+    return int(linear.weight.shape[-2]), _in_dims(linear)
+
+
+def _shared_width(moe_block: Any, hidden: int) -> int:
     for name, child in moe_block.children().items():
         if "shared" in name and hasattr(child, "named_modules"):
-            return int(max((m.weight.shape[0] for _, m in _linears(child)), default=0))
+            found = [_dims(m) for _, m in _linears(list(child.named_modules()))]
+            return _width(found, hidden) if found else 0
     return 0

@@ -1,0 +1,118 @@
+"""Every architecture the installed mlx-lm ships, as a tiny random model built through its own
+Model class (tests/tiny_families.py): unimap reads its structure from the model, plans it, and
+generates the same greedy tokens as plain mlx-lm all on one device and split across two, with
+the measured peak within the plan."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import pytest
+from tiny_families import UNBUILDABLE, families, tiny_config
+from tiny_models import stand_in_machine, write_random_model
+
+import unimap
+from unimap.api import load
+from unimap.errors import ModelError
+from unimap.generate import stream_generate
+
+PROMPT = [1, 7, 12, 5, 33, 90, 41, 8, 19, 64, 3, 77]
+BUILDABLE = [f for f in families() if f not in UNBUILDABLE]
+
+
+class Checkpoints(dict[str, Path]):
+    """A random checkpoint per family, written when a test first asks for it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        self[family] = write_random_model(self.root / family, tiny_config(family))
+        return self[family]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
+    return Checkpoints(tmp_path_factory.mktemp("families"))
+
+
+def reference(path: Path, steps: int = 6) -> list[int]:
+    from mlx_lm import load as mlx_load
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    model, _ = mlx_load(str(path))
+    return [int(t) for t, _ in generate_step(mx.array(PROMPT), model, max_tokens=steps,
+                                             sampler=make_sampler(0.0))]
+
+
+def run(model: Any, tokenizer: Any, steps: int = 6) -> list[int]:
+    out = [r.token for r in stream_generate(model, tokenizer, list(PROMPT), max_tokens=steps)]
+    return [t for t in out if t is not None]
+
+
+def test_most_of_mlx_lm_is_buildable() -> None:
+    assert len(families()) >= 100
+    assert len(BUILDABLE) >= 0.9 * len(families())
+
+
+@pytest.mark.parametrize("family", BUILDABLE)
+def test_same_tokens_as_mlx_lm_whole_and_split(checkpoints: Checkpoints, family: str) -> None:
+    path = checkpoints[family]
+    expected = reference(path)
+    spec = unimap.inspect(path)
+    n = spec.num_layers
+    assert sum(s.header_bytes for s in spec.slots) == sum(h.end - h.begin for h in spec.headers)
+    for split in (n, n // 2):
+        gc.collect()  # the reference model (and the last split's) may sit in reference cycles
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        with pytest.warns(DeprecationWarning):
+            model, tokenizer, plan = load(path, device_map=split, machine=stand_in_machine(),
+                                          max_seq_len=64)
+        assert [len(d.layers) for d in plan.devices] == [split, n - split]
+        assert run(model, tokenizer) == expected, f"{family} split at {split}"
+        assert 0 < mx.get_peak_memory() <= plan.peak_bytes, f"{family} split at {split}"
+        model._unimap.wired.release()
+        del model
+
+
+REASONS = {"bitnet": "No Metal back-end", "muse_spark": "No Metal back-end",
+           "olmo": "cannot be imported"}
+
+
+@pytest.mark.parametrize("family", sorted(UNBUILDABLE))
+def test_families_that_cannot_run_here_are_refused_with_a_reason(family: str) -> None:
+    """A one-line ModelError that says why: Metal-only kernels on this CPU build, a module
+    that needs another package."""
+    config = tiny_config(family) if family in families() else {"model_type": family}
+    with pytest.raises(ModelError, match=REASONS[family]):
+        unimap.families.read_architecture(config, "config.json")
+
+
+def test_a_config_missing_a_field_names_it() -> None:
+    config = {k: v for k, v in tiny_config("olmo2").items() if k != "hidden_size"}
+    with pytest.raises(ModelError, match="missing 'hidden_size', which mlx-lm's .*olmo2 needs"):
+        unimap.families.read_architecture(config, "config.json")
+
+
+def test_a_config_mlx_lm_cannot_build_says_why() -> None:
+    config = {**tiny_config("llama"), "num_attention_heads": 5}  # 64 wide: not divisible by 5
+    with pytest.raises(ModelError, match="config.json: mlx-lm"):
+        unimap.families.read_architecture({**config, "model_type": "olmo2"}, "config.json")
+
+
+def test_a_large_model_that_evaluates_while_probed_is_refused() -> None:
+    """dbrx routes with .tolist(): reading its caches would compute through every weight, so a
+    full-size one is refused with the reason (its tiny twin above is read and runs)."""
+    config = {"model_type": "dbrx", "vocab_size": 100352, "d_model": 6144, "n_heads": 48,
+              "n_layers": 40, "max_seq_len": 32768,
+              "attn_config": {"clip_qkv": 8, "kv_n_heads": 8, "rope_theta": 500000},
+              "ffn_config": {"ffn_hidden_size": 10752, "moe_num_experts": 16, "moe_top_k": 4}}
+    with pytest.raises(ModelError, match="evaluates arrays inside its forward pass"):
+        unimap.families.read_architecture(config, "config.json")
+    assert mx.get_active_memory() < 1 << 30  # nothing of the 245 GiB was computed

@@ -1,0 +1,317 @@
+"""Tiny config.json dicts for every architecture the installed mlx-lm ships, so tests and tools
+can build real random-weight instances through mlx-lm's own Model classes (no downloads).
+
+`tiny_config(model_type)` fills each field a family's ModelArgs requires from one table of small
+values (4 layers, 64 wide, 4 heads, 4 experts with top-2), then applies that family's own
+overrides: the few fields whose meaning differs (layer patterns, rope settings, nested configs).
+Wrapper families (the multimodal ones, whose ModelArgs holds the language model's fields under
+"text_config") get a tiny text config built the same way, from the family or args class that
+TEXT_CONFIGS names. Families that cannot be built here are listed in UNBUILDABLE with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any
+
+LAYERS = 4
+# One small value per common ModelArgs field name.
+BASE: dict[str, Any] = {
+    "vocab_size": 128, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": LAYERS,
+    "intermediate_size": 128, "rms_norm_eps": 1e-5, "num_key_value_heads": 2,
+    "max_position_embeddings": 1024, "rope_theta": 10000.0, "head_dim": 16,
+    "num_experts_per_tok": 2, "moe_intermediate_size": 32, "attention_bias": False,
+    "num_experts": 4, "tie_word_embeddings": False, "norm_topk_prob": True,
+    "routed_scaling_factor": 1.0, "first_k_dense_replace": 1, "n_routed_experts": 4,
+    "n_shared_experts": 1, "kv_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16,
+    "v_head_dim": 16, "layer_norm_epsilon": 1e-5, "partial_rotary_factor": 0.5,
+    "n_group": 1, "topk_group": 1, "use_bias": False, "q_lora_rank": 32, "num_layers": LAYERS,
+    "mlp_bias": False, "num_shared_experts": 1, "norm_eps": 1e-5, "mlp_only_layers": [],
+    "decoder_sparse_step": 1, "use_qk_norm": True, "n_embd": 64, "n_head": 4, "n_layer": LAYERS,
+    "layer_norm_eps": 1e-5, "logits_scaling": 1.0, "attention_multiplier": 1.0,
+    "embedding_multiplier": 1.0, "residual_multiplier": 1.0, "moe_topk": 2, "conv_kernel": 4,
+    "use_conv_bias": True, "num_heads": 4, "num_kv_heads": 2, "sliding_window": 8,
+    "topk_method": "noaux_tc", "scoring_func": "sigmoid", "moe_layer_freq": 1,
+    "num_local_experts": 4, "conv_bias": True, "conv_L_cache": 3, "ffn_hidden_size": 128,
+    "expert_ffn_hidden_size": 32, "zero_expert_num": 0, "state_size": 16, "time_step_rank": 8,
+    "n_groups": 1, "dim_model_base": 64, "scale_depth": 1.4, "scale_emb": 1.0,
+    "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4,
+    "shared_expert_intermediate_size": 64, "hidden_dim": 128, "n_positions": 1024,
+    "n_ctx": 1024, "n_inner": 128, "rotary_emb_base": 10000.0, "rotary_pct": 0.25,
+    "d_model": 64, "n_layers": LAYERS, "n_heads": 4, "n_kv_heads": 2, "hidden_act": "silu",
+    "moe_num_experts": 4, "num_shared_expert": 1, "qk_norm": True, "post_norm": False,
+    "layer_group_size": 2, "group_norm_size": 1, "mamba_d_conv": 4, "mamba_d_state": 16,
+    "mamba_expand": 2, "model_max_length": 1024, "index_head_dim": 16, "index_n_heads": 2,
+    "index_topk": 8, "rotary_dim": 8, "ssm_state_size": 16, "mamba_num_heads": 4,
+    "mamba_head_dim": 32, "mamba_proj_bias": False, "time_step_limit": [0.0, float("inf")],
+    "conv_window": 4, "block_dim": 64, "block_multiple_of": 32,
+    "block_ffn_dim_multiplier": 1.0, "block_auto_adjust_ff_dim": True, "use_expert_bias": False,
+    "num_dense_layers": 1, "block_size": 4, "intermediate_size_mlp": 128,
+    "use_mixed_mlp_moe": False, "use_cla": False, "cla_share_factor": 1,
+    "attn_layer_offset": 1, "attn_layer_period": 2, "expert_layer_offset": 1,
+    "expert_layer_period": 2, "num_kv_reuse_layers": 0, "shared_intermediate_size": 64,
+    "linear_allow_neg_eigval": False, "attention_method": "sdpa", "zero_expert_type": "identity",
+    "is_moe_layer": [False, True, True, True], "sliding_window_layers": [0, 2],
+    "no_rope_layers": [1, 1, 1, 0], "sliding_window_pattern": 2, "layernorm_epsilon": 1e-5,
+    "sliding_window_size": 8, "swa_rope_theta": 10000.0, "swa_num_attention_heads": 4,
+    "swa_num_key_value_heads": 2, "swa_head_dim": 16, "swa_v_head_dim": 16,
+    "add_swa_attention_sink_bias": False, "add_full_attention_sink_bias": False,
+    "mla_scale_q_lora": False, "mla_scale_kv_lora": False, "rope_scaling": None,
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+    "layer_types": ["sliding_attention", "full_attention"] * (LAYERS // 2),
+}
+
+# Fields set even where the family has a default: the sizes (defaults are real-model sized).
+SIZES = {k for k, v in BASE.items() if isinstance(v, int) and not isinstance(v, bool)} - {
+    "first_k_dense_replace", "moe_layer_freq", "decoder_sparse_step", "sliding_window_pattern",
+    "num_dense_layers", "attn_layer_offset", "attn_layer_period", "expert_layer_offset",
+    "expert_layer_period", "num_kv_reuse_layers", "cla_share_factor", "layer_group_size",
+    "group_norm_size", "n_group", "topk_group", "zero_expert_num", "n_groups"}
+
+# Small rope settings shared by several families (yarn over a 256-token original context).
+_YARN: dict[str, Any] = {
+    "rope_type": "yarn", "type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+    "original_max_position_embeddings": 256, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0,
+    "mscale_all_dim": 1.0,
+}
+_MISTRAL_YARN: dict[str, Any] = {**_YARN, "llama_4_scaling_beta": 0.1}
+_LLAMA3_ROPE: dict[str, Any] = {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 256,
+}
+_SWA_FULL_ROPE: dict[str, Any] = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+}
+_QWEN35_ROPE: dict[str, Any] = {
+    "type": "default", "mrope_section": [1, 1, 0], "rope_theta": 10000000.0,
+    "partial_rotary_factor": 0.25,
+}
+_SWA3_FULL = ["sliding_attention"] * (LAYERS - 1) + ["full_attention"]
+
+# Per family: the fields whose shape the table cannot guess.
+OVERRIDES: dict[str, dict[str, Any]] = {
+    "afm7": {"hidden_dim": 64, "num_kv_reuse_layers": 2},
+    "baichuan_m1": {"conv_window": 2, "sliding_window_layers": [0, 2],
+                    "num_swa_attention_heads": 4, "num_swa_key_value_heads": 4},
+    "bailing_moe_v3": {"n_group": 2, "topk_group": 1, "moe_shared_expert_intermediate_size": 32},
+    "dbrx": {"ffn_config": {"ffn_hidden_size": 32, "moe_num_experts": 4, "moe_top_k": 2},
+             "attn_config": {"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 10000.0}},
+    "deepseek_v2": {"rope_scaling": _YARN, "topk_method": "group_limited_greedy", "n_group": 2,
+                    "topk_group": 1},
+    "deepseek_v41": {"o_groups": 2, "o_lora_rank": 16, "compress_ratios": [0, 2, 1, 1],
+                     "kv_source_layer_ids": [1, 2], "index_source_layer_ids": [1, 2, 3],
+                     "candidate_source_layer_id": 2, "candidate_topk_blocks": 2,
+                     "candidate_block_size": 2, "index_topk": 4},
+    "exaone4": {"sliding_window_pattern": "LLLG", "rope_scaling": None,
+                "layer_types": _SWA3_FULL},
+    "falcon_h1": {"mamba_d_ssm": 128, "mamba_n_heads": 8, "mamba_d_head": 16,
+                  "mamba_chunk_size": 16},
+    "gemma2": {"query_pre_attn_scalar": 16},
+    "gemma3_text": {"sliding_window_pattern": 2, "query_pre_attn_scalar": 16},
+    "gemma3n": {"text_config": {
+        "model_type": "gemma3n_text", "num_kv_shared_layers": 2, "vocab_size_per_layer_input": 128,
+        "sliding_window": 8, "rope_local_base_freq": 10000.0, "final_logit_softcapping": 30.0,
+        "layer_types": ["sliding_attention", "full_attention"] * (LAYERS // 2),
+        "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0], "hidden_size_per_layer_input": 16,
+        "altup_num_inputs": 4, "altup_coef_clip": 120.0, "altup_correct_scale": True,
+        "altup_active_idx": 0, "laurel_rank": 16}},
+    # gemma4: the MoE variant (26B-A4B); gemma4_text: the per-layer-input, kv-sharing one (E2B).
+    "gemma4": {"text_config": {
+        "global_head_dim": 32, "num_kv_shared_layers": 0, "hidden_size_per_layer_input": 0,
+        "attention_k_eq_v": True, "num_global_key_value_heads": 1, "use_double_wide_mlp": False,
+        "enable_moe_block": True, "num_experts": 4, "top_k_experts": 2,
+        "moe_intermediate_size": 32, "sliding_window_pattern": 2,
+        "layer_types": ["sliding_attention", "full_attention"] * (LAYERS // 2)}},
+    "gemma4_text": {"global_head_dim": 32, "num_kv_shared_layers": 2,
+                    "hidden_size_per_layer_input": 16, "vocab_size_per_layer_input": 128,
+                    "sliding_window_pattern": 2},
+    "granitemoehybrid": {"layer_types": ["mamba", "attention", "mamba", "mamba"],
+                         "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_n_groups": 1,
+                         "mamba_proj_bias": False, "mamba_conv_bias": True,
+                         "position_embedding_type": "nope"},
+    "hunyuan": {"rope_scaling": {"alpha": 1000.0, "factor": 1.0, "type": "dynamic"},
+                "use_mixed_mlp_moe": True, "use_cla": True, "cla_share_factor": 2,
+                "moe_intermediate_size": 32},
+    "iquestloopcoder": {"loop_window_size": 8},
+    "kimi_k25": {"text_config": {"model_type": "kimi_k2"}},
+    "kimi_k3": {"text_config": {
+        "model_type": "kimi_k3", "num_experts": 4, "num_experts_per_token": 2,
+        "num_shared_experts": 1, "moe_intermediate_size": 32, "first_k_dense_replace": 1,
+        "q_lora_rank": 32, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+        "v_head_dim": 16, "mla_use_output_gate": True, "attn_res_block_size": 2,
+        "routed_expert_hidden_size": 32, "latent_moe_use_norm": True,
+        "linear_attn_config": {"kda_layers": [1, 2, 3], "full_attn_layers": [4], "num_heads": 4,
+                               "head_dim": 16, "short_conv_kernel_size": 4}}},
+    "kimi_linear": {"mla_use_nope": True, "num_experts_per_token": 2, "num_shared_experts": 1,
+                    "first_k_dense_replace": 1, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+                    "v_head_dim": 16,
+                    "linear_attn_config": {"kda_layers": [1, 2, 3], "full_attn_layers": [4],
+                                           "num_heads": 4, "head_dim": 16,
+                                           "short_conv_kernel_size": 4}},
+    "kimi_vl": {"text_config": {"model_type": "deepseek_v3"}},
+    "laguna": {"layer_types": ["full_attention"] + ["sliding_attention"] * (LAYERS - 1),
+               "num_attention_heads_per_layer": [4] + [8] * (LAYERS - 1),
+               "rope_parameters": {
+                   "full_attention": {**_YARN, "partial_rotary_factor": 0.5},
+                   "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+    "lfm2": {"layer_types": ["conv", "conv", "full_attention", "conv"], "block_ff_dim": 128},
+    "lfm2_moe": {"layer_types": ["conv", "conv", "full_attention", "conv"]},
+    "lfm2-vl": {"text_config": {}},
+    "llama4": {"text_config": {
+        "model_type": "llama4_text", "num_experts_per_tok": 1, "attention_chunk_size": 8,
+        "interleave_moe_layer_step": 1, "intermediate_size": 32, "intermediate_size_mlp": 128,
+        "rope_scaling": _LLAMA3_ROPE, "rope_theta": 500000.0}},
+    "longcat_flash": {"mla_scale_q_lora": True, "mla_scale_kv_lora": True, "zero_expert_num": 2},
+    "longcat_flash_ngram": {"mla_scale_q_lora": True, "mla_scale_kv_lora": True,
+                            "zero_expert_num": 2, "ngram_vocab_size_ratio": 4,
+                            "emb_neighbor_num": 3, "emb_split_num": 2},
+    # Mamba-2's SSM heads: num_heads * head_dim = expand * hidden_size (transformers checks it).
+    "mamba2": {"num_heads": 8, "expand": 2},
+    "mellum": {"layer_types": _SWA3_FULL, "rope_parameters": _SWA_FULL_ROPE},
+    "mimo_v2_flash": {"hybrid_layer_pattern": [0, 1, 1, 1], "moe_layer_freq": [0, 1, 1, 1],
+                      "n_group": 1, "topk_group": 1, "partial_rotary_factor": 0.5,
+                      "add_swa_attention_sink_bias": True},
+    "minicpm3": {"rope_scaling": {"type": "longrope", "original_max_position_embeddings": 256,
+                                  "short_factor": [1.0] * 4,
+                                  "long_factor": [1.0, 1.5, 2.0, 2.5]}},
+    "minimax_m3_vl": {"text_config": {
+        "model_type": "minimax_m3", "intermediate_size": 32, "dense_intermediate_size": 128,
+        "shared_intermediate_size": 32, "num_local_experts": 4, "num_experts_per_tok": 2,
+        "rotary_dim": 8, "moe_layer_freq": [0, 1, 1, 1],
+        "sparse_attention_config": {"sparse_num_index_heads": 2, "sparse_index_dim": 16,
+                                    "sparse_block_size": 4, "sparse_topk_blocks": 2,
+                                    "sparse_local_block": 1,
+                                    "sparse_attention_freq": [0, 1, 1, 1]}}},
+    "ministral3": {"rope_parameters": _MISTRAL_YARN},
+    "mistral3": {"text_config": {}},
+    "mistral4": {"rope_parameters": _MISTRAL_YARN, "first_k_dense_replace": 0},
+    "muse_spark": {"text_config": {
+        "post_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 10000.0},
+        "layer_rope_theta": [10000.0] * (LAYERS - 1) + [0.0], "layer_types": _SWA3_FULL,
+        "final_logit_softcapping": 30.0, "output_multiplier": 1.0, "num_local_experts": 4,
+        "num_experts_per_tok": 2, "num_shared_experts": 0, "moe_hidden_size": 32,
+        "moe_intermediate_size": 32, "mlp_layer_types": ["sparse"] * LAYERS}},
+    "nemotron-nas": {"block_configs": [
+        {"attention": {"n_heads_in_group": 2}, "ffn": {"ffn_mult": 2.0}},
+        {"attention": {"no_op": True}, "ffn": {"ffn_mult": 1.0}},
+        {"attention": {"replace_with_linear": True}, "ffn": {"replace_with_linear": True}},
+        {"attention": {"n_heads_in_group": 4}, "ffn": {"no_op": True}}]},
+    "nemotron_h": {"hybrid_override_pattern": ["M", "E", "*", "E"], "n_routed_experts": 4,
+                   "moe_shared_expert_intermediate_size": 64, "mamba_head_dim": 16,
+                   "mamba_num_heads": 8, "n_group": 1, "topk_group": 1,
+                   "num_experts_per_tok": 2, "norm_topk_prob": True,
+                   "routed_scaling_factor": 1.0},
+    "openelm": {"num_transformer_layers": LAYERS, "model_dim": 64, "ffn_dim_divisor": 32,
+                "num_query_heads": [4, 4, 4, 4], "num_kv_heads": [2, 2, 2, 2],
+                "ffn_multipliers": [0.5, 1.0, 1.5, 2.0]},
+    # phi3small writes -inf into logits at fixed token ids up to 100351: a smaller vocab makes that
+    # scatter write out of bounds (heap corruption, random crashes), so it keeps its real vocab.
+    "phi3small": {"dense_attention_every_n_layers": 2, "ff_intermediate_size": 128,
+                  "gegelu_limit": 20.0, "vocab_size": 100352},
+    "phixtral": {"model_dim": 64, "num_vocab": 128},
+    "pixtral": {"text_config": {"model_type": "mistral"}},
+    "plamo": {"n_shared_head": 2},
+    "plamo2": {"hidden_size_per_head": 16, "mamba_num_heads": 8, "attention_window_size": 8,
+               "intermediate_size": 128},
+    "plamo3": {"sliding_window_pattern": 4},
+    "prism_hadamard_qwen35": {
+        "schema_version": 1, "tensor_namespace": "mlx-lm-text",
+        "quantization": {"bits": 2, "group_size": 128, "mode": "affine"},
+        "modules": [{"path": f"model.layers.{i}.mlp.down_proj", "embedding": False,
+                     "dtype": "float16", "block": 512} for i in range(LAYERS)],
+        "text_config": {"model_type": "qwen3_5_text", "intermediate_size": 512, "num_experts": 0,
+                        "num_experts_per_tok": 0, "rope_parameters": _QWEN35_ROPE}},
+    "qwen": {"kv_channels": 16},
+    "qwen2_vl": {"text_config": {}},
+    "qwen3": {"rope_theta": 1000000.0},
+    "qwen3_5": {"text_config": {"model_type": "qwen3_5_text", "num_experts": 0,
+                                "num_experts_per_tok": 0, "rope_parameters": _QWEN35_ROPE}},
+    "qwen3_5_moe": {"text_config": {"model_type": "qwen3_5_moe_text",
+                                    "rope_parameters": _QWEN35_ROPE}},
+    "qwen3_vl": {"text_config": {}},
+    "qwen3_vl_moe": {"text_config": {}},
+    "recurrent_gemma": {"conv1d_width": 4, "logits_soft_cap": 30.0, "attention_window_size": 8,
+                        "block_types": ["recurrent", "recurrent", "attention"]},
+    "rwkv7": {"a_low_rank_dim": 8, "v_low_rank_dim": 8, "gate_low_rank_dim": 16,
+              "decay_low_rank_dim": 8},
+    "spark2_5": {"layer_types": _SWA3_FULL, "hidden_act": "gelu",
+                 "rope_parameters": {
+                     "sliding_attention": {"rope_theta": 10000.0, "partial_rotary_factor": 1.0},
+                     "full_attention": {"rope_theta": 1000000.0, "partial_rotary_factor": 0.5}}},
+    "stablelm": {"use_qkv_bias": True},
+    "step3p5": {"num_attention_groups": 2, "moe_num_experts": 4, "moe_top_k": 2,
+                "moe_intermediate_size": 32, "share_expert_dim": 64, "sliding_window": 8,
+                "layer_types": ["full_attention"] + ["sliding_attention"] * (LAYERS - 1),
+                "attention_other_setting": {"num_attention_heads": 8, "num_attention_groups": 2},
+                "partial_rotary_factors": [0.5, 1.0, 1.0, 1.0], "rope_scaling": _YARN,
+                "yarn_only_types": ["full_attention"], "moe_layers_enum": "1,2,3",
+                "swiglu_limits": [0.0, 0.0, 7.0, 7.0],
+                "swiglu_limits_shared": [0.0, 0.0, 0.0, 16.0]},
+}
+
+# Wrapper families whose language model is configured under "text_config": the tiny config of the
+# named family, or of the named "module.Class" args class, plus OVERRIDES[family]["text_config"].
+TEXT_CONFIGS: dict[str, str] = {
+    "gemma3": "gemma3_text", "gemma3n": "gemma3n.TextConfig", "gemma4": "gemma4_text",
+    "kimi_k25": "deepseek_v3", "kimi_k3": "kimi_k3.TextArgs", "kimi_vl": "kimi_vl.TextArgs",
+    "lfm2-vl": "lfm2", "llama4": "llama4.TextArgs", "minimax_m3_vl": "minimax_m3_vl.TextArgs",
+    "mistral3": "ministral3", "muse_spark": "muse_spark.TextArgs", "pixtral": "llama",
+    "prism_hadamard_qwen35": "qwen3_5.TextModelArgs", "qwen2_vl": "qwen2",
+    "qwen3_5": "qwen3_5.TextModelArgs", "qwen3_5_moe": "qwen3_5.TextModelArgs", "qwen3_vl": "qwen3",
+    "qwen3_vl_moe": "qwen3_moe",
+}
+
+UNBUILDABLE: dict[str, str] = {
+    "bitnet": "its BitLinear layers run a custom Metal kernel; MLX's CPU build has no Metal back-end",
+    "olmo": "mlx-lm's module needs the ai2-olmo package (hf_olmo) and exits on import without it",
+    "muse_spark": "its attention, norms and expert routing run mlx-lm's Metal kernels, with no fallback",
+}
+
+
+def families() -> list[str]:
+    """Every mlx-lm module with a Model and a ModelArgs class (by module name)."""
+    import mlx_lm.models as models
+
+    found = []
+    for info in pkgutil.iter_modules(models.__path__):
+        try:
+            module = importlib.import_module(f"mlx_lm.models.{info.name}")
+        except (ImportError, SystemExit):
+            continue
+        if hasattr(module, "Model") and hasattr(module, "ModelArgs"):
+            found.append(info.name)
+    return sorted(found)
+
+
+def _fill(args_class: type) -> dict[str, Any]:
+    """The BASE value of each field of `args_class` that is required or is a size."""
+    config: dict[str, Any] = {}
+    for f in dataclasses.fields(args_class):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name in BASE and (required or f.name in SIZES):
+            config[f.name] = copy.deepcopy(BASE[f.name])
+    return config
+
+
+def tiny_config(family: str) -> dict[str, Any]:
+    """A small config.json dict for `family` (an mlx-lm module name)."""
+    module = importlib.import_module(f"mlx_lm.models.{family}")
+    config: dict[str, Any] = {"model_type": family, **_fill(module.ModelArgs)}
+    overrides = copy.deepcopy(OVERRIDES.get(family, {}))
+    text_overrides = overrides.pop("text_config", {})
+    config.update(overrides)
+    if family in TEXT_CONFIGS:
+        source = TEXT_CONFIGS[family]
+        if "." in source:
+            module_name, class_name = source.split(".")
+            args_class = getattr(importlib.import_module(f"mlx_lm.models.{module_name}"), class_name)
+            text = _fill(args_class)
+        else:
+            text = tiny_config(source)
+        config["text_config"] = {**text, **text_overrides}
+    return config

@@ -1,0 +1,185 @@
+"""Measure every mlx-lm family the activation coefficients were not fitted on, on a tiny twin.
+
+Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...]
+
+For each family of tests/tiny_families.py whose module has no measured coefficients in
+unimap/calibration.py, a tiny random checkpoint is built through mlx-lm's own Model class,
+loaded through unimap (all on one device) and run on prompts of 160 and 600 tokens (prefill
+chunks of 128, so several chunks follow cached tokens) plus 4 decoded tokens, batch 1 and 2.
+The chunk arrays the estimate prices with the largest coefficients of every measured family
+are compared with what the run needed (measured peak minus everything else the plan counts).
+What is missing, per token of the chunk and per unit of hidden width (so it grows with the model
+as the widths do: SSM scans have one (step x step) block per head, heads grow with the width),
+becomes that family's extra coefficient: the largest over the runs, when above 0. --write
+regenerates unimap/family_calibration.py with the machine and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import sys
+import tempfile
+import warnings
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+PROMPTS = (160, 600)
+BATCHES = (1, 2)
+PREFILL_STEP = 128
+DECODE = 4
+OUT = ROOT / "unimap" / "family_calibration.py"
+
+
+def measure(family: str, work: Path) -> tuple[str, float, float]:
+    """(basis, per-unit coefficient, per-score coefficient) of what the family needed beyond
+    the priced chunk arrays; coefficients <= 0 mean nothing more was needed."""
+    import mlx.core as mx
+    from tiny_families import tiny_config
+    from tiny_models import stand_in_machine, write_random_model
+
+    import unimap
+    from unimap.device_map import parse_device_map
+    from unimap.estimate import Options
+    from unimap.generate import make_cache
+    from unimap.plan import make_plan
+
+    machine = stand_in_machine()
+    path = write_random_model(work / family, tiny_config(family))
+    spec = unimap.inspect(path)
+    runs: list[tuple[int, int, float]] = []  # (chunk tokens, keys, missing bytes per chunk token)
+    for tokens in PROMPTS:
+        for batch in BATCHES:
+            options = Options(max_seq_len=tokens + DECODE, max_batch_size=batch,
+                              prefill_step_tokens=PREFILL_STEP)
+            plan = make_plan(spec, machine, options, parse_device_map("auto"))
+            model, _, _ = unimap.load(path, planned=plan)
+            gc.collect()
+            mx.clear_cache()
+            mx.reset_peak_memory()
+            run(model, make_cache(model), tokens, batch)
+            missing = mx.get_peak_memory() - plan.peak_bytes
+            chunk = min(PREFILL_STEP, tokens - 1)
+            runs.append((chunk, tokens + DECODE, missing / (batch * chunk)))
+            model._unimap.wired.release()
+            del model
+    return fit(spec.arch, runs)
+
+
+def fit(arch: Any, runs: list[tuple[int, int, float]]) -> tuple[str, float, float]:
+    """Split what was missing into a part that grows with the keys (per head and key: score-like
+    arrays the unfused attention of this family keeps beyond the priced ones) and a constant
+    part per unit of the family's basis; each at least what every run needed."""
+    heads = max(arch.num_heads, 1)
+    by_keys = sorted(runs, key=lambda r: r[1])
+    short, long = by_keys[0], by_keys[-1]
+    slope = (long[2] - short[2]) / ((long[1] - short[1]) * heads * 4) if long[1] > short[1] else 0.0
+    slope = max(slope, 0.0)
+    rest = max(miss - slope * heads * keys * 4 for _, keys, miss in runs)
+    unit = unit_bytes(arch, max(chunk for chunk, _, _ in runs))
+    return basis(arch), rest / unit, slope
+
+
+def basis(arch: Any) -> str:
+    """Families with a (heads, dim, dim) recurrent state scale with its heads (SSM scans)."""
+    return "state" if arch.state_heads else "hidden"
+
+
+def unit_bytes(arch: Any, chunk: int) -> int:
+    from unimap.estimate import SCAN_STEP_TOKENS
+
+    if basis(arch) == "state":
+        return arch.state_heads * min(chunk, SCAN_STEP_TOKENS) * 4
+    return arch.hidden_size * 4
+
+
+def run(model: Any, cache: list[Any], tokens: int, batch: int) -> None:
+    """Prefill in chunks as mlx-lm's generate_step does, then decode a few tokens."""
+    import mlx.core as mx
+
+    prompt = mx.random.randint(3, 100, (batch, tokens))
+    done = 0
+    while tokens - done > 1:
+        n = min(PREFILL_STEP, tokens - 1 - done)
+        model(prompt[:, done:done + n], cache=cache)
+        mx.eval([c.state for c in cache])
+        done += n
+        mx.clear_cache()
+    y = prompt[:, done:]
+    for _ in range(DECODE):
+        logits = model(y, cache=cache)
+        y = mx.argmax(logits[:, -1:, :], axis=-1)
+        mx.eval(y)
+
+
+def uncalibrated() -> list[str]:
+    from tiny_families import UNBUILDABLE, families
+
+    from unimap.calibration import COEFFICIENTS
+
+    measured = {family for family, _ in COEFFICIENTS}
+    return [f for f in families() if f not in UNBUILDABLE and f not in measured]
+
+
+def render(factors: dict[str, tuple[str, float, float]]) -> str:
+    import mlx.core as mx
+    import mlx_lm
+
+    rows = "".join(f"    {name!r}: {value},\n" for name, value in sorted(factors.items()))
+    return f'''"""Chunk-array factors of mlx-lm families without measured coefficients, measured by
+tools/calibrate_families.py on tiny twins built through mlx-lm's own classes.
+
+Generated {date.today()} on {platform.platform()} ({platform.machine()}), MLX {mx.__version__},
+mlx-lm {mlx_lm.__version__}, MLX's CPU backend. Do not edit by hand: rerun the tool with --write.
+
+A family listed here needed more than the largest measured coefficients price for its chunk
+arrays: the estimate adds, per chunk token, the first coefficient times hidden x 4 bytes
+("hidden") or times state heads x scan-block tokens x 4 bytes ("state": families with an
+SSM-like state), plus the second times heads x keys x 4 bytes (score-like arrays this family's
+attention keeps beyond the priced ones); families not listed needed no more.
+"""
+
+FAMILY_EXTRA: dict[str, tuple[str, float, float]] = {{
+{rows}}}
+'''
+
+
+def _up(value: float) -> float:
+    return round(max(value, 0.0) * 1.02 + 0.01, 2) if value > 0 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help=f"regenerate {OUT.relative_to(ROOT)}")
+    parser.add_argument("--only", default="", help="comma-separated families")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from unimap.family_calibration import FAMILY_EXTRA
+
+    FAMILY_EXTRA.clear()  # measure against the plan without the extras being refitted
+    families = args.only.split(",") if args.only else uncalibrated()
+    factors: dict[str, tuple[str, float, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in families:
+            try:
+                unit, extra, scores = measure(family, Path(tmp))
+            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                continue
+            print(f"{family:24s} per chunk token: {extra:7.2f} x {unit} unit + {scores:5.2f} x "
+                  "heads x keys x 4 bytes", flush=True)
+            if extra > 0 or scores > 0:  # a margin for run-to-run noise
+                factors[family] = (unit, _up(extra), _up(scores))
+    if args.write:
+        OUT.write_text(render(factors))
+        print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
