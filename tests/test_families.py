@@ -116,3 +116,11 @@ def test_a_large_model_that_evaluates_while_probed_is_refused() -> None:
     with pytest.raises(ModelError, match="evaluates arrays inside its forward pass"):
         unimap.families.read_architecture(config, "config.json")
     assert mx.get_active_memory() < 1 << 30  # nothing of the 245 GiB was computed
+
+
+@pytest.mark.parametrize(("key", "value"), [("num_hidden_layers", 10**7), ("hidden_size", 10**30),
+                                            ("vocab_size", -(10**20))])
+def test_absurd_sizes_are_refused_before_building(key: str, value: int) -> None:
+    config = {**tiny_config("olmo2"), key: value}
+    with pytest.raises(ModelError, match=f"'{key}' = {value} is not a size a model has"):
+        unimap.families.read_architecture(config, "config.json")

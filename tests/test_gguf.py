@@ -96,13 +96,14 @@ def test_cli_run_streams_a_story() -> None:
     (b"GGUF" + struct.pack("<I", 1) + b"\0" * 16, "GGUF version 1 is not supported"),
     (header_bytes(LLAMA_META, [])[:40], "the GGUF header is truncated"),
     (header_bytes({**LLAMA_META, "general.architecture": "gpt2"}, []), "GGUF architecture 'gpt2'"),
-    (header_bytes({**LLAMA_META, "tokenizer.ggml.model": "gpt2"}, []), "tokenizer kind 'gpt2'"),
+    (header_bytes({**LLAMA_META, "tokenizer.ggml.model": "bert"}, []), "tokenizer kind 'bert'"),
     (header_bytes(LLAMA_META, [("blk.0.attn_q.weight", [64, 8], 12)]), "ggml type 12, which MLX"),
     (header_bytes(LLAMA_META, [("blk.0.attn_norm.weight", [64], 8)]), "expected a matrix whose rows"),
     (header_bytes(LLAMA_META, [("blk.0.attn_q.weight", [40, 8], 8)]), "expected a matrix whose rows"),
     (header_bytes({k: v for k, v in LLAMA_META.items() if k != "llama.block_count"}, []),
      "lacks 'llama.block_count'"),
-    (header_bytes(LLAMA_META, [("blk.0.attn_qkv.weight", [8, 24], 0)]), "not part of a llama block"),
+    (header_bytes(LLAMA_META, [("blk.0.attn_qkv.weight", [8, 24], 0)]),
+     "not part of a llama/qwen2/qwen3 block"),
 ])
 def test_bad_gguf_files(tmp_path: Path, raw: bytes, message: str) -> None:
     path = tmp_path / "bad.gguf"

@@ -354,14 +354,18 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def measure(cases: list[Case], work: Path, timeout: float = 900) -> Iterator[dict[str, Any]]:
+def measure(cases: list[Case], work: Path, timeout: float = 900,
+            keep_going: bool = False) -> Iterator[dict[str, Any]]:
     env = child_env()
     for case in cases:
         path = checkpoint(work, case.model, case.weights)
         done = subprocess.run([sys.executable, __file__, "--child", json.dumps(asdict(case)),
                                str(path)], capture_output=True, text=True, env=env, timeout=timeout)
         if done.returncode != 0:
-            raise RuntimeError(f"{case.name} failed:\n{done.stderr[-3000:]}")
+            if not keep_going:
+                raise RuntimeError(f"{case.name} failed:\n{done.stderr[-3000:]}")
+            print(f"  {case.name} FAILED: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
         yield json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -440,6 +444,7 @@ def main() -> None:
     parser.add_argument("--png", type=Path, help="draw predicted against measured here")
     parser.add_argument("--work", type=Path, help="keep checkpoints here (default: a temp folder)")
     parser.add_argument("--results", type=Path, help="render the tables (and --png) from a --json file")
+    parser.add_argument("--keep-going", action="store_true", help="report a failing case and go on")
     args = parser.parse_args()
     if args.results:
         report(json.loads(args.results.read_text()), None, args.png)
@@ -455,7 +460,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for result in measure(cases, work):
+        for result in measure(cases, work, keep_going=args.keep_going):
             results.append(result)
             print(f"  {result['name']}: {ratio(result):.3f} ({result['seconds']:.1f} s)",
                   file=sys.stderr, flush=True)

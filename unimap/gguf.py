@@ -1,11 +1,14 @@
-"""GGUF llama checkpoints: header, config and tokenizer from the metadata, without tensor data.
+"""GGUF checkpoints (llama, qwen2, qwen3): header, config and tokenizer from the metadata, without
+tensor data.
 
 `read_gguf` parses the GGUF v2/v3 header (metadata key/values and tensor infos) in pure Python,
-so planning needs no MLX. `gguf_config` turns llama metadata into the config.json mlx-lm's llama
-model takes (llama.cpp checkpoints rotate interleaved pairs: `rope_traditional`). `SpmTokenizer`
-is the SentencePiece-style tokenizer GGUF files embed for llama (`tokenizer.ggml.model = llama`):
-pieces with scores merged greedily by score, byte-fallback tokens, BOS/EOS. Tensor data is loaded
-by the runtime with `mx.load`. Anything else is a ModelError naming what is unsupported.
+so planning needs no MLX. `gguf_config` turns the metadata into the config.json of mlx-lm's
+model for the architecture (llama.cpp permutes llama's query and key rows to rotate interleaved
+pairs: `rope_traditional`; qwen2 and qwen3 keep mlx-lm's rotation). `SpmTokenizer` is the
+SentencePiece-style tokenizer GGUF files embed for llama (`tokenizer.ggml.model = llama`): pieces
+with scores merged greedily by score, byte-fallback tokens, BOS/EOS; `bpe_tokenizer` rebuilds the
+byte-level BPE ones (`gpt2`, as Qwen's) with the tokenizers library. Tensor data is loaded by the
+runtime with `mx.load`. Anything else is a ModelError naming what is unsupported.
 """
 
 from __future__ import annotations
@@ -33,7 +36,21 @@ NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "outpu
 BLOCK_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
                "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
                "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-               "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+               "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+               "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+# GGUF architectures whose metadata is all mlx-lm's model of the same name needs; the value says
+# whether llama.cpp permuted the query/key rows for an interleaved rotation.
+ARCHITECTURES = {"llama": True, "qwen2": False, "qwen3": False}
+# tokenizer.ggml.pre -> the regex that splits text before byte-level BPE (as the models' own
+# tokenizer.json files do)
+PRE_TOKENIZERS = {
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "gpt2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+}
+PRE_TOKENIZERS["default"] = PRE_TOKENIZERS["gpt2"]
 
 
 @dataclass(frozen=True)
@@ -133,10 +150,10 @@ def mlx_name(name: str) -> str:
     if stem.startswith("blk."):
         _, index, part = stem.split(".", 2)
         if part not in BLOCK_NAMES:
-            raise ModelError(f"GGUF tensor {name!r} is not part of a llama block")
+            raise ModelError(f"GGUF tensor {name!r} is not part of a {'/'.join(ARCHITECTURES)} block")
         return f"model.layers.{index}.{BLOCK_NAMES[part]}.{suffix}"
     if stem not in NAMES:
-        raise ModelError(f"GGUF tensor {name!r} is not part of a llama model")
+        raise ModelError(f"GGUF tensor {name!r} is not part of a {'/'.join(ARCHITECTURES)} model")
     return f"{NAMES[stem]}.{suffix}"
 
 
@@ -148,35 +165,37 @@ def _meta(gguf: GgufFile, key: str, default: Any = None) -> Any:
 
 
 def gguf_config(gguf: GgufFile) -> dict[str, Any]:
-    """The llama config.json equivalent of a GGUF file's metadata."""
+    """The config.json equivalent of a GGUF file's metadata, for mlx-lm's model of its architecture."""
     arch = gguf.metadata.get("general.architecture")
-    if arch != "llama":
+    if arch not in ARCHITECTURES:
         raise ModelError(f"{gguf.path}: GGUF architecture {arch!r} is not supported; unimap runs "
-                         "llama-architecture GGUF files (convert others to safetensors)")
+                         f"{', '.join(ARCHITECTURES)} GGUF files (convert others to safetensors)")
     tokenizer = gguf.metadata.get("tokenizer.ggml.model")
-    if tokenizer != "llama":
+    if tokenizer not in ("llama", "gpt2"):
         raise ModelError(f"{gguf.path}: GGUF tokenizer kind {tokenizer!r} is not supported; "
-                         "unimap rebuilds SentencePiece-style ('llama') tokenizers")
-    heads = int(_meta(gguf, "llama.attention.head_count"))
-    hidden = int(_meta(gguf, "llama.embedding_length"))
+                         "unimap rebuilds SentencePiece-style ('llama') and byte-level BPE ('gpt2') "
+                         "tokenizers")
+    heads = int(_meta(gguf, f"{arch}.attention.head_count"))
+    hidden = int(_meta(gguf, f"{arch}.embedding_length"))
     names = {t.name for t in gguf.tensors}
     quantized = quantized_modules(gguf)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"rope_traditional": True} if ARCHITECTURES[arch] else {}
     if quantized:  # MLX's config form: defaults plus per-module entries
         bits = max(q["bits"] for q in quantized.values())
         extra["quantization"] = {"group_size": GGML_BLOCK, "bits": bits, **quantized}
+    head_dim = gguf.metadata.get(f"{arch}.attention.key_length",
+                                 gguf.metadata.get(f"{arch}.rope.dimension_count", hidden // heads))
     return {**extra,
-        "model_type": "llama",
+        "model_type": arch,
         "hidden_size": hidden,
-        "intermediate_size": int(_meta(gguf, "llama.feed_forward_length")),
-        "num_hidden_layers": int(_meta(gguf, "llama.block_count")),
+        "intermediate_size": int(_meta(gguf, f"{arch}.feed_forward_length")),
+        "num_hidden_layers": int(_meta(gguf, f"{arch}.block_count")),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(gguf.metadata.get("llama.attention.head_count_kv", heads)),
-        "head_dim": int(gguf.metadata.get("llama.rope.dimension_count", hidden // heads)),
-        "rms_norm_eps": float(_meta(gguf, "llama.attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(gguf.metadata.get("llama.rope.freq_base", 10000.0)),
-        "rope_traditional": True,  # llama.cpp rotates adjacent pairs
-        "max_position_embeddings": int(gguf.metadata.get("llama.context_length", 2048)),
+        "num_key_value_heads": int(gguf.metadata.get(f"{arch}.attention.head_count_kv", heads)),
+        "head_dim": int(head_dim),
+        "rms_norm_eps": float(_meta(gguf, f"{arch}.attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(gguf.metadata.get(f"{arch}.rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(gguf.metadata.get(f"{arch}.context_length", 2048)),
         "vocab_size": len(_meta(gguf, "tokenizer.ggml.tokens")),
         "tie_word_embeddings": "output.weight" not in names,
         "torch_dtype": _activation_dtype(gguf),
@@ -256,6 +275,50 @@ class SpmTokenizer:
                 out += self.pieces[i].replace("▁", " ").encode("utf-8")
         text = out.decode("utf-8", errors="replace")
         return text[1:] if text.startswith(" ") else text
+
+
+def gguf_tokenizer(gguf: GgufFile) -> Any:
+    """The tokenizer the GGUF file embeds: SentencePiece-style or byte-level BPE."""
+    if gguf.metadata.get("tokenizer.ggml.model") == "gpt2":
+        return bpe_tokenizer(gguf)
+    return SpmTokenizer.from_gguf(gguf)
+
+
+def bpe_tokenizer(gguf: GgufFile) -> Any:
+    """A byte-level BPE tokenizer from GGUF metadata (tokens, merges, the pre-tokenizer's name),
+    wrapped as mlx-lm wraps a Hugging Face tokenizer; control tokens match whole."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = [str(t) for t in _meta(gguf, "tokenizer.ggml.tokens")]
+    merges = [tuple(str(m).split(" ", 1)) for m in _meta(gguf, "tokenizer.ggml.merges")]
+    if any(len(m) != 2 for m in merges):
+        raise ModelError(f"{gguf.path}: a tokenizer merge is not two pieces; the file is corrupt")
+    pre = str(gguf.metadata.get("tokenizer.ggml.pre", "default"))
+    if pre not in PRE_TOKENIZERS:
+        raise ModelError(f"{gguf.path}: GGUF pre-tokenizer {pre!r} is not supported; known: "
+                         f"{', '.join(sorted(PRE_TOKENIZERS))}")
+    bpe = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))  # type: ignore[arg-type]
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRE_TOKENIZERS[pre]), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    types = gguf.metadata.get("tokenizer.ggml.token_type", [NORMAL] * len(tokens))
+    bpe.add_special_tokens([AddedToken(t, special=True) for t, kind in zip(tokens, types, strict=False)
+                            if kind == CONTROL])
+
+    def token(key: str) -> str | None:
+        index = gguf.metadata.get(key)
+        return tokens[index] if isinstance(index, int) and 0 <= index < len(tokens) else None
+
+    wrapped = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=bpe, bos_token=token("tokenizer.ggml.bos_token_id"),
+        eos_token=token("tokenizer.ggml.eos_token_id"))
+    template = gguf.metadata.get("tokenizer.chat_template")
+    if isinstance(template, str):
+        wrapped.chat_template = template
+    return TokenizerWrapper(wrapped)
 
 
 def gguf_headers(gguf: GgufFile) -> list[TensorHeader]:

@@ -311,13 +311,13 @@ def lazy_model(source: str) -> tuple[Any, Any]:
 
 
 def gguf_model(path: Path) -> tuple[Any, Any]:
-    """A llama model from a GGUF file: config and tokenizer from its metadata, tensors through
-    mx.load (lazy), renamed to mlx-lm's parameter names."""
+    """An mlx-lm model from a GGUF file (llama, qwen2, qwen3): config and tokenizer from its
+    metadata, tensors through mx.load (lazy), renamed to mlx-lm's parameter names."""
     import mlx.core as mx
     import mlx.nn as nn
     from mlx_lm.utils import _get_classes
 
-    from unimap.gguf import SpmTokenizer, gguf_config, mlx_name, quantized_modules, read_gguf
+    from unimap.gguf import gguf_config, gguf_tokenizer, mlx_name, quantized_modules, read_gguf
 
     gguf = read_gguf(path)
     config = gguf_config(gguf)
@@ -328,4 +328,4 @@ def gguf_model(path: Path) -> tuple[Any, Any]:
         nn.quantize(model, class_predicate=lambda p, _: quantized.get(p, False))  # type: ignore[attr-defined]
     weights: dict[str, Any] = mx.load(str(path))  # type: ignore[assignment]
     model.load_weights([(mlx_name(name), array) for name, array in weights.items()], strict=True)
-    return model, SpmTokenizer.from_gguf(gguf)
+    return model, gguf_tokenizer(gguf)
