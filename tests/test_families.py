@@ -124,3 +124,38 @@ def test_absurd_sizes_are_refused_before_building(key: str, value: int) -> None:
     config = {**tiny_config("olmo2"), key: value}
     with pytest.raises(ModelError, match=f"'{key}' = {value} is not a size a model has"):
         unimap.families.read_architecture(config, "config.json")
+
+
+WRAPPERS = sorted(f for f in BUILDABLE if "text_config" in tiny_config(f)
+                  and f not in unimap.families.VISION_TYPES)
+VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+          "num_attention_heads": 2, "patch_size": 14, "image_size": 224}
+
+
+def test_vision_language_wrappers_are_many() -> None:
+    assert len(WRAPPERS) >= 8
+
+
+@pytest.mark.parametrize("family", WRAPPERS)
+def test_vision_language_config_plans_its_language_model_and_tower(family: str) -> None:
+    """A vision-language config of a family without a tower reader: the language model as
+    mlx-lm builds it (the same as its text-only config), the tower from vision_config."""
+    text_only = unimap.families.read_architecture(tiny_config(family), "config.json")
+    arch = unimap.families.read_architecture({**tiny_config(family), "vision_config": VISION},
+                                             "config.json")
+    assert arch.caches == text_only.caches and arch.num_layers == text_only.num_layers
+    assert arch.vision is not None and arch.vision.num_layers == 2 and arch.vision.image_size == 224
+    assert arch.vision.tokens_per_image == (224 // 14) ** 2
+
+
+def test_vision_language_type_mlx_lm_lacks_plans_through_its_text_config() -> None:
+    """LLaVA-NeXT, Idefics 3, InternVL...: mlx-lm has no module for the wrapper, but one for the
+    language model that text_config names."""
+    config = {"model_type": "llava_next", "text_config": tiny_config("qwen2"),
+              "vision_config": {**VISION, "image_size": 336}, "image_seq_length": 576}
+    arch = unimap.families.read_architecture(config, "config.json")
+    assert arch.family == "qwen2" and arch.vision is not None
+    assert arch.vision.tokens_per_image == 576 and arch.vision.tiled
+    bare = {**config, "text_config": {k: v for k, v in tiny_config("qwen2").items() if k != "model_type"}}
+    with pytest.raises(ModelError, match="'llava_next' is a vision-language model whose language model"):
+        unimap.families.read_architecture(bare, "config.json")

@@ -4,8 +4,9 @@ Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...]
 
 For each family of tests/tiny_families.py whose module has no measured coefficients in
 unimap/calibration.py, a tiny random checkpoint is built through mlx-lm's own Model class,
-loaded through unimap (all on one device) and run on prompts of 160 and 600 tokens (prefill
-chunks of 128, so several chunks follow cached tokens) plus 4 decoded tokens, batch 1 and 2.
+loaded through unimap (all on one device) and run on prompts of 160 and 600 tokens (batch 1 and 2,
+prefill chunks of 128, so several chunks follow cached tokens) and of 2100 tokens (one chunk of
+mlx-lm's 2048), each plus 4 decoded tokens.
 The chunk arrays the estimate prices with the largest coefficients of every measured family
 are compared with what the run needed (measured peak minus everything else the plan counts).
 What is missing, per token of the chunk and per unit of hidden width (so it grows with the model
@@ -30,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-PROMPTS = (160, 600)
-BATCHES = (1, 2)
-PREFILL_STEP = 128
+# (prompt tokens, batch, prefill chunk): several chunks after cached tokens, a batch, and one
+# whole chunk of mlx-lm's default size (what a long prompt runs)
+RUNS = ((160, 1, 128), (600, 2, 128), (2100, 1, 2048))
 DECODE = 4
 OUT = ROOT / "unimap" / "family_calibration.py"
 
@@ -54,21 +55,19 @@ def measure(family: str, work: Path) -> tuple[str, float, float]:
     path = write_random_model(work / family, tiny_config(family))
     spec = unimap.inspect(path)
     runs: list[tuple[int, int, float]] = []  # (chunk tokens, keys, missing bytes per chunk token)
-    for tokens in PROMPTS:
-        for batch in BATCHES:
-            options = Options(max_seq_len=tokens + DECODE, max_batch_size=batch,
-                              prefill_step_tokens=PREFILL_STEP)
-            plan = make_plan(spec, machine, options, parse_device_map("auto"))
-            model, _, _ = unimap.load(path, planned=plan)
-            gc.collect()
-            mx.clear_cache()
-            mx.reset_peak_memory()
-            run(model, make_cache(model), tokens, batch)
-            missing = mx.get_peak_memory() - plan.peak_bytes
-            chunk = min(PREFILL_STEP, tokens - 1)
-            runs.append((chunk, tokens + DECODE, missing / (batch * chunk)))
-            model._unimap.wired.release()
-            del model
+    for tokens, batch, step in RUNS:
+        options = Options(max_seq_len=tokens + DECODE, max_batch_size=batch, prefill_step_tokens=step)
+        plan = make_plan(spec, machine, options, parse_device_map("auto"))
+        model, _, _ = unimap.load(path, planned=plan)
+        gc.collect()
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        run(model, make_cache(model), tokens, batch, step)
+        missing = mx.get_peak_memory() - plan.peak_bytes
+        chunk = min(step, tokens - 1)
+        runs.append((chunk, tokens + DECODE, missing / (batch * chunk)))
+        model._unimap.wired.release()
+        del model
     return fit(spec.arch, runs)
 
 
@@ -99,14 +98,14 @@ def unit_bytes(arch: Any, chunk: int) -> int:
     return arch.hidden_size * 4
 
 
-def run(model: Any, cache: list[Any], tokens: int, batch: int) -> None:
+def run(model: Any, cache: list[Any], tokens: int, batch: int, step: int) -> None:
     """Prefill in chunks as mlx-lm's generate_step does, then decode a few tokens."""
     import mlx.core as mx
 
     prompt = mx.random.randint(3, 100, (batch, tokens))
     done = 0
     while tokens - done > 1:
-        n = min(PREFILL_STEP, tokens - 1 - done)
+        n = min(step, tokens - 1 - done)
         model(prompt[:, done:done + n], cache=cache)
         mx.eval([c.state for c in cache])
         done += n
