@@ -159,3 +159,17 @@ def test_vision_language_type_mlx_lm_lacks_plans_through_its_text_config() -> No
     bare = {**config, "text_config": {k: v for k, v in tiny_config("qwen2").items() if k != "model_type"}}
     with pytest.raises(ModelError, match="'llava_next' is a vision-language model whose language model"):
         unimap.families.read_architecture(bare, "config.json")
+
+
+def test_config_and_weights_that_disagree_name_the_first_tensor(checkpoints: Checkpoints,
+                                                                 tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    folder = tmp_path / "olmo2"
+    shutil.copytree(checkpoints["olmo2"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    with pytest.raises(ModelError, match=r"tensor 'model\.layers\.0\.mlp\.\w+_proj\.weight' is "
+                                         r"\[\d+, \d+\] in the weights but .* config and weights disagree"):
+        unimap.inspect(folder)

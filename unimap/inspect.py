@@ -248,6 +248,7 @@ def build_spec(source: str, where: str, config: dict[str, Any], headers: list[Te
     quant = _quantization(config, config_where)
     if not headers:
         raise ModelError(f"{source}: the safetensors files hold no tensors")
+    _check_shapes(source, headers, arch)
     dropped = _nextn_layers(config)
     kept = [h for h in headers if not h.name.startswith(MTP_PREFIX)]
     slots, dtype_bytes_used = _slots(source, kept, arch, dropped)
@@ -257,6 +258,22 @@ def build_spec(source: str, where: str, config: dict[str, Any], headers: list[Te
                          f"no tensors for layer(s) {_ranges(empty)}; config and weights disagree")
     return ModelSpec(source, where, arch, tuple(headers), _dtype(arch, dtype_bytes_used), quant,
                      config, slots)
+
+
+def _check_shapes(source: str, headers: list[TensorHeader], arch: Architecture) -> None:
+    """A float matrix stored under one of mlx-lm's own parameter names must have the shape the
+    config makes (or its transpose, which a family's sanitize may undo)."""
+    expected = dict(arch.matrix_shapes)
+    if not expected:
+        return
+    for h in headers:
+        want = expected.get(h.name)
+        if want is None or h.dtype not in FLOAT_DTYPES or len(h.shape) != 2:
+            continue
+        if tuple(h.shape) not in (want, want[::-1]):
+            raise ModelError(f"{source}: tensor {h.name!r} is {list(h.shape)} in the weights but "
+                             f"{list(want)} in the model config.json describes; config and weights "
+                             "disagree")
 
 
 def classify(h: TensorHeader, num_layers: int, eight_bit: tuple[str, ...] = ()) -> Tensor:

@@ -47,6 +47,7 @@ class Structure:
     shared_width: int = 0  # shared experts' total width (0 when none)
     sparse_layers: tuple[bool, ...] = ()
     layer_prefixes: tuple[str, ...] = ()  # each layer's parameter path, e.g. "model.layers.0."
+    matrix_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # 2-D parameters as mlx-lm builds them
 
 
 def model_classes(config: dict[str, Any], where: str) -> tuple[Any, Any]:
@@ -122,7 +123,8 @@ def read_structure(config: dict[str, Any], where: str) -> Structure:
         module=type(model).__module__.rsplit(".", 1)[-1], num_layers=len(layers),
         hidden_size=hidden, vocab_size=vocab, num_heads=heads, num_kv_heads=kv_heads,
         head_dim=head_dim, mlp_widths=tuple(_mlp_width(modules, hidden, experts) for modules in inside),
-        caches=tuple(layer_caches), layer_prefixes=_prefixes(model, layers), **moe)
+        caches=tuple(layer_caches), layer_prefixes=_prefixes(model, layers),
+        matrix_shapes=_matrices(model), **moe)
 
 
 def _weightless(model: Any) -> None:
@@ -176,6 +178,14 @@ def _text_args(model: Any, config: dict[str, Any]) -> Any:
 
 TOKEN_EMBEDDINGS = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embedding",
                     "embeddings", "emb")
+
+
+def _matrices(model: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Name and shape of every 2-D parameter (what a checkpoint in mlx-lm's names must match)."""
+    from mlx.utils import tree_flatten
+
+    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    return tuple((name, tuple(p.shape)) for name, p in flat if p.ndim == 2)
 
 
 def _embedding(model: Any, args: Any, where: str) -> tuple[int, int]:
