@@ -72,17 +72,25 @@ def measure(family: str, work: Path) -> tuple[str, float, float]:
 
 
 def fit(arch: Any, runs: list[tuple[int, int, float]]) -> tuple[str, float, float]:
-    """Split what was missing into a part that grows with the keys (per head and key: score-like
-    arrays the unfused attention of this family keeps beyond the priced ones) and a constant
-    part per unit of the family's basis; each at least what every run needed."""
+    """The least extra that covers every run: per chunk token, `unit` x the family's basis unit
+    (at that run's chunk) plus `score` x heads x keys x 4 bytes, both at least 0, with
+    unit x u_i + score x v_i >= missing_i for each run i and the least total over-prediction.
+    (A linear program in two variables: its optimum is at a vertex, and there are few.)"""
     heads = max(arch.num_heads, 1)
-    by_keys = sorted(runs, key=lambda r: r[1])
-    short, long = by_keys[0], by_keys[-1]
-    slope = (long[2] - short[2]) / ((long[1] - short[1]) * heads * 4) if long[1] > short[1] else 0.0
-    slope = max(slope, 0.0)
-    rest = max(miss - slope * heads * keys * 4 for _, keys, miss in runs)
-    unit = unit_bytes(arch, max(chunk for chunk, _, _ in runs))
-    return basis(arch), rest / unit, slope
+    rows = [(unit_bytes(arch, chunk), heads * keys * 4, missing) for chunk, keys, missing in runs]
+    candidates = [(0.0, 0.0), (max(m / u for u, _, m in rows), 0.0), (0.0, max(m / v for _, v, m in rows))]
+    for i, (u1, v1, m1) in enumerate(rows):
+        for u2, v2, m2 in rows[i + 1:]:
+            det = u1 * v2 - u2 * v1
+            if det:
+                candidates.append(((m1 * v2 - m2 * v1) / det, (u1 * m2 - u2 * m1) / det))
+
+    def covers(c: tuple[float, float]) -> bool:
+        return c[0] >= 0 and c[1] >= 0 and all(c[0] * u + c[1] * v >= m - 1e-9 * abs(m) for u, v, m in rows)
+
+    feasible = [c for c in candidates if covers(c)]
+    best = min(feasible, key=lambda c: sum(c[0] * u + c[1] * v - m for u, v, m in rows))
+    return basis(arch), best[0], best[1]
 
 
 def basis(arch: Any) -> str:
