@@ -5,8 +5,8 @@ Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...]
 For each family of tests/tiny_families.py whose module has no measured coefficients in
 unimap/calibration.py, a tiny random checkpoint is built through mlx-lm's own Model class,
 loaded through unimap (all on one device) and run on prompts of 160 and 600 tokens (batch 1 and 2,
-prefill chunks of 128, so several chunks follow cached tokens) and of 2100 tokens (one chunk of
-mlx-lm's 2048), each plus 4 decoded tokens.
+prefill chunks of 128, so several chunks follow cached tokens) and of 500 and 1000 tokens in one
+chunk each, each plus 4 decoded tokens.
 The chunk arrays the estimate prices with the largest coefficients of every measured family
 are compared with what the run needed (measured peak minus everything else the plan counts).
 What is missing, per token of the chunk and per unit of hidden width (so it grows with the model
@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-# (prompt tokens, batch, prefill chunk): several chunks after cached tokens, a batch, and one
-# whole chunk of mlx-lm's default size (what a long prompt runs)
-RUNS = ((160, 1, 128), (600, 2, 128), (2100, 1, 2048))
+# (prompt tokens, batch, prefill chunk): several chunks after cached tokens, a batch, and two
+# prompts in one chunk each (mlx-lm's default chunk is 2048), whose keys are all the plan's tokens
+RUNS = ((160, 1, 128), (600, 2, 128), (500, 1, 2048), (1000, 1, 2048))
 DECODE = 4
 OUT = ROOT / "unimap" / "family_calibration.py"
 
@@ -73,12 +73,17 @@ def measure(family: str, work: Path) -> tuple[str, float, float]:
 
 def fit(arch: Any, runs: list[tuple[int, int, float]]) -> tuple[str, float, float]:
     """The least extra that covers every run: per chunk token, `unit` x the family's basis unit
-    (at that run's chunk) plus `score` x heads x keys x 4 bytes, both at least 0, with
-    unit x u_i + score x v_i >= missing_i for each run i and the least total over-prediction.
-    (A linear program in two variables: its optimum is at a vertex, and there are few.)"""
+    (at that run's chunk) plus `score` x heads x keys x 4 bytes, with score >= 0 and
+    unit x u_i + score x v_i >= missing_i for each run i, and the least total over-prediction.
+    `unit` may be negative: the largest coefficients may already over-cover what does not grow
+    with the keys, while what does still needs its slope (the estimate never subtracts: it adds
+    the extra only where it is positive). A linear program in two variables: its optimum is at a
+    vertex, and there are few."""
     heads = max(arch.num_heads, 1)
     rows = [(unit_bytes(arch, chunk), heads * keys * 4, missing) for chunk, keys, missing in runs]
-    candidates = [(0.0, 0.0), (max(m / u for u, _, m in rows), 0.0), (0.0, max(m / v for _, v, m in rows))]
+    if all(m <= 0 for _, _, m in rows):
+        return basis(arch), 0.0, 0.0
+    candidates = [(max(m / u for u, _, m in rows), 0.0)]
     for i, (u1, v1, m1) in enumerate(rows):
         for u2, v2, m2 in rows[i + 1:]:
             det = u1 * v2 - u2 * v1
@@ -86,7 +91,7 @@ def fit(arch: Any, runs: list[tuple[int, int, float]]) -> tuple[str, float, floa
                 candidates.append(((m1 * v2 - m2 * v1) / det, (u1 * m2 - u2 * m1) / det))
 
     def covers(c: tuple[float, float]) -> bool:
-        return c[0] >= 0 and c[1] >= 0 and all(c[0] * u + c[1] * v >= m - 1e-9 * abs(m) for u, v, m in rows)
+        return c[1] >= 0 and all(c[0] * u + c[1] * v >= m - 1e-9 * abs(m) for u, v, m in rows)
 
     feasible = [c for c in candidates if covers(c)]
     best = min(feasible, key=lambda c: sum(c[0] * u + c[1] * v - m for u, v, m in rows))
@@ -149,7 +154,8 @@ A family listed here needed more than the largest measured coefficients price fo
 arrays: the estimate adds, per chunk token, the first coefficient times hidden x 4 bytes
 ("hidden") or times state heads x scan-block tokens x 4 bytes ("state": families with an
 SSM-like state), plus the second times heads x keys x 4 bytes (score-like arrays this family's
-attention keeps beyond the priced ones); families not listed needed no more.
+attention keeps beyond the priced ones), when that sum is positive (the first may be negative:
+what does not grow with the keys may be over-covered already); families not listed needed no more.
 """
 
 FAMILY_EXTRA: dict[str, tuple[str, float, float]] = {{
@@ -157,8 +163,9 @@ FAMILY_EXTRA: dict[str, tuple[str, float, float]] = {{
 '''
 
 
-def _up(value: float) -> float:
-    return round(max(value, 0.0) * 1.02 + 0.01, 2) if value > 0 else 0.0
+def _up(unit: float, score: float) -> tuple[float, float]:
+    """5 % more, and a little more per key: other shapes and MLX's run-to-run variation."""
+    return round(unit * 1.05, 2), round(score * 1.05 + 0.01, 2) if score > 0 else 0.0
 
 
 def main() -> None:
@@ -181,8 +188,8 @@ def main() -> None:
                 continue
             print(f"{family:24s} per chunk token: {extra:7.2f} x {unit} unit + {scores:5.2f} x "
                   "heads x keys x 4 bytes", flush=True)
-            if extra > 0 or scores > 0:  # a margin for run-to-run noise
-                factors[family] = (unit, _up(extra), _up(scores))
+            if extra > 0 or scores > 0:
+                factors[family] = (unit, *_up(extra, scores))
     if args.write:
         OUT.write_text(render(factors))
         print(f"wrote {OUT}")

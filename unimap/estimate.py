@@ -428,7 +428,9 @@ def family_extra_bytes(arch: Architecture, chunk: int, keys: int) -> float:
     basis, per_unit, per_score = found
     unit = (arch.state_heads * min(chunk, SCAN_STEP_TOKENS) if basis == "state"
             else arch.hidden_size)
-    return (per_unit * unit + per_score * arch.num_heads * keys) * 4
+    # per_unit may be negative (the largest coefficients over-cover the fixed part, the keys'
+    # part still grows); the extra is never taken off the calibrated estimate
+    return max(0.0, (per_unit * unit + per_score * arch.num_heads * keys) * 4)
 
 
 def moe_routed_bytes(arch: Architecture, d: int) -> int:
