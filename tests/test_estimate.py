@@ -215,3 +215,36 @@ def test_bad_options(tiny, options: Options, message: str) -> None:  # type: ign
 def test_isq_on_quantized_checkpoint_is_refused(models: Path) -> None:
     with pytest.raises(ConfigError, match="already MLX-quantized to 4 bits"):
         estimate(inspect(models / "llama3.2-1b-mlx-4bit"), Options(isq=4))
+
+
+def test_terms_of_families_read_from_mlx_lm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hand-computed: a layer cache read from the model, MoE routing copies, tiny-twin extras."""
+    from unimap.estimate import FAMILY_EXTRA, family_extra_bytes, layer_cache_bytes, moe_routed_bytes
+    from unimap.families import Architecture, LayerCache, Moe
+
+    opts = Options(max_seq_len=1000, max_batch_size=2)
+    kv = LayerCache("full", token_elements=576, state_elements=0, window=None, head_dim=512,
+                    quantizable=True)
+    # mlx-lm's cache grows in steps of 256 tokens: 1024 held, 2 rows, bf16
+    assert layer_cache_bytes(kv, 1000, 999, opts, 2) == 2 * 1024 * 576 * 2
+    q = Options(max_seq_len=1000, max_batch_size=2, kv_bits=4)
+    assert layer_cache_bytes(kv, 1000, 999, q, 2) == 2 * 1024 * (576 * 4 // 8 + 2 * 9 * 2)
+    ssm = LayerCache("recurrent", 0, state_elements=5000, window=None, head_dim=0,
+                     quantizable=False, state_float32=True, state_heads=8)
+    assert layer_cache_bytes(ssm, 1000, 999, opts, 2) == 2 * 5000 * 4
+    window = LayerCache("sliding", 64, 0, window=128, head_dim=16, quantizable=False)
+    # a window of 128 keeps 127 tokens plus a whole chunk, at most what a full cache would hold
+    assert layer_cache_bytes(window, 1000, 999, opts, 2) == 2 * min(1024, 128 - 1 + 999) * 64 * 2
+    assert layer_cache_bytes(window, 1000, 100, opts, 2) == 2 * (128 - 1 + 100) * 64 * 2
+    arch = Architecture(model_type="x", num_layers=2, hidden_size=64, intermediate_size=0,
+                        vocab_size=100, num_heads=4, num_kv_heads=1, head_dim=16,
+                        layer_kinds=("full", "recurrent"), sliding_window=None,
+                        tie_word_embeddings=False, torch_dtype=None, caches=(kv, ssm), module="x",
+                        moe=Moe(8, 4, 32, 0, (True, True)))
+    assert moe_routed_bytes(arch, 2) == 3 * 4 * 64 * 2
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("hidden", -1.5, 0.25))
+    assert family_extra_bytes(arch, 512, 1000) == (-1.5 * 64 + 0.25 * 4 * 1000) * 4
+    assert family_extra_bytes(arch, 512, 10) == 0  # never taken off
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("state", 2.0, 0.0))
+    assert family_extra_bytes(arch, 512, 1000) == 2.0 * 8 * 256 * 4  # scan blocks of 256
+    assert family_extra_bytes(arch, 100, 1000) == 2.0 * 8 * 100 * 4
