@@ -5,8 +5,8 @@ Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...]
 For each family of tests/tiny_families.py whose module has no measured coefficients in
 unimap/calibration.py, a tiny random checkpoint is built through mlx-lm's own Model class,
 loaded through unimap (all on one device) and run on prompts of 160 and 600 tokens (batch 1 and 2,
-prefill chunks of 128, so several chunks follow cached tokens) and of 500 and 1000 tokens in one
-chunk each, each plus 4 decoded tokens.
+prefill chunks of 128, so several chunks follow cached tokens) and of 500, 1000 and 2049 tokens in
+one chunk each (mlx-lm's default chunk is 2048), each plus 4 decoded tokens.
 The chunk arrays the estimate prices with the largest coefficients of every measured family
 are compared with what the run needed (measured peak minus everything else the plan counts).
 What is missing, per token of the chunk and per unit of hidden width (so it grows with the model
@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-# (prompt tokens, batch, prefill chunk): several chunks after cached tokens, a batch, and two
-# prompts in one chunk each (mlx-lm's default chunk is 2048), whose keys are all the plan's tokens
-RUNS = ((160, 1, 128), (600, 2, 128), (500, 1, 2048), (1000, 1, 2048))
+# (prompt tokens, batch, prefill chunk): several chunks after cached tokens, a batch, and prompts
+# in one chunk each, up to a whole chunk of mlx-lm's default 2048 (the chunk every long prompt
+# runs in), whose keys are all the plan's tokens
+RUNS = ((160, 1, 128), (600, 2, 128), (500, 1, 2048), (1000, 1, 2048), (2049, 1, 2048))
 DECODE = 4
 OUT = ROOT / "unimap" / "family_calibration.py"
 
