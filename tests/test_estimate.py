@@ -242,9 +242,11 @@ def test_terms_of_families_read_from_mlx_lm(monkeypatch: pytest.MonkeyPatch) -> 
                         tie_word_embeddings=False, torch_dtype=None, caches=(kv, ssm), module="x",
                         moe=Moe(8, 4, 32, 0, (True, True)))
     assert moe_routed_bytes(arch, 2) == 3 * 4 * 64 * 2
-    monkeypatch.setitem(FAMILY_EXTRA, "x", ("hidden", -1.5, 0.25))
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("hidden", ((-1.5, 0.25),)))
     assert family_extra_bytes(arch, 512, 1000) == (-1.5 * 64 + 0.25 * 4 * 1000) * 4
     assert family_extra_bytes(arch, 512, 10) == 0  # never taken off
-    monkeypatch.setitem(FAMILY_EXTRA, "x", ("state", 2.0, 0.0))
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("hidden", ((-1.5, 0.25), (0.5, 0.1))))
+    assert family_extra_bytes(arch, 512, 10) == (0.5 * 64 + 0.1 * 4 * 10) * 4  # the larger fit
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("state", ((2.0, 0.0),)))
     assert family_extra_bytes(arch, 512, 1000) == 2.0 * 8 * 256 * 4  # scan blocks of 256
     assert family_extra_bytes(arch, 100, 1000) == 2.0 * 8 * 100 * 4

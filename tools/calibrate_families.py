@@ -5,7 +5,7 @@ Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...]
 For each family of tests/tiny_families.py whose module has no measured coefficients in
 unimap/calibration.py, a tiny random checkpoint is built through mlx-lm's own Model class,
 loaded through unimap (all on one device) and run on prompts of 160 and 600 tokens (batch 1 and 2,
-prefill chunks of 128, so several chunks follow cached tokens) and of 500, 1000 and 2049 tokens in
+prefill chunks of 128, so several chunks follow cached tokens) and of 300, 1000 and 2049 tokens in
 one chunk each (mlx-lm's default chunk is 2048), each plus 4 decoded tokens.
 The chunk arrays the estimate prices with the largest coefficients of every measured family
 are compared with what the run needed (measured peak minus everything else the plan counts).
@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 # (prompt tokens, batch, prefill chunk): several chunks after cached tokens, a batch, and prompts
 # in one chunk each, up to a whole chunk of mlx-lm's default 2048 (the chunk every long prompt
 # runs in), whose keys are all the plan's tokens
-RUNS = ((160, 1, 128), (600, 2, 128), (500, 1, 2048), (1000, 1, 2048), (2049, 1, 2048))
+RUNS = ((160, 1, 128), (600, 2, 128), (300, 1, 2048), (1000, 1, 2048), (2049, 1, 2048))
 DECODE = 4
 OUT = ROOT / "unimap" / "family_calibration.py"
 
 
-def measure(family: str, work: Path) -> tuple[str, float, float]:
+def measure(family: str, work: Path) -> tuple[str, list[tuple[float, float]]]:
     """(basis, per-unit coefficient, per-score coefficient) of what the family needed beyond
     the priced chunk arrays; coefficients <= 0 mean nothing more was needed."""
     import mlx.core as mx
@@ -72,31 +72,34 @@ def measure(family: str, work: Path) -> tuple[str, float, float]:
     return fit(spec.arch, runs)
 
 
-def fit(arch: Any, runs: list[tuple[int, int, float]]) -> tuple[str, float, float]:
-    """The least extra that covers every run: per chunk token, `unit` x the family's basis unit
+def fit(arch: Any, runs: list[tuple[int, int, float]]) -> tuple[str, list[tuple[float, float]]]:
+    """The least extras that cover every run: per chunk token, `unit` x the family's basis unit
     (at that run's chunk) plus `score` x heads x keys x 4 bytes, with score >= 0 and
     unit x u_i + score x v_i >= missing_i for each run i, and the least total over-prediction.
-    `unit` may be negative: the largest coefficients may already over-cover what does not grow
-    with the keys, while what does still needs its slope (the estimate never subtracts: it adds
-    the extra only where it is positive). A linear program in two variables: its optimum is at a
-    vertex, and there are few."""
+    Two fits: one with unit >= 0 (right for short prompts), one with unit free (the largest
+    coefficients may over-cover what does not grow with the keys while what does still needs its
+    slope: right for long ones); the estimate takes the larger, and never less than nothing.
+    Each is a linear program in two variables: its optimum is at a vertex, and there are few."""
     heads = max(arch.num_heads, 1)
     rows = [(unit_bytes(arch, chunk), heads * keys * 4, missing) for chunk, keys, missing in runs]
     if all(m <= 0 for _, _, m in rows):
-        return basis(arch), 0.0, 0.0
-    candidates = [(max(m / u for u, _, m in rows), 0.0)]
+        return basis(arch), []
+    vertices = [(max(m / u for u, _, m in rows), 0.0), (0.0, max(m / v for _, v, m in rows))]
     for i, (u1, v1, m1) in enumerate(rows):
         for u2, v2, m2 in rows[i + 1:]:
             det = u1 * v2 - u2 * v1
             if det:
-                candidates.append(((m1 * v2 - m2 * v1) / det, (u1 * m2 - u2 * m1) / det))
+                vertices.append(((m1 * v2 - m2 * v1) / det, (u1 * m2 - u2 * m1) / det))
 
     def covers(c: tuple[float, float]) -> bool:
         return c[1] >= 0 and all(c[0] * u + c[1] * v >= m - 1e-9 * abs(m) for u, v, m in rows)
 
-    feasible = [c for c in candidates if covers(c)]
-    best = min(feasible, key=lambda c: sum(c[0] * u + c[1] * v - m for u, v, m in rows))
-    return basis(arch), best[0], best[1]
+    def least(found: list[tuple[float, float]]) -> tuple[float, float]:
+        return min(found, key=lambda c: sum(c[0] * u + c[1] * v - m for u, v, m in rows))
+
+    free = least([c for c in vertices if covers(c)])
+    positive = least([c for c in vertices if covers(c) and c[0] >= 0])
+    return basis(arch), [free] if free == positive else [positive, free]
 
 
 def basis(arch: Any) -> str:
@@ -140,7 +143,7 @@ def uncalibrated() -> list[str]:
     return [f for f in families() if f not in UNBUILDABLE and f not in measured]
 
 
-def render(factors: dict[str, tuple[str, float, float]]) -> str:
+def render(factors: dict[str, tuple[str, tuple[tuple[float, float], ...]]]) -> str:
     import mlx.core as mx
     import mlx_lm
 
@@ -152,21 +155,22 @@ Generated {date.today()} on {platform.platform()} ({platform.machine()}), MLX {m
 mlx-lm {mlx_lm.__version__}, MLX's CPU backend. Do not edit by hand: rerun the tool with --write.
 
 A family listed here needed more than the largest measured coefficients price for its chunk
-arrays: the estimate adds, per chunk token, the first coefficient times hidden x 4 bytes
-("hidden") or times state heads x scan-block tokens x 4 bytes ("state": families with an
-SSM-like state), plus the second times heads x keys x 4 bytes (score-like arrays this family's
-attention keeps beyond the priced ones), when that sum is positive (the first may be negative:
-what does not grow with the keys may be over-covered already); families not listed needed no more.
+arrays: for each (unit, score) pair the estimate takes, per chunk token, unit times hidden x 4
+bytes ("hidden") or times state heads x scan-block tokens x 4 bytes ("state": families with an
+SSM-like state), plus score times heads x keys x 4 bytes (score-like arrays this family's attention
+keeps beyond the priced ones), and adds the largest of the pairs when it is positive (a negative
+unit: what does not grow with the keys is over-covered already); families not listed needed no
+more.
 """
 
-FAMILY_EXTRA: dict[str, tuple[str, float, float]] = {{
+FAMILY_EXTRA: dict[str, tuple[str, tuple[tuple[float, float], ...]]] = {{
 {rows}}}
 '''
 
 
 def _up(unit: float, score: float) -> tuple[float, float]:
     """5 % more, and a little more per key: other shapes and MLX's run-to-run variation."""
-    return round(unit * 1.05, 2), round(score * 1.05 + 0.01, 2) if score > 0 else 0.0
+    return round(unit * 1.05, 2), (round(score * 1.05 + 0.01, 2) if score > 0 else 0.0)
 
 
 def main() -> None:
@@ -179,18 +183,19 @@ def main() -> None:
 
     FAMILY_EXTRA.clear()  # measure against the plan without the extras being refitted
     families = args.only.split(",") if args.only else uncalibrated()
-    factors: dict[str, tuple[str, float, float]] = {}
+    factors: dict[str, tuple[str, tuple[tuple[float, float], ...]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
             try:
-                unit, extra, scores = measure(family, Path(tmp))
+                unit, fits = measure(family, Path(tmp))
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
                 continue
-            print(f"{family:24s} per chunk token: {extra:7.2f} x {unit} unit + {scores:5.2f} x "
-                  "heads x keys x 4 bytes", flush=True)
-            if extra > 0 or scores > 0:
-                factors[family] = (unit, *_up(extra, scores))
+            shown = " or ".join(f"{a:.2f} x {unit} unit + {b:.2f} x heads x keys x 4 bytes"
+                                for a, b in fits) or "nothing"
+            print(f"{family:24s} per chunk token: {shown}", flush=True)
+            if fits:
+                factors[family] = (unit, tuple(_up(a, b) for a, b in fits))
     if args.write:
         OUT.write_text(render(factors))
         print(f"wrote {OUT}")

@@ -425,12 +425,13 @@ def family_extra_bytes(arch: Architecture, chunk: int, keys: int) -> float:
     found = FAMILY_EXTRA.get(arch.family)
     if found is None:
         return 0.0
-    basis, per_unit, per_score = found
+    basis, fits = found
     unit = (arch.state_heads * min(chunk, SCAN_STEP_TOKENS) if basis == "state"
             else arch.hidden_size)
-    # per_unit may be negative (the largest coefficients over-cover the fixed part, the keys'
-    # part still grows); the extra is never taken off the calibrated estimate
-    return max(0.0, (per_unit * unit + per_score * arch.num_heads * keys) * 4)
+    # a fit's per-unit part may be negative (the largest coefficients over-cover the fixed part,
+    # the keys' part still grows): the largest fit counts, and is never taken off the estimate
+    return max(0.0, *((per_unit * unit + per_score * arch.num_heads * keys) * 4
+                      for per_unit, per_score in fits))
 
 
 def moe_routed_bytes(arch: Architecture, d: int) -> int:
