@@ -270,8 +270,10 @@ def read_architecture(cfg: Mapping[str, Any], where: str) -> Architecture:
     if not isinstance(model_type, str):
         raise ModelError(f"{where}: no 'model_type' string; is this a Hugging Face model config?")
     reader = READERS.get(model_type)
+    # a text-only checkpoint saved under a VLM's type runs on mlx-lm's model (gemma3's reader
+    # handles its own)
     text_only = model_type in VISION_TYPES and "vision_config" not in cfg and model_type != "gemma3"
-    if reader is not None and not text_only:  # a text-only checkpoint of a VLM: mlx-lm's model
+    if reader is not None and not text_only:
         return reader(cfg, model_type, where)
     from unimap.structure import read_structure
 
