@@ -103,6 +103,8 @@ def _unbuildable(where: str, exc: Exception) -> ModelError:
 
 def read_structure(config: dict[str, Any], where: str) -> Structure:
     """Build `config`'s model lazily and read its structure (see the module docstring)."""
+    from mlx.utils import tree_flatten
+
 
     model = build_lazy(config, where)
     layers = _layers(model, where)
@@ -118,13 +120,14 @@ def read_structure(config: dict[str, Any], where: str) -> Structure:
     kv_heads, head_dim = _kv_shape(caches[1])
     heads = _heads(inside) or _first_int(args, HEAD_NAMES) or kv_heads
     moe = _moe(layers, inside, blocks, probes[1].top_k, args, hidden)
+    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
     experts = moe.get("num_experts", 0)
     return Structure(
         module=type(model).__module__.rsplit(".", 1)[-1], num_layers=len(layers),
         hidden_size=hidden, vocab_size=vocab, num_heads=heads, num_kv_heads=kv_heads,
         head_dim=head_dim, mlp_widths=tuple(_mlp_width(modules, hidden, experts) for modules in inside),
-        caches=tuple(layer_caches), layer_prefixes=_prefixes(model, layers),
-        matrix_shapes=_matrices(model), **moe)
+        caches=tuple(layer_caches), layer_prefixes=_prefixes(flat, layers),
+        matrix_shapes=tuple((name, tuple(p.shape)) for name, p in flat if p.ndim == 2), **moe)
 
 
 def _weightless(model: Any) -> None:
@@ -153,11 +156,11 @@ def _layers(model: Any, where: str) -> list[Any]:
     return layers
 
 
-def _prefixes(model: Any, layers: list[Any]) -> tuple[str, ...]:
-    """Where each layer's parameters sit in the model's tree ("model.layers.3.")."""
+def _prefixes(flat: list[tuple[str, Any]], layers: list[Any]) -> tuple[str, ...]:
+    """Where each layer's parameters sit in the model's tree ("model.layers.3."), from the
+    model's flattened parameters."""
     from mlx.utils import tree_flatten
 
-    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
     names = {id(v): k for k, v in flat}
     out = []
     for layer in layers:
@@ -178,14 +181,6 @@ def _text_args(model: Any, config: dict[str, Any]) -> Any:
 
 TOKEN_EMBEDDINGS = ("embed_tokens", "wte", "tok_embeddings", "word_embeddings", "embedding",
                     "embeddings", "emb")
-
-
-def _matrices(model: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """Name and shape of every 2-D parameter (what a checkpoint in mlx-lm's names must match)."""
-    from mlx.utils import tree_flatten
-
-    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
-    return tuple((name, tuple(p.shape)) for name, p in flat if p.ndim == 2)
 
 
 def _embedding(model: Any, args: Any, where: str) -> tuple[int, int]:
