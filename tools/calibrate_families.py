@@ -108,11 +108,9 @@ def basis(arch: Any) -> str:
 
 
 def unit_bytes(arch: Any, chunk: int) -> int:
-    from unimap.estimate import SCAN_STEP_TOKENS
+    from unimap.estimate import extra_unit
 
-    if basis(arch) == "state":
-        return arch.state_heads * min(chunk, SCAN_STEP_TOKENS) * 4
-    return arch.hidden_size * 4
+    return extra_unit(arch, basis(arch), chunk) * 4
 
 
 def run(model: Any, cache: list[Any], tokens: int, batch: int, step: int) -> None:

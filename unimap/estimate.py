@@ -426,26 +426,31 @@ def family_extra_bytes(arch: Architecture, chunk: int, keys: int) -> float:
     if found is None:
         return 0.0
     basis, fits = found
-    unit = (arch.state_heads * min(chunk, SCAN_STEP_TOKENS) if basis == "state"
-            else arch.hidden_size)
+    unit = extra_unit(arch, basis, chunk)
     # a fit's per-unit part may be negative (the largest coefficients over-cover the fixed part,
     # the keys' part still grows): the largest fit counts, and is never taken off the estimate
     return max(0.0, *((per_unit * unit + per_score * arch.num_heads * keys) * 4
                       for per_unit, per_score in fits))
 
 
+def extra_unit(arch: Architecture, basis: str, chunk: int) -> int:
+    """The unit a family's extra is counted in, per chunk token: state heads x scan-block tokens
+    ("state") or the hidden width ("hidden")."""
+    return arch.state_heads * min(chunk, SCAN_STEP_TOKENS) if basis == "state" else arch.hidden_size
+
+
+MOE_ROUTED_COPIES = 3
+
+
 def moe_routed_bytes(arch: Architecture, d: int) -> int:
     """Per token, what an MoE layer's routing copies beyond its expert widths: mlx-lm's SwitchGLU
     sorts the token x top-k rows by expert (a hidden-wide copy of each), the experts' outputs are
     unsorted (another) and weighted (a third). Three hidden-wide rows per routed expert cover
-    top-k 1 to 8 with 8 and 64 experts (predicted/measured 1.023-1.077, docs/BENCHMARKS.md);
-    two were under at top-8."""
+    top-k 1 to 8 with 8, 64 and 128 experts (predicted/measured 1.013-1.072,
+    docs/BENCHMARKS.md); two were under at top-8."""
     if arch.moe is None or not any(arch.moe.sparse_layers):
         return 0
     return MOE_ROUTED_COPIES * arch.moe.experts_per_token * arch.hidden_size * d
-
-
-MOE_ROUTED_COPIES = 3
 
 
 def _mlp_width(arch: Architecture) -> int:
@@ -487,7 +492,7 @@ def _image_tokens(arch: Architecture, options: Options) -> int:
         return 0
     per_image = (v.tokens_per_image or 0) * image_tiles(v, options) if v.kind == "fixed" else (
         _image_patches(arch, options) // (v.merge_size * v.merge_size))
-    return options.max_num_images * (per_image or 0)
+    return options.max_num_images * per_image
 
 
 def vision_activation_terms(arch: Architecture, options: Options, d: int) -> dict[str, int]:
@@ -497,7 +502,7 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int) -> dic
     v = arch.vision
     if v is None or options.max_num_images == 0:
         return {}
-    tiles = image_tiles(v, options) if v.kind == "fixed" else 1
+    tiles = image_tiles(v, options)
     n = _image_patches(arch, options) // tiles  # patches one attention sees (an image or a tile)
     images = options.max_num_images * tiles
     p = images * n
