@@ -47,11 +47,13 @@ bench-estimate: $(STAMP)
 	$(BIN)/python tools/bench_estimate.py --png docs/estimate_vs_measured.png
 
 # Refit unimap/calibration.py, unimap/vision_calibration.py and unimap/family_calibration.py from
-# measurements on this machine (about 12 + 3 + 8 minutes on 2 cores).
+# measurements on this machine (about 12 + 3 + 8 minutes on 2 cores), then Metal's factors over
+# them from the published Mac peaks in docs/metal (seconds).
 calibrate: $(STAMP)
 	$(BIN)/python tools/calibrate_activations.py --write
 	$(BIN)/python tools/calibrate_vision.py --write
 	$(BIN)/python tools/calibrate_families.py --write
+	$(BIN)/python tools/calibrate_metal.py --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -15,6 +15,7 @@ import pytest
 from unimap import ConfigError, Options, estimate, inspect
 from unimap.calibration import COEFFICIENTS
 from unimap.estimate import CUDA_ARRAYS_FACTORS, quantized_bytes
+from unimap.metal_calibration import METAL_ARRAYS_FACTORS, METAL_FAMILY_KINDS
 from unimap.vision_calibration import VISION_COEFFICIENTS
 
 TINY = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
@@ -113,12 +114,19 @@ def test_activations_hand_computed(tiny) -> None:  # type: ignore[no-untyped-def
     assert quantized["prefill/arrays"] == int(chunk * (per_token + qw * 128 * 4 + qkv * 128 * 2))
     assert t["decode/logits"] == 2 * 256 * (2 + 4 + 4)
     assert est.activation_bytes("unfused") == t["prefill/scores-and-masks"] + t["prefill/arrays"]
-    # head_dim 64 runs in MLX's fused kernel on Metal: no scores and no causal mask
-    assert est.activation_bytes("metal") == t["prefill/arrays"]
+    # head_dim 64 runs in MLX's fused kernel on Metal: no scores and no causal mask; the chunk's
+    # arrays times what published Mac peaks need for a family without its own: the largest of
+    # the attention-only families
+    metal = est.fused_activation_terms
+    assert metal["prefill/scores-and-masks"] == 0
+    largest = max(f for k, f in METAL_ARRAYS_FACTORS.items() if METAL_FAMILY_KINDS[k] == "attention")
+    assert "llama" not in METAL_ARRAYS_FACTORS and largest < max(METAL_ARRAYS_FACTORS.values())
+    assert metal["prefill/arrays"] == int(int(chunk * per_token) * largest)
+    assert est.activation_bytes("metal") == metal["prefill/arrays"]
     # a cache grows beside the chunk's arrays, not beside its scores
     growth = 1024 * 2 * 64 * 2
     assert est.kv_growth_bytes == growth
-    assert est.working_bytes("metal") == t["prefill/arrays"] + growth
+    assert est.working_bytes("metal") == metal["prefill/arrays"] + growth
     assert est.working_bytes("unfused") == est.activation_bytes("unfused")
     assert est.peak_bytes("unfused") == est.weight_bytes + est.kv_bytes + est.activation_bytes()
 

@@ -220,6 +220,39 @@ def from_model(c: dict[str, Any], dt: str = "BF16") -> Shapes:
     return {name: (dt, tuple(array.shape)) for name, array in tree_flatten(model.parameters())}
 
 
+def mlx_checkpoint(c: dict[str, Any]) -> Shapes:
+    """The tensors of a published MLX checkpoint with config `c`: mlx-lm's own Model, quantized
+    as its config's "quantization" block records (a per-layer entry where the block has one,
+    else its default bits and group where mlx_lm.convert quantizes: a module with
+    `to_quantized` whose input width divides by the group and that the model's own
+    `quant_predicate` does not exclude). Packed weights are uint32; every other tensor, scales
+    and biases included, is in the config's dtype."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    model_class, args_class = _get_classes(c)
+    model = model_class(args_class.from_dict(c))
+    block = c.get("quantization")
+    if block:
+        group, bits = block["group_size"], block["bits"]
+        own = getattr(model, "quant_predicate", None)
+
+        def predicate(path: str, module: nn.Module) -> bool | dict[str, Any]:
+            if path in block:
+                return block[path]  # type: ignore[no-any-return]
+            if not hasattr(module, "to_quantized") or module.weight.shape[-1] % group:
+                return False
+            return own is None or own(path, module) is not False
+
+        nn.quantize(model, group, bits, mode=block.get("mode", "affine"), class_predicate=predicate)
+    dtype = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[
+        c.get("torch_dtype") or c.get("dtype") or "bfloat16"]
+    return {name: ("U32" if a.dtype == mx.uint32 else dtype, tuple(a.shape))
+            for name, a in tree_flatten(model.parameters())}
+
+
 def mlx_quantized(shapes: Shapes, bits: int, group_size: int = 64) -> Shapes:
     """What mlx_lm.convert -q writes: Linear/Embedding weights as packed uint32 plus scales and
     biases in the model dtype; norms untouched."""

@@ -12,6 +12,11 @@ Prints a short table last and writes full results to DIR/gpu_check.json ($OUT wh
   image): greedy tokens from plain mlx-vlm against unimap all on the GPU and split 2 + 2, and the
   measured peak against the plan;
 - with --no-text, only the vision part.
+- with --metal MODEL[,MODEL...] (for a user with a Mac; docs/metal/README.md): each model (a Hub
+  id or a folder) run as `mlx_lm.benchmark` runs it, plain mlx-lm, a random prompt of each
+  --prompt-tokens length plus --tokens generated, and mlx-lm's peak memory written as records
+  of docs/metal/published.json (metal_measured.json) with each model's config.json
+  (metal_configs.json), so the figures replay in tests/test_metal_published.py.
 On a machine without a GPU it runs the same steps on the CPU build (the split then uses a preset
 machine), so the script itself is tested here before it spends device time.
 """
@@ -101,13 +106,79 @@ def vision_checks(tmp: Path, split_args: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+def metal_matrix(models: list[str], prompts: list[int], generated: int) -> tuple[list[dict[str, Any]],
+                                                                               dict[str, Any]]:
+    """Peak memory of plain mlx-lm runs, as `mlx_lm.benchmark -p P -g G` measures it (the peak
+    since the model was loaded: weights, cache and the run's working set), one record per model
+    and prompt length, in docs/metal/published.json's format."""
+    import gc
+    import platform
+    import subprocess
+    from datetime import date
+
+    import mlx.core as mx
+    import mlx_lm
+    from mlx_lm import load, stream_generate
+
+    gpu = bool(mx.is_available(mx.gpu))
+    info = dict(mx.device_info(mx.gpu)) if gpu else {}
+    chip = str(info.get("device_name") or platform.processor() or platform.machine())
+    if platform.system() == "Darwin":
+        chip = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                              text=True).stdout.strip() or chip
+    ram_bytes = int(info.get("memory_size") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    records: list[dict[str, Any]] = []
+    configs: dict[str, Any] = {}
+    for name in models:
+        for prompt_tokens in prompts:
+            gc.collect()
+            mx.clear_cache()
+            mx.reset_peak_memory()
+            model, tokenizer, config = load(name, return_config=True)
+            configs[name] = {"source": f"config.json of {name}", "config": config}
+            mx.random.seed(0)
+            vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+            prompt = mx.random.randint(0, vocab, (prompt_tokens,)).tolist()
+            tokenizer._eos_token_ids = set()  # as mlx_lm.benchmark: never stop early
+            response = list(stream_generate(model, tokenizer, prompt, max_tokens=generated))[-1]
+            peak = mx.get_peak_memory()
+            quant = config.get("quantization")
+            records.append({
+                "id": f"local/{Path(name).name}-p{prompt_tokens}-g{generated}",
+                "source": "https://REPLACE-WITH-THE-LINK-WHERE-THIS-IS-PUBLISHED",
+                "quote": f"peak_memory={peak / 1e9:.6f} (mx.get_peak_memory() after stream_generate)",
+                "model": name, "quantization_label": (f"q{quant['bits']} g{quant['group_size']}"
+                                                      if quant else config.get("torch_dtype", "")),
+                "prompt_tokens": prompt_tokens, "generated_tokens": response.generation_tokens,
+                "batch_size": 1, "command": f"tools/gpu_check.py --metal {name} --prompt-tokens "
+                f"{prompt_tokens} --tokens {generated}", "reported": peak / 1e9, "unit": "GB",
+                "reported_bytes": peak, "mac": chip, "ram_gb": round(ram_bytes / 1e9),
+                "backend": "metal" if gpu else "cpu", "mlx": mx.__version__,
+                "mlx_lm": mlx_lm.__version__, "versions_inferred": False,
+                "date": date.today().isoformat(), "current_prefill": True, "use": "verify"})
+            print(f"{name} p{prompt_tokens} g{generated}: peak {peak / 1e9:.3f} GB", flush=True)
+            del model, tokenizer
+    return records, configs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--vision", action="store_true", help="also check vision-language runs")
     parser.add_argument("--no-text", action="store_true", help="skip the text-model runs")
+    parser.add_argument("--metal", help="comma-separated models to measure as mlx_lm.benchmark does")
+    parser.add_argument("--prompt-tokens", default="2048", help="with --metal: prompt lengths, e.g. 512,2048")
     args = parser.parse_args()
+    if args.metal:
+        records, configs = metal_matrix(args.metal.split(","),
+                                        [int(p) for p in args.prompt_tokens.split(",")], args.tokens)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metal_measured.json").write_text(json.dumps(records, indent=1) + "\n")
+        (out / "metal_configs.json").write_text(json.dumps(configs, indent=1) + "\n")
+        print(f"wrote {out / 'metal_measured.json'} and {out / 'metal_configs.json'}")
+        return
     import mlx.core as mx
     import numpy as np
 

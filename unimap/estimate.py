@@ -22,6 +22,7 @@ from unimap.errors import ConfigError
 from unimap.families import Architecture, LayerCache, Vision
 from unimap.family_calibration import FAMILY_EXTRA
 from unimap.inspect import GROUP_SIZE, NON_MAPPED_SLOT, VISION_SLOT, ModelSpec, Slot, dtype_bytes
+from unimap.metal_calibration import METAL_ARRAYS_FACTORS, METAL_FAMILY_KINDS
 from unimap.vision_calibration import VISION_COEFFICIENTS
 
 ISQ_BITS = (2, 3, 4, 5, 6, 8)
@@ -323,11 +324,13 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
     decoder layer (the last chunk, which attends to every cached token), and a decode step's
     logits. Scores and masks are exact shapes; every other array of the chunk is priced with the
     coefficients measured by tools/calibrate_activations.py (unimap/calibration.py), scaled by
-    what the CUDA backend measured on top of them."""
+    what the CUDA backend measured on top of them, or what published Metal peaks need."""
     b = options.max_batch_size
     arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits, chunk, tokens)
     if kernel == "cuda":
         arrays = int(arrays * cuda_arrays_factor(arch.family))
+    elif kernel == "metal":
+        arrays = int(arrays * metal_arrays_factor(arch))
     return {
         "prefill/scores-and-masks": attention_bytes(arch, options, chunk, tokens, d, kernel),
         "prefill/arrays": arrays,
@@ -372,6 +375,24 @@ def cuda_arrays_factor(model_type: str) -> float:
     """How many times the CPU-calibrated chunk arrays MLX's CUDA backend holds, per family."""
     family = CALIBRATED_AS.get(model_type, model_type)
     return CUDA_ARRAYS_FACTORS.get(family, max(CUDA_ARRAYS_FACTORS.values()))
+
+
+def metal_arrays_factor(arch: Architecture) -> float:
+    """How many times the CPU-calibrated chunk arrays MLX's Metal backend holds, per family, as
+    published Mac peaks require (unimap/metal_calibration.py). A family with no published peak
+    takes the largest of its kind: of the families with recurrent-state layers (their Metal
+    kernels keep state-sized buffers the CPU build does not) or of the attention-only ones."""
+    family = CALIBRATED_AS.get(arch.family, arch.family)
+    if family in METAL_ARRAYS_FACTORS:
+        return METAL_ARRAYS_FACTORS[family]
+    kind = metal_kind(arch)
+    alike = [f for name, f in METAL_ARRAYS_FACTORS.items() if METAL_FAMILY_KINDS.get(name) == kind]
+    return max(alike or METAL_ARRAYS_FACTORS.values())
+
+
+def metal_kind(arch: Architecture) -> str:
+    """"recurrent" for a model with any recurrent-state layer, else "attention"."""
+    return "recurrent" if "recurrent" in arch.layer_kinds else "attention"
 
 
 def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool = False,
