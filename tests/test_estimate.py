@@ -207,9 +207,9 @@ def test_vision_tokens_and_activations(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    (Options(max_seq_len=0), "max-seq-len must be a positive integer"),
-    (Options(max_batch_size=-2), "max-batch-size must be a positive integer"),
-    (Options(max_num_images=-1), "max-num-images must be 0 or more"),
+    (Options(max_seq_len=0), "--max-seq-len must be from 1 to"),
+    (Options(max_batch_size=-2), "--max-batch-size must be from 1 to"),
+    (Options(max_num_images=-1), "--max-num-images must be from 0 to"),
     (Options(isq=7), "MLX quantizes to 2, 3, 4, 5, 6, 8 bits"),
     (Options(kv_bits=1), "--kv-bits 1"),
     (Options(dtype="int8"), "--dtype 'int8'"),

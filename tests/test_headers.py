@@ -58,8 +58,16 @@ GOOD = {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
 
 @pytest.mark.parametrize(("header", "data", "length", "message"), [
     (GOOD, 16, 10_000, "header length 10000 runs past the end of the file"),
-    (b"{not json", 0, None, "not valid JSON"),
-    (b"\xff\xfe", 0, None, "not valid JSON"),
+    (b"{not json", 0, None, "invalid JSON"),
+    (b"\xff\xfe", 0, None, "not UTF-8"),
+    (b"[" * 100_000, 0, None, "nested too deep"),
+    (b'{"w": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}', 4, None,
+     "thousands of digits"),
+    (b'{"w": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 4]}}', 4, None, "invalid shape"),
+    ({"w": {"dtype": "F32", "shape": [1] * 60_000, "data_offsets": [0, 4]}}, 4, None, "at most 8"),
+    ({"w": {"dtype": "F32", "shape": [2**40, 2**40, 2**40], "data_offsets": [0, 4]}}, 4, None,
+     "would take more than"),
+    ({"__metadata__": {"format": {"nested": 1}}, **GOOD}, 16, None, "not an object of strings"),
     ([1, 2], 0, None, "not a JSON object"),
     ({"w": "nope"}, 0, None, "not described by an object"),
     ({"w": {"dtype": "Q4_K", "shape": [2], "data_offsets": [0, 2]}}, 2, None, "unknown dtype 'Q4_K'"),

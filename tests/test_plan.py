@@ -199,7 +199,7 @@ def test_manual_map_over_budget_does_not_fit(models: Path) -> None:
     ("abc", "layer count 'abc' is not a whole number; use a layer count"),
     ("0:x", "layer count 'x' is not a whole number"),
     ("1.5", "layer count '1.5' is not a whole number"),
-    ("-3", "layer count -3 is negative"),
+    ("-3", "layer count -3 is not from 0 to 4096"),
     ("0:4;0:4", "GPU ordinal 0 appears twice"),
     ("1:4", "this machine has no GPU 1"),
     ("40", "places 40 layers, but"),
@@ -277,7 +277,7 @@ def test_cli_manual_map_and_what_if(models: Path) -> None:
     (["--machine", "pc"], "error: --machine 'pc' is not a preset"),
     (["--isq", "7"], "error: --isq 7: MLX quantizes to 2, 3, 4, 5, 6, 8 bits"),
     (["--ram", "lots"], "error: --ram: 'lots' is not a size"),
-    (["--max-seq-len", "0"], "error: max-seq-len must be a positive integer, not 0"),
+    (["--max-seq-len", "0"], "error: --max-seq-len must be from 1 to 16777216, not 0"),
 ])
 def test_cli_bad_flags(models: Path, args: list[str], message: str) -> None:
     code, out, err = run_cli("plan", "-m", str(models / "llama3-8b"), *args)

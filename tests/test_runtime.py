@@ -283,8 +283,8 @@ def test_does_not_fit_is_refused_before_loading(models: Path) -> None:
     ({"prompt": ""}, "the prompt is empty"),
     ({"prompt": "   "}, "the prompt is empty"),
     ({"prompt": []}, "the prompt is empty"),
-    ({"prompt": [1, 2], "max_tokens": 0}, "--max-tokens must be at least 1, not 0"),
-    ({"prompt": [1, 2], "temp": -1.0}, "--temp must be 0 or more"),
+    ({"prompt": [1, 2], "max_tokens": 0}, "--max-tokens must be from 1 to 16777216, not 0"),
+    ({"prompt": [1, 2], "temp": -1.0}, "--temp must be from 0 to 100, not -1"),
 ])
 def test_bad_generation_requests(tiny: dict[str, Path], kwargs: dict[str, Any], message: str) -> None:
     model, tokenizer, _ = load(tiny["llama"], max_seq_len=64)

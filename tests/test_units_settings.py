@@ -66,7 +66,7 @@ def test_flag_beats_environment_for_reserves() -> None:
 
 
 def test_negative_reserve_int_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="cannot be negative"):
+    with pytest.raises(ConfigError, match="a reserve is from 0 to"):
         reserves({}, host_reserve=-1)
 
 

@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from unimap.checks import short, whole_number
 from unimap.device_map import parse_device_map
-from unimap.errors import ConfigError
+from unimap.errors import ArgumentTypeError, ConfigError, ModelError
 from unimap.estimate import KvLayout, Options
 from unimap.inspect import ModelSpec, inspect
 from unimap.machine import Machine
@@ -19,16 +20,25 @@ from unimap.machines import preset_machine, with_gpu_budget, with_ram
 from unimap.plan import Plan, make_plan
 from unimap.probe import probe
 from unimap.settings import reserves
-from unimap.units import parse_size
+from unimap.units import MAX_BYTES, parse_size
 
 
 def _size(value: str | int | None, flag: str) -> int | None:
-    if value is None or isinstance(value, int):
-        return value
+    """A size argument: None, a byte count, or text such as "48GiB"; within what a machine has."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return whole_number(value, flag, 1, MAX_BYTES)
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{flag} must be a size such as '48GiB' or a byte count, not "
+                                f"{short(value)}")
     try:
-        return parse_size(value)
+        size = parse_size(value)
     except ValueError as exc:
         raise ConfigError(f"{flag}: {exc}") from None
+    if size < 1:
+        raise ConfigError(f"{flag}: {value!r} is no memory at all")
+    return size
 
 
 def resolve_machine(
@@ -38,8 +48,13 @@ def resolve_machine(
 ) -> Machine:
     """The machine to plan for: probed, a preset, or given; then the what-if overrides."""
     env = os.environ
+    if machine is not None and not isinstance(machine, Machine | str):
+        raise ArgumentTypeError(f"machine must be a preset name, a Machine or None, not {short(machine)}")
     held = reserves(env, gpu_reserve, host_reserve)
     ram_bytes, gpu_bytes = _size(ram, "--ram"), _size(gpu_budget, "--gpu-budget")
+    if ram_bytes is not None and gpu_bytes is not None and gpu_bytes > ram_bytes:
+        raise ConfigError(f"--gpu-budget ({gpu_bytes} bytes) is more than --ram ({ram_bytes} bytes); "
+                          "the GPU's share comes out of the RAM")
     if isinstance(machine, str):
         found = preset_machine(machine, env, held, ram_bytes)
     else:
@@ -71,6 +86,9 @@ def plan(
     """Plan where `model` (a folder, a Hub repo id or a ModelSpec) runs on `machine`.
 
     Returns a Plan whether or not it fits; `plan.fits` says, `plan.require_fit()` raises."""
+    if not isinstance(model, str | Path | ModelSpec) or (isinstance(model, str) and not model.strip()):
+        raise ArgumentTypeError(f"model must be a folder, a .gguf file, a Hub repo id or a ModelSpec, "
+                                f"not {short(model)}")
     mapping = parse_device_map(device_map)
     options = Options(max_seq_len=max_seq_len, max_batch_size=max_batch_size,
                       max_num_images=max_num_images, max_image_length=max_image_length,
@@ -131,6 +149,10 @@ def load(
     wired = runtime.WiredLimit()
     try:
         placement = runtime.apply_plan(loaded, planned, wired, progress)
+    except (ValueError, RuntimeError) as exc:  # the tensors' data cannot be read as the headers say
+        wired.release()
+        raise ModelError(f"{model}: loading its weights failed ({runtime.foreign(exc)}); the files are "
+                         "incomplete or corrupt: re-download them") from None
     except BaseException:
         wired.release()
         raise

@@ -21,6 +21,7 @@ from rich.table import Table
 from unimap import __version__
 from unimap.api import plan as make_plan
 from unimap.api import resolve_machine
+from unimap.checks import check_sampling
 from unimap.doctor import Report, diagnose
 from unimap.errors import UnimapError
 from unimap.host import Host
@@ -35,16 +36,43 @@ _MARK = {"ok": "[green]ok[/]", "info": "[cyan]info[/]", "warn": "[yellow]WARN[/]
          "error": "[bold red]ERROR[/]"}
 
 
+MAX_ERROR_CHARS = 400  # an error is one line a terminal shows whole, never an echo of the input
+
+
+def one_line(message: str) -> str:
+    """A message as one line of at most MAX_ERROR_CHARS characters."""
+    text = " ".join(message.split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
+
+
 class _Group(click.Group):
+    """Every way out of a command is one line on stderr and an exit code: "error: ..." and 2 for
+    bad input (unimap's errors and click's usage errors alike), "interrupted" and 130 for Ctrl-C."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except click.ClickException as exc:
+            click.echo(f"error: {one_line(exc.format_message())} (see --help)", err=True)
+            code = exc.exit_code
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("interrupted", err=True)
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UnimapError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="unimap")
 def cli() -> None:
     """Run LLMs with MLX on unified-memory machines, mapping layers to fit the memory."""
@@ -191,7 +219,8 @@ def plan_command(model_arg: str | None, model: str | None, max_seq_len: int, max
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # shown as a plan note instead
         result = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
-                           isq, device_map or "auto", machine, dtype=dtype, kv_bits=kv_bits,
+                           isq, "auto" if device_map is None else device_map, machine, dtype=dtype,
+                           kv_bits=kv_bits,
                            kv_layout=kv_layout)  # type: ignore[arg-type]
     if html_path:
         _write_html(html_path, result)
@@ -301,15 +330,14 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
 
     if not interactive and not (prompt and prompt.strip()):
         raise click.UsageError("give a non-empty --prompt, or -i to chat")
-    if max_tokens < 1:
-        raise click.UsageError(f"--max-tokens must be at least 1, not {max_tokens}")
+    check_sampling(max_tokens, temp, top_p, seed)  # before anything is planned or loaded
     if images and ctx.get_parameter_source("max_num_images") is click.core.ParameterSource.DEFAULT:
         max_num_images = max(max_num_images, len(images))  # plan for the images given
     console = Console(file=sys.stderr, highlight=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         planned = make_plan(model, max_seq_len, max_batch_size, max_num_images, max_image_length,
-                            isq, device_map or "auto", None, kv_bits=kv_bits)
+                            isq, "auto" if device_map is None else device_map, None, kv_bits=kv_bits)
     vision = planned.estimate.vision_weight_bytes > 0
     if images and not vision:
         raise vlm.text_only(model)

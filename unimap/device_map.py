@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from unimap.checks import MAX_LAYERS, short
 from unimap.errors import ConfigError
 
 DeviceMap = tuple[tuple[int, int], ...]  # ((ordinal, layers), ...)
 FORMS = 'a layer count ("16"), ordinal:layers pairs ("0:16;1:16"), or "auto"'
+MAX_GPUS = 1024  # ordinals past any machine's GPU count (the planner checks the machine's own)
 _PAIR = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\S+?)\s*$")
 
 
@@ -22,7 +24,7 @@ def parse_device_map(value: str | int | Sequence[str] | None) -> DeviceMap | Non
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return None
     if isinstance(value, bool):
-        raise ConfigError(f"device map {value!r}: use {FORMS}")
+        raise ConfigError(f"device map {short(value)}: use {FORMS}")
     if isinstance(value, int):
         return ((0, _count(str(value), value)),)
     if isinstance(value, str):
@@ -33,35 +35,40 @@ def parse_device_map(value: str | int | Sequence[str] | None) -> DeviceMap | Non
     elif isinstance(value, Sequence):
         parts = list(value)
     else:
-        raise ConfigError(f"device map {value!r}: use {FORMS}")
+        raise ConfigError(f"device map {short(value)}: use {FORMS}")
     return _pairs(parts, value)
 
 
 def _pairs(parts: list[object], whole: object) -> DeviceMap:
     pairs: list[tuple[int, int]] = []
+    seen: set[int] = set()
     for part in parts:
         match = _PAIR.match(part) if isinstance(part, str) else None
         if match is None:
-            raise ConfigError(f"device map {whole!r}: {part!r} is not ordinal:layers; use {FORMS}")
-        ordinal, count = int(match.group(1)), _count(match.group(2), whole)
-        if ordinal < 0:
-            raise ConfigError(f"device map {whole!r}: GPU ordinal {ordinal} is negative")
-        if any(ordinal == seen for seen, _ in pairs):
-            raise ConfigError(f"device map {whole!r}: GPU ordinal {ordinal} appears twice")
+            raise ConfigError(f"device map {short(whole)}: {short(part)} is not ordinal:layers; use {FORMS}")
+        digits = match.group(1)
+        ordinal, count = int(digits) if len(digits) <= 6 else MAX_GPUS + 1, _count(match.group(2), whole)
+        if not 0 <= ordinal <= MAX_GPUS:
+            raise ConfigError(f"device map {short(whole)}: GPU ordinal {short(digits)} is not from 0 "
+                              f"to {MAX_GPUS}")
+        if ordinal in seen:
+            raise ConfigError(f"device map {short(whole)}: GPU ordinal {ordinal} appears twice")
+        seen.add(ordinal)
         pairs.append((ordinal, count))
     if not pairs:
-        raise ConfigError(f"device map {whole!r} is empty; use {FORMS}")
+        raise ConfigError(f"device map {short(whole)} is empty; use {FORMS}")
     return tuple(pairs)
 
 
 def _count(text: object, whole: object) -> int:
     try:
-        count = int(str(text))
+        count = int(str(text)) if len(str(text)) <= 12 else MAX_LAYERS + 1
     except ValueError:
-        raise ConfigError(f"device map {whole!r}: layer count {text!r} is not a whole number; "
+        raise ConfigError(f"device map {short(whole)}: layer count {short(text)} is not a whole number; "
                           f"use {FORMS}") from None
-    if count < 0:
-        raise ConfigError(f"device map {whole!r}: layer count {count} is negative")
+    if not 0 <= count <= MAX_LAYERS:
+        raise ConfigError(f"device map {short(whole)}: layer count {short(count)} is not from 0 to "
+                          f"{MAX_LAYERS}")
     return count
 
 

@@ -5,7 +5,9 @@ wrong and what to do next. The CLI turns these into one line on stderr and an ex
 else is a bug and keeps its traceback.
 
     UnimapError
-    ├── ConfigError         a flag or environment variable has a value we cannot use
+    ├── ConfigError         a flag, environment variable or argument has a value we cannot use
+    │   │                   (also a ValueError)
+    │   └── ArgumentTypeError   an API argument of the wrong type (also a TypeError)
     ├── ProbeError          the machine could not be described (unreadable system files, ...)
     ├── ModelError          a model cannot be inspected (missing or corrupt config/headers)
     └── BackendError        no usable backend, or the one asked for cannot run here
@@ -20,8 +22,12 @@ class UnimapError(Exception):
     exit_code: int = 2
 
 
-class ConfigError(UnimapError):
-    """A flag or environment variable has a value unimap cannot use."""
+class ConfigError(UnimapError, ValueError):
+    """A flag, environment variable or API argument has a value unimap cannot use."""
+
+
+class ArgumentTypeError(ConfigError, TypeError):
+    """An API argument of a type unimap does not take (`plan(123)`)."""
 
 
 class ProbeError(UnimapError):

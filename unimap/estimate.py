@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from unimap.calibration import COEFFICIENTS
+from unimap.checks import MAX_BATCH_SIZE, MAX_IMAGE_LENGTH, MAX_NUM_IMAGES, MAX_SEQ_LEN, whole_number
 from unimap.errors import ConfigError
 from unimap.families import Architecture, LayerCache, Vision
 from unimap.family_calibration import FAMILY_EXTRA
@@ -69,13 +70,12 @@ class Options:
     prefill_step_tokens: int = PREFILL_STEP_TOKENS
 
     def check(self) -> None:
-        for name in ("max_seq_len", "max_batch_size", "max_image_length", "kv_block_tokens",
-                     "prefill_step_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, not {value!r}")
-        if not isinstance(self.max_num_images, int) or self.max_num_images < 0:
-            raise ConfigError(f"max-num-images must be 0 or more, not {self.max_num_images!r}")
+        for name, low, high in (("max_seq_len", 1, MAX_SEQ_LEN), ("max_batch_size", 1, MAX_BATCH_SIZE),
+                                ("max_image_length", 1, MAX_IMAGE_LENGTH),
+                                ("max_num_images", 0, MAX_NUM_IMAGES),
+                                ("kv_block_tokens", 1, MAX_SEQ_LEN),
+                                ("prefill_step_tokens", 1, MAX_SEQ_LEN)):
+            whole_number(getattr(self, name), f"--{name.replace('_', '-')}", low, high)
         if self.isq is not None and self.isq not in ISQ_BITS:
             raise ConfigError(f"--isq {self.isq!r}: MLX quantizes to {', '.join(map(str, ISQ_BITS))} bits")
         if self.kv_bits is not None and self.kv_bits not in KV_BITS:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from unimap import vlm
-from unimap.errors import ConfigError
+from unimap.checks import MAX_TOKENS, check_sampling, short
+from unimap.errors import ArgumentTypeError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,50 @@ class _Detokenizer:
         return new
 
 
-def encode_prompt(tokenizer: Any, prompt: str | list[int]) -> list[int]:
+def encode_prompt(tokenizer: Any, prompt: str | list[int], vocab_size: int | None = None) -> list[int]:
+    """Token ids for `prompt` (text, or ids already), each one a token of the vocabulary."""
     if isinstance(prompt, list):
-        if not prompt:
-            raise ConfigError("the prompt is empty: give some text (--prompt) to continue")
-        return prompt
-    if not prompt.strip():
+        ids = prompt
+    elif not prompt.strip():
         raise ConfigError("the prompt is empty: give some text (--prompt) to continue")
-    bos = getattr(tokenizer, "bos_token", None)
-    if hasattr(tokenizer, "bos_token") and hasattr(tokenizer, "_tokenizer"):  # mlx-lm wrapper
-        add_special = bos is None or not prompt.startswith(bos)
-        return list(tokenizer.encode(prompt, add_special_tokens=add_special))
-    return list(tokenizer.encode(prompt))
+    elif not _is_utf8(prompt):
+        raise ConfigError("the prompt is not valid UTF-8 text (it holds an undecodable byte); "
+                          "give it as UTF-8")
+    else:
+        bos = getattr(tokenizer, "bos_token", None)
+        if hasattr(tokenizer, "bos_token") and hasattr(tokenizer, "_tokenizer"):  # mlx-lm wrapper
+            add_special = bos is None or not prompt.startswith(bos)
+            ids = list(tokenizer.encode(prompt, add_special_tokens=add_special))
+        else:
+            ids = list(tokenizer.encode(prompt))
+        if not ids:
+            raise ConfigError(f"the prompt {short(prompt)} encodes to no tokens with this model's "
+                              "tokenizer: give other text")
+    if not ids:
+        raise ConfigError("the prompt is empty: give some text (--prompt) to continue")
+    high = vocab_size if vocab_size is not None else 1 << 31
+    bad = next((t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < high), None)
+    if bad is not None or len(ids) > MAX_TOKENS:
+        raise ConfigError(f"prompt token {short(bad)} is not a token id of this model's "
+                          f"{vocab_size or ''}-token vocabulary" if bad is not None else
+                          f"the prompt has {len(ids)} tokens, more than {MAX_TOKENS}")
+    return ids
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: a byte the terminal could not decode
+        return False
+    return True
+
+
+def vocab_size(model: Any) -> int | None:
+    """The rows of the model's token embedding (the first embedding it holds), if it has one."""
+    for _, module in model.named_modules():
+        if type(module).__name__ in ("Embedding", "QuantizedEmbedding"):
+            return int(module.weight.shape[0])
+    return None
 
 
 def quantized_cache(model: Any, bits: int) -> list[Any]:
@@ -115,10 +148,10 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[d
     makes one with image placeholders)."""
     import mlx.core as mx
 
-    if max_tokens < 1:
-        raise ConfigError(f"--max-tokens must be at least 1, not {max_tokens}")
-    if not 0.0 <= top_p <= 1.0 or temp < 0.0:
-        raise ConfigError("--temp must be 0 or more and --top-p between 0 and 1")
+    check_sampling(max_tokens, temp, top_p, seed)
+    if not isinstance(prompt, str | list):
+        raise ArgumentTypeError(f"prompt must be text, token ids or a list of messages, not "
+                                f"{short(prompt)}")
     if seed is not None:
         mx.random.seed(seed)
     state = getattr(model, "_unimap", None)
@@ -164,7 +197,7 @@ def _text_steps(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens:
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_sampler
 
-    ids = encode_prompt(tokenizer, prompt)
+    ids = encode_prompt(tokenizer, prompt, vocab_size(model))
     state = getattr(model, "_unimap", None)
     options: dict[str, Any] = {"prompt_cache": cache}
     if state is not None:

@@ -13,11 +13,15 @@ runtime with `mx.load`. Anything else is a ModelError naming what is unsupported
 
 from __future__ import annotations
 
+import math
+import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from unimap.checks import short
 from unimap.errors import ModelError
 from unimap.headers import DTYPE_BYTES, TensorHeader
 
@@ -76,79 +80,135 @@ class GgufFile:
     tensors: tuple[GgufTensor, ...]
 
 
+# Limits on what a GGUF header may claim, checked before anything is read or allocated for it:
+MAX_GGUF_STRING = 1 << 24  # 16 MiB: a chat template or a token is far shorter
+MAX_GGUF_ARRAY = 1 << 24  # 16M items: vocabularies have ~256k tokens, merges ~500k
+MAX_GGUF_DEPTH = 2  # llama.cpp writes flat arrays; an array of arrays is as deep as the format goes
+MAX_GGUF_DIMS = 4  # GGML_MAX_DIMS
+_STRING, _ARRAY = 8, 9
+# bytes per block of GGML_BLOCK weights, by ggml type (floats: per weight)
+_TYPE_BYTES = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20),
+               "Q8_0": (32, 34)}
+
+
 class _Reader:
-    def __init__(self, f: BinaryIO, path: Path) -> None:
-        self.f, self.path = f, path
+    """Reads a GGUF header, every count checked against the bytes left in the file."""
+
+    def __init__(self, f: BinaryIO, path: Path, size: int) -> None:
+        self.f, self.path, self.size = f, path, size
+
+    def left(self) -> int:
+        return self.size - self.f.tell()
+
+    def corrupt(self, what: str) -> ModelError:
+        return ModelError(f"{self.path}: {what}; the GGUF file is truncated or corrupt (re-download it)")
 
     def take(self, fmt: str) -> Any:
         size = struct.calcsize(fmt)
         raw = self.f.read(size)
         if len(raw) < size:
-            raise ModelError(f"{self.path}: the GGUF header is truncated; re-download the file")
+            raise self.corrupt("the header ends early")
         return struct.unpack(fmt, raw)[0]
 
     def string(self) -> str:
         length = self.take("<Q")
-        if length > 1 << 24:
-            raise ModelError(f"{self.path}: a GGUF string claims {length} bytes; the file is corrupt")
-        raw = self.f.read(length)
-        if len(raw) < length:
-            raise ModelError(f"{self.path}: the GGUF header is truncated; re-download the file")
-        return raw.decode("utf-8", errors="replace")
+        if length > min(MAX_GGUF_STRING, self.left()):
+            raise self.corrupt(f"a string claims {length} bytes")
+        return self.f.read(length).decode("utf-8", errors="replace")
 
-    def value(self, kind: int) -> Any:
+    def value(self, kind: int, depth: int = 0) -> Any:
         if kind in _SCALARS:
             return self.take(_SCALARS[kind])
-        if kind == 8:
+        if kind == _STRING:
             return self.string()
-        if kind == 9:
+        if kind == _ARRAY:
             inner, count = self.take("<I"), self.take("<Q")
-            if count > 1 << 24:
-                raise ModelError(f"{self.path}: a GGUF array claims {count} items; the file is corrupt")
-            return [self.value(inner) for _ in range(count)]
-        raise ModelError(f"{self.path}: unknown GGUF metadata type {kind}; the file is corrupt")
+            if depth >= MAX_GGUF_DEPTH:
+                raise self.corrupt(f"metadata arrays nest more than {MAX_GGUF_DEPTH} deep")
+            least = struct.calcsize(_SCALARS[inner]) if inner in _SCALARS else 8  # a string's length
+            if count > MAX_GGUF_ARRAY or count * least > self.left():
+                raise self.corrupt(f"an array claims {count} items")
+            if inner in _SCALARS:  # in one read: vocabularies' scores and types are long
+                code = _SCALARS[inner][1]
+                raw = self.f.read(count * least)
+                return list(struct.unpack(f"<{count}{code}", raw))
+            return [self.value(inner, depth + 1) for _ in range(count)]
+        raise self.corrupt(f"unknown metadata type {kind}")
 
 
 def read_gguf(path: Path) -> GgufFile:
     """The metadata and tensor list of a GGUF file (v2 or v3)."""
     try:
         with path.open("rb") as f:
-            r = _Reader(f, path)
+            r = _Reader(f, path, os.fstat(f.fileno()).st_size)
             if f.read(4) != MAGIC:
                 raise ModelError(f"{path}: not a GGUF file (no GGUF magic bytes)")
             version = r.take("<I")
             if version not in (2, 3):
                 raise ModelError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
             n_tensors, n_kv = r.take("<Q"), r.take("<Q")
+            # a key/value takes at least 13 bytes, a tensor's description at least 24
+            if n_kv * 13 > r.left() or n_tensors * 24 > r.left():
+                raise r.corrupt(f"the header claims {n_tensors} tensors and {n_kv} metadata entries")
             metadata = {}
             for _ in range(n_kv):
                 key = r.string()
                 metadata[key] = r.value(r.take("<I"))
-            tensors = []
-            for _ in range(n_tensors):
-                name = r.string()
-                dims = [r.take("<Q") for _ in range(r.take("<I"))]
-                kind = r.take("<I")
-                r.take("<Q")  # data offset: the runtime reads data through mx.load
-                if kind not in TENSOR_TYPES:
-                    raise ModelError(f"{path}: tensor {name!r} has ggml type {kind}, which MLX "
-                                     "does not load; supported: "
-                                     f"{', '.join(t for t, _ in TENSOR_TYPES.values())}")
-                shape = tuple(reversed(dims))
-                if TENSOR_TYPES[kind][0] not in FLOAT_TYPES and (len(shape) != 2 or shape[-1] % GGML_BLOCK):
-                    raise ModelError(f"{path}: quantized tensor {name!r} has shape {list(shape)}; "
-                                     f"expected a matrix whose rows divide into blocks of {GGML_BLOCK}")
-                tensors.append(GgufTensor(name, shape, TENSOR_TYPES[kind][0]))
+            infos = [_tensor_info(r) for _ in range(n_tensors)]
+            alignment = metadata.get("general.alignment", 32)
+            if not isinstance(alignment, int) or isinstance(alignment, bool) or not 1 <= alignment <= 1 << 20:
+                raise r.corrupt(f"general.alignment is {alignment!r}")
+            data_start = -(-f.tell() // alignment) * alignment
+            tensors = [_check_data(r, info, data_start) for info in infos]
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return GgufFile(path, version, metadata, tuple(tensors))
+
+
+def _tensor_info(r: _Reader) -> tuple[str, tuple[int, ...], str, int]:
+    """One tensor's description: name, shape in MLX order, ggml type and data offset."""
+    name = r.string()
+    n_dims = r.take("<I")
+    if n_dims > MAX_GGUF_DIMS:
+        raise r.corrupt(f"tensor {name[:80]!r} claims {n_dims} dimensions")
+    dims = [r.take("<Q") for _ in range(n_dims)]
+    kind = r.take("<I")
+    offset = r.take("<Q")
+    if kind not in TENSOR_TYPES:
+        raise ModelError(f"{r.path}: tensor {name[:80]!r} has ggml type {kind}, which MLX does not "
+                         f"load; supported: {', '.join(t for t, _ in TENSOR_TYPES.values())}")
+    shape = tuple(reversed(dims))
+    type_name = TENSOR_TYPES[kind][0]
+    if type_name not in FLOAT_TYPES and (len(shape) != 2 or shape[-1] % GGML_BLOCK):
+        raise ModelError(f"{r.path}: quantized tensor {name[:80]!r} has shape {list(shape)}; "
+                         f"expected a matrix whose rows divide into blocks of {GGML_BLOCK}")
+    return name, shape, type_name, offset
+
+
+def _check_data(r: _Reader, info: tuple[str, tuple[int, ...], str, int], data_start: int) -> GgufTensor:
+    """A tensor whose data lies inside the file (a plan from a truncated file would be a lie)."""
+    name, shape, type_name, offset = info
+    per_block, block_bytes = _TYPE_BYTES[type_name]
+    elements = 1
+    for dim in shape:  # stops growing past the file: no product of huge numbers
+        elements = min(elements * dim, r.size + 1)
+    nbytes = -(-elements // per_block) * block_bytes
+    if data_start + offset + nbytes > r.size:
+        raise r.corrupt(f"tensor {name[:80]!r} runs past the end of the file ({r.size} bytes)")
+    return GgufTensor(name, shape, type_name)
+
+
+_BLOCK = re.compile(r"^blk\.(\d{1,6})\.(.+)$")
 
 
 def mlx_name(name: str) -> str:
     """llama.cpp tensor name -> mlx-lm llama parameter name."""
     stem, _, suffix = name.rpartition(".")
     if stem.startswith("blk."):
-        _, index, part = stem.split(".", 2)
+        block = _BLOCK.match(stem)
+        if block is None:
+            raise ModelError(f"GGUF tensor {name[:80]!r} names no layer number (blk.N.part)")
+        index, part = block.groups()
         if part not in BLOCK_NAMES:
             raise ModelError(f"GGUF tensor {name!r} is not part of a {'/'.join(ARCHITECTURES)} block")
         return f"model.layers.{index}.{BLOCK_NAMES[part]}.{suffix}"
@@ -164,39 +224,65 @@ def _meta(gguf: GgufFile, key: str, default: Any = None) -> Any:
     return value
 
 
+def _int(gguf: GgufFile, key: str, default: int | None = None) -> int:
+    """A metadata entry that must be a whole number (its range is checked with the config)."""
+    value = _meta(gguf, key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ModelError(f"{gguf.path}: GGUF metadata {key!r} should be a whole number, not "
+                         f"{short(value)}")
+    return value
+
+
+def _float(gguf: GgufFile, key: str, default: float | None = None) -> float:
+    value = _meta(gguf, key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ModelError(f"{gguf.path}: GGUF metadata {key!r} should be a number, not {short(value)}")
+    return float(value)
+
+
+def _strings(gguf: GgufFile, key: str) -> list[str]:
+    value = _meta(gguf, key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ModelError(f"{gguf.path}: GGUF metadata {key!r} should be a list of strings")
+    return value
+
+
 def gguf_config(gguf: GgufFile) -> dict[str, Any]:
     """The config.json equivalent of a GGUF file's metadata, for mlx-lm's model of its architecture."""
     arch = gguf.metadata.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise ModelError(f"{gguf.path}: GGUF architecture {arch!r} is not supported; unimap runs "
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ModelError(f"{gguf.path}: GGUF architecture {short(arch)} is not supported; unimap runs "
                          f"{', '.join(ARCHITECTURES)} GGUF files (convert others to safetensors)")
     tokenizer = gguf.metadata.get("tokenizer.ggml.model")
-    if tokenizer not in ("llama", "gpt2"):
-        raise ModelError(f"{gguf.path}: GGUF tokenizer kind {tokenizer!r} is not supported; "
+    if not isinstance(tokenizer, str) or tokenizer not in ("llama", "gpt2"):
+        raise ModelError(f"{gguf.path}: GGUF tokenizer kind {short(tokenizer)} is not supported; "
                          "unimap rebuilds SentencePiece-style ('llama') and byte-level BPE ('gpt2') "
                          "tokenizers")
-    heads = int(_meta(gguf, f"{arch}.attention.head_count"))
-    hidden = int(_meta(gguf, f"{arch}.embedding_length"))
+    heads = _int(gguf, f"{arch}.attention.head_count")
+    hidden = _int(gguf, f"{arch}.embedding_length")
+    if heads < 1:
+        raise ModelError(f"{gguf.path}: GGUF metadata {arch}.attention.head_count is {heads}; "
+                         "a model has at least one attention head")
     names = {t.name for t in gguf.tensors}
     quantized = quantized_modules(gguf)
     extra: dict[str, Any] = {"rope_traditional": True} if ARCHITECTURES[arch] else {}
     if quantized:  # MLX's config form: defaults plus per-module entries
         bits = max(q["bits"] for q in quantized.values())
         extra["quantization"] = {"group_size": GGML_BLOCK, "bits": bits, **quantized}
-    head_dim = gguf.metadata.get(f"{arch}.attention.key_length",
-                                 gguf.metadata.get(f"{arch}.rope.dimension_count", hidden // heads))
+    head_dim = _int(gguf, f"{arch}.attention.key_length",
+                    _int(gguf, f"{arch}.rope.dimension_count", hidden // heads))
     return {**extra,
         "model_type": arch,
         "hidden_size": hidden,
-        "intermediate_size": int(_meta(gguf, f"{arch}.feed_forward_length")),
-        "num_hidden_layers": int(_meta(gguf, f"{arch}.block_count")),
+        "intermediate_size": _int(gguf, f"{arch}.feed_forward_length"),
+        "num_hidden_layers": _int(gguf, f"{arch}.block_count"),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(gguf.metadata.get(f"{arch}.attention.head_count_kv", heads)),
-        "head_dim": int(head_dim),
-        "rms_norm_eps": float(_meta(gguf, f"{arch}.attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(gguf.metadata.get(f"{arch}.rope.freq_base", 10000.0)),
-        "max_position_embeddings": int(gguf.metadata.get(f"{arch}.context_length", 2048)),
-        "vocab_size": len(_meta(gguf, "tokenizer.ggml.tokens")),
+        "num_key_value_heads": _int(gguf, f"{arch}.attention.head_count_kv", heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": _float(gguf, f"{arch}.attention.layer_norm_rms_epsilon"),
+        "rope_theta": _float(gguf, f"{arch}.rope.freq_base", 10000.0),
+        "max_position_embeddings": _int(gguf, f"{arch}.context_length", 2048),
+        "vocab_size": len(_strings(gguf, "tokenizer.ggml.tokens")),
         "tie_word_embeddings": "output.weight" not in names,
         "torch_dtype": _activation_dtype(gguf),
     }
@@ -232,15 +318,24 @@ class SpmTokenizer:
 
     @classmethod
     def from_gguf(cls, gguf: GgufFile) -> SpmTokenizer:
-        tokens = list(_meta(gguf, "tokenizer.ggml.tokens"))
+        tokens = _strings(gguf, "tokenizer.ggml.tokens")
         n = len(tokens)
-        scores = [float(s) for s in gguf.metadata.get("tokenizer.ggml.scores", [0.0] * n)]
-        types = [int(t) for t in gguf.metadata.get("tokenizer.ggml.token_type", [NORMAL] * n)]
-        if not (len(scores) == len(types) == n):
+        scores = gguf.metadata.get("tokenizer.ggml.scores", [0.0] * n)
+        types = gguf.metadata.get("tokenizer.ggml.token_type", [NORMAL] * n)
+        if not (isinstance(scores, list) and isinstance(types, list) and len(scores) == len(types) == n):
             raise ModelError(f"{gguf.path}: tokenizer tokens, scores and types differ in length")
-        return cls(tokens, scores, types, int(gguf.metadata.get("tokenizer.ggml.bos_token_id", 1)),
-                   int(gguf.metadata.get("tokenizer.ggml.eos_token_id", 2)),
-                   int(gguf.metadata.get("tokenizer.ggml.unknown_token_id", 0)),
+        if not all(isinstance(s, int | float) and not isinstance(s, bool) for s in scores) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in types):
+            raise ModelError(f"{gguf.path}: tokenizer scores must be numbers and token types integers")
+        bad = next((tokens[i] for i, t in enumerate(types) if t == BYTE and not _BYTE_PIECE.match(tokens[i])),
+                   None)
+        if bad is not None:
+            raise ModelError(f"{gguf.path}: byte token {short(bad)} is not of the form <0xNN>; the "
+                             "tokenizer is corrupt")
+        bos = special_id(gguf, "tokenizer.ggml.bos_token_id", 1, n)
+        eos = special_id(gguf, "tokenizer.ggml.eos_token_id", 2, n)
+        unk = special_id(gguf, "tokenizer.ggml.unknown_token_id", 0, n)
+        return cls(tokens, [float(s) for s in scores], types, bos, eos, unk,
                    bool(gguf.metadata.get("tokenizer.ggml.add_bos_token", True)))
 
     def encode(self, text: str) -> list[int]:
@@ -277,6 +372,19 @@ class SpmTokenizer:
         return text[1:] if text.startswith(" ") else text
 
 
+_BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
+def special_id(gguf: GgufFile, key: str, default: int, vocab: int) -> int:
+    """A special token's id, which must be a token of the vocabulary (an id past it would index
+    past the embedding)."""
+    value = gguf.metadata.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < vocab:
+        raise ModelError(f"{gguf.path}: GGUF metadata {key!r} is {short(value)}, not a token of the "
+                         f"{vocab}-token vocabulary; the file is corrupt")
+    return value
+
+
 def gguf_tokenizer(gguf: GgufFile) -> Any:
     """The tokenizer the GGUF file embeds: SentencePiece-style or byte-level BPE."""
     if gguf.metadata.get("tokenizer.ggml.model") == "gpt2":
@@ -291,8 +399,11 @@ def bpe_tokenizer(gguf: GgufFile) -> Any:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tokens = [str(t) for t in _meta(gguf, "tokenizer.ggml.tokens")]
-    merges = [tuple(str(m).split(" ", 1)) for m in _meta(gguf, "tokenizer.ggml.merges")]
+    tokens = _strings(gguf, "tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in _strings(gguf, "tokenizer.ggml.merges")]
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        if key in gguf.metadata:
+            special_id(gguf, key, 0, len(tokens))
     if any(len(m) != 2 for m in merges):
         raise ModelError(f"{gguf.path}: a tokenizer merge is not two pieces; the file is corrupt")
     pre = str(gguf.metadata.get("tokenizer.ggml.pre", "default"))

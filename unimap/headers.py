@@ -18,6 +18,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from unimap.checks import decode_json, short
 from unimap.errors import ModelError
 
 # bytes per element of every dtype safetensors defines with a whole-byte width
@@ -28,6 +29,8 @@ DTYPE_BYTES: dict[str, int] = {
     "I64": 8, "U64": 8, "F64": 8,
 }
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger headers too
+MAX_TENSOR_DIMS = 8  # model tensors have at most 5 (a video patch embedding's convolution)
+MAX_TENSOR_BYTES = 1 << 46  # 64 TiB: past any one tensor of any model, far below int64 overflow
 
 
 class TensorHeader(NamedTuple):
@@ -63,11 +66,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorHeader], dict[str, str]]:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if len(raw) < length:
         raise ModelError(f"{path}: truncated header ({len(raw)} of {length} bytes). Re-download it.")
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: the safetensors header is not valid JSON ({exc}). "
-                         "Re-download the file.") from None
+    header = decode_json(raw, f"{path}: the safetensors header", "re-download the file")
     return parse_header(header, str(path), data_bytes=size - 8 - length)
 
 
@@ -79,8 +78,9 @@ def parse_header(
     if not isinstance(header, dict):
         raise ModelError(f"{where}: the safetensors header is not a JSON object")
     metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, Mapping):
-        raise ModelError(f"{where}: __metadata__ is not an object")
+    if not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ModelError(f"{where}: __metadata__ is not an object of strings (as safetensors requires); "
+                         "re-download the file")
     tensors: dict[str, TensorHeader] = {}
     widths = DTYPE_BYTES
     for name, entry in header.items():
@@ -88,34 +88,41 @@ def parse_header(
             continue
         try:  # the common, valid case, checked inline (models have tens of thousands of tensors)
             dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            count = widths[dtype]
+            count = widths[dtype] if len(shape) <= MAX_TENSOR_DIMS else -1
             for dim in shape:
                 count = count * dim if type(dim) is int and dim >= 0 else -1
-            if count >= 0 and type(begin) is int and type(end) is int and 0 <= begin <= end \
-                    and end - begin == count:
+            if 0 <= count <= MAX_TENSOR_BYTES and type(begin) is int and type(end) is int \
+                    and 0 <= begin <= end and end - begin == count:
                 tensors[name] = TensorHeader(name, dtype, tuple(shape), begin, end)
                 continue
         except (TypeError, KeyError, ValueError):
             pass
         tensors[name] = _entry(name, entry, where)  # raises with the precise complaint
     _check_layout(tensors, where, data_bytes)
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+    return tensors, dict(metadata)
 
 
 def _entry(name: str, entry: Any, where: str) -> TensorHeader:
     if not isinstance(entry, dict):
         raise ModelError(f"{where}: tensor {name!r} is not described by an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         known = ", ".join(DTYPE_BYTES)
-        raise ModelError(f"{where}: tensor {name!r} has unknown dtype {dtype!r} (known: {known})")
-    if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
-        raise ModelError(f"{where}: tensor {name!r} has an invalid shape {shape!r}")
+        raise ModelError(f"{where}: tensor {name!r} has unknown dtype {short(dtype)} (known: {known})")
+    if not (isinstance(shape, list) and len(shape) <= MAX_TENSOR_DIMS
+            and all(_is_count(d) and d <= MAX_TENSOR_BYTES for d in shape)):
+        raise ModelError(f"{where}: tensor {name!r} has an invalid shape {short(shape)} (at most "
+                         f"{MAX_TENSOR_DIMS} dimensions of whole numbers)")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
             and offsets[0] <= offsets[1]):
-        raise ModelError(f"{where}: tensor {name!r} has invalid data_offsets {offsets!r}")
+        raise ModelError(f"{where}: tensor {name!r} has invalid data_offsets {short(offsets)}")
     tensor = TensorHeader(name, dtype, tuple(shape), offsets[0], offsets[1])
-    expected = math.prod(tensor.shape) * DTYPE_BYTES[dtype]
+    expected = DTYPE_BYTES[dtype]
+    for dim in tensor.shape:  # stops growing past the limit: no product of huge numbers
+        expected = min(expected * dim, MAX_TENSOR_BYTES + 1)
+    if expected > MAX_TENSOR_BYTES:
+        raise ModelError(f"{where}: tensor {name!r} of shape {short(shape)} would take more than "
+                         f"{MAX_TENSOR_BYTES} bytes: the header is corrupt")
     if tensor.nbytes != expected:
         raise ModelError(f"{where}: tensor {name!r} spans {tensor.nbytes} bytes but shape "
                          f"{list(tensor.shape)} of {dtype} needs {expected}: the header is corrupt")

@@ -9,13 +9,14 @@ tower, or to the non-mapped rest. Bad input is a ModelError that says what to do
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from unimap.errors import ModelError
+from unimap.checks import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, check_config, claimed_layers, read_json, short
+from unimap.errors import ArgumentTypeError, ModelError
 from unimap.families import Architecture, read_architecture
 from unimap.headers import DTYPE_BYTES, TensorHeader, parse_header, read_header
 
@@ -26,6 +27,8 @@ _VISION_HINT = re.compile(r"vis|multi_modal|mm_proj|image_newline")
 # Decoder layers under any prefix mlx-lm's families use: model.layers.N, language_model.model.
 # layers.N, backbone.layers.N, transformer.h.N, model.blocks.N, ...
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)(?:\.|$)")
+# Any numbered list of layers, for the count check (afm7 keeps a second list, kv_reuse_layers.N)
+_LAYER_LIST = re.compile(r"(?:^|\.)(?:\w*layers|h|blocks?)\.(\d{1,9})(?:\.|$)")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FLOAT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 _FLOAT_WIDTH = {"BF16": 2, "F16": 2, "F32": 4}
@@ -97,38 +100,54 @@ class ModelSpec:
 
 def inspect(model: str | Path) -> ModelSpec:
     """Read a model's config and safetensors headers: a local folder or a Hub repo id."""
-    path = Path(model).expanduser()
-    if path.is_dir():
+    if not isinstance(model, str | Path) or not str(model).strip():
+        raise ArgumentTypeError(f"model must be a folder, a .gguf file or a Hub repo id, not {short(model)}")
+    try:
+        path = Path(model).expanduser()
+        kind = "dir" if path.is_dir() else "file" if path.is_file() else "other" if path.exists() else ""
+    except (OSError, RuntimeError, ValueError) as exc:  # too long, a symlink loop, a NUL byte
+        why = getattr(exc, "strerror", None) or exc
+        raise ModelError(f"{short(str(model))}: not a usable path ({why})") from None
+    if kind == "dir":
         return _local(path, str(model))
-    if path.is_file() and path.suffix.lower() == ".gguf":
+    if kind == "file" and path.suffix.lower() == ".gguf":
         return _gguf(path, str(model))
-    if path.exists():
-        raise ModelError(f"{model}: is a file; pass the model's folder (with config.json and "
+    if kind:
+        raise ModelError(f"{short(str(model))}: is a file; pass the model's folder (with config.json and "
                          ".safetensors files) or a .gguf file")
-    if _REPO_ID.match(str(model)):
+    if _REPO_ID.match(str(model)) and _valid_repo_id(str(model)):
         return _hub(str(model))
-    raise ModelError(f"{model}: no such folder, and not a Hugging Face repo id (owner/name)")
+    raise ModelError(f"{short(str(model))}: no such folder, and not a Hugging Face repo id (owner/name)")
+
+
+def _valid_repo_id(repo_id: str) -> bool:
+    """The Hub's own rules for a repo id (no '--' or '..', no leading or trailing '-' or '.')."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- local folders
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    """config.json of a model folder, read and checked at the edge (unimap/checks.py)."""
     config_path = path / "config.json"
     try:
-        text = config_path.read_text()
+        config = read_json(config_path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
+        gguf = sorted(p.name for p in path.glob("*.gguf"))
+        if gguf:
+            raise ModelError(f"{path}: no config.json, but {gguf[0]} is here; pass the .gguf file "
+                             f"itself ({path / gguf[0]})") from None
         raise ModelError(f"{path}: no config.json; pass the folder of a Hugging Face or MLX "
                          "model") from None
-    except OSError as exc:
-        raise ModelError(f"{config_path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{config_path}: invalid JSON ({exc}); fix or re-download it") from None
-    if not isinstance(config, dict):
-        raise ModelError(f"{config_path}: expected a JSON object")
-    return config
+    return check_config(config, str(config_path))
 
 
 def _local(path: Path, source: str) -> ModelSpec:
@@ -152,11 +171,8 @@ def _weight_files(path: Path) -> tuple[list[str], dict[str, str] | None]:
     """The safetensors files to read, and the index's weight map when the model is sharded."""
     index = path / INDEX_FILE
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelError(f"{index}: not a valid safetensors index ({exc!r})") from None
+        weight_map = _index_map(index)
+        files = sorted(set(weight_map.values()))
         missing = [f for f in files if not (path / f).is_file()]
         if missing:
             raise ModelError(f"{path}: {INDEX_FILE} lists {', '.join(missing)}, which "
@@ -167,6 +183,20 @@ def _weight_files(path: Path) -> tuple[list[str], dict[str, str] | None]:
         raise ModelError(f"{path}: no .safetensors files (unimap reads safetensors headers; for a "
                          "GGUF file pass the .gguf path)")
     return files, None
+
+
+def _index_map(index: Path) -> dict[str, str]:
+    """The index's weight_map: tensor names to shard files of this folder."""
+    found = read_json(index, MAX_INDEX_BYTES)
+    weight_map = found.get("weight_map") if isinstance(found, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ModelError(f"{index}: not a safetensors index (no 'weight_map' object); re-download it")
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or not file.endswith(".safetensors") or "/" in file or (
+                "\\" in file or file.startswith(".")):
+            raise ModelError(f"{index}: tensor {name[:80]!r} maps to {str(file)[:80]!r}, not a "
+                             ".safetensors file of this folder; re-download the index")
+    return weight_map
 
 
 def _check_index(path: Path, weight_map: dict[str, str] | None, located: dict[str, str]) -> None:
@@ -199,6 +229,10 @@ def _hub(repo_id: str) -> ModelSpec:
             return _local(Path(cached), repo_id)
     except (errors.LocalEntryNotFoundError, OSError, ValueError):
         pass  # not cached: ask the Hub
+    if not hf.constants.HF_HUB_OFFLINE and not _hub_reachable():
+        raise ModelError(f"{repo_id}: not in the local Hugging Face cache, and the Hub cannot be "
+                         f"reached within {HUB_PROBE_SECONDS:g} s; check the network, or download "
+                         "the model and pass its folder")
     try:
         config = read_config(Path(hf.hf_hub_download(repo_id, "config.json")).parent)
         meta = hf.get_safetensors_metadata(repo_id)
@@ -227,6 +261,37 @@ def _hub(repo_id: str) -> ModelSpec:
     return build_spec(repo_id, "hub", config, headers, f"{repo_id}/config.json")
 
 
+HUB_PROBE_SECONDS = 3.0  # an unreachable Hub is told in seconds, not after the client's retries
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hub's host accepts a connection within HUB_PROBE_SECONDS (name lookup
+    included, so it runs in a thread); behind a proxy the client's own reach decides."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    found: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((url.hostname or "huggingface.co", url.port or 443),
+                                          timeout=HUB_PROBE_SECONDS):
+                found.append(True)
+        except OSError:
+            found.append(False)
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(HUB_PROBE_SECONDS)
+    return bool(found and found[0])
+
+
 def _unreachable(repo_id: str, exc: Exception) -> ModelError:
     return ModelError(f"{repo_id}: cannot reach the Hugging Face Hub ({type(exc).__name__}); "
                       "check the network, or download the model and pass its folder")
@@ -244,6 +309,8 @@ def _complete(folder: Path) -> bool:
 
 def build_spec(source: str, where: str, config: dict[str, Any], headers: list[TensorHeader],
                config_where: str) -> ModelSpec:
+    check_config(config, config_where)
+    _check_layer_count(source, config, headers)
     arch = read_architecture(config, config_where)
     quant = _quantization(config, config_where)
     if not headers:
@@ -258,6 +325,25 @@ def build_spec(source: str, where: str, config: dict[str, Any], headers: list[Te
                          f"no tensors for layer(s) {_ranges(empty)}; config and weights disagree")
     return ModelSpec(source, where, arch, tuple(headers), _dtype(arch, dtype_bytes_used), quant,
                      config, slots)
+
+
+def _check_layer_count(source: str, config: dict[str, Any], headers: list[TensorHeader]) -> None:
+    """Before anything is built per layer: a config that claims more decoder layers than the
+    weights hold contradicts them (and could make planning work in proportion to a made-up
+    count). Weights that name no layers at all are left to the family's own reading."""
+    claimed = claimed_layers(config)
+    if claimed is None:
+        return
+    lists: dict[str, int] = {}  # each list of numbered layers (a family may keep several) -> length
+    for h in headers:
+        found = _LAYER_LIST.search(h.name)
+        if found:
+            where = h.name[:found.start(1)]
+            lists[where] = max(lists.get(where, 0), int(found.group(1)) + 1)
+    held = sum(lists.values())
+    if lists and claimed > held:
+        raise ModelError(f"{source}: config.json says {claimed} layers but the weights hold "
+                         f"{held}; config and weights disagree")
 
 
 def _check_shapes(source: str, headers: list[TensorHeader], arch: Architecture) -> None:

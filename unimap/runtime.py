@@ -305,9 +305,15 @@ def lazy_model(source: str) -> tuple[Any, Any]:
                          "from the model's original repository")
     try:
         model, tokenizer = load(source, lazy=True)[:2]
-    except (ValueError, FileNotFoundError) as exc:
-        raise ModelError(f"{source}: mlx-lm cannot load it ({exc})") from None
+    except (ValueError, OSError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{source}: mlx-lm cannot load it ({foreign(exc)})") from None
     return model, tokenizer
+
+
+def foreign(exc: BaseException) -> str:
+    """Another library's error as part of one line: its type and the start of its message."""
+    said = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {said if len(said) <= 160 else said[:157] + '...'}"
 
 
 def gguf_model(path: Path) -> tuple[Any, Any]:
@@ -326,6 +332,10 @@ def gguf_model(path: Path) -> tuple[Any, Any]:
     quantized = quantized_modules(gguf)
     if quantized:  # turn those modules into QuantizedLinear/Embedding before loading into them
         nn.quantize(model, class_predicate=lambda p, _: quantized.get(p, False))  # type: ignore[attr-defined]
-    weights: dict[str, Any] = mx.load(str(path))  # type: ignore[assignment]
-    model.load_weights([(mlx_name(name), array) for name, array in weights.items()], strict=True)
+    try:
+        weights: dict[str, Any] = mx.load(str(path))  # type: ignore[assignment]
+        model.load_weights([(mlx_name(name), array) for name, array in weights.items()], strict=True)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: MLX cannot load its tensors ({foreign(exc)}); re-download the "
+                         "file") from None
     return model, gguf_tokenizer(gguf)

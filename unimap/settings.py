@@ -11,8 +11,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from unimap.errors import ConfigError
-from unimap.units import GiB, MiB, format_bytes, parse_size
+from unimap.errors import ArgumentTypeError, ConfigError
+from unimap.units import MAX_BYTES, GiB, MiB, format_bytes, parse_size
 
 ENV_BACKEND = "UNIMAP_BACKEND"
 ENV_GPU_RESERVE = "UNIMAP_GPU_RESERVE"
@@ -63,15 +63,18 @@ def _size(flag_value: str | int | None, flag: str, env: Mapping[str, str], var: 
         raw, where = env[var], f"environment {var}"
     else:
         return None, "default"
-    if isinstance(raw, int):
+    if isinstance(raw, int) and not isinstance(raw, bool):
         size = raw
-    else:
+    elif isinstance(raw, str):
         try:
             size = parse_size(raw)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-    if size < 0:
-        raise ConfigError(f"{where}: a reserve cannot be negative (got {raw!r})")
+    else:
+        raise ArgumentTypeError(f"{where}: a reserve is a size such as '2GiB' or a byte count, not "
+                                f"{type(raw).__name__}")
+    if not 0 <= size <= MAX_BYTES:
+        raise ConfigError(f"{where}: a reserve is from 0 to {format_bytes(MAX_BYTES)}, not {size}")
     return size, f"{where} = {format_bytes(size)}"
 
 
@@ -108,6 +111,8 @@ def igpu_memory_fraction(env: Mapping[str, str]) -> tuple[float, str]:
 
 def backend_choice(env: Mapping[str, str], flag_value: str | None = None) -> tuple[str | None, str]:
     """The backend the user asked for (`--backend`, else UNIMAP_BACKEND), or None for automatic."""
+    if flag_value is not None and not isinstance(flag_value, str):
+        raise ArgumentTypeError(f"backend must be a backend name, not {type(flag_value).__name__}")
     if flag_value:
         return flag_value.strip().lower(), "flag --backend"
     raw = env.get(ENV_BACKEND)

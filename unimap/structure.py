@@ -56,7 +56,7 @@ def model_classes(config: dict[str, Any], where: str) -> tuple[Any, Any]:
 
     try:
         return _get_classes(config)  # type: ignore[no-any-return]
-    except ValueError:
+    except (ValueError, AttributeError):  # no such module, or a module that is not a model
         raise ModelError(f"{where}: model_type {config.get('model_type')!r} is not an architecture "
                          "the installed mlx-lm runs (upgrade mlx-lm, or check the config)") from None
     except (ImportError, SystemExit) as exc:
@@ -97,8 +97,10 @@ def build_lazy(config: dict[str, Any], where: str) -> Any:
 
 
 def _unbuildable(where: str, exc: Exception) -> ModelError:
+    said = " ".join(str(exc).split())  # MLX's binding errors span lines: one line, the start
+    said = said if len(said) <= 160 else said[:157] + "..."
     return ModelError(f"{where}: mlx-lm cannot build this model from its config "
-                      f"({type(exc).__name__}: {exc}); check the config's fields")
+                      f"({type(exc).__name__}: {said}); check the config's fields")
 
 
 def read_structure(config: dict[str, Any], where: str) -> Structure:

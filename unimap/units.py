@@ -38,13 +38,20 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _UNITS:
         raise ValueError(
-            f"{text!r} is not a size; use bytes or a number with a unit such as 512MiB, 48GiB "
+            f"{_shown(text)} is not a size; use bytes or a number with a unit such as 512MiB, 48GiB "
             "or 48GB"
         )
     value = float(match.group(1)) * _UNITS[unit]
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is too large")
+    if not math.isfinite(value) or value > MAX_BYTES:
+        raise ValueError(f"{_shown(text)} is more memory than any machine has")
     return int(value)
+
+
+MAX_BYTES = 1 << 60  # 1 EiB: past any machine's memory, far inside int64 arithmetic
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
 
 
 def format_bytes(n_bytes: int | None) -> str:

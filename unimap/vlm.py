@@ -61,6 +61,11 @@ class Images:
     notes: list[str] = field(default_factory=list)
 
 
+# 16k x 16k: past any photo or scan a vision tower resizes; a header claiming more is refused
+# before decoding (a 20000 x 20000 PNG of a few kB would decode to 1.2 GB)
+MAX_IMAGE_PIXELS = 1 << 28
+
+
 def read_images(paths: list[Any], max_num_images: int, max_image_length: int) -> Images:
     """Open every image (a path, or a PIL image already open), or raise a ConfigError naming
     the first bad one: missing, not a file, unreadable, not an image, or more images than the
@@ -83,8 +88,15 @@ def read_images(paths: list[Any], max_num_images: int, max_image_length: int) ->
             raise ConfigError(f"image {given}: not a file")
         try:
             with path.open("rb") as handle, Image.open(handle) as opened:
+                width, height = opened.size  # from the header: checked before any pixel is decoded
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ConfigError(f"image {given}: {width} x {height} pixels, more than "
+                                      f"{MAX_IMAGE_PIXELS} (a decompression bomb?); give a smaller image")
                 opened.load()
                 image = opened.convert("RGB")
+        except Image.DecompressionBombError:
+            raise ConfigError(f"image {given}: more pixels than Pillow decodes safely; give a "
+                              "smaller image") from None
         except PermissionError:
             raise ConfigError(f"image {given}: not readable (permission denied)") from None
         except UnidentifiedImageError:
