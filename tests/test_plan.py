@@ -262,7 +262,7 @@ def test_cli_html_unwritable_leaves_nothing(models: Path, tmp_path: Path) -> Non
     target = tmp_path / "missing-folder" / "plan.html"
     code, _, err = run_cli("plan", "-m", str(models / "gemma3-1b"), "--machine", "mac-16gb",
                            "--html", str(target))
-    assert code == 1 and "cannot write" in err
+    assert code == 2 and "cannot write" in err
     assert not target.parent.exists()
 
 

@@ -12,14 +12,14 @@ from typing import Any
 
 from unimap.checks import short, whole_number
 from unimap.device_map import parse_device_map
-from unimap.errors import ArgumentTypeError, ConfigError, ModelError
+from unimap.errors import ArgumentTypeError, ConfigError, ModelError, UnimapError
 from unimap.estimate import KvLayout, Options
 from unimap.inspect import ModelSpec, inspect
 from unimap.machine import Machine
 from unimap.machines import preset_machine, with_gpu_budget, with_ram
 from unimap.plan import Plan, make_plan
 from unimap.probe import probe
-from unimap.settings import reserves
+from unimap.settings import backend_choice, reserves
 from unimap.units import MAX_BYTES, parse_size
 
 
@@ -57,11 +57,29 @@ def resolve_machine(
                           "the GPU's share comes out of the RAM")
     if isinstance(machine, str):
         found = preset_machine(machine, env, held, ram_bytes)
+        _check_backend_for_preset(found, backend, env)
     else:
         found = machine or probe(backend=backend, gpu_reserve=gpu_reserve, host_reserve=host_reserve)
         if ram_bytes is not None:
             found = with_ram(found, ram_bytes, env, held)
     return found if gpu_bytes is None else with_gpu_budget(found, gpu_bytes, held)
+
+
+def _check_backend_for_preset(preset: Machine, flag: str | None, env: Any) -> None:
+    """A preset describes its own backend: a backend named beside it must at least exist, and
+    one named by flag must be the preset's (a what-if cannot run on another backend)."""
+    from unimap.backends import discover
+
+    choice, source = backend_choice(env, flag)
+    if choice is None:
+        return
+    known = sorted(found.name for found in discover())
+    if choice not in known:
+        raise ConfigError(f"{source} asks for backend {choice!r}, which is not installed; installed "
+                          f"backends: {', '.join(known)}")
+    if flag is not None and choice != preset.backend:
+        raise ConfigError(f"--backend {choice}: the preset is a {preset.backend} machine; drop "
+                          "--backend, or pick a preset of that kind")
 
 
 def plan(
@@ -100,6 +118,9 @@ def plan(
     return make_plan(spec, target, options, mapping)
 
 
+PLAN_OVERRIDES = ("kv_layout", "ram", "gpu_budget", "gpu_reserve", "host_reserve", "backend")
+
+
 def load(
     model: str | Path,
     device_map: str | int | list[str] | None = "auto",
@@ -126,6 +147,15 @@ def load(
     `planned` is a plan already made for this model (the other mapping arguments are then unused)."""
     from unimap import runtime, vlm
 
+    unknown = sorted(set(overrides) - set(PLAN_OVERRIDES))
+    if unknown:
+        raise ArgumentTypeError(f"load() got unknown argument(s) {', '.join(unknown)}; it takes "
+                                f"plan()'s: {', '.join(PLAN_OVERRIDES)}")
+    if planned is not None and not isinstance(planned, Plan):
+        raise ArgumentTypeError(f"planned must be a Plan (from unimap.plan), not {short(planned)}")
+    if progress is not None and not callable(progress):
+        raise ArgumentTypeError(f"progress must be callable as progress(done, total, what), not "
+                                f"{short(progress)}")
     if planned is None:
         planned = plan(model, max_seq_len, max_batch_size, max_num_images, max_image_length, isq,
                        device_map, machine, dtype=dtype, kv_bits=kv_bits, **overrides)
@@ -149,6 +179,9 @@ def load(
     wired = runtime.WiredLimit()
     try:
         placement = runtime.apply_plan(loaded, planned, wired, progress)
+    except UnimapError:
+        wired.release()
+        raise
     except (ValueError, RuntimeError) as exc:  # the tensors' data cannot be read as the headers say
         wired.release()
         raise ModelError(f"{model}: loading its weights failed ({runtime.foreign(exc)}); the files are "

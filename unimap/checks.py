@@ -22,10 +22,11 @@ from typing import Any
 
 from unimap.errors import ArgumentTypeError, ConfigError, ModelError
 
-# A config.json is a few kB; a safetensors index lists one line per tensor (Kimi K2's ~70k
-# tensors: ~6 MB). Files past these are not what they claim to be, and are refused before reading.
+# A config.json is a few kB; a safetensors index lists one line per tensor (DeepSeek V3's ~91k
+# tensors: ~9 MB). Files past these are not what they claim to be, and are refused before reading
+# (parsing JSON takes several times its size in memory).
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
-MAX_INDEX_BYTES = 64 * 1024 * 1024
+MAX_INDEX_BYTES = 24 * 1024 * 1024
 # Nesting in real configs is at most 4 deep (a VLM's text_config.rope_scaling); 32 is generous
 # and keeps every walk over a config shallow.
 MAX_CONFIG_DEPTH = 32
@@ -60,6 +61,7 @@ _COUNTS: dict[str, int] = {
                      "first_k_dense_replace", "sliding_window", "max_position_embeddings"),
                     MAX_CONFIG_INT),
 }
+_PER_LAYER = ("num_kv_heads", "num_query_heads", "num_heads", "intermediate_size")  # lists allowed
 _BOOLS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window", "use_qk_norm",
           "norm_topk_prob", "attention_k_eq_v")
 _DICTS = ("text_config", "vision_config", "audio_config", "rope_scaling", "quantization",
@@ -146,7 +148,7 @@ def _check_field(key: str, value: Any, at: str) -> None:
     for table, low in ((_POSITIVE, 1), (_COUNTS, 0)):
         limit = table.get(key)
         # a per-layer list of sizes (OpenELM's num_kv_heads) is checked item by item
-        items = value if isinstance(value, list) and value else [value]
+        items = value if key in _PER_LAYER and isinstance(value, list) and value else [value]
         if limit is not None and not all(_whole(v, low, limit) for v in items):
             raise ModelError(f"{at}: {key!r} must be a whole number from {low} to {limit}, "
                              f"not {short(value)}")
@@ -164,6 +166,9 @@ def _check_field(key: str, value: Any, at: str) -> None:
     if key == "model_type" and not (isinstance(value, str) and _MODEL_TYPE.match(value)):
         raise ModelError(f"{at}: 'model_type' must be a model type name (letters, digits, _ and -), "
                          f"not {short(value)}")
+    if key == "architectures" and not (isinstance(value, str) or isinstance(value, list) and all(
+            isinstance(a, str) for a in value)):
+        raise ModelError(f"{at}: 'architectures' must be a list of class names, not {short(value)}")
     if key == "layer_types" and not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
         raise ModelError(f"{at}: 'layer_types' must be a list of strings, not {short(value)}")
 

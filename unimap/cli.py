@@ -23,7 +23,7 @@ from unimap.api import plan as make_plan
 from unimap.api import resolve_machine
 from unimap.checks import check_sampling
 from unimap.doctor import Report, diagnose
-from unimap.errors import UnimapError
+from unimap.errors import ConfigError, UnimapError
 from unimap.host import Host
 from unimap.machine import Machine
 from unimap.machines import PRESETS
@@ -242,7 +242,8 @@ def _write_html(path: str, result: Plan) -> None:
         temporary.replace(target)  # never leave a half-written file behind
     except OSError as exc:
         temporary.unlink(missing_ok=True)
-        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"--html: cannot write {path} ({exc.strerror or exc}); give a path in "
+                          "a folder that exists and is writable") from None
 
 
 def _render_plan(result: Plan, console: Console) -> None:
@@ -380,6 +381,10 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
             history.append({"role": "assistant", "content": reply})  # the next turn sees it
             if last is not None:
                 console.print(_stats(last), highlight=False, soft_wrap=True)
+                if last.finish_reason == "length" and last.generation_tokens < max_tokens:
+                    end = planned.estimate.sequence_tokens
+                    console.print(f"note: the reply stopped at the plan's end ({end} tokens with the "
+                                  "prompt); plan a longer --max-seq-len for more", soft_wrap=True)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)

@@ -16,6 +16,7 @@ from unimap.errors import ConfigError
 DeviceMap = tuple[tuple[int, int], ...]  # ((ordinal, layers), ...)
 FORMS = 'a layer count ("16"), ordinal:layers pairs ("0:16;1:16"), or "auto"'
 MAX_GPUS = 1024  # ordinals past any machine's GPU count (the planner checks the machine's own)
+_WHOLE = re.compile(r"^-?\d+$")
 _PAIR = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\S+?)\s*$")
 
 
@@ -61,15 +62,14 @@ def _pairs(parts: list[object], whole: object) -> DeviceMap:
 
 
 def _count(text: object, whole: object) -> int:
-    try:
-        count = int(str(text)) if len(str(text)) <= 12 else MAX_LAYERS + 1
-    except ValueError:
+    digits = str(text).strip()
+    if not _WHOLE.match(digits):
         raise ConfigError(f"device map {short(whole)}: layer count {short(text)} is not a whole number; "
-                          f"use {FORMS}") from None
-    if not 0 <= count <= MAX_LAYERS:
-        raise ConfigError(f"device map {short(whole)}: layer count {short(count)} is not from 0 to "
-                          f"{MAX_LAYERS}")
-    return count
+                          f"use {FORMS}")
+    if len(digits) > 6 or not 0 <= int(digits) <= MAX_LAYERS:  # no int() of thousands of digits
+        shown = digits if len(digits) <= 20 else digits[:17] + "..."
+        raise ConfigError(f"device map {short(whole)}: layer count {shown} is not from 0 to {MAX_LAYERS}")
+    return int(digits)
 
 
 def format_device_map(device_map: DeviceMap) -> str:

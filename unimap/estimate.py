@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from unimap.calibration import COEFFICIENTS
-from unimap.checks import MAX_BATCH_SIZE, MAX_IMAGE_LENGTH, MAX_NUM_IMAGES, MAX_SEQ_LEN, whole_number
-from unimap.errors import ConfigError
+from unimap.checks import MAX_BATCH_SIZE, MAX_IMAGE_LENGTH, MAX_NUM_IMAGES, MAX_SEQ_LEN, short, whole_number
+from unimap.errors import ArgumentTypeError, ConfigError
 from unimap.families import Architecture, LayerCache, Vision
 from unimap.family_calibration import FAMILY_EXTRA
 from unimap.inspect import GROUP_SIZE, NON_MAPPED_SLOT, VISION_SLOT, ModelSpec, Slot, dtype_bytes
@@ -76,6 +76,11 @@ class Options:
                                 ("kv_block_tokens", 1, MAX_SEQ_LEN),
                                 ("prefill_step_tokens", 1, MAX_SEQ_LEN)):
             whole_number(getattr(self, name), f"--{name.replace('_', '-')}", low, high)
+        for name in ("isq", "kv_bits"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ArgumentTypeError(f"--{name.replace('_', '-')} must be a whole number of bits, "
+                                        f"not {short(value)}")
         if self.isq is not None and self.isq not in ISQ_BITS:
             raise ConfigError(f"--isq {self.isq!r}: MLX quantizes to {', '.join(map(str, ISQ_BITS))} bits")
         if self.kv_bits is not None and self.kv_bits not in KV_BITS:
@@ -182,6 +187,10 @@ def _phase_peak(terms: dict[str, int]) -> int:
 
 def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     """Count the bytes of weights, KV cache and activations for `spec` under `options`."""
+    if not isinstance(spec, ModelSpec):
+        raise ArgumentTypeError(f"estimate needs a ModelSpec (from unimap.inspect), not {short(spec)}")
+    if options is not None and not isinstance(options, Options):
+        raise ArgumentTypeError(f"options must be an Options or None, not {short(options)}")
     options = options or Options()
     options.check()
     if options.isq is not None and spec.quantization is not None:

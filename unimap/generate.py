@@ -94,6 +94,19 @@ def encode_prompt(tokenizer: Any, prompt: str | list[int], vocab_size: int | Non
     return ids
 
 
+def within_plan(state: Any, prompt_tokens: int, max_tokens: int) -> int:
+    """The reply's length within the plan: a prompt the plan has no room for is refused before
+    prefill; the reply stops where the planned sequence ends (finish reason "length")."""
+    if state is None:
+        return max_tokens
+    planned: int = state.plan.estimate.sequence_tokens
+    if prompt_tokens >= planned:
+        raise ConfigError(f"the prompt is {prompt_tokens} tokens, and the plan was made for {planned} "
+                          "in all (--max-seq-len, prompt and reply); plan with a longer --max-seq-len, "
+                          "or shorten the prompt")
+    return min(max_tokens, planned - prompt_tokens)
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -149,6 +162,11 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[d
     import mlx.core as mx
 
     check_sampling(max_tokens, temp, top_p, seed)
+    if not callable(model):
+        raise ArgumentTypeError(f"model must be the model unimap.load returned, not {short(model)}")
+    if not (hasattr(tokenizer, "encode") or hasattr(tokenizer, "tokenizer")):
+        raise ArgumentTypeError(f"tokenizer must be the tokenizer unimap.load returned, not "
+                                f"{short(tokenizer)}")
     if not isinstance(prompt, str | list):
         raise ArgumentTypeError(f"prompt must be text, token ids or a list of messages, not "
                                 f"{short(prompt)}")
@@ -159,8 +177,8 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[d
     if vlm.is_vlm(model):
         if not prompt or isinstance(prompt, str) and not prompt.strip() or isinstance(prompt[0], int):
             raise ConfigError("the prompt is empty: give some text (--prompt) to go with the images")
-        steps, n_prompt, eos = _vlm_steps(model, tokenizer, prompt, list(images or ()), max_tokens,
-                                          temp, top_p, cache)
+        steps, n_prompt, eos, max_tokens = _vlm_steps(model, tokenizer, prompt, list(images or ()),
+                                                      max_tokens, temp, top_p, cache)
     else:
         name = state.plan.model if state is not None else "this model"
         if images:
@@ -168,7 +186,8 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[d
         if prompt and not isinstance(prompt, str) and isinstance(prompt[0], dict):
             raise ConfigError(f"{name} is a text-only model: give it text (the conversation in its "
                               "tokenizer's chat template) or token ids, not a list of messages")
-        steps, n_prompt, eos = _text_steps(model, tokenizer, prompt, max_tokens, temp, top_p, cache)  # type: ignore[arg-type]
+        steps, n_prompt, eos, max_tokens = _text_steps(model, tokenizer, prompt, max_tokens, temp,  # type: ignore[arg-type]
+                                                       top_p, cache)
     detok = _Detokenizer(tokenizer)
     predicted = state.plan.peak_bytes if state is not None else None
     start = time.perf_counter()
@@ -191,7 +210,7 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[d
 
 
 def _text_steps(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens: int, temp: float,
-                top_p: float, cache: list[Any]) -> tuple[Iterator[Any], int, set[int]]:
+                top_p: float, cache: list[Any]) -> tuple[Iterator[Any], int, set[int], int]:
     """mlx-lm's generate_step on the stream that holds the embeddings and head."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
@@ -199,17 +218,18 @@ def _text_steps(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens:
 
     ids = encode_prompt(tokenizer, prompt, vocab_size(model))
     state = getattr(model, "_unimap", None)
+    max_tokens = within_plan(state, len(ids), max_tokens)
     options: dict[str, Any] = {"prompt_cache": cache}
     if state is not None:
         options["stream"] = state.parts_stream
     eos = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
     steps = generate_step(mx.array(ids), model, max_tokens=max_tokens,
                           sampler=make_sampler(temp, top_p), **options)
-    return steps, len(ids), eos
+    return steps, len(ids), eos, max_tokens
 
 
 def _vlm_steps(model: Any, processor: Any, prompt: Any, images: list[Any], max_tokens: int,
-               temp: float, top_p: float, cache: list[Any]) -> tuple[Iterator[Any], int, set[int]]:
+               temp: float, top_p: float, cache: list[Any]) -> tuple[Iterator[Any], int, set[int], int]:
     """mlx-vlm's generate_step (vision tower, projector, then the language model) with the
     images checked against the plan, on the stream that holds the embeddings, head and vision
     tower, in prefill chunks of the size the plan priced. mlx-vlm's own stream_generate is not
@@ -223,10 +243,11 @@ def _vlm_steps(model: Any, processor: Any, prompt: Any, images: list[Any], max_t
     for note in checked.notes:
         warnings.warn(note, stacklevel=3)
     inputs = vlm.prepare(model, processor, prompt, checked.images)
+    max_tokens = within_plan(state, inputs.num_tokens, max_tokens)
     step_tokens = options.prefill_step_tokens if options else None
     stream = state.parts_stream if state is not None else None
     return (_on_stream(stream, inputs, model, max_tokens, temp, top_p, cache, step_tokens),
-            inputs.num_tokens, vlm.eos_ids(model, processor))
+            inputs.num_tokens, vlm.eos_ids(model, processor), max_tokens)
 
 
 def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, temp: float,

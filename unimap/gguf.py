@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,8 @@ class _Reader:
 def read_gguf(path: Path) -> GgufFile:
     """The metadata and tensor list of a GGUF file (v2 or v3)."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # before opening: a FIFO would wait for a writer
+            raise ModelError(f"{path}: not a regular file; a GGUF model must be one")
         with path.open("rb") as f:
             r = _Reader(f, path, os.fstat(f.fileno()).st_size)
             if f.read(4) != MAGIC:
@@ -335,8 +338,11 @@ class SpmTokenizer:
         bos = special_id(gguf, "tokenizer.ggml.bos_token_id", 1, n)
         eos = special_id(gguf, "tokenizer.ggml.eos_token_id", 2, n)
         unk = special_id(gguf, "tokenizer.ggml.unknown_token_id", 0, n)
-        return cls(tokens, [float(s) for s in scores], types, bos, eos, unk,
-                   bool(gguf.metadata.get("tokenizer.ggml.add_bos_token", True)))
+        add_bos = gguf.metadata.get("tokenizer.ggml.add_bos_token", True)
+        if not isinstance(add_bos, bool):
+            raise ModelError(f"{gguf.path}: GGUF metadata 'tokenizer.ggml.add_bos_token' should be "
+                             f"true or false, not {short(add_bos)}")
+        return cls(tokens, [float(s) for s in scores], types, bos, eos, unk, add_bos)
 
     def encode(self, text: str) -> list[int]:
         """Pieces merged pairwise, highest score first, as SentencePiece BPE does."""
@@ -383,6 +389,24 @@ def special_id(gguf: GgufFile, key: str, default: int, vocab: int) -> int:
         raise ModelError(f"{gguf.path}: GGUF metadata {key!r} is {short(value)}, not a token of the "
                          f"{vocab}-token vocabulary; the file is corrupt")
     return value
+
+
+def check_tokenizer(gguf: GgufFile) -> None:
+    """The tokenizer metadata, checked when the file is inspected (before anything loads): what
+    building the tokenizer would find wrong, without building it."""
+    if gguf.metadata.get("tokenizer.ggml.model") == "gpt2":
+        tokens = _strings(gguf, "tokenizer.ggml.tokens")
+        if any(" " not in m for m in _strings(gguf, "tokenizer.ggml.merges")):
+            raise ModelError(f"{gguf.path}: a tokenizer merge is not two pieces; the file is corrupt")
+        for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+            if key in gguf.metadata:
+                special_id(gguf, key, 0, len(tokens))
+        pre = gguf.metadata.get("tokenizer.ggml.pre", "default")
+        if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
+            raise ModelError(f"{gguf.path}: GGUF pre-tokenizer {short(pre)} is not supported; known: "
+                             f"{', '.join(sorted(PRE_TOKENIZERS))}")
+    else:
+        SpmTokenizer.from_gguf(gguf)
 
 
 def gguf_tokenizer(gguf: GgufFile) -> Any:
@@ -437,7 +461,7 @@ def gguf_headers(gguf: GgufFile) -> list[TensorHeader]:
     float tensors as they are; quantized ones as packed weight, scales and biases."""
     entries: list[tuple[str, str, tuple[int, ...]]] = []
     for t in gguf.tensors:
-        name = mlx_name(t.name)
+        name = _mlx_name(gguf, t.name)
         if not t.quantized:
             entries.append((name, t.type_name, t.shape))
             continue
@@ -459,5 +483,13 @@ def gguf_headers(gguf: GgufFile) -> list[TensorHeader]:
 
 def quantized_modules(gguf: GgufFile) -> dict[str, dict[str, int]]:
     """mlx-lm module path -> quantization parameters, for the GGUF's quantized tensors."""
-    return {mlx_name(t.name).removesuffix(".weight"): {"group_size": GGML_BLOCK, "bits": t.bits}
+    return {_mlx_name(gguf, t.name).removesuffix(".weight"): {"group_size": GGML_BLOCK, "bits": t.bits}
             for t in gguf.tensors if t.quantized}
+
+
+def _mlx_name(gguf: GgufFile, name: str) -> str:
+    """mlx_name, its complaint naming the file."""
+    try:
+        return mlx_name(name)
+    except ModelError as exc:
+        raise ModelError(f"{gguf.path}: {exc}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 import struct
 from collections.abc import Mapping
 from operator import itemgetter
@@ -28,7 +29,9 @@ DTYPE_BYTES: dict[str, int] = {
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8,
 }
-MAX_HEADER_BYTES = 100_000_000  # the safetensors library refuses larger headers too
+# The safetensors library allows 100 MB; a real header is at most a few MB (~100 bytes a tensor),
+# and parsing one takes several times its size in memory
+MAX_HEADER_BYTES = 32 * 1024 * 1024
 MAX_TENSOR_DIMS = 8  # model tensors have at most 5 (a video patch embedding's convolution)
 MAX_TENSOR_BYTES = 1 << 46  # 64 TiB: past any one tensor of any model, far below int64 overflow
 
@@ -50,14 +53,20 @@ class TensorHeader(NamedTuple):
 def read_header(path: Path) -> tuple[dict[str, TensorHeader], dict[str, str]]:
     """Tensors and metadata of one .safetensors file, checked against the file's size."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # checked before opening: a FIFO would wait for a writer
+            raise ModelError(f"{path}: not a regular file; a safetensors file must be one")
+        size = info.st_size
         with path.open("rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise ModelError(f"{path}: truncated safetensors file ({size} bytes; the header "
                                  "length alone takes 8). Re-download the file.")
             (length,) = struct.unpack("<Q", prefix)
-            if length > MAX_HEADER_BYTES or 8 + length > size:
+            if length > MAX_HEADER_BYTES and 8 + length <= size:
+                raise ModelError(f"{path}: header length {length} is more than a safetensors header "
+                                 f"has ({MAX_HEADER_BYTES}): the file is not safetensors. Re-download it.")
+            if 8 + length > size:
                 raise ModelError(f"{path}: header length {length} runs past the end of the file "
                                  f"({size} bytes): the file is truncated or not safetensors. "
                                  "Re-download it.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,7 +27,7 @@ _VISION = re.compile(r"(?:^|\.)(vision_tower|visual|vision_model|vision_encoder|
 _VISION_HINT = re.compile(r"vis|multi_modal|mm_proj|image_newline")
 # Decoder layers under any prefix mlx-lm's families use: model.layers.N, language_model.model.
 # layers.N, backbone.layers.N, transformer.h.N, model.blocks.N, ...
-_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)(?:\.|$)")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d{1,9})(?:\.|$)")
 # Any numbered list of layers, for the count check (afm7 keeps a second list, kv_reuse_layers.N)
 _LAYER_LIST = re.compile(r"(?:^|\.)(?:\w*layers|h|blocks?)\.(\d{1,9})(?:\.|$)")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -104,7 +105,10 @@ def inspect(model: str | Path) -> ModelSpec:
         raise ArgumentTypeError(f"model must be a folder, a .gguf file or a Hub repo id, not {short(model)}")
     try:
         path = Path(model).expanduser()
-        kind = "dir" if path.is_dir() else "file" if path.is_file() else "other" if path.exists() else ""
+        mode = os.stat(path).st_mode  # not Path.exists(): it takes a symlink loop for "missing"
+        kind = "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+    except FileNotFoundError:
+        kind = ""
     except (OSError, RuntimeError, ValueError) as exc:  # too long, a symlink loop, a NUL byte
         why = getattr(exc, "strerror", None) or exc
         raise ModelError(f"{short(str(model))}: not a usable path ({why})") from None
@@ -209,10 +213,12 @@ def _check_index(path: Path, weight_map: dict[str, str] | None, located: dict[st
 
 
 def _gguf(path: Path, source: str) -> ModelSpec:
-    from unimap.gguf import gguf_config, gguf_headers, read_gguf
+    from unimap.gguf import check_tokenizer, gguf_config, gguf_headers, read_gguf
 
     gguf = read_gguf(path)
-    return build_spec(source, "local", gguf_config(gguf), gguf_headers(gguf), f"{path} metadata")
+    spec = build_spec(source, "local", gguf_config(gguf), gguf_headers(gguf), f"{path} metadata")
+    check_tokenizer(gguf)
+    return spec
 
 
 # ---------------------------------------------------------------- the Hugging Face Hub
@@ -310,7 +316,7 @@ def _complete(folder: Path) -> bool:
 def build_spec(source: str, where: str, config: dict[str, Any], headers: list[TensorHeader],
                config_where: str) -> ModelSpec:
     check_config(config, config_where)
-    _check_layer_count(source, config, headers)
+    _check_layer_count(source, config, headers, config_where)
     arch = read_architecture(config, config_where)
     quant = _quantization(config, config_where)
     if not headers:
@@ -327,7 +333,8 @@ def build_spec(source: str, where: str, config: dict[str, Any], headers: list[Te
                      config, slots)
 
 
-def _check_layer_count(source: str, config: dict[str, Any], headers: list[TensorHeader]) -> None:
+def _check_layer_count(source: str, config: dict[str, Any], headers: list[TensorHeader],
+                       config_where: str) -> None:
     """Before anything is built per layer: a config that claims more decoder layers than the
     weights hold contradicts them (and could make planning work in proportion to a made-up
     count). Weights that name no layers at all are left to the family's own reading."""
@@ -342,16 +349,15 @@ def _check_layer_count(source: str, config: dict[str, Any], headers: list[Tensor
             lists[where] = max(lists.get(where, 0), int(found.group(1)) + 1)
     held = sum(lists.values())
     if lists and claimed > held:
-        raise ModelError(f"{source}: config.json says {claimed} layers but the weights hold "
-                         f"{held}; config and weights disagree")
+        raise ModelError(f"{config_where} says {claimed} layers but the weights hold {held}; "
+                         "config and weights disagree")
 
 
 def _check_shapes(source: str, headers: list[TensorHeader], arch: Architecture) -> None:
     """A float matrix stored under one of mlx-lm's own parameter names must have the shape the
-    config makes (or its transpose, which a family's sanitize may undo)."""
-    expected = dict(arch.matrix_shapes)
-    if not expected:
-        return
+    config makes (or its transpose, which a family's sanitize may undo). Families read by hand
+    (no shapes from mlx-lm's model) are held to their embedding and attention projections."""
+    expected = dict(arch.matrix_shapes) or _hand_read_shapes(arch)
     for h in headers:
         want = expected.get(h.name)
         if want is None or h.dtype not in FLOAT_DTYPES or len(h.shape) != 2:
@@ -360,6 +366,21 @@ def _check_shapes(source: str, headers: list[TensorHeader], arch: Architecture) 
             raise ModelError(f"{source}: tensor {h.name!r} is {list(h.shape)} in the weights but "
                              f"{list(want)} in the model config.json describes; config and weights "
                              "disagree")
+
+
+def _hand_read_shapes(arch: Architecture) -> dict[str, tuple[int, ...]]:
+    """The shapes a hand-read family's config makes for its token embedding and each layer's
+    attention projections, under mlx-lm's names."""
+    if arch.vision is not None:  # the language model's names carry the VLM's own prefixes
+        return {}
+    h = arch.hidden_size
+    q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (arch.vocab_size, h)}
+    for i in range(arch.num_layers):
+        attn = f"model.layers.{i}.self_attn."
+        shapes.update({f"{attn}q_proj.weight": (q, h), f"{attn}k_proj.weight": (kv, h),
+                       f"{attn}v_proj.weight": (kv, h), f"{attn}o_proj.weight": (h, q)})
+    return shapes
 
 
 def classify(h: TensorHeader, num_layers: int, eight_bit: tuple[str, ...] = ()) -> Tensor:
@@ -409,7 +430,7 @@ def _slots(source: str, headers: list[TensorHeader], arch: Architecture, dropped
         name, layer = h.name, None
         if name.startswith(prefix):  # most tensors: skip the general classifier
             digits = name[13:name.find(".", 13)]
-            layer = int(digits) if digits.isdigit() else None
+            layer = int(digits) if digits.isdigit() and len(digits) <= 9 else None
         elif owned:  # layers mlx-lm keeps elsewhere (e.g. a second list of shared-KV layers)
             layer = _owner(name, owned)
         if layer is None:

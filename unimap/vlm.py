@@ -9,6 +9,7 @@ images into the inputs mlx-vlm's generation step takes. Images larger than the p
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,9 @@ class Images:
     notes: list[str] = field(default_factory=list)
 
 
-# 16k x 16k: past any photo or scan a vision tower resizes; a header claiming more is refused
-# before decoding (a 20000 x 20000 PNG of a few kB would decode to 1.2 GB)
-MAX_IMAGE_PIXELS = 1 << 28
+# 64 megapixels (8192 x 8192): past any camera's photo; a header claiming more is refused before
+# decoding (a 20000 x 20000 PNG of a few kB would decode to 1.2 GB)
+MAX_IMAGE_PIXELS = 1 << 26
 
 
 def read_images(paths: list[Any], max_num_images: int, max_image_length: int) -> Images:
@@ -81,42 +82,61 @@ def read_images(paths: list[Any], max_num_images: int, max_image_length: int) ->
         if isinstance(given, Image.Image):
             found.images.append(_within(given.convert("RGB"), "an image", max_image_length, found))
             continue
-        path = Path(given).expanduser()
-        if not path.exists():
-            raise ConfigError(f"image {given}: no such file")
-        if not path.is_file():
-            raise ConfigError(f"image {given}: not a file")
+        name = str(given) if len(str(given)) <= 120 else str(given)[:117] + "..."
         try:
-            with path.open("rb") as handle, Image.open(handle) as opened:
+            path = Path(given).expanduser()
+            kind = "file" if path.is_file() else "other" if path.exists() else ""
+        except (OSError, RuntimeError, ValueError, TypeError) as exc:  # too long, a loop, a NUL
+            why = getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"image {name}: not a usable path ({why})") from None
+        if not kind:
+            raise ConfigError(f"image {name}: no such file")
+        if kind != "file":
+            raise ConfigError(f"image {name}: not a file")
+        try:
+            with path.open("rb") as handle, warnings.catch_warnings():
+                # the size is checked just below against our own, lower limit
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(handle)
                 width, height = opened.size  # from the header: checked before any pixel is decoded
                 if width * height > MAX_IMAGE_PIXELS:
-                    raise ConfigError(f"image {given}: {width} x {height} pixels, more than "
+                    raise ConfigError(f"image {name}: {width} x {height} pixels, more than "
                                       f"{MAX_IMAGE_PIXELS} (a decompression bomb?); give a smaller image")
+                # JPEG decodes at a fraction of its size when the plan wants it smaller anyway
+                opened.draft("RGB", (max_image_length, max_image_length))
                 opened.load()
                 image = opened.convert("RGB")
+        except ConfigError:
+            raise
         except Image.DecompressionBombError:
-            raise ConfigError(f"image {given}: more pixels than Pillow decodes safely; give a "
+            raise ConfigError(f"image {name}: more pixels than Pillow decodes safely; give a "
                               "smaller image") from None
         except PermissionError:
-            raise ConfigError(f"image {given}: not readable (permission denied)") from None
+            raise ConfigError(f"image {name}: not readable (permission denied)") from None
         except UnidentifiedImageError:
-            raise ConfigError(f"image {given}: not an image Pillow can read; give a PNG, JPEG, WebP "
+            raise ConfigError(f"image {name}: not an image Pillow can read; give a PNG, JPEG, WebP "
                               "or another common format") from None
         except (OSError, SyntaxError, ValueError) as exc:  # a truncated or corrupt image file
-            raise ConfigError(f"image {given}: cannot be decoded ({exc}); is the file complete?") from None
-        found.images.append(_within(image, f"image {given}", max_image_length, found))
+            raise ConfigError(f"image {name}: cannot be decoded ({exc}); is the file complete?") from None
+        found.images.append(_within(image, f"image {name}", max_image_length, found, (width, height)))
     return found
 
 
-def _within(image: Any, name: str, max_image_length: int, found: Images) -> Any:
-    """`image` scaled down (aspect kept) so its longest edge is at most max_image_length."""
+def _within(image: Any, name: str, max_image_length: int, found: Images,
+            stored: tuple[int, int] | None = None) -> Any:
+    """`image` scaled down (aspect kept) so its longest edge is at most max_image_length (the
+    note names the size as stored, which a JPEG's draft decoding may already have reduced)."""
     from PIL import Image
 
     width, height = image.size
     if max(width, height) <= max_image_length:
+        if stored is not None and stored != image.size:
+            found.notes.append(f"{name} scaled from {stored[0]}x{stored[1]} to {width}x{height} to "
+                               f"stay within --max-image-length {max_image_length}")
         return image
     scale = max_image_length / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    width, height = stored or (width, height)
     found.notes.append(f"{name} scaled from {width}x{height} to {size[0]}x{size[1]} to stay within "
                        f"--max-image-length {max_image_length}")
     return image.resize(size, Image.Resampling.BICUBIC)
