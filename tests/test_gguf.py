@@ -210,3 +210,42 @@ def test_quantized_gguf_loads_as_planned(tmp_path: Path, kind: str) -> None:
         assert text.startswith(", there was a little girl")
     with pytest.raises(unimap.ConfigError, match="already MLX-quantized"):
         unimap.plan(path, isq=4)
+
+
+@needs_stories
+def test_a_type_that_disagrees_with_the_data_is_refused(tmp_path: Path) -> None:
+    """A tensor typed Q8_0 over data laid out as F32 leaves a gap before the next tensor: the
+    packing check refuses it at plan time instead of loading garbage."""
+    import mlx.core as mx
+    import numpy as np
+    from gguf_writer import write_gguf
+
+    gguf = read_gguf(STORIES)
+    arrays = {k: np.array(v) for k, v in mx.load(str(STORIES)).items()}
+    meta = {k: ([float(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], float) else v)
+            for k, v in gguf.metadata.items()}
+    path = write_gguf(tmp_path / "lying.gguf", meta, [(t.name, arrays[t.name], "F32") for t in gguf.tensors])
+    raw = bytearray(path.read_bytes())
+    name = b"blk.0.attn_q.weight"
+    at = raw.index(name) + len(name)  # then n_dims, dims, type, offset
+    dims = struct.unpack_from("<I", raw, at)[0]
+    struct.pack_into("<I", raw, at + 4 + 8 * dims, 8)  # F32 -> Q8_0, data left as it was
+    path.write_bytes(bytes(raw))
+    with pytest.raises(unimap.ModelError, match="does not fill the room before"):
+        unimap.inspect(path)
+
+
+@needs_stories
+def test_a_file_without_its_embedding_is_refused_before_loading(tmp_path: Path) -> None:
+    import mlx.core as mx
+    import numpy as np
+    from gguf_writer import write_gguf
+
+    gguf = read_gguf(STORIES)
+    arrays = {k: np.array(v) for k, v in mx.load(str(STORIES)).items()}
+    meta = {k: ([float(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], float) else v)
+            for k, v in gguf.metadata.items()}
+    kept = [(t.name, arrays[t.name], "F32") for t in gguf.tensors if t.name != "token_embd.weight"]
+    path = write_gguf(tmp_path / "headless.gguf", meta, kept)
+    with pytest.raises(unimap.ModelError, match="no token_embd.weight tensor"):
+        unimap.plan(path, max_seq_len=64)

@@ -373,3 +373,20 @@ def test_hub_repo_without_config_or_weights(tmp_path: Path) -> None:
             "ERROR org/empty: the repo has no config.json; is it a model repo in Hugging Face format?")
         assert run_against(endpoint, "org/no-weights", tmp_path / "c2").startswith(
             "ERROR org/no-weights: has no safetensors weights")
+
+
+def test_a_tensor_of_an_absurd_layer_is_refused(tmp_path: Path) -> None:
+    config, make, _ = fx.FAMILIES["llama3.2-1b"]
+    shapes = {**make(config), f"model.layers.{10**30}.mlp.up_proj.weight": ("BF16", (64, 64))}
+    folder = fx.write_model(tmp_path / "absurd", config, shapes)
+    with pytest.raises(ModelError, match="names layer '1000000000000000000000000000000', more than"):
+        inspect(folder)
+
+
+def test_a_layer_missing_inside_the_weights_is_named(tmp_path: Path) -> None:
+    """The count check passes (layer 15 is there) but layer 5 has no tensors at all."""
+    config, make, _ = fx.FAMILIES["llama3.2-1b"]
+    shapes = {k: v for k, v in make(config).items() if not k.startswith("model.layers.5.")}
+    folder = fx.write_model(tmp_path / "gap", config, shapes)
+    with pytest.raises(ModelError, match=r"no tensors for layer\(s\) 5;"):
+        inspect(folder)

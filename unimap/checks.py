@@ -62,6 +62,7 @@ _COUNTS: dict[str, int] = {
                     MAX_CONFIG_INT),
 }
 _PER_LAYER = ("num_kv_heads", "num_query_heads", "num_heads", "intermediate_size")  # lists allowed
+_INDEX_LISTS = ("mlp_only_layers",)  # layer numbers: Qwen MoE's dense layers
 _BOOLS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window", "use_qk_norm",
           "norm_topk_prob", "attention_k_eq_v")
 _DICTS = ("text_config", "vision_config", "audio_config", "rope_scaling", "quantization",
@@ -118,21 +119,22 @@ def check_config(config: Any, where: str) -> dict[str, Any]:
     head counts divide as attention needs. Returns it, checked."""
     if not isinstance(config, dict):
         raise ModelError(f"{where}: expected a JSON object, not {type(config).__name__}")
-    stack: list[tuple[Mapping[str, Any], str, int]] = [(config, where, 0)]
+    stack: list[tuple[Any, str, str, int]] = [(config, where, "", 0)]
     while stack:
-        node, at, depth = stack.pop()
+        node, at, key, depth = stack.pop()
         if depth > MAX_CONFIG_DEPTH:
-            raise ModelError(f"{at}: nested more than {MAX_CONFIG_DEPTH} deep; not a model config")
-        for key, value in node.items():
-            _check_field(key, value, at)
-            if isinstance(value, dict):
-                stack.append((value, f"{at} {key}", depth + 1))
-            elif isinstance(value, list):
-                for item in value:
-                    if isinstance(item, dict):
-                        stack.append((item, f"{at} {key}", depth + 1))
-                    elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_CONFIG_INT:
-                        raise ModelError(f"{at}: {key!r} holds {short(item)}, not a number a config has")
+            raise ModelError(f"{at}: {key!r} nests more than {MAX_CONFIG_DEPTH} deep; not a model config")
+        if isinstance(node, list):
+            for item in node:
+                if isinstance(item, dict | list):
+                    stack.append((item, at, key, depth + 1))
+                elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_CONFIG_INT:
+                    raise ModelError(f"{at}: {key!r} holds {short(item)}, not a number a config has")
+            continue
+        for name, value in node.items():
+            _check_field(name, value, at)
+            if isinstance(value, dict | list):
+                stack.append((value, f"{at} {name}" if isinstance(value, dict) else at, name, depth + 1))
         _check_heads(node, at)
         if isinstance(node.get("quantization"), dict):
             check_quantization(node["quantization"], f"{at} quantization")
@@ -169,6 +171,8 @@ def _check_field(key: str, value: Any, at: str) -> None:
     if key == "architectures" and not (isinstance(value, str) or isinstance(value, list) and all(
             isinstance(a, str) for a in value)):
         raise ModelError(f"{at}: 'architectures' must be a list of class names, not {short(value)}")
+    if key in _INDEX_LISTS and not (isinstance(value, list) and all(_whole(v, 0, MAX_LAYERS) for v in value)):
+        raise ModelError(f"{at}: {key!r} must be a list of layer numbers, not {short(value)}")
     if key == "layer_types" and not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
         raise ModelError(f"{at}: 'layer_types' must be a list of strings, not {short(value)}")
 

@@ -332,6 +332,9 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
     if not interactive and not (prompt and prompt.strip()):
         raise click.UsageError("give a non-empty --prompt, or -i to chat")
     check_sampling(max_tokens, temp, top_p, seed)  # before anything is planned or loaded
+    if prompt is not None and not _utf8(prompt):
+        raise ConfigError("the prompt is not valid UTF-8 text (it holds an undecodable byte); give "
+                          "it as UTF-8")
     if images and ctx.get_parameter_source("max_num_images") is click.core.ParameterSource.DEFAULT:
         max_num_images = max(max_num_images, len(images))  # plan for the images given
     console = Console(file=sys.stderr, highlight=False)
@@ -392,6 +395,14 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
         state = getattr(loaded, "_unimap", None) if loaded is not None else None
         if state is not None:
             state.wired.release()  # the previous wired limit, on every way out
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a byte the terminal could not decode, kept as a lone surrogate
+        return False
+    return True
 
 
 def _summary(result: Plan, console: Console) -> None:

@@ -83,7 +83,7 @@ class GgufFile:
 
 # Limits on what a GGUF header may claim, checked before anything is read or allocated for it:
 MAX_GGUF_STRING = 1 << 24  # 16 MiB: a chat template or a token is far shorter
-MAX_GGUF_ARRAY = 1 << 24  # 16M items: vocabularies have ~256k tokens, merges ~500k
+MAX_GGUF_ARRAY = 1 << 21  # 2M items: vocabularies have ~256k tokens, merges ~500k
 MAX_GGUF_DEPTH = 2  # llama.cpp writes flat arrays; an array of arrays is as deep as the format goes
 MAX_GGUF_DIMS = 4  # GGML_MAX_DIMS
 _STRING, _ARRAY = 8, 9
@@ -163,6 +163,7 @@ def read_gguf(path: Path) -> GgufFile:
                 raise r.corrupt(f"general.alignment is {alignment!r}")
             data_start = -(-f.tell() // alignment) * alignment
             tensors = [_check_data(r, info, data_start) for info in infos]
+            _check_packing(r, infos, alignment)
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return GgufFile(path, version, metadata, tuple(tensors))
@@ -188,14 +189,29 @@ def _tensor_info(r: _Reader) -> tuple[str, tuple[int, ...], str, int]:
     return name, shape, type_name, offset
 
 
-def _check_data(r: _Reader, info: tuple[str, tuple[int, ...], str, int], data_start: int) -> GgufTensor:
-    """A tensor whose data lies inside the file (a plan from a truncated file would be a lie)."""
-    name, shape, type_name, offset = info
+def _check_packing(r: _Reader, infos: list[tuple[str, tuple[int, ...], str, int]], alignment: int) -> None:
+    """Tensors follow one another, each padded to the alignment: data that overlaps the next
+    tensor, or leaves more than the padding before it, means a type or shape that lies."""
+    ordered = sorted(infos, key=lambda info: info[3])
+    for (name, shape, type_name, offset), following in zip(ordered, ordered[1:], strict=False):
+        end = offset + _data_bytes(shape, type_name, r.size)
+        if not end <= following[3] < end + alignment + (-end % alignment):
+            raise r.corrupt(f"tensor {name[:80]!r} ({type_name}, {list(shape)}) does not fill the room "
+                            f"before {following[0][:80]!r}: its type or shape disagrees with its data")
+
+
+def _data_bytes(shape: tuple[int, ...], type_name: str, limit: int) -> int:
     per_block, block_bytes = _TYPE_BYTES[type_name]
     elements = 1
     for dim in shape:  # stops growing past the file: no product of huge numbers
-        elements = min(elements * dim, r.size + 1)
-    nbytes = -(-elements // per_block) * block_bytes
+        elements = min(elements * dim, limit + 1)
+    return -(-elements // per_block) * block_bytes
+
+
+def _check_data(r: _Reader, info: tuple[str, tuple[int, ...], str, int], data_start: int) -> GgufTensor:
+    """A tensor whose data lies inside the file (a plan from a truncated file would be a lie)."""
+    name, shape, type_name, offset = info
+    nbytes = _data_bytes(shape, type_name, r.size)
     if data_start + offset + nbytes > r.size:
         raise r.corrupt(f"tensor {name[:80]!r} runs past the end of the file ({r.size} bytes)")
     return GgufTensor(name, shape, type_name)
@@ -389,6 +405,16 @@ def special_id(gguf: GgufFile, key: str, default: int, vocab: int) -> int:
         raise ModelError(f"{gguf.path}: GGUF metadata {key!r} is {short(value)}, not a token of the "
                          f"{vocab}-token vocabulary; the file is corrupt")
     return value
+
+
+def check_complete(gguf: GgufFile) -> None:
+    """The tensors every model of these architectures has (a file without them plans, then fails
+    to load)."""
+    present = {t.name for t in gguf.tensors}
+    missing = [name for name in ("token_embd.weight", "output_norm.weight") if name not in present]
+    if missing:
+        raise ModelError(f"{gguf.path}: the GGUF file has no {missing[0]} tensor, which every "
+                         f"{gguf.metadata.get('general.architecture')} model has; the file is incomplete")
 
 
 def check_tokenizer(gguf: GgufFile) -> None:

@@ -27,9 +27,9 @@ _VISION = re.compile(r"(?:^|\.)(vision_tower|visual|vision_model|vision_encoder|
 _VISION_HINT = re.compile(r"vis|multi_modal|mm_proj|image_newline")
 # Decoder layers under any prefix mlx-lm's families use: model.layers.N, language_model.model.
 # layers.N, backbone.layers.N, transformer.h.N, model.blocks.N, ...
-_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d{1,9})(?:\.|$)")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d{1,9})(?:\.|$)", re.ASCII)
 # Any numbered list of layers, for the count check (afm7 keeps a second list, kv_reuse_layers.N)
-_LAYER_LIST = re.compile(r"(?:^|\.)(?:\w*layers|h|blocks?)\.(\d{1,9})(?:\.|$)")
+_LAYER_LIST = re.compile(r"(?:^|\.)(?:\w*layers|h|blocks?)\.(\d{1,9})(?:\.|$)", re.ASCII)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FLOAT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 _FLOAT_WIDTH = {"BF16": 2, "F16": 2, "F32": 4}
@@ -213,10 +213,11 @@ def _check_index(path: Path, weight_map: dict[str, str] | None, located: dict[st
 
 
 def _gguf(path: Path, source: str) -> ModelSpec:
-    from unimap.gguf import check_tokenizer, gguf_config, gguf_headers, read_gguf
+    from unimap.gguf import check_complete, check_tokenizer, gguf_config, gguf_headers, read_gguf
 
     gguf = read_gguf(path)
     spec = build_spec(source, "local", gguf_config(gguf), gguf_headers(gguf), f"{path} metadata")
+    check_complete(gguf)
     check_tokenizer(gguf)
     return spec
 
@@ -430,7 +431,11 @@ def _slots(source: str, headers: list[TensorHeader], arch: Architecture, dropped
         name, layer = h.name, None
         if name.startswith(prefix):  # most tensors: skip the general classifier
             digits = name[13:name.find(".", 13)]
-            layer = int(digits) if digits.isdigit() and len(digits) <= 9 else None
+            number = digits.isascii() and digits.isdigit()  # not "²", which isdigit() accepts
+            if number and len(digits) > 9:
+                raise ModelError(f"{source}: tensor {short(name)} names layer {short(digits)}, more "
+                                 "than any model has; the weights are corrupt")
+            layer = int(digits) if number else None
         elif owned:  # layers mlx-lm keeps elsewhere (e.g. a second list of shared-KV layers)
             layer = _owner(name, owned)
         if layer is None:
