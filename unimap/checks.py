@@ -123,7 +123,8 @@ def check_config(config: Any, where: str) -> dict[str, Any]:
     while stack:
         node, at, key, depth = stack.pop()
         if depth > MAX_CONFIG_DEPTH:
-            raise ModelError(f"{at}: {key!r} nests more than {MAX_CONFIG_DEPTH} deep; not a model config")
+            raise ModelError(f"{where}: field {key!r} is nested more than {MAX_CONFIG_DEPTH} deep; not a "
+                             "model config")
         if isinstance(node, list):
             for item in node:
                 if isinstance(item, dict | list):
