@@ -816,9 +816,19 @@ def synthetic_gguf(arch: str, tokenizer: str, weight_type: int) -> Gguf:
                        f"{b}.ffn_norm.weight": (h,)})
         if arch == "qwen3":
             shapes.update({f"{b}.attn_q_norm.weight": (head_dim,), f"{b}.attn_k_norm.weight": (head_dim,)})
-    tensors = [[name, list(reversed(shape)), weight_type if len(shape) == 2 else 0, 0]
-               for name, shape in shapes.items()]
-    return Gguf(f"synthetic {arch}/{tokenizer}/type {weight_type}", kvs, tensors, 1 << 16)
+    tensors: list[list[Any]] = []
+    offset = 0
+    for name, shape in shapes.items():  # laid out one after another, each aligned to 32 bytes
+        kind = weight_type if len(shape) == 2 else 0
+        per_block, block_bytes = _GG_SIZES[kind]
+        tensors.append([name, list(reversed(shape)), kind, offset])
+        offset += -(-math.prod(shape) // per_block) * block_bytes
+        offset += -offset % 32
+    return Gguf(f"synthetic {arch}/{tokenizer}/type {weight_type}", kvs, tensors, max(offset, 1 << 16))
+
+
+# ggml type id -> (weights per block, bytes per block)
+_GG_SIZES = {0: (1, 4), 1: (1, 2), 2: (32, 18), 8: (32, 34)}
 
 
 # ---------------------------------------------------------------- seeds and the four kinds
