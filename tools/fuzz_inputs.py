@@ -1590,7 +1590,9 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         slowest = sorted(self.slow, key=lambda o: -o.cpu_seconds)[:200]
-        return {"seed": self.seed, "count": self.count, "kinds": list(self.kinds), "jobs": self.jobs,
+        done = sum(sum(c.values()) for c in self.per_kind.values())
+        return {"seed": self.seed, "count": self.count, "done": done, "kinds": list(self.kinds),
+                "jobs": self.jobs,
                 "seconds": round(self.seconds, 1), "save_seconds": round(self.save_seconds, 1),
                 "interrupted": self.interrupted,
                 "per_kind": {k: dict(v) for k, v in self.per_kind.items()},
@@ -1660,11 +1662,12 @@ def _lost(kinds: Sequence[str], task: tuple[Any, ...], why: str) -> Outcome:
 
 
 def run(count: int, seed: int = 0, kinds: Sequence[str] = KINDS, jobs: int = 1, out: Path | None = None,
-        shrink_steps: int = 200, progress: bool = False) -> Report:
+        shrink_steps: int = 200, progress: bool = False, json_path: Path | None = None) -> Report:
     """Fuzz `count` inputs in `jobs` worker processes; with `out`, save a shrunk reproducer of each
     group there. A test can run a short sample and assert `not report.groups` (300 inputs take
     about 10 s on 2 cores). Workers are spawned, so a calling script needs the usual
-    `if __name__ == "__main__":` guard (pytest's runner has it)."""
+    `if __name__ == "__main__":` guard (pytest's runner has it). With `json_path`, the report is
+    also written there every 30 s while fuzzing (a run that is killed leaves what it found)."""
     kinds = tuple(kinds)
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
@@ -1675,7 +1678,7 @@ def run(count: int, seed: int = 0, kinds: Sequence[str] = KINDS, jobs: int = 1, 
         cap = sys.platform == "linux"
         workers = [Worker(n, (seed, kinds, scratch, cap)) for n in range(max(jobs, 1))]
         try:
-            _fuzz(workers, report, progress)
+            _fuzz(workers, report, progress, start, json_path)
             report.seconds = time.monotonic() - start
             if out is not None and not report.interrupted:
                 save(report, workers, out, shrink_steps)
@@ -1683,17 +1686,25 @@ def run(count: int, seed: int = 0, kinds: Sequence[str] = KINDS, jobs: int = 1, 
         finally:
             for w in workers:
                 w.stop()
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report
 
 
-def _fuzz(workers: list[Worker], report: Report, progress: bool) -> None:
+def _fuzz(workers: list[Worker], report: Report, progress: bool, start: float,
+          json_path: Path | None) -> None:
     last = [time.monotonic()]
 
     def answer(task: tuple[Any, ...], o: Outcome) -> None:
         report.add(o)
-        done = sum(sum(c.values()) for c in report.per_kind.values())
-        if progress and time.monotonic() - last[0] > 30:
-            last[0] = time.monotonic()
+        if time.monotonic() - last[0] < 30:
+            return
+        last[0] = time.monotonic()
+        report.seconds = last[0] - start
+        if json_path is not None:  # a checkpoint: what a killed run leaves behind
+            json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        if progress:
+            done = sum(sum(c.values()) for c in report.per_kind.values())
             print(f"  {done}/{report.count} inputs, {report.non_project} non-project in "
                   f"{len(report.groups)} groups, {len(report.slow)} slow", file=sys.stderr, flush=True)
 
@@ -1810,10 +1821,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay is not None:
         print(replay(args.replay, args.seed, kinds, args.out))
         return 0
-    report = run(args.count, args.seed, kinds, args.jobs, args.out, args.shrink_steps, progress=True)
+    report = run(args.count, args.seed, kinds, args.jobs, args.out, args.shrink_steps, progress=True,
+                 json_path=args.json)
     print(report.summary())
-    if args.json:
-        args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     if not report.interrupted:
         print(f"reproducers: {args.out}/findings.txt")
     return 0
