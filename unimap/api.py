@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from unimap.checks import short, whole_number
+from unimap.checks import foreign, short, whole_number
 from unimap.device_map import parse_device_map
 from unimap.errors import ArgumentTypeError, ConfigError, ModelError, UnimapError
 from unimap.estimate import KvLayout, Options
@@ -184,7 +184,7 @@ def load(
         raise
     except (ValueError, RuntimeError) as exc:  # the tensors' data cannot be read as the headers say
         wired.release()
-        raise ModelError(f"{model}: loading its weights failed ({runtime.foreign(exc)}); the files are "
+        raise ModelError(f"{model}: loading its weights failed ({foreign(exc)}); the files are "
                          "incomplete or corrupt: re-download them") from None
     except BaseException:
         wired.release()

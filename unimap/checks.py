@@ -222,6 +222,21 @@ def claimed_layers(config: Mapping[str, Any]) -> int | None:
     return None
 
 
+def foreign(exc: BaseException) -> str:
+    """Another library's error as part of one line: its type and the start of its message."""
+    said = " ".join(str(exc).split())  # MLX's binding errors span lines
+    return f"{type(exc).__name__}: {said if len(said) <= 160 else said[:157] + '...'}"
+
+
+def is_utf8(text: str) -> bool:
+    """Whether text encodes as UTF-8 (a byte the terminal could not decode stays a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def short(value: Any) -> str:
     """A value as an error message shows it: never more than 60 characters."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18:

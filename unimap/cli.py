@@ -21,7 +21,7 @@ from rich.table import Table
 from unimap import __version__
 from unimap.api import plan as make_plan
 from unimap.api import resolve_machine
-from unimap.checks import check_sampling
+from unimap.checks import check_sampling, is_utf8
 from unimap.doctor import Report, diagnose
 from unimap.errors import ConfigError, UnimapError
 from unimap.host import Host
@@ -332,7 +332,7 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
     if not interactive and not (prompt and prompt.strip()):
         raise click.UsageError("give a non-empty --prompt, or -i to chat")
     check_sampling(max_tokens, temp, top_p, seed)  # before anything is planned or loaded
-    if prompt is not None and not _utf8(prompt):
+    if prompt is not None and not is_utf8(prompt):
         raise ConfigError("the prompt is not valid UTF-8 text (it holds an undecodable byte); give "
                           "it as UTF-8")
     if images and ctx.get_parameter_source("max_num_images") is click.core.ParameterSource.DEFAULT:
@@ -395,14 +395,6 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
         state = getattr(loaded, "_unimap", None) if loaded is not None else None
         if state is not None:
             state.wired.release()  # the previous wired limit, on every way out
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a byte the terminal could not decode, kept as a lone surrogate
-        return False
-    return True
 
 
 def _summary(result: Plan, console: Console) -> None:

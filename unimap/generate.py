@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unimap import vlm
-from unimap.checks import MAX_TOKENS, check_sampling, short
+from unimap.checks import MAX_TOKENS, check_sampling, is_utf8, short
 from unimap.errors import ArgumentTypeError, ConfigError
 
 
@@ -70,7 +70,7 @@ def encode_prompt(tokenizer: Any, prompt: str | list[int], vocab_size: int | Non
         ids = prompt
     elif not prompt.strip():
         raise ConfigError("the prompt is empty: give some text (--prompt) to continue")
-    elif not _is_utf8(prompt):
+    elif not is_utf8(prompt):
         raise ConfigError("the prompt is not valid UTF-8 text (it holds an undecodable byte); "
                           "give it as UTF-8")
     else:
@@ -105,14 +105,6 @@ def within_plan(state: Any, prompt_tokens: int, max_tokens: int) -> int:
                           "in all (--max-seq-len, prompt and reply); plan with a longer --max-seq-len, "
                           "or shorten the prompt")
     return min(max_tokens, planned - prompt_tokens)
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: a byte the terminal could not decode
-        return False
-    return True
 
 
 def vocab_size(model: Any) -> int | None:

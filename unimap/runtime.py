@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unimap.checks import foreign
 from unimap.errors import ModelError
 from unimap.plan import Plan
 
@@ -309,11 +310,6 @@ def lazy_model(source: str) -> tuple[Any, Any]:
         raise ModelError(f"{source}: mlx-lm cannot load it ({foreign(exc)})") from None
     return model, tokenizer
 
-
-def foreign(exc: BaseException) -> str:
-    """Another library's error as part of one line: its type and the start of its message."""
-    said = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {said if len(said) <= 160 else said[:157] + '...'}"
 
 
 def gguf_model(path: Path) -> tuple[Any, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from unimap.checks import foreign
 from unimap.errors import ModelError
 from unimap.families import LayerCache
 
@@ -97,10 +98,8 @@ def build_lazy(config: dict[str, Any], where: str) -> Any:
 
 
 def _unbuildable(where: str, exc: Exception) -> ModelError:
-    said = " ".join(str(exc).split())  # MLX's binding errors span lines: one line, the start
-    said = said if len(said) <= 160 else said[:157] + "..."
-    return ModelError(f"{where}: mlx-lm cannot build this model from its config "
-                      f"({type(exc).__name__}: {said}); check the config's fields")
+    return ModelError(f"{where}: mlx-lm cannot build this model from its config ({foreign(exc)}); "
+                      "check the config's fields")
 
 
 def read_structure(config: dict[str, Any], where: str) -> Structure:
