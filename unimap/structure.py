@@ -82,11 +82,19 @@ def _check_sizes(config: dict[str, Any], where: str) -> None:
 
 def build_lazy(config: dict[str, Any], where: str) -> Any:
     """The mlx-lm model for `config`, parameters not evaluated."""
+    import mlx.core as mx
+
     _check_sizes(config, where)
     model_class, args_class = model_classes(config, where)
     try:
         args = args_class.from_dict(config)
-        return model_class(args)
+        model = model_class(args)
+        # The layers' random initialisers split MLX's global key without evaluating it: each build
+        # left a longer graph behind it (~1.5 MiB for Qwen3-Next, growing without end in a
+        # long-lived process). Evaluating the key (two integers) cuts that graph; the weights
+        # stay unevaluated.
+        mx.eval(mx.random.state)
+        return model
     except TypeError as exc:
         if "required positional argument" not in str(exc):
             raise _unbuildable(where, exc) from None
