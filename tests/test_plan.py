@@ -298,3 +298,14 @@ def test_cli_list_machines() -> None:
 def test_cli_plan_on_this_machine(models: Path) -> None:
     code, out, _ = run_cli("plan", "-m", str(models / "qwen2.5-0.5b"), "--json")
     assert code == 0 and json.loads(out)["fits"] is True
+
+
+def test_explain_and_repr_say_what_the_plan_is(models: Path) -> None:
+    fits = unimap.plan(models / "llama3.2-1b", machine="mac-16gb")
+    text = fits.explain()
+    assert fits.fits and "fits preset mac-16gb: all on gpu:0" in text and "does not fit" not in text
+    assert "way out" not in text and "gpu:0: needs" in text
+    tight = unimap.plan(models / "llama3-8b", machine="mac-16gb")
+    assert not tight.fits and "does not fit" in tight.explain() and "way out: " in tight.explain()
+    for plan in (fits, tight):  # one line, not the whole dataclass
+        assert "\n" not in repr(plan) and len(repr(plan)) < 200 and f"fits={plan.fits}" in repr(plan)

@@ -22,6 +22,7 @@ from unimap.errors import ConfigError, UnimapError
 from unimap.estimate import ISQ_BITS, KV_BITS, Estimate, Kernel, Options, estimate
 from unimap.inspect import ModelSpec
 from unimap.machine import Device, Machine
+from unimap.render import layer_span
 from unimap.units import MiB, format_bytes
 
 # Arrays outside the parameters, KV and working sets: scalars, RoPE tables, sampler state. The
@@ -113,14 +114,30 @@ class Plan:
         return self
 
     def explain(self) -> str:
-        lines = [f"{self.model} does not fit {self.machine.os_name}: {self.problem}"]
+        """The plan in a few lines: whether it fits and where, what each device needs of its
+        budget, and the notes; for a plan that does not fit, why and the ways out."""
+        if self.fits:
+            where = (f"all on {self.devices[0].name}" if self.all_on_gpu else
+                     ", ".join(f"{d.name} layers {layer_span(d.layers)}" for d in self.devices if d.layers))
+            lines = [f"{self.model} fits {self.machine.os_name}: {where}; predicted peak "
+                     f"{format_bytes(self.peak_bytes)}"]
+        else:
+            lines = [f"{self.model} does not fit {self.machine.os_name}: {self.problem}"]
         for d in self.devices:
             lines.append(f"  {d.name}: needs {format_bytes(d.used_bytes)} of "
                          f"{format_bytes(d.budget_bytes)} (weights {format_bytes(d.weight_bytes)}, "
                          f"KV {format_bytes(d.kv_bytes + d.kv_growth_bytes)}, activations "
                          f"{format_bytes(d.activation_bytes)})")
-        lines += [f"  way out: {w}" for w in self.ways_out] or ["  no setting found that fits"]
+        lines += [f"  note: {n}" for n in self.notes]
+        if not self.fits:
+            lines += [f"  way out: {w}" for w in self.ways_out] or ["  no setting found that fits"]
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        """One line (the whole plan is `explain()`, `to_json()` or the notebook table)."""
+        layers = ", ".join(f"{d.name}: {layer_span(d.layers)}" for d in self.devices if d.layers)
+        return (f"Plan(model={self.model!r}, fits={self.fits}, peak={format_bytes(self.peak_bytes)}, "
+                f"layers={{{layers}}})")
 
     def to_dict(self) -> dict[str, Any]:
         est, opts = self.estimate, self.estimate.options
