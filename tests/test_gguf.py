@@ -249,3 +249,13 @@ def test_a_file_without_its_embedding_is_refused_before_loading(tmp_path: Path) 
     path = write_gguf(tmp_path / "headless.gguf", meta, kept)
     with pytest.raises(unimap.ModelError, match="no token_embd.weight tensor"):
         unimap.plan(path, max_seq_len=64)
+
+
+@needs_stories
+def test_cli_run_reads_the_prompt_from_stdin_with_a_dash() -> None:
+    result = CliRunner().invoke(cli, ["run", "-m", str(STORIES), "-p", "-", "--max-tokens", "8",
+                                      "--max-seq-len", "64"], input="Once upon a time")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("Once upon a time") and len(result.stdout) > len("Once upon a time")
+    empty = CliRunner().invoke(cli, ["run", "-m", str(STORIES), "-p", "-"], input="   ")
+    assert empty.exit_code == 2 and "non-empty --prompt" in empty.stderr

@@ -308,7 +308,8 @@ def _plan_options(f: Any) -> Any:
 
 @cli.command("run")
 @_plan_options
-@click.option("--prompt", "-p", help="Text to continue (or the first chat message with -i).")
+@click.option("--prompt", "-p", help="Text to continue (or the first chat message with -i); "
+              "'-' reads it from standard input.")
 @click.option("-i", "--interactive", is_flag=True, help="Chat: read messages from the terminal.")
 @click.option("--max-tokens", type=int, default=256, show_default=True)
 @click.option("--temp", type=float, default=0.0, show_default=True, help="0 is greedy.")
@@ -329,6 +330,8 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
     from unimap.api import load
     from unimap.generate import stream_generate
 
+    if prompt == "-":  # as mlx_lm.generate: the prompt from standard input
+        prompt = sys.stdin.read()
     if not interactive and not (prompt and prompt.strip()):
         raise click.UsageError("give a non-empty --prompt, or -i to chat")
     check_sampling(max_tokens, temp, top_p, seed)  # before anything is planned or loaded
