@@ -170,16 +170,23 @@ def test_cli_chat_and_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
     assert released  # the previous wired limit is restored on Ctrl-C too
 
 
-def requantized(tmp_path: Path, kind: str) -> tuple[Path, dict[str, Any]]:
-    """stories260K rewritten with every 2-D weight whose rows split into 32-blocks as `kind`."""
+def stories_parts() -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """stories260K's GGUF reading, its metadata as the writer takes it, and its arrays."""
     import mlx.core as mx
     import numpy as np
-    from gguf_writer import write_gguf
 
     gguf = read_gguf(STORIES)
     arrays = {k: np.array(v) for k, v in mx.load(str(STORIES)).items()}
     meta = {k: ([float(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], float) else v)
             for k, v in gguf.metadata.items()}
+    return gguf, meta, arrays
+
+
+def requantized(tmp_path: Path, kind: str) -> tuple[Path, dict[str, Any]]:
+    """stories260K rewritten with every 2-D weight whose rows split into 32-blocks as `kind`."""
+    from gguf_writer import write_gguf
+
+    gguf, meta, arrays = stories_parts()
     tensors = [(t.name, arrays[t.name], kind if arrays[t.name].ndim == 2
                 and arrays[t.name].shape[1] % 32 == 0 else "F32") for t in gguf.tensors]
     return write_gguf(tmp_path / f"stories-{kind}.gguf", meta, tensors), arrays
@@ -216,14 +223,9 @@ def test_quantized_gguf_loads_as_planned(tmp_path: Path, kind: str) -> None:
 def test_a_type_that_disagrees_with_the_data_is_refused(tmp_path: Path) -> None:
     """A tensor typed Q8_0 over data laid out as F32 leaves a gap before the next tensor: the
     packing check refuses it at plan time instead of loading garbage."""
-    import mlx.core as mx
-    import numpy as np
     from gguf_writer import write_gguf
 
-    gguf = read_gguf(STORIES)
-    arrays = {k: np.array(v) for k, v in mx.load(str(STORIES)).items()}
-    meta = {k: ([float(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], float) else v)
-            for k, v in gguf.metadata.items()}
+    gguf, meta, arrays = stories_parts()
     path = write_gguf(tmp_path / "lying.gguf", meta, [(t.name, arrays[t.name], "F32") for t in gguf.tensors])
     raw = bytearray(path.read_bytes())
     name = b"blk.0.attn_q.weight"
@@ -237,14 +239,9 @@ def test_a_type_that_disagrees_with_the_data_is_refused(tmp_path: Path) -> None:
 
 @needs_stories
 def test_a_file_without_its_embedding_is_refused_before_loading(tmp_path: Path) -> None:
-    import mlx.core as mx
-    import numpy as np
     from gguf_writer import write_gguf
 
-    gguf = read_gguf(STORIES)
-    arrays = {k: np.array(v) for k, v in mx.load(str(STORIES)).items()}
-    meta = {k: ([float(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], float) else v)
-            for k, v in gguf.metadata.items()}
+    gguf, meta, arrays = stories_parts()
     kept = [(t.name, arrays[t.name], "F32") for t in gguf.tensors if t.name != "token_embd.weight"]
     path = write_gguf(tmp_path / "headless.gguf", meta, kept)
     with pytest.raises(unimap.ModelError, match="no token_embd.weight tensor"):

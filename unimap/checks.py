@@ -42,9 +42,11 @@ MAX_VOCAB = 1 << 24
 MAX_HEADS = 1 << 14
 MAX_EXPERTS = 1 << 16
 
+# the names configs give the decoder layer count
+LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layers", "n_layer", "num_transformer_layers")
 # size fields that must be positive integers when present: (limit, what it is)
 _POSITIVE: dict[str, int] = {
-    **dict.fromkeys(("num_hidden_layers", "num_layers", "n_layers", "n_layer"), MAX_LAYERS),
+    **dict.fromkeys(LAYER_KEYS, MAX_LAYERS),
     **dict.fromkeys(("hidden_size", "n_embd", "d_model", "dim", "intermediate_size", "ffn_dim",
                      "n_inner", "moe_intermediate_size", "head_dim", "kv_lora_rank",
                      "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim",
@@ -215,7 +217,7 @@ def claimed_layers(config: Mapping[str, Any]) -> int | None:
     """The decoder layer count a config claims, at its top level or in its text_config."""
     for node in (config, config.get("text_config")):
         if isinstance(node, Mapping):
-            for key in ("num_hidden_layers", "num_layers", "n_layers", "n_layer"):
+            for key in LAYER_KEYS:
                 value = node.get(key)
                 if isinstance(value, int) and not isinstance(value, bool):
                     return value

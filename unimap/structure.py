@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from unimap.checks import foreign
+from unimap.checks import check_config, foreign
 from unimap.errors import ModelError
 from unimap.families import LayerCache
 
@@ -65,26 +65,11 @@ def model_classes(config: dict[str, Any], where: str) -> tuple[Any, Any]:
                          f"imported ({exc}); install what it needs") from None
 
 
-MAX_LAYERS = 4096  # more decoder layers than any published model has, by far
-LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layers", "n_layer", "num_transformer_layers")
-MAX_SIZE = 1 << 40  # no width, vocabulary or count in a real config comes near this
-
-
-def _check_sizes(config: dict[str, Any], where: str) -> None:
-    """Refuse sizes that would make building even a lazy model take unbounded time or memory."""
-    for key, value in config.items():
-        if isinstance(value, dict):
-            _check_sizes(value, f"{where} {key}")
-        elif isinstance(value, int) and not isinstance(value, bool) and (
-                abs(value) > MAX_SIZE or (key in LAYER_KEYS and value > MAX_LAYERS)):
-            raise ModelError(f"{where}: {key!r} = {value} is not a size a model has; fix the config")
-
-
 def build_lazy(config: dict[str, Any], where: str) -> Any:
     """The mlx-lm model for `config`, parameters not evaluated."""
     import mlx.core as mx
 
-    _check_sizes(config, where)
+    check_config(config, where)  # sizes that would make even a lazy build unbounded are refused
     model_class, args_class = model_classes(config, where)
     try:
         args = args_class.from_dict(config)
