@@ -486,7 +486,7 @@ CLI_CASES = [
     case("run-max-tokens-abc", run("--max-tokens", "abc"), "not a valid integer"),
     case("run-empty-prompt", lambda root: ["run", "-m", str(root / "missing"), "-p", "  "],
          "non-empty --prompt"),
-    case("run-without-model", lambda root: ["run", "-p", "hi"], "Missing option"),
+    case("run-without-model", lambda root: ["run", "-p", "hi"], "give a model"),
     case("run-max-seq-len-0-sparse", run("--max-seq-len", "0", sparse=True), "--max-seq-len"),
     # ---- paths and Hub ids
     case("path-empty", path_case(lambda root: ""), "give a model"),

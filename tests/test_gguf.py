@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from gguf_writer import header_bytes
 
 import unimap
 from unimap.cli import cli
-from unimap.gguf import SpmTokenizer, gguf_config, read_gguf
+from unimap.gguf import gguf_config, read_gguf, spm_tokenizer
 
 STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K" / "stories260K.gguf"
 needs_stories = pytest.mark.skipif(not STORIES.exists(), reason="../shared/models is not here")
@@ -44,34 +45,212 @@ def test_plan_counts_the_real_tensors() -> None:
     assert plan.fits and len(plan.layers) == 5
 
 
-SAMPLES = ["Once upon a time, there was a little girl named Lily.", "héllo wörld 😀",
-           "  two  spaces", 'Tom said: "Hi!"\nThe end.', "x", "abcabcabc aaaa", "日本語"]
+# Texts for the tokenizer: spaces at either end and in runs, newlines and tabs, characters outside
+# stories260K's 512 pieces (byte fallback: accents, CJK, emoji, a ZWJ sequence), a literal "▁".
+TEXTS = ["Once upon a time, there was a little girl named Lily.", "héllo wörld 😀", "  two  spaces",
+         'Tom said: "Hi!"\nThe end.', "x", "abcabcabc aaaa", "日本語", "", " ", "   ", " a", "a ",
+         "ends with spaces   ", "\n", "\n\nTwo newlines\n\n", "tab\there\t", "mixed \t \n  spaces ",
+         "▁already▁escaped", "party 🎉🎉 family 👩‍👩‍👧", "ÅÄÖ åäö ß ñ Ω", "3.14 $ 100% #1 @x (a) [b] {c}"]
 
 
-@needs_stories
-@pytest.mark.parametrize("text", SAMPLES)
-def test_tokenizer_matches_sentencepiece(text: str) -> None:
-    """The reference: Google's SentencePiece, given the same vocabulary as a BPE model."""
+def stories_meta() -> dict[str, Any]:
+    """stories260K's metadata as tests/gguf_writer.py takes it."""
+    return {k: ([float(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], float) else v)
+            for k, v in read_gguf(STORIES).metadata.items()}
+
+
+def vocabulary_file(tmp_path: Path, **changes: Any) -> Path:
+    """A GGUF file (header only) holding stories260K's tokenizer with `changes` to its metadata
+    (keys after "tokenizer.ggml.", or "chat_template")."""
+    meta = stories_meta()
+    for key, value in changes.items():
+        meta[f"tokenizer.{key}" if key == "chat_template" else f"tokenizer.ggml.{key}"] = value
+    path = tmp_path / "vocabulary.gguf"
+    path.write_bytes(header_bytes(meta, []))
+    return path
+
+
+def without_bytes(meta: dict[str, Any]) -> dict[str, Any]:
+    """The tokenizer entries of `meta` with the byte pieces left out (unknown text is then <unk>)."""
+    keep = [i for i, kind in enumerate(meta["tokenizer.ggml.token_type"]) if kind != 6]
+    return {key: [meta[f"tokenizer.ggml.{key}"][i] for i in keep]
+            for key in ("tokens", "scores", "token_type")}
+
+
+def sentencepiece_of(gguf: Any) -> Any:
+    """The reference: Google's SentencePiece given the same vocabulary as a BPE model (scores,
+    types, byte fallback, the leading "▁" as add_dummy_prefix, no other normalization)."""
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    gguf = read_gguf(STORIES)
+    meta = gguf.metadata
     proto = pb.ModelProto()
     proto.trainer_spec.model_type = pb.TrainerSpec.BPE
-    proto.trainer_spec.byte_fallback = True
+    proto.trainer_spec.byte_fallback = 6 in meta["tokenizer.ggml.token_type"]
     proto.normalizer_spec.name = "identity"
-    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.add_dummy_prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
     proto.normalizer_spec.remove_extra_whitespaces = False
-    meta = gguf.metadata
     for piece, score, kind in zip(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.scores"],
                                   meta["tokenizer.ggml.token_type"], strict=True):
         entry = proto.pieces.add()
         entry.piece, entry.score, entry.type = piece, score, kind
-    reference = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    ours = SpmTokenizer.from_gguf(gguf)
-    ids = ours.encode(text)
-    assert ids == [1, *reference.encode(text)]
-    assert ours.decode(ids[1:]) == reference.decode(ids[1:]) == text
+    return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def stories_tokenizer() -> Any:
+    return spm_tokenizer(read_gguf(STORIES))
+
+
+def random_texts(count: int, seed: int = 0) -> list[str]:
+    """Texts of words the vocabulary knows, odd characters and spacing, mixed at random."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["the", "a", "little", "girl", "Lily", "was", "happy", "Once", "upon", "time", "said",
+             "dog", "ball", "park", "Tom", "éclair", "naïve", "日本", "🙂", "x", "zz", "qu"]
+    glue = [" ", " ", " ", "", "  ", ", ", ". ", "\n", "!\n\n", " \t", '"', "'s "]
+    chars = "abcdefghijklmnopqrstuvwxyzLT  ,.!?\n\t'\"é日😀"
+    return ["".join(rng.choice(words) + rng.choice(glue) for _ in range(rng.randint(0, 24))) if i % 2
+            else "".join(rng.choice(chars) for _ in range(rng.randint(0, 48))) for i in range(count)]
+
+
+@needs_stories
+@pytest.mark.parametrize("text", TEXTS)
+def test_tokenizer_matches_sentencepiece(stories_tokenizer: Any, text: str) -> None:
+    reference = sentencepiece_of(read_gguf(STORIES))
+    ids = stories_tokenizer.encode(text)
+    assert ids == [1, *reference.encode(text)]  # BOS, as llama.cpp adds it by default
+    expected = text.replace("▁", " ")  # "▁" is how both spell a space
+    assert stories_tokenizer.decode(ids[1:]) == reference.decode(ids[1:]) == expected
+    assert stories_tokenizer.decode(ids, skip_special_tokens=True) == expected
+
+
+@needs_stories
+def test_tokenizer_matches_sentencepiece_on_many_and_long_texts(stories_tokenizer: Any) -> None:
+    reference = sentencepiece_of(read_gguf(STORIES))
+    texts = random_texts(400)
+    for text in texts:
+        assert stories_tokenizer.encode(text, add_special_tokens=False) == reference.encode(text), text
+    long = "".join(texts) * 2  # ~20k characters in one piece of text, as SentencePiece takes it
+    assert len(long) > 16_000
+    ids = stories_tokenizer.encode(long, add_special_tokens=False)
+    assert ids == reference.encode(long)
+    assert stories_tokenizer.decode(ids) == long
+
+
+@needs_stories
+@pytest.mark.parametrize("changes", [{"add_space_prefix": False}, {"add_space_prefix": True},
+                                     {"add_bos_token": False}, "no byte pieces"], ids=str)
+def test_tokenizer_follows_the_metadata(tmp_path: Path, changes: Any) -> None:
+    """What the metadata says about the leading space, BOS and byte fallback, against
+    SentencePiece given the same."""
+    changes = without_bytes(stories_meta()) if changes == "no byte pieces" else changes
+    gguf = read_gguf(vocabulary_file(tmp_path, **changes))
+    ours, reference = spm_tokenizer(gguf), sentencepiece_of(gguf)
+    bos = [] if changes.get("add_bos_token") is False else [1]
+    for text in TEXTS + random_texts(60, seed=1):
+        assert ours.encode(text) == bos + reference.encode(text), text
+    if "tokens" in changes:  # unknown characters in a row are one <unk>, as SentencePiece has them
+        assert ours.encode("a 日本語😀 b", add_special_tokens=False).count(0) == 1
+    if changes.get("add_space_prefix") is False:
+        assert ours.convert_ids_to_tokens(ours.encode(" a", add_special_tokens=False)) == ["▁a"]
+
+
+@needs_stories
+def test_tokenizer_special_tokens_eos_and_chat_template(tmp_path: Path, stories_tokenizer: Any) -> None:
+    assert stories_tokenizer.encode("Hi</s>", add_special_tokens=False)[-1] == 2  # matched whole
+    assert stories_tokenizer.encode("<s>", add_special_tokens=False) == [1]
+    assert (stories_tokenizer.bos_token, stories_tokenizer.eos_token_ids) == ("<s>", {2})
+    assert not stories_tokenizer.has_chat_template
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    gguf = read_gguf(vocabulary_file(tmp_path, add_eos_token=True, chat_template=template))
+    tokenizer = spm_tokenizer(gguf)
+    assert tokenizer.encode("Hi")[0] == 1 and tokenizer.encode("Hi")[-1] == 2
+    assert tokenizer.has_chat_template
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+    assert chat == "[user] Hi\n"
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"tokens": ["<unk>", "<s>", "</s>", "a", "a"]}, "token 'a' appears twice"),
+    ({"scores": [0.0, 0.0, 0.0, float("nan")]}, "scores must be numbers"),
+    ({"scores": [0.0, 0.0]}, "differ in length"),
+    ({"token_type": [2, 3, 3, 6]}, "byte token 'a' is not of the form"),
+    ({"add_space_prefix": 1}, "'tokenizer.ggml.add_space_prefix' should be true or false"),
+    ({"add_bos_token": "yes"}, "'tokenizer.ggml.add_bos_token' should be true or false"),
+    ({"eos_token_id": 9}, "'tokenizer.ggml.eos_token_id' is 9, not a token"),
+])
+def test_bad_tokenizer_metadata_is_refused_at_inspect_time(tmp_path: Path, changes: dict[str, Any],
+                                                           message: str) -> None:
+    from unimap.gguf import check_tokenizer
+
+    meta = dict(LLAMA_META)
+    meta.update({f"tokenizer.ggml.{k}": v for k, v in changes.items()})
+    path = tmp_path / "vocabulary.gguf"
+    path.write_bytes(header_bytes(meta, []))
+    gguf = read_gguf(path)
+    for build in (check_tokenizer, spm_tokenizer):
+        with pytest.raises(unimap.ModelError, match=message):
+            build(gguf)
+
+
+@needs_stories
+def test_mlx_lm_generate_runs_with_the_gguf_tokenizer() -> None:
+    """mlx-lm's own generate takes the tokenizer unimap.load returns (an mlx-lm TokenizerWrapper)."""
+    import mlx_lm
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    model, tokenizer, _ = unimap.load(STORIES, max_seq_len=256)
+    assert isinstance(tokenizer, TokenizerWrapper)
+    text = mlx_lm.generate(model, tokenizer, "Once upon a time", max_tokens=24)
+    assert text.startswith(", there was a little girl named Lily.")  # greedy, real weights
+
+
+def streamed(tokenizer: Any, ids: list[int]) -> list[str]:
+    """The segments mlx-lm's streaming detokenizer hands out, token by token, then at the end."""
+    detokenizer = tokenizer.detokenizer
+    segments = []
+    for token in ids:
+        detokenizer.add_token(token)
+        segments.append(detokenizer.last_segment)
+    detokenizer.finalize()
+    return [*segments, detokenizer.last_segment]
+
+
+@needs_stories
+def test_streaming_decode_is_decode(stories_tokenizer: Any) -> None:
+    text = "".join(t for t in TEXTS + random_texts(40, seed=2) if "▁" not in t)
+    ids = stories_tokenizer.encode(text, add_special_tokens=False)
+    segments = streamed(stories_tokenizer, ids)
+    # the decoder drops the leading "▁" it takes for the added prefix; streaming keeps it, as a
+    # reply (which continues a prompt) needs its first space
+    assert "".join(segments) == " " + stories_tokenizer.decode(ids) == " " + text
+    assert not any("\ufffd" in s for s in segments)  # never half a character
+    reply = ids[ids.index(stories_tokenizer.encode(",", add_special_tokens=False)[-1]):]
+    assert "".join(streamed(stories_tokenizer, reply)) == stories_tokenizer.decode(reply)
+
+
+@needs_stories
+@pytest.mark.parametrize("prompt", ["Once upon a time", "Once upon a time, there was a little"])
+def test_a_continuation_keeps_its_spaces(prompt: str) -> None:
+    """Every word boundary of a reply, first included: the streamed reply is the decoded prompt
+    and reply less the prompt, through unimap's and mlx-lm's generation loops alike."""
+    import mlx_lm
+
+    model, tokenizer, _ = unimap.load(STORIES, max_seq_len=256)
+    prompt_ids = tokenizer.encode(prompt)
+    for stream_generate in (unimap.stream_generate, mlx_lm.stream_generate):
+        responses = list(stream_generate(model, tokenizer, prompt, max_tokens=60))
+        reply = "".join(r.text for r in responses)
+        ids = [r.token for r in responses if r.token not in tokenizer.eos_token_ids]
+        assert len(ids) > 40
+        assert prompt + reply == tokenizer.decode(prompt_ids + ids, skip_special_tokens=True)
+        assert reply.startswith(" girl named Lily" if prompt.endswith("little") else ", there was")
+    result = CliRunner().invoke(cli, ["run", "-m", str(STORIES), "--prompt", prompt,
+                                      "--max-tokens", "8", "--max-seq-len", "64"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{prompt}{reply[:10]}")
 
 
 @needs_stories
@@ -151,9 +330,11 @@ def test_example_script_runs() -> None:
 def test_cli_chat_and_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
     runner = CliRunner()
     chat = runner.invoke(cli, ["run", "-m", str(STORIES), "-i", "--max-tokens", "8",
-                               "--max-seq-len", "256"], input="Once upon a time\n/quit\n")
+                               "--max-seq-len", "256"], input="Once upon a time\nLily\n/quit\n")
     assert chat.exit_code == 0, chat.output
-    assert "there was a little girl" in chat.stdout
+    assert "a plain User:/Assistant: format" in chat.stderr  # the GGUF has no chat template
+    held = [int(n) for n in re.findall(r"\((\d+) of 256 planned tokens held\)", chat.stderr)]
+    assert len(held) == 2 and 0 < held[0] < held[1] <= 256
 
     released: list[bool] = []
     monkeypatch.setattr("unimap.runtime.WiredLimit.release", lambda self: released.append(True))
@@ -175,11 +356,8 @@ def stories_parts() -> tuple[Any, dict[str, Any], dict[str, Any]]:
     import mlx.core as mx
     import numpy as np
 
-    gguf = read_gguf(STORIES)
     arrays = {k: np.array(v) for k, v in mx.load(str(STORIES)).items()}
-    meta = {k: ([float(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], float) else v)
-            for k, v in gguf.metadata.items()}
-    return gguf, meta, arrays
+    return read_gguf(STORIES), stories_meta(), arrays
 
 
 def requantized(tmp_path: Path, kind: str) -> tuple[Path, dict[str, Any]]:

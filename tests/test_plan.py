@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import warnings
 from dataclasses import replace
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import golden_plans
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 import unimap
 from unimap import ConfigError, Options, inspect
 from unimap.cli import cli
 from unimap.machines import PRESETS, preset_machine
 from unimap.plan import Plan, make_plan
+from unimap.render import layer_span
 from unimap.settings import Reserves
-from unimap.units import GiB
+from unimap.units import GiB, format_bytes
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "plans.json").read_text())
 
@@ -309,3 +315,144 @@ def test_explain_and_repr_say_what_the_plan_is(models: Path) -> None:
     assert not tight.fits and "does not fit" in tight.explain() and "way out: " in tight.explain()
     for plan in (fits, tight):  # one line, not the whole dataclass
         assert "\n" not in repr(plan) and len(repr(plan)) < 200 and f"fits={plan.fits}" in repr(plan)
+
+
+# ----------------------------------------------------------------- widths
+
+ROWS = ("device", "layers", "weights", "KV", "activ.", "used", "budget", "free")
+WIDTH_CASES = [
+    ("qwen2.5-vl-7b", ["--machine", "mac-16gb"]),  # does not fit; vision tower; a way out
+    ("mixtral-8x7b", ["--machine", "h100-80gb", "--gpu-budget", "8GiB"]),  # 100+ GiB figures
+    ("gemma3-1b", ["--machine", "mac-16gb"]),  # all on the GPU
+    ("llama3-8b", ["--machine", "mac-64gb", "--ram", "24GB", "-n", "20"]),  # a long note
+]
+
+
+def figures(device: dict[str, Any]) -> list[str]:
+    """A device's cells as the plan table shows them, from the plan's JSON."""
+    return [device["name"], layer_span(tuple(device["layers"])), *(format_bytes(n) for n in (
+        device["weight_bytes"], device["kv_bytes"] + device["kv_growth_bytes"],
+        device["activation_bytes"], device["used_bytes"], device["budget_bytes"],
+        device["free_bytes"]))]
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+@pytest.mark.parametrize(("family", "args"), WIDTH_CASES)
+def test_cli_plan_fits_the_width(models: Path, family: str, args: list[str], width: int) -> None:
+    argv = ["plan", "-m", str(models / family), *args]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        data = json.loads(CliRunner().invoke(cli, [*argv, "--json"]).stdout)
+    result = CliRunner().invoke(cli, argv, env={"COLUMNS": str(width)})
+    assert result.exit_code == (0 if data["fits"] else 3), result.output
+    out = result.stdout
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= width
+    assert str(models / family) in out.replace("\n    ", "")  # wrapped, never cut
+    cells = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()]
+    devices = [figures(d) for d in data["devices"]]
+    if width >= 100:  # a row per device, with its memory bar where there is room
+        for row in devices:
+            assert [*row, "["] in [c[:len(row)] + [c[-1][:1]] for c in cells] or width < 120, row
+            assert row in [c[:len(row)] for c in cells], row
+    else:  # a column per device, a row per figure
+        for index, head in enumerate(ROWS):
+            assert [head, *(row[index] for row in devices)] in cells, head
+        assert "memory" in out
+    for text in data["notes"] + data["ways_out"]:  # wrapped with a hanging indent, whole
+        assert text in re.sub(r"\n +", " ", out)
+
+
+def test_cli_plan_narrow_table_takes_as_many_devices_as_fit(models: Path) -> None:
+    from unimap.cli import _render_plan
+
+    plan = unimap.plan(models / "llama3-8b", machine="mac-16gb")
+    many = replace(plan, devices=plan.devices * 3)  # six devices: two tables of three
+    out = io.StringIO()
+    _render_plan(many, Console(file=out, width=80, highlight=False))
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    tables = [line.split() for line in text.splitlines() if line.startswith("  device ")]
+    assert tables == [["device", "gpu:0", "cpu", "gpu:0"], ["device", "cpu", "gpu:0", "cpu"]]
+    assert text.count("8.86 GiB") == 3 and text.count("6.09 GiB") == 3  # each device's weights
+
+
+@pytest.mark.parametrize(("columns", "layout"), [("", "memory"), ("wide", "memory"), ("0", "memory"),
+                                                 ("100", "free")])
+def test_cli_width_comes_from_columns(models: Path, columns: str, layout: str) -> None:
+    result = CliRunner().invoke(cli, ["plan", "-m", str(models / "gemma3-1b"), "--machine",
+                                      "mac-16gb"], env={"COLUMNS": columns})
+    header = next(line for line in result.stdout.splitlines() if line.startswith("  device "))
+    assert header.split()[-1] == layout  # 120 columns: the memory bar; 100: none
+
+
+# ----------------------------------------------------------------- notebook
+
+
+class StrictHTML(HTMLParser):
+    """Fails on an element closed out of order; collects the text and each table row's cells."""
+
+    VOID = {"meta", "br", "hr", "img", "input", "link"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.rows: list[list[str]] = []
+        self.text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in self.VOID:
+            self.open.append(tag)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.rows[-1].append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open.pop() == tag, f"</{tag}> closes {self.open}"
+
+    def handle_data(self, data: str) -> None:
+        self.text += data
+        if {"td", "th"} & set(self.open):
+            self.rows[-1][-1] += data
+
+
+def parsed(html: str) -> StrictHTML:
+    parser = StrictHTML()
+    parser.feed(html)
+    parser.close()
+    assert parser.open == [], parser.open
+    return parser
+
+
+@pytest.mark.parametrize(("family", "machine", "verdict"), [
+    ("gemma3-1b", "mac-16gb", "fits, all on the GPU"),
+    ("mixtral-8x7b", "h100-80gb", "fits"),
+    ("llama3-8b", "mac-16gb", "does not fit: cpu is over its budget"),
+])
+def test_notebook_html_shows_each_device(models: Path, family: str, machine: str,
+                                         verdict: str) -> None:
+    plan = unimap.plan(models / family, machine=machine)
+    page = parsed(plan._repr_html_())
+    assert f": {verdict}" in page.text and ("does not fit" in page.text) == (not plan.fits)
+    for d in plan.devices:
+        row = next(r for r in page.rows if r[0] == d.name)
+        assert row[1:9] == [d.description, layer_span(d.layers), *(format_bytes(n) for n in (
+            d.weight_bytes, d.kv_bytes + d.kv_growth_bytes, d.activation_bytes, d.used_bytes,
+            d.budget_bytes, d.free_bytes))]
+    assert f"predicted peak {format_bytes(plan.peak_bytes)}" in page.text
+    assert (plan.wired_limit_bytes is None or
+            f"wired limit {format_bytes(plan.wired_limit_bytes)}" in page.text)
+    assert all(w in page.text for w in plan.ways_out) and all(n in page.text for n in plan.notes)
+
+
+def test_notebook_html_escapes_everything(models: Path) -> None:
+    plan = unimap.plan(models / "llama3-8b", machine="mac-16gb")
+    hostile = "<script>alert('x')</script> & \"q\""
+    gpu = replace(plan.devices[0], name="gpu:<0>", description=hostile)
+    odd = replace(plan, model=hostile, problem=hostile, notes=(hostile,), ways_out=(hostile,),
+                  devices=(gpu, *plan.devices[1:]))
+    html = odd._repr_html_()
+    assert "<script>" not in html and "gpu:<0>" not in html
+    page = parsed(html)
+    assert page.text.count(hostile) == 5  # model, problem, description, note, way out
+    assert [r[0] for r in page.rows[1:]] == ["gpu:<0>", "cpu"]

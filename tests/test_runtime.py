@@ -298,38 +298,3 @@ def test_streamed_text_is_the_whole_decoded_text(tiny: dict[str, Path]) -> None:
     tokens = [r.token for r in responses if r.token not in tokenizer.eos_token_ids]
     assert "".join(r.text for r in responses) == tokenizer.decode(tokens)
     assert responses[-1].finish_reason in ("stop", "length")
-
-
-def test_cli_chat_keeps_the_conversation(tiny: dict[str, Path], tmp_path: Path) -> None:
-    """With a chat template, each turn's prompt holds the earlier messages and replies."""
-    import json
-    import shutil
-
-    from click.testing import CliRunner
-
-    from unimap.cli import cli
-
-    folder = Path(shutil.copytree(tiny["llama"], tmp_path / "chat"))
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["chat_template"] = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} "
-                               "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    prompts: list[str] = []
-    import sys
-
-    module = sys.modules["unimap.generate"]
-    real = module.stream_generate
-
-    def recording(model: Any, tokenizer: Any, prompt: Any, **kwargs: Any) -> Any:
-        prompts.append(prompt)
-        return real(model, tokenizer, prompt, **kwargs)
-
-    try:
-        module.stream_generate = recording
-        result = CliRunner().invoke(cli, ["run", "-m", str(folder), "-i", "--max-tokens", "3",
-                                          "--max-seq-len", "128"], input="w1 w2\nw3\n/quit\n")
-    finally:
-        module.stream_generate = real
-    assert result.exit_code == 0, result.output
-    assert prompts[0] == "user: w1 w2 assistant:"
-    assert prompts[1].startswith("user: w1 w2 assistant: ") and prompts[1].endswith("user: w3 assistant:")

@@ -83,7 +83,7 @@ def test_errors_share_one_base() -> None:
 
 def test_public_api_is_all() -> None:
     assert sorted(unimap.__all__) == sorted([
-        "Backend", "BackendError", "BackendStatus", "BackendUnavailable", "ConfigError",
+        "Backend", "BackendError", "BackendStatus", "BackendUnavailable", "Chat", "ConfigError",
         "Device", "DoesNotFitError", "Estimate", "Host", "Machine", "ModelError", "ModelSpec",
         "Options", "Plan", "ProbeError", "Response", "UnimapError", "__version__", "estimate",
         "generate", "inspect", "load", "plan", "probe", "stream_generate",

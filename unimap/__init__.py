@@ -9,7 +9,7 @@ from unimap.api import load, plan
 from unimap.backends import Backend, BackendUnavailable
 from unimap.errors import BackendError, ConfigError, ModelError, ProbeError, UnimapError
 from unimap.estimate import Estimate, Options, estimate
-from unimap.generate import Response, generate, stream_generate
+from unimap.generate import Chat, Response, generate, stream_generate
 from unimap.host import Host
 from unimap.inspect import ModelSpec, inspect
 from unimap.machine import BackendStatus, Device, Machine
@@ -23,6 +23,7 @@ __all__ = [
     "BackendError",
     "BackendStatus",
     "BackendUnavailable",
+    "Chat",
     "ConfigError",
     "Device",
     "DoesNotFitError",

@@ -7,14 +7,15 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from unimap.checks import foreign, short, whole_number
 from unimap.device_map import parse_device_map
 from unimap.errors import ArgumentTypeError, ConfigError, ModelError, UnimapError
-from unimap.estimate import KvLayout, Options
-from unimap.inspect import ModelSpec, inspect
+from unimap.estimate import DEFAULT_SEQ_LEN, KvLayout, Options
+from unimap.inspect import ModelSpec, inspect, trained_context
 from unimap.machine import Machine
 from unimap.machines import preset_machine, with_gpu_budget, with_ram
 from unimap.plan import Plan, make_plan
@@ -84,7 +85,7 @@ def _check_backend_for_preset(preset: Machine, flag: str | None, env: Any) -> No
 
 def plan(
     model: str | Path | ModelSpec,
-    max_seq_len: int = 4096,
+    max_seq_len: int | None = None,
     max_batch_size: int = 1,
     max_num_images: int = 1,
     max_image_length: int = 1024,
@@ -95,6 +96,7 @@ def plan(
     dtype: str | None = None,
     kv_bits: int | None = None,
     kv_layout: KvLayout = "mlx-lm",
+    max_kv_size: int | None = None,
     ram: str | int | None = None,
     gpu_budget: str | int | None = None,
     gpu_reserve: str | int | None = None,
@@ -103,28 +105,35 @@ def plan(
 ) -> Plan:
     """Plan where `model` (a folder, a Hub repo id or a ModelSpec) runs on `machine`.
 
-    Returns a Plan whether or not it fits; `plan.fits` says, `plan.require_fit()` raises."""
+    `max_seq_len` (prompt plus reply, in tokens) defaults to 4096, or to the context the model
+    was trained for when that is shorter. Returns a Plan whether or not it fits; `plan.fits`
+    says, `plan.require_fit()` raises."""
     if not isinstance(model, str | Path | ModelSpec) or (isinstance(model, str) and not model.strip()):
         raise ArgumentTypeError(f"model must be a folder, a .gguf file, a Hub repo id or a ModelSpec, "
                                 f"not {short(model)}")
     mapping = parse_device_map(device_map)
-    options = Options(max_seq_len=max_seq_len, max_batch_size=max_batch_size,
+    options = Options(max_seq_len=DEFAULT_SEQ_LEN if max_seq_len is None else max_seq_len,
+                      max_batch_size=max_batch_size,
                       max_num_images=max_num_images, max_image_length=max_image_length,
-                      isq=isq, dtype=dtype, kv_bits=kv_bits, kv_layout=kv_layout)
+                      isq=isq, dtype=dtype, kv_bits=kv_bits, kv_layout=kv_layout,
+                      max_kv_size=max_kv_size)
     options.check()
     spec = model if isinstance(model, ModelSpec) else inspect(model)
+    trained = trained_context(spec.config)
+    if max_seq_len is None and trained is not None and trained[0] < options.max_seq_len:
+        options = replace(options, max_seq_len=trained[0])  # the default never passes training
     target = resolve_machine(machine, ram=ram, gpu_budget=gpu_budget, gpu_reserve=gpu_reserve,
                              host_reserve=host_reserve, backend=backend)
     return make_plan(spec, target, options, mapping)
 
 
-PLAN_OVERRIDES = ("kv_layout", "ram", "gpu_budget", "gpu_reserve", "host_reserve", "backend")
+PLAN_OVERRIDES = ("kv_layout", "max_kv_size", "ram", "gpu_budget", "gpu_reserve", "host_reserve", "backend")
 
 
 def load(
     model: str | Path,
     device_map: str | int | list[str] | None = "auto",
-    max_seq_len: int = 4096,
+    max_seq_len: int | None = None,
     max_batch_size: int = 1,
     max_num_images: int = 1,
     max_image_length: int = 1024,

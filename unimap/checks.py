@@ -269,15 +269,28 @@ def whole_number(value: Any, name: str, low: int, high: int) -> int:
     return value
 
 
-def check_sampling(max_tokens: Any, temp: Any, top_p: Any, seed: Any) -> None:
-    """Generation settings, checked before anything loads."""
+def check_sampling(max_tokens: Any, temp: Any, top_p: Any, seed: Any, top_k: Any = 0,
+                   min_p: Any = 0.0, xtc_probability: Any = 0.0, xtc_threshold: Any = 0.1,
+                   repetition_penalty: Any = None, repetition_context_size: Any = 20) -> None:
+    """Generation settings (mlx-lm's names and defaults), checked before anything loads."""
     whole_number(max_tokens, "--max-tokens", 1, MAX_TOKENS)
-    for name, value, low, high in (("--temp", temp, 0.0, 100.0), ("--top-p", top_p, 0.0, 1.0)):
+    for name, value, low, high in (("--temp", temp, 0.0, 100.0), ("--top-p", top_p, 0.0, 1.0),
+                                   ("--min-p", min_p, 0.0, 1.0),
+                                   ("--xtc-probability", xtc_probability, 0.0, 1.0),
+                                   ("--xtc-threshold", xtc_threshold, 0.0, 0.5),
+                                   ("--repetition-penalty", repetition_penalty, 0.0, 100.0)):
+        if name == "--repetition-penalty" and value is None:
+            continue
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ArgumentTypeError(f"{name} must be a number, not {short(value)}")
         if not (math.isfinite(value) and low <= value <= high):
             raise ConfigError(f"{name} must be from {low:g} to {high:g}, not {short(value)}")
     if top_p == 0.0:
         raise ConfigError("--top-p must be above 0 (1 keeps every token)")
+    if repetition_penalty == 0.0:
+        raise ConfigError("--repetition-penalty must be above 0 (1 changes nothing; above 1 "
+                          "discourages repeats)")
+    whole_number(top_k, "--top-k", 0, 1 << 31)
+    whole_number(repetition_context_size, "--repetition-context-size", 1, MAX_TOKENS)
     if seed is not None:
         whole_number(seed, "--seed", 0, MAX_SEED)

@@ -7,16 +7,21 @@ click's context object: `runner.invoke(cli, [...], obj={"host": fake_host})`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import sys
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import click
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from unimap import __version__
 from unimap.api import plan as make_plan
@@ -27,7 +32,7 @@ from unimap.errors import ConfigError, UnimapError
 from unimap.host import Host
 from unimap.machine import Machine
 from unimap.machines import PRESETS
-from unimap.plan import DoesNotFitError, Plan
+from unimap.plan import DevicePlan, DoesNotFitError, Plan
 from unimap.probe import probe
 from unimap.render import layer_span, memory_bar
 from unimap.units import format_bytes
@@ -108,7 +113,11 @@ def doctor(ctx: click.Context, as_json: bool, backend: str | None, gpu_reserve: 
 
 
 def _width() -> int | None:
-    return None if sys.stdout.isatty() else 120
+    """The terminal's width on a tty; otherwise COLUMNS when it is a width, else 120 columns."""
+    if sys.stdout.isatty():
+        return None  # rich asks the terminal (and honours COLUMNS too)
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 120
 
 
 def _render_doctor(report: Report, console: Console) -> None:
@@ -174,8 +183,8 @@ def _print_checks(report: Report, console: Console) -> None:
 @cli.command("plan")
 @click.argument("model_arg", required=False, metavar="[MODEL]")
 @click.option("-m", "--model", help="Model folder, Hugging Face repo id (owner/name).")
-@click.option("--max-seq-len", type=int, default=4096, show_default=True,
-              help="Tokens of context to make room for (prompt plus output).")
+@click.option("--max-seq-len", type=int, help="Tokens of context to make room for (prompt and "
+              "reply) [default: 4096, or the model's trained context if shorter]")
 @click.option("--max-batch-size", type=int, default=1, show_default=True)
 @click.option("--max-num-images", type=int, default=1, show_default=True,
               help="Images per request to make room for (vision-language models).")
@@ -185,6 +194,8 @@ def _print_checks(report: Report, console: Console) -> None:
 @click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]),
               help="Cast floating-point weights to this dtype.")
 @click.option("--kv-bits", type=int, help="Quantize the KV cache to this many bits.")
+@click.option("--max-kv-size", type=int, help="Keep at most this many tokens per layer in a rotating KV "
+              "cache (mlx-lm's flag): the sequence may run past it, the model sees the latest tokens.")
 @click.option("--kv-layout", type=click.Choice(["mlx-lm", "paged"]), default="mlx-lm",
               show_default=True, help="mlx-lm's growing cache, or one preallocated in blocks.")
 @click.option("-n", "--device-map", "device_map",
@@ -200,10 +211,10 @@ def _print_checks(report: Report, console: Console) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Also write the plan "
               "as HTML (the notebook rendering) to this file.")
-def plan_command(model_arg: str | None, model: str | None, max_seq_len: int, max_batch_size: int,
+def plan_command(model_arg: str | None, model: str | None, max_seq_len: int | None, max_batch_size: int,
                  max_num_images: int, max_image_length: int, isq: int | None, dtype: str | None,
-                 kv_bits: int | None, kv_layout: str, device_map: str | None,
-                 machine_name: str | None, list_machines: bool, ram: str | None,
+                 kv_bits: int | None, max_kv_size: int | None, kv_layout: str,
+                 device_map: str | None, machine_name: str | None, list_machines: bool, ram: str | None,
                  gpu_budget: str | None, gpu_reserve: str | None, host_reserve: str | None,
                  backend: str | None, as_json: bool, html_path: str | None) -> None:
     """Say before loading anything what goes where, and why; exit 3 if the model does not fit."""
@@ -211,16 +222,14 @@ def plan_command(model_arg: str | None, model: str | None, max_seq_len: int, max
         for preset in PRESETS.values():
             click.echo(f"{preset.name:18} {preset.source}")
         return
-    target = model or model_arg
-    if not target:
-        raise click.UsageError("give a model: unimap plan -m MODEL (a folder or owner/name)")
+    target = _model_argument(model_arg, model, "plan")
     machine = resolve_machine(machine_name, ram=ram, gpu_budget=gpu_budget,
                               gpu_reserve=gpu_reserve, host_reserve=host_reserve, backend=backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # shown as a plan note instead
         result = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
                            isq, "auto" if device_map is None else device_map, machine, dtype=dtype,
-                           kv_bits=kv_bits,
+                           kv_bits=kv_bits, max_kv_size=max_kv_size,
                            kv_layout=kv_layout)  # type: ignore[arg-type]
     if html_path:
         _write_html(html_path, result)
@@ -247,107 +256,222 @@ def _write_html(path: str, result: Plan) -> None:
 
 
 def _render_plan(result: Plan, console: Console) -> None:
+    """The plan at the console's width: lines wrap with a hanging indent, and the device table
+    takes the widest layout that fits, so no number is ever cut."""
     est, opts = result.estimate, result.estimate.options
     verdict = ("[green]fits, all on the GPU[/] (nothing moves: plain mlx-lm placement)"
                if result.all_on_gpu else "[green]fits[/]" if result.fits
                else f"[bold red]does not fit[/]: {escape(result.problem)}")
-    console.print(f"[bold]{escape(result.model)}[/] on {escape(result.machine.os_name)} "
-                  f"({result.machine.backend}): {verdict}", soft_wrap=True)
-    console.print("  devices: " + "; ".join(f"{d.name} {escape(d.description)}"
-                                            for d in result.devices), soft_wrap=True)
-    console.print(f"  {len(est.layers)} layers, {est.dtype}; max-seq-len {opts.max_seq_len} x "
-                  f"batch {opts.max_batch_size}"
-                  + (f" + {est.image_tokens} image tokens" if est.image_tokens else "")
-                  + (f"; isq {opts.isq}-bit" if opts.isq else "")
-                  + (f"; kv {opts.kv_bits}-bit" if opts.kv_bits else "")
-                  + (f"; map {result.mode}" if result.mode != "auto" else ""))
-    table = Table(box=box.SIMPLE_HEAD, caption="█ weights  ▓ KV cache  ▒ activations  · free",
-                  caption_justify="left")
-    for column in ("device", "layers", "weights", "KV", "activ.", "used", "budget", "free",
-                   "memory"):
-        table.add_column(column, justify="left" if column in ("device", "layers", "memory")
-                         else "right", no_wrap=True)
-    for d in result.devices:
-        free = format_bytes(d.free_bytes)
-        table.add_row(d.name, layer_span(d.layers), format_bytes(d.weight_bytes),
-                      format_bytes(d.kv_bytes + d.kv_growth_bytes),
-                      format_bytes(d.activation_bytes), format_bytes(d.used_bytes),
-                      format_bytes(d.budget_bytes),
-                      free if d.free_bytes >= 0 else f"[red]{free}[/]", memory_bar(d, 16))
-    console.print(table)
+    _wrapped(console, f"[bold]{escape(result.model)}[/] on {escape(result.machine.os_name)} "
+             f"({escape(result.machine.backend)}): {verdict}", 4)
+    _wrapped(console, "  devices: " + "; ".join(f"{escape(d.name)} {escape(d.description)}"
+                                                for d in result.devices), 11)
+    _wrapped(console, f"  {len(est.layers)} layers, {est.dtype}; max-seq-len {opts.max_seq_len} x "
+             f"batch {opts.max_batch_size}"
+             + (f" + {est.image_tokens} image tokens" if est.image_tokens else "")
+             + (f"; isq {opts.isq}-bit" if opts.isq else "")
+             + (f"; kv {opts.kv_bits}-bit" if opts.kv_bits else "")
+             + (f"; map {escape(result.mode)}" if result.mode != "auto" else ""), 4)
+    console.print(_device_tables(result, console))
     placed = f"non-mapped parts ({format_bytes(est.non_mapped_weight_bytes)}) on {result.non_mapped_device}"
     if result.vision_device:
         placed += f"; vision tower ({format_bytes(est.vision_weight_bytes)}) on {result.vision_device}"
-    console.print(f"  {placed}; predicted peak {format_bytes(result.peak_bytes)}"
-                  + ("" if result.wired_limit_bytes is None else
-                     f"; wired limit {format_bytes(result.wired_limit_bytes)}"), soft_wrap=True)
+    _wrapped(console, f"  {placed}; predicted peak {format_bytes(result.peak_bytes)}"
+             + ("" if result.wired_limit_bytes is None else
+                f"; wired limit {format_bytes(result.wired_limit_bytes)}"), 4)
     for note in result.notes:
-        console.print(f"  note: {escape(note)}", soft_wrap=True)
+        _wrapped(console, f"  note: {escape(note)}", 8)
     for way in result.ways_out:
-        console.print(f"  way out: {escape(way)}", soft_wrap=True)
+        _wrapped(console, f"  way out: {escape(way)}", 11)
     if not result.fits and not result.ways_out:
-        console.print("  no setting found that fits: use a smaller model or a bigger machine")
+        _wrapped(console, "  no setting found that fits: use a smaller model or a bigger machine", 4)
+
+
+def _wrapped(console: Console, markup: str, indent: int) -> None:
+    """Print `markup` wrapped at the console's width with continuation lines indented by
+    `indent` (rich starts them at column 0); a size ("10.35 GiB") stays on one line, and a
+    word longer than a line is folded, never cut."""
+    text = Text.from_markup(markup.replace("\n", " "))
+    lines = text.divide(_breaks(text.plain, console.width, indent))
+    for number, line in enumerate(lines):
+        line.rstrip()
+        console.print(Text(" " * indent if number else "") + line, soft_wrap=True)
+
+
+_WORD = re.compile(r"\S+(?: (?:B|KiB|MiB|GiB|TiB)\b\S*)?\s*")  # a size with its unit is one word
+
+
+def _breaks(plain: str, width: int, indent: int) -> list[int]:
+    """Where greedy wrapping at `width` breaks `plain`, continuation lines `indent` shorter."""
+    breaks: list[int] = []
+    start, room = 0, max(width, 10)
+    for word in _WORD.finditer(plain):
+        end = word.start() + len(word.group().rstrip())
+        if end - start > room and plain[start:word.start()].strip():  # it starts the next line
+            breaks.append(start := word.start())
+            room = max(width - indent, 10)
+        while end - start > room:  # longer than a whole line: fold it
+            breaks.append(start := start + room)
+            room = max(width - indent, 10)
+    return breaks
+
+
+_LEGEND = "█ weights  ▓ KV cache  ▒ activations  · free"
+_HEADS = ("device", "layers", "weights", "KV", "activ.", "used", "budget", "free")
+
+
+def _device_tables(result: Plan, console: Console) -> Group:
+    """A row per device with a 16-cell memory bar, else an 8-cell one, else none; on consoles
+    too narrow for that (80 columns), devices become columns, as many per table as fit."""
+    for bar in (16, 8, 0):
+        table = _device_rows(result.devices, bar)
+        if _natural_width(console, table) <= console.width:
+            return Group(table)
+    devices = list(result.devices)
+    fit = 1
+    while fit < len(devices) and _natural_width(
+            console, _device_columns(devices[:fit + 1])) <= console.width:
+        fit += 1
+    per = -(-len(devices) // -(-len(devices) // fit))  # tables of even size, none wider
+    return Group(*(_device_columns(devices[i:i + per]) for i in range(0, len(devices), per)),
+                 Text(_LEGEND))
+
+
+def _device_cells(d: DevicePlan) -> list[str]:
+    free = format_bytes(d.free_bytes)
+    return [escape(d.name), layer_span(d.layers), format_bytes(d.weight_bytes),
+            format_bytes(d.kv_bytes + d.kv_growth_bytes), format_bytes(d.activation_bytes),
+            format_bytes(d.used_bytes), format_bytes(d.budget_bytes),
+            free if d.free_bytes >= 0 else f"[red]{free}[/]"]
+
+
+def _device_rows(devices: tuple[DevicePlan, ...], bar: int) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, caption=_LEGEND if bar else None, caption_justify="left")
+    for head in _HEADS + (("memory",) if bar else ()):
+        table.add_column(head, justify="left" if head in ("device", "layers", "memory")
+                         else "right", no_wrap=True)
+    for d in devices:
+        table.add_row(*_device_cells(d), *([memory_bar(d, bar)] if bar else []))
+    return table
+
+
+def _device_columns(devices: list[DevicePlan]) -> Table:
+    """Devices as columns and quantities as rows: the layout for narrow consoles."""
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column(_HEADS[0], no_wrap=True)
+    for d in devices:
+        table.add_column(escape(d.name), justify="right", no_wrap=True)
+    cells = [_device_cells(d)[1:] for d in devices]
+    for row, head in enumerate(_HEADS[1:]):
+        table.add_row(head, *(c[row] for c in cells))
+    table.add_row("memory", *(memory_bar(d, 8) for d in devices))
+    return table
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    """Columns `table` takes when nothing in it is shortened."""
+    return console.measure(table, options=console.options.update_width(10_000)).maximum
 
 
 def _plan_options(f: Any) -> Any:
     """The mapping flags `unimap run` shares with `unimap plan` (mistral.rs names)."""
     for option in reversed([
-        click.option("-m", "--model", required=True,
-                     help="Model folder, .gguf file, or Hugging Face repo id (owner/name)."),
-        click.option("--max-seq-len", type=int, default=4096, show_default=True),
+        click.argument("model_arg", required=False, metavar="[MODEL]"),
+        click.option("-m", "--model", help="Model folder, .gguf file, or Hugging Face repo id "
+                     "(owner/name); or give it first, without -m."),
+        click.option("--max-seq-len", type=int, help="Tokens of context to make room for (prompt "
+                     "and reply) [default: 4096, or the model's trained context if shorter]"),
         click.option("--max-batch-size", type=int, default=1, show_default=True),
         click.option("--max-num-images", type=int, default=1, show_default=True),
         click.option("--max-image-length", type=int, default=1024, show_default=True),
         click.option("--isq", type=int, help="Quantize weights while loading: 2-6 or 8 bits."),
         click.option("--kv-bits", type=int, help="Quantize the KV cache to this many bits."),
+        click.option("--max-kv-size", type=int, help="Keep at most this many tokens per layer "
+                     "in a rotating KV cache (mlx-lm's flag): the sequence may run past it, the "
+                     "model sees the latest tokens."),
         click.option("-n", "--device-map", "device_map", help='Deprecated manual map: "16".'),
     ]):
         f = option(f)
     return f
 
 
+def _sampling_options(f: Any) -> Any:
+    """mlx_lm.generate's sampling flags, with its defaults."""
+    for option in reversed([
+        click.option("--max-tokens", type=int, default=256, show_default=True),
+        click.option("--temp", type=float, default=0.0, show_default=True, help="0 is greedy."),
+        click.option("--top-p", type=float, default=1.0, show_default=True),
+        click.option("--top-k", type=int, default=0, show_default=True, help="0 keeps every token."),
+        click.option("--min-p", type=float, default=0.0, show_default=True),
+        click.option("--xtc-probability", type=float, default=0.0, show_default=True),
+        click.option("--xtc-threshold", type=float, default=0.1, show_default=True),
+        click.option("--repetition-penalty", type=float, help="Above 1 discourages repeats."),
+        click.option("--repetition-context-size", type=int, default=20, show_default=True),
+        click.option("--seed", type=int, help="Random seed for sampling."),
+    ]):
+        f = option(f)
+    return f
+
+
+SAMPLING = ("temp", "top_p", "top_k", "min_p", "xtc_probability", "xtc_threshold",
+            "repetition_penalty", "repetition_context_size")
+
+CHAT_HELP = ("/clear starts the conversation over, /quit (or Ctrl-D) leaves, Ctrl-C stops a reply; "
+             "Up and Down recall earlier messages")
+
+
 @cli.command("run")
 @_plan_options
-@click.option("--prompt", "-p", help="Text to continue (or the first chat message with -i); "
-              "'-' reads it from standard input.")
+@click.option("--prompt", "-p", help="The message (in the model's chat template), or the text to "
+              "continue for a model without one; '-' reads it from standard input.")
+@click.option("--system-prompt", help="A system message that opens the conversation.")
+@click.option("--ignore-chat-template", is_flag=True, help="Continue --prompt as plain text.")
 @click.option("-i", "--interactive", is_flag=True, help="Chat: read messages from the terminal.")
-@click.option("--max-tokens", type=int, default=256, show_default=True)
-@click.option("--temp", type=float, default=0.0, show_default=True, help="0 is greedy.")
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--seed", type=int, help="Random seed for sampling.")
+@_sampling_options
 @click.option("--image", "images", multiple=True, metavar="PATH",
               help="An image to go with the prompt (vision-language models; repeat for more). "
                    "--max-num-images defaults to the number given.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print the plan's table.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the generated text.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply and its figures as one JSON "
+              "object.")
 @click.pass_context
-def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size: int,
-                max_num_images: int, max_image_length: int, isq: int | None, kv_bits: int | None,
-                device_map: str | None, prompt: str | None, interactive: bool, max_tokens: int,
-                temp: float, top_p: float, seed: int | None, images: tuple[str, ...]) -> None:
-    """Load MODEL the way its plan says and generate text."""
-    from rich.progress import Progress as Bar
-
+def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
+                max_seq_len: int | None, max_batch_size: int, max_num_images: int,
+                max_image_length: int, isq: int | None, kv_bits: int | None,
+                max_kv_size: int | None,
+                device_map: str | None, prompt: str | None, system_prompt: str | None,
+                ignore_chat_template: bool, interactive: bool, max_tokens: int, seed: int | None,
+                images: tuple[str, ...], verbose: bool, quiet: bool, as_json: bool,
+                **sampling: Any) -> None:
+    """Load MODEL the way its plan says and generate text (or chat, with -i)."""
     from unimap import vlm
-    from unimap.api import load
-    from unimap.generate import stream_generate
 
+    target = _model_argument(model_arg, model, "run")
+    if verbose and quiet:
+        raise click.UsageError("give --verbose or --quiet, not both")
+    if as_json and interactive:
+        raise click.UsageError("--json prints one reply: leave out -i")
     if prompt == "-":  # as mlx_lm.generate: the prompt from standard input
         prompt = sys.stdin.read()
     if not interactive and not (prompt and prompt.strip()):
         raise click.UsageError("give a non-empty --prompt, or -i to chat")
-    check_sampling(max_tokens, temp, top_p, seed)  # before anything is planned or loaded
-    if prompt is not None and not is_utf8(prompt):
-        raise ConfigError("the prompt is not valid UTF-8 text (it holds an undecodable byte); give "
-                          "it as UTF-8")
+    check_sampling(max_tokens, seed=seed, **sampling)  # before anything is planned or loaded
+    for name, text in (("prompt", prompt), ("system prompt", system_prompt)):
+        if text is not None and not is_utf8(text):
+            raise ConfigError(f"the {name} is not valid UTF-8 text (it holds an undecodable byte); "
+                              "give it as UTF-8")
     if images and ctx.get_parameter_source("max_num_images") is click.core.ParameterSource.DEFAULT:
         max_num_images = max(max_num_images, len(images))  # plan for the images given
-    console = Console(file=sys.stderr, highlight=False)
+    console = Console(file=sys.stderr, highlight=False, quiet=quiet or as_json)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        planned = make_plan(model, max_seq_len, max_batch_size, max_num_images, max_image_length,
-                            isq, "auto" if device_map is None else device_map, None, kv_bits=kv_bits)
+        planned = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
+                            isq, "auto" if device_map is None else device_map, None, kv_bits=kv_bits,
+                            max_kv_size=max_kv_size)
     vision = planned.estimate.vision_weight_bytes > 0
     if images and not vision:
-        raise vlm.text_only(model)
+        raise vlm.text_only(target)
     pictures: list[Any] = []
     if images:  # every image checked before the model loads
         vlm.require()
@@ -355,42 +479,25 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
         pictures = checked.images
         for note in checked.notes:
             console.print(f"note: {escape(note)}", soft_wrap=True)
-    _summary(planned, console)
+    if verbose:
+        _render_plan(planned, Console(file=sys.stderr, highlight=False, width=_width()))
+    else:
+        _summary(planned, console)
     planned.require_fit()
     loaded = None
     try:
-        with Bar(console=console, transient=True) as bar:
-            task = bar.add_task("loading", total=None)
-
-            def progress(done: int, total: int, what: str) -> None:
-                bar.update(task, completed=done, total=total, description=f"loading {what}")
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                loaded, tokenizer, planned = load(model, progress=progress, planned=planned)
-        history: list[dict[str, Any]] = []
-        turns = _messages(prompt) if interactive else iter([prompt or ""])
-        for message in turns:
-            text: Any = message
-            if interactive and vision:  # the images go with the first message of the chat
-                history.append(vlm.user_message(message, 0 if history else len(pictures)))
-                text = history
-            elif interactive:
-                text = _chat_prompt(tokenizer, history, message)
-            click.echo("" if interactive or vision else message, nl=False)  # a VLM answers
-            reply, last = "", None
-            for last in stream_generate(loaded, tokenizer, text, max_tokens=max_tokens, temp=temp,
-                                        top_p=top_p, seed=seed, images=pictures):
-                click.echo(last.text, nl=False)
-                reply += last.text
-            click.echo()
-            history.append({"role": "assistant", "content": reply})  # the next turn sees it
-            if last is not None:
-                console.print(_stats(last), highlight=False, soft_wrap=True)
-                if last.finish_reason == "length" and last.generation_tokens < max_tokens:
-                    end = planned.estimate.sequence_tokens
-                    console.print(f"note: the reply stopped at the plan's end ({end} tokens with the "
-                                  "prompt); plan a longer --max-seq-len for more", soft_wrap=True)
+        _reset_peak()
+        loaded, tokenizer, planned = _load(target, planned, console)
+        settings = {"max_tokens": max_tokens, "seed": seed, **sampling}
+        if interactive and not vision:
+            _chat(loaded, tokenizer, planned, prompt, system_prompt, not ignore_chat_template,
+                  settings, console)
+        elif interactive:
+            _vision_chat(loaded, tokenizer, planned, prompt, system_prompt, pictures, settings,
+                         console)
+        else:
+            _once(loaded, tokenizer, planned, prompt or "", system_prompt, ignore_chat_template,
+                  pictures, settings, console, as_json)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
@@ -398,6 +505,208 @@ def run_command(ctx: click.Context, model: str, max_seq_len: int, max_batch_size
         state = getattr(loaded, "_unimap", None) if loaded is not None else None
         if state is not None:
             state.wired.release()  # the previous wired limit, on every way out
+
+
+def _reset_peak() -> None:
+    """The peaks a run reports are its own (not those of earlier work in this process)."""
+    import mlx.core as mx
+
+    mx.reset_peak_memory()
+
+
+def _model_argument(positional: str | None, option: str | None, command: str) -> str:
+    if positional and option and positional != option:
+        raise click.UsageError(f"two models given ({positional!r} and -m {option!r}): give one")
+    target = option or positional
+    if not target:
+        raise click.UsageError(f"give a model: unimap {command} MODEL (a folder, a .gguf file or "
+                               "owner/name)")
+    return target
+
+
+def _load(target: str, planned: Plan, console: Console) -> tuple[Any, Any, Plan]:
+    from rich.progress import Progress as Bar
+
+    from unimap.api import load
+
+    with Bar(console=console, transient=True) as bar:
+        task = bar.add_task("loading", total=None)
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"loading {what}")
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return load(target, progress=progress, planned=planned)
+
+
+def _once(loaded: Any, tokenizer: Any, planned: Plan, prompt: str, system_prompt: str | None,
+          ignore_template: bool, pictures: list[Any], settings: dict[str, Any], console: Console,
+          as_json: bool) -> None:
+    """One reply to --prompt: in the chat template when the model has one (as mlx_lm.generate),
+    else the prompt continued as plain text, echoed first."""
+    from unimap import vlm
+    from unimap.generate import Chat, has_chat_template, stream_generate
+
+    if vlm.is_vlm(loaded):
+        message: Any = vlm.user_message(prompt, len(pictures))
+        conversation = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+        text: Any = [*conversation, message] if system_prompt else prompt
+        stream = stream_generate(loaded, tokenizer, text, images=pictures, **settings)
+    elif has_chat_template(tokenizer) and not ignore_template:
+        stream = Chat(loaded, tokenizer, system_prompt).send(prompt, **settings)
+    else:
+        text = f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
+        if not as_json:
+            click.echo(text, nl=False)
+        stream = stream_generate(loaded, tokenizer, text, **settings)
+    reply, last = _stream(stream, echo=not as_json)
+    if as_json:
+        click.echo(json.dumps({"text": reply, **_figures(last, planned),
+                               "devices": _devices(loaded)}, indent=2))
+    else:
+        _report(last, planned, settings["max_tokens"], console)
+        _where(loaded, last, console)
+
+
+def _stream(responses: Any, echo: bool = True) -> tuple[str, Any]:
+    """Print each piece of a reply as it comes; the whole reply and its last Response."""
+    reply, last = "", None
+    try:
+        for last in responses:
+            if echo:
+                click.echo(last.text, nl=False)
+            reply += last.text
+    finally:
+        responses.close()  # an interrupted reply settles its cache now
+        if echo:
+            click.echo()
+    return reply, last
+
+
+def _trimmed(responses: Any) -> Any:
+    """A chat reply without the space its first token may carry (the text after "Assistant:")."""
+    started = False
+    try:
+        for response in responses:
+            if not started:
+                text = response.text.lstrip()
+                started = bool(text)
+                response = replace(response, text=text)
+            yield response
+    finally:
+        responses.close()
+
+
+def _figures(last: Any, planned: Plan) -> dict[str, Any]:
+    if last is None:
+        return {}
+    return {"finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
+            "generation_tokens": last.generation_tokens, "prompt_tps": round(last.prompt_tps, 3),
+            "generation_tps": round(last.generation_tps, 3),
+            "peak_memory_bytes": last.peak_memory_bytes, "predicted_peak_bytes": planned.peak_bytes,
+            "planned_tokens": planned.estimate.sequence_tokens}
+
+
+def _devices(loaded: Any) -> list[dict[str, Any]]:
+    """Where the model sits, measured: each device's weights and layers beside its plan."""
+    from unimap.usage import device_usage
+
+    return [{"device": u.name, "layers": list(u.layers), "weight_bytes": u.weight_bytes,
+             "planned_weight_bytes": u.planned.weight_bytes, "used_bytes": u.used_bytes,
+             "planned_used_bytes": u.planned.used_bytes, "budget_bytes": u.budget_bytes}
+            for u in device_usage(loaded)]
+
+
+def _where(loaded: Any, last: Any, console: Console) -> None:
+    """Each device's memory measured against its plan, as `ollama ps` shows where a model sits."""
+    from unimap.usage import device_usage, usage_lines
+
+    if last is not None:
+        for line in usage_lines(device_usage(loaded), last.peak_memory_bytes):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _report(last: Any, planned: Plan, max_tokens: int, console: Console) -> None:
+    """The figures of a reply, and why it stopped early when the plan stopped it."""
+    if last is None:
+        return
+    console.print(_stats(last), highlight=False, soft_wrap=True)
+    if last.finish_reason == "length" and last.generation_tokens < max_tokens:
+        end = planned.estimate.sequence_tokens
+        console.print(f"note: the reply stopped at the plan's end ({end} tokens with the prompt); "
+                      "plan a longer --max-seq-len for more", soft_wrap=True)
+
+
+def _chat(loaded: Any, tokenizer: Any, planned: Plan, first: str | None, system_prompt: str | None,
+          template: bool, settings: dict[str, Any], console: Console) -> None:
+    """A chat at the terminal whose cache is kept between turns (only new messages prefill)."""
+    from unimap.generate import Chat, ContextFullError
+
+    chat = Chat(loaded, tokenizer, system_prompt, template=template)
+    _line_editing()
+    last = None
+    how = "its chat template" if chat.templated else "a plain User:/Assistant: format"
+    console.print(f"chat ({how}; {planned.estimate.sequence_tokens} tokens planned): {CHAT_HELP}",
+                  soft_wrap=True)
+    for message in _messages(first, console):
+        if message == "/clear":
+            chat.clear()
+            console.print("(the conversation starts over)")
+            continue
+        try:
+            _, last = _stream(_trimmed(chat.send(message, **settings)))
+        except KeyboardInterrupt:
+            console.print("(reply stopped)")
+            continue
+        except ContextFullError as exc:
+            console.print(f"error: {escape(one_line(str(exc)))}", soft_wrap=True)
+            continue
+        if last is not None:
+            _report(last, planned, settings["max_tokens"], console)
+            console.print(f"({chat.tokens} of {planned.estimate.sequence_tokens} planned tokens "
+                          "held)", soft_wrap=True)
+    _where(loaded, last, console)
+
+
+def _vision_chat(loaded: Any, processor: Any, planned: Plan, first: str | None,
+                 system_prompt: str | None, pictures: list[Any], settings: dict[str, Any],
+                 console: Console) -> None:
+    """A chat with a vision-language model: the images go with the first message, and each
+    turn passes the whole conversation (mlx-vlm's cache is not kept between turns)."""
+    from unimap import vlm
+    from unimap.generate import ContextFullError, stream_generate
+
+    history: list[dict[str, Any]] = ([{"role": "system", "content": system_prompt}]
+                                     if system_prompt else [])
+    console.print(f"chat: {CHAT_HELP}", soft_wrap=True)
+    for message in _messages(first, console):
+        if message == "/clear":
+            history = history[:1] if system_prompt else []
+            console.print("(the conversation starts over)")
+            continue
+        users = sum(m["role"] == "user" for m in history)
+        history.append(vlm.user_message(message, 0 if users else len(pictures)))
+        try:
+            reply, last = _stream(stream_generate(loaded, processor, history, images=pictures,
+                                                  **settings))
+        except KeyboardInterrupt:
+            console.print("(reply stopped)")
+            history.pop()
+            continue
+        except ContextFullError as exc:
+            console.print(f"error: {escape(one_line(str(exc)))}", soft_wrap=True)
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": reply})
+        _report(last, planned, settings["max_tokens"], console)
+
+
+def _line_editing() -> None:
+    """Line editing and history for input() at a terminal (readline, where Python has it)."""
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (imported for its effect on input())
 
 
 def _summary(result: Plan, console: Console) -> None:
@@ -422,27 +731,28 @@ def _stats(r: Any) -> str:
             f"{r.generation_tokens} tokens, {r.generation_tps:.1f} tokens/s; peak memory {peak}{versus}")
 
 
-def _messages(first: str | None) -> Any:
-    """Chat messages: the --prompt first, then lines typed at "> " until /quit or end of input."""
+def _messages(first: str | None, console: Console) -> Any:
+    """Chat messages: the --prompt first, then lines typed at "> " until /quit or Ctrl-D;
+    /help and unknown commands are answered here, /clear is passed on."""
     if first and first.strip():
         yield first
     while True:
         try:
-            message = input("> ")
+            message = input("> ").strip()
         except EOFError:
+            click.echo()
             return
-        if message.strip() in ("/quit", "/exit"):
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh line, as a shell does
+            click.echo()
+            continue
+        if message in ("/quit", "/exit", "/bye"):
             return
-        if message.strip():
+        if message in ("/help", "/?"):
+            console.print(CHAT_HELP)
+        elif message.startswith("/") and message != "/clear" and " " not in message:
+            console.print(f"unknown command {escape(message)}: {CHAT_HELP}", soft_wrap=True)
+        elif message:
             yield message
-
-
-def _chat_prompt(tokenizer: Any, history: list[dict[str, str]], message: str) -> str:
-    """The conversation so far in the tokenizer's chat template, or the bare message without one."""
-    history.append({"role": "user", "content": message})
-    if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True))
-    return message
 
 
 def main() -> None:

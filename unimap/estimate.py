@@ -22,7 +22,15 @@ from unimap.checks import MAX_BATCH_SIZE, MAX_IMAGE_LENGTH, MAX_NUM_IMAGES, MAX_
 from unimap.errors import ArgumentTypeError, ConfigError
 from unimap.families import Architecture, LayerCache, Vision
 from unimap.family_calibration import FAMILY_EXTRA
-from unimap.inspect import GROUP_SIZE, NON_MAPPED_SLOT, VISION_SLOT, ModelSpec, Slot, dtype_bytes
+from unimap.inspect import (
+    GROUP_SIZE,
+    NON_MAPPED_SLOT,
+    VISION_SLOT,
+    ModelSpec,
+    Slot,
+    dtype_bytes,
+    trained_context,
+)
 from unimap.metal_calibration import METAL_ARRAYS_FACTORS, METAL_FAMILY_KINDS
 from unimap.vision_calibration import VISION_COEFFICIENTS
 
@@ -53,6 +61,12 @@ CUDA_VISION_FACTOR = 1.05
 KvLayout = Literal["mlx-lm", "paged"]
 
 
+DEFAULT_SEQ_LEN = 4096  # --max-seq-len when none is given (or the trained context, if shorter)
+# mlx-lm's RotatingKVCache keeps the first 4 tokens (attention sinks) beside the window
+KV_KEEP_TOKENS = 4
+MIN_KV_SIZE = 2 * KV_KEEP_TOKENS
+
+
 @dataclass(frozen=True)
 class Options:
     """The mapping parameters: what the run must have room for."""
@@ -65,9 +79,16 @@ class Options:
     dtype: str | None = None  # "bfloat16", "float16", "float32": cast float weights
     kv_bits: int | None = None
     kv_layout: KvLayout = "mlx-lm"
+    max_kv_size: int | None = None  # a rotating cache of this many tokens per layer (mlx-lm's flag)
     kv_block_tokens: int = 32  # paged layout only
     cpu_dtype: str | None = None  # compute dtype of the CPU part of a split (None: the model's)
     prefill_step_tokens: int = PREFILL_STEP_TOKENS
+
+    @property
+    def prefill_chunk_tokens(self) -> int:
+        """Tokens one prefill step takes: never more than a rotating cache's window (a chunk is
+        held beside the window while it is added)."""
+        return min(self.prefill_step_tokens, self.max_kv_size or self.prefill_step_tokens)
 
     def check(self) -> None:
         for name, low, high in (("max_seq_len", 1, MAX_SEQ_LEN), ("max_batch_size", 1, MAX_BATCH_SIZE),
@@ -76,6 +97,13 @@ class Options:
                                 ("kv_block_tokens", 1, MAX_SEQ_LEN),
                                 ("prefill_step_tokens", 1, MAX_SEQ_LEN)):
             whole_number(getattr(self, name), f"--{name.replace('_', '-')}", low, high)
+        if self.max_kv_size is not None:
+            whole_number(self.max_kv_size, "--max-kv-size", MIN_KV_SIZE, MAX_SEQ_LEN)
+            if self.kv_bits is not None:
+                raise ConfigError("--max-kv-size and --kv-bits: mlx-lm has no quantized rotating "
+                                  "cache; give one of them")
+            if self.kv_layout == "paged":
+                raise ConfigError("--max-kv-size keeps mlx-lm's rotating cache: drop --kv-layout paged")
         for name in ("isq", "kv_bits"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
@@ -121,6 +149,8 @@ class Estimate:
     cpu_dtype: str = ""
     cpu_layers: tuple[LayerEstimate, ...] = ()
     cpu_activation_terms: dict[str, int] = field(default_factory=dict)
+    trained_context: int | None = None  # tokens the model was trained for, if its config says
+    trained_context_source: str = ""
 
     @property
     def weight_bytes(self) -> int:
@@ -200,13 +230,14 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
         _check_kv_bits(spec)
     act_dtype = options.dtype or spec.dtype
     d = dtype_bytes(act_dtype)
-    arch = spec.arch
+    arch = spec.arch if options.max_kv_size is None else rotating(spec, options.max_kv_size)
     image_tokens = _image_tokens(arch, options)
     tokens = options.max_seq_len + image_tokens
     priced = {slot.slot: slot_bytes(slot, options, d) for slot in spec.slots}
+    trained = trained_context(spec.config)
     weights = [priced[i] for i in range(arch.num_layers)]
     non_mapped, vision = priced[NON_MAPPED_SLOT], priced[VISION_SLOT]
-    chunk = min(options.prefill_step_tokens, max(tokens - 1, 1))
+    chunk = min(options.prefill_chunk_tokens, max(tokens - 1, 1))
     kv = [kv_bytes(arch, i, tokens, chunk, options, d) for i in range(arch.num_layers)]
     layers = tuple(LayerEstimate(i, kind, weights[i], kv[i], spec.slots[i].header_bytes)
                    for i, kind in enumerate(arch.layer_kinds))
@@ -235,7 +266,25 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
         cpu_dtype=cpu_name, cpu_layers=cpu_layers,
         cpu_activation_terms=activation_terms(arch, options, chunk, tokens, cpu_d, "unfused",
                                               quantized),
+        trained_context=trained[0] if trained else None,
+        trained_context_source=trained[1] if trained else "",
     )
+
+
+def rotating(spec: ModelSpec, window: int) -> Architecture:
+    """The architecture with every layer's cache a rotating window of `window` tokens, as
+    --max-kv-size makes it; only for models whose every cache is a plain KVCache (mlx-lm's own
+    flag does nothing to models that make their own caches)."""
+    arch = spec.arch
+    plain = all(c.kind == "full" and c.quantizable and not c.state_elements for c in arch.caches) \
+        if arch.caches else all(k == "full" for k in arch.layer_kinds)
+    if not plain:
+        kinds = sorted({c.kind for c in arch.caches} | set(arch.layer_kinds))
+        raise ConfigError(f"--max-kv-size: {spec.source} makes its own caches ({', '.join(kinds)} "
+                          "layers), which a rotating window cannot replace; drop --max-kv-size")
+    return replace(arch, layer_kinds=("sliding",) * arch.num_layers, sliding_window=window,
+                   caches=tuple(replace(c, kind="sliding", window=window, quantizable=False)
+                                for c in arch.caches))
 
 
 def _check_kv_bits(spec: ModelSpec) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,13 @@ class Response:
 
 
 class _Detokenizer:
-    """Text as it becomes printable: mlx-lm's streaming detokenizer when the tokenizer has one,
-    else decoding the tokens so far (fine for the small GGUF vocabularies)."""
+    """Text as it becomes printable: mlx-lm's streaming detokenizer when the tokenizer has one
+    (every tokenizer unimap.load returns does), else decoding the tokens of the current line
+    (each line is decoded afresh only until it ends, so the work stays linear in the reply)."""
 
     def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer, self.emitted = tokenizer, ""
-        self.tokens: list[int] = []
+        self.tokenizer, self.emitted = tokenizer, ""  # emitted: text of the current line shown
+        self.tokens: list[int] = []  # tokens of the current line
         self.streaming = getattr(tokenizer, "detokenizer", None)
         if self.streaming is not None:
             self.streaming.reset()
@@ -46,21 +47,22 @@ class _Detokenizer:
         if self.streaming is not None:
             self.streaming.add_token(token)
             return str(self.streaming.last_segment)
-        return self._add(token)
-
-    def finish(self) -> str:
-        """Whatever text is still held back (an unfinished word or byte sequence)."""
-        if self.streaming is None:
-            return ""
-        self.streaming.finalize()
-        return str(self.streaming.last_segment)
-
-    def _add(self, token: int) -> str:
         self.tokens.append(token)
         text = str(self.tokenizer.decode(self.tokens))
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its last byte
             return ""
         new, self.emitted = text[len(self.emitted):], text
+        if text.endswith("\n"):  # the line is done: the next one is decoded on its own
+            self.tokens, self.emitted = [], ""
+        return new
+
+    def finish(self) -> str:
+        """Whatever text is still held back (an unfinished word or byte sequence)."""
+        if self.streaming is not None:
+            self.streaming.finalize()
+            return str(self.streaming.last_segment)
+        text = str(self.tokenizer.decode(self.tokens)) if self.tokens else ""
+        new, self.tokens, self.emitted = text[len(self.emitted):], [], ""
         return new
 
 
@@ -94,17 +96,45 @@ def encode_prompt(tokenizer: Any, prompt: str | list[int], vocab_size: int | Non
     return ids
 
 
-def within_plan(state: Any, prompt_tokens: int, max_tokens: int) -> int:
-    """The reply's length within the plan: a prompt the plan has no room for is refused before
-    prefill; the reply stops where the planned sequence ends (finish reason "length")."""
+class ContextFullError(ConfigError):
+    """The plan has no room for this prompt (with what the cache already holds)."""
+
+
+def within_plan(state: Any, prompt_tokens: int, max_tokens: int, held_tokens: int = 0) -> int:
+    """The reply's length within the plan: a prompt the plan has no room for (counting the
+    `held_tokens` a kept cache already holds) is refused before prefill; the reply stops where
+    the planned sequence ends (finish reason "length")."""
     if state is None:
         return max_tokens
     planned: int = state.plan.estimate.sequence_tokens
-    if prompt_tokens >= planned:
-        raise ConfigError(f"the prompt is {prompt_tokens} tokens, and the plan was made for {planned} "
-                          "in all (--max-seq-len, prompt and reply); plan with a longer --max-seq-len, "
-                          "or shorten the prompt")
-    return min(max_tokens, planned - prompt_tokens)
+    if held_tokens + prompt_tokens >= planned:
+        if held_tokens:
+            raise ContextFullError(
+                f"the conversation is full: it holds {held_tokens} tokens and the new message "
+                f"{prompt_tokens}, and the plan was made for {planned} in all (--max-seq-len); "
+                "start over (/clear in a chat), or plan a longer --max-seq-len")
+        raise ContextFullError(
+            f"the prompt is {prompt_tokens} tokens, and the plan was made for {planned} in all "
+            f"(--max-seq-len, prompt and reply); {_longer(state, prompt_tokens)}")
+    return min(max_tokens, planned - held_tokens - prompt_tokens)
+
+
+def _longer(state: Any, prompt_tokens: int) -> str:
+    """The ways out of a prompt the plan has no room for."""
+    est = state.plan.estimate
+    trained = est.trained_context
+    if trained is not None and prompt_tokens >= trained:
+        return f"the model was trained for {trained} tokens, so shorten the prompt below that"
+    window = "" if est.options.max_kv_size else (
+        ", or add --max-kv-size N (a rotating cache: the model sees the last N tokens, and the "
+        "sequence may run longer than the cache)")
+    return (f"plan a longer --max-seq-len (`unimap plan` says the longest that fits){window}, or "
+            "shorten the prompt")
+
+
+def held_tokens(cache: Sequence[Any]) -> int:
+    """Tokens a prompt cache already holds (its layers' largest offset)."""
+    return max((int(getattr(c, "offset", 0) or 0) for c in cache), default=0)
 
 
 def vocab_size(model: Any) -> int | None:
@@ -125,35 +155,65 @@ def quantized_cache(model: Any, bits: int) -> list[Any]:
 
 
 def make_cache(model: Any) -> list[Any]:
-    """The cache the plan priced: mlx-lm's, quantized from the first token under --kv-bits
-    (for a vision-language model: mlx-vlm's cache of its language model)."""
+    """The cache the plan priced: mlx-lm's, quantized from the first token under --kv-bits, a
+    rotating window under --max-kv-size (for a vision-language model: mlx-vlm's cache of its
+    language model)."""
     from mlx_lm.models.cache import make_prompt_cache
 
     state = getattr(model, "_unimap", None)
-    bits = state.plan.estimate.options.kv_bits if state is not None else None
+    options = state.plan.estimate.options if state is not None else None
+    bits = options.kv_bits if options is not None else None
+    window = options.max_kv_size if options is not None else None
     if vlm.is_vlm(model):
         from mlx_vlm.models.cache import make_prompt_cache as make_vlm_cache
 
         if bits:
             raise ConfigError(vlm.NO_KV_BITS)
+        if window:
+            raise ConfigError("--max-kv-size is for text models: drop it for a vision-language model")
         return list(make_vlm_cache(model.language_model))
+    if window:
+        return rotating_cache(model, window)
     return quantized_cache(model, bits) if bits else make_prompt_cache(model)
+
+
+def rotating_cache(model: Any, window: int) -> list[Any]:
+    """A rotating cache of `window` tokens for every layer (keeping the first KV_KEEP_TOKENS),
+    as mlx-lm's --max-kv-size makes it; the plan only allows it where every cache is plain."""
+    from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
+
+    from unimap.estimate import KV_KEEP_TOKENS
+
+    made = make_prompt_cache(model)
+    if any(type(c) is not KVCache for c in made):
+        raise ConfigError("--max-kv-size: this model makes its own caches, which a rotating window "
+                          "cannot replace; drop --max-kv-size")
+    return [RotatingKVCache(max_size=window, keep=KV_KEEP_TOKENS)  # type: ignore[no-untyped-call]
+            for _ in made]
 
 
 def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[dict[str, Any]],
                     max_tokens: int = 256,
                     temp: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                     prompt_cache: list[Any] | None = None,
-                    images: Sequence[str | Path | Any] | None = None) -> Iterator[Response]:
-    """Generate from `prompt`, yielding each piece of text as it is decoded. `prompt_cache`
-    (from `make_cache(model)`) is filled in place, to be kept for a later turn or inspected.
-    `images` (paths or PIL images) go with the prompt to a vision-language model loaded by
-    `unimap.load`; the prompt is then put in the model's chat template with one image placeholder
-    per image, or is a conversation (a list of {"role", "content"} messages; `vlm.user_message`
-    makes one with image placeholders)."""
+                    images: Sequence[str | Path | Any] | None = None, *,
+                    top_k: int = 0, min_p: float = 0.0, xtc_probability: float = 0.0,
+                    xtc_threshold: float = 0.1, repetition_penalty: float | None = None,
+                    repetition_context_size: int = 20) -> Iterator[Response]:
+    """Generate from `prompt`, yielding each piece of text as it is decoded. Sampling takes
+    mlx-lm's settings (its `make_sampler` and `make_logits_processors`), checked first.
+    `prompt_cache` (from `make_cache(model)`) is filled in place, to be kept for a later turn:
+    what it already holds counts against the plan, and only `prompt` is prefilled (`Chat` does
+    this for a conversation). `images` (paths or PIL images) go with the prompt to a
+    vision-language model loaded by `unimap.load`; the prompt is then put in the model's chat
+    template with one image placeholder per image, or is a conversation (a list of
+    {"role", "content"} messages; `vlm.user_message` makes one with image placeholders)."""
     import mlx.core as mx
 
-    check_sampling(max_tokens, temp, top_p, seed)
+    sampling: dict[str, Any] = {"top_k": top_k, "min_p": min_p, "xtc_probability": xtc_probability,
+                "xtc_threshold": xtc_threshold, "repetition_penalty": repetition_penalty,
+                "repetition_context_size": repetition_context_size}
+    check_sampling(max_tokens, temp, top_p, seed, **sampling)
     if not callable(model):
         raise ArgumentTypeError(f"model must be the model unimap.load returned, not {short(model)}")
     if not (hasattr(tokenizer, "encode") or hasattr(tokenizer, "tokenizer")):
@@ -166,11 +226,12 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[d
         mx.random.seed(seed)
     state = getattr(model, "_unimap", None)
     cache = prompt_cache if prompt_cache is not None else make_cache(model)
+    sampler, processors = _sampling(tokenizer, temp, top_p, **sampling)
     if vlm.is_vlm(model):
         if not prompt or isinstance(prompt, str) and not prompt.strip() or isinstance(prompt[0], int):
             raise ConfigError("the prompt is empty: give some text (--prompt) to go with the images")
         steps, n_prompt, eos, max_tokens = _vlm_steps(model, tokenizer, prompt, list(images or ()),
-                                                      max_tokens, temp, top_p, cache)
+                                                      max_tokens, sampler, processors, cache)
     else:
         name = state.plan.model if state is not None else "this model"
         if images:
@@ -178,8 +239,8 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[d
         if prompt and not isinstance(prompt, str) and isinstance(prompt[0], dict):
             raise ConfigError(f"{name} is a text-only model: give it text (the conversation in its "
                               "tokenizer's chat template) or token ids, not a list of messages")
-        steps, n_prompt, eos, max_tokens = _text_steps(model, tokenizer, prompt, max_tokens, temp,  # type: ignore[arg-type]
-                                                       top_p, cache)
+        steps, n_prompt, eos, max_tokens = _text_steps(model, tokenizer, prompt, max_tokens,  # type: ignore[arg-type]
+                                                       sampler, processors, cache)
     detok = _Detokenizer(tokenizer)
     predicted = state.plan.peak_bytes if state is not None else None
     start = time.perf_counter()
@@ -201,27 +262,68 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[d
             break
 
 
-def _text_steps(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens: int, temp: float,
-                top_p: float, cache: list[Any]) -> tuple[Iterator[Any], int, set[int], int]:
+def _sampling(tokenizer: Any, temp: float, top_p: float, top_k: int, min_p: float,
+              xtc_probability: float, xtc_threshold: float, repetition_penalty: float | None,
+              repetition_context_size: int) -> tuple[Any, list[Any]]:
+    """mlx-lm's sampler and logits processors, as mlx_lm.generate makes them (XTC never drops a
+    newline or an end-of-sequence token)."""
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    special: list[int] = []
+    if xtc_probability > 0:
+        special = list(_eos_ids(tokenizer)) + list(_encode_plain(tokenizer, "\n"))
+    sampler = make_sampler(temp, top_p, min_p, 1, top_k=top_k, xtc_probability=xtc_probability,
+                           xtc_threshold=xtc_threshold, xtc_special_tokens=special)
+    return sampler, make_logits_processors(None, repetition_penalty, repetition_context_size)
+
+
+def _eos_ids(tokenizer: Any) -> set[int]:
+    """The tokens that end a reply: mlx-lm's eos_token_ids, else the tokenizer's (or its inner
+    tokenizer's, for mlx-vlm's processor) eos_token_id."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    found: set[int] = set()
+    for source in (tokenizer, inner):
+        for name in ("eos_token_ids", "eos_token_id"):
+            value = getattr(source, name, None)
+            values = value if isinstance(value, list | tuple | set) else [value]
+            found.update(int(i) for i in values if isinstance(i, int) and not isinstance(i, bool))
+        if found:
+            return found
+    return found
+
+
+def _encode_plain(tokenizer: Any, text: str) -> list[int]:
+    """`text`'s tokens without a BOS."""
+    encoder = tokenizer if hasattr(tokenizer, "encode") else getattr(tokenizer, "tokenizer", None)
+    if encoder is None:
+        return []
+    try:
+        return list(encoder.encode(text, add_special_tokens=False))
+    except TypeError:
+        return list(encoder.encode(text))
+
+
+def _text_steps(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens: int, sampler: Any,
+                processors: list[Any], cache: list[Any]) -> tuple[Iterator[Any], int, set[int], int]:
     """mlx-lm's generate_step on the stream that holds the embeddings and head."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
-    from mlx_lm.sample_utils import make_sampler
 
     ids = encode_prompt(tokenizer, prompt, vocab_size(model))
     state = getattr(model, "_unimap", None)
-    max_tokens = within_plan(state, len(ids), max_tokens)
+    max_tokens = within_plan(state, len(ids), max_tokens, held_tokens(cache))
     options: dict[str, Any] = {"prompt_cache": cache}
-    if state is not None:
+    if state is not None:  # the stream and prefill step the plan priced
         options["stream"] = state.parts_stream
-    eos = set(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
-    steps = generate_step(mx.array(ids), model, max_tokens=max_tokens,
-                          sampler=make_sampler(temp, top_p), **options)
-    return steps, len(ids), eos, max_tokens
+        options["prefill_step_size"] = state.plan.estimate.options.prefill_chunk_tokens
+    steps = generate_step(mx.array(ids), model, max_tokens=max_tokens, sampler=sampler,
+                          logits_processors=processors, **options)
+    return steps, len(ids), _eos_ids(tokenizer), max_tokens
 
 
 def _vlm_steps(model: Any, processor: Any, prompt: Any, images: list[Any], max_tokens: int,
-               temp: float, top_p: float, cache: list[Any]) -> tuple[Iterator[Any], int, set[int], int]:
+               sampler: Any, processors: list[Any],
+               cache: list[Any]) -> tuple[Iterator[Any], int, set[int], int]:
     """mlx-vlm's generate_step (vision tower, projector, then the language model) with the
     images checked against the plan, on the stream that holds the embeddings, head and vision
     tower, in prefill chunks of the size the plan priced. mlx-vlm's own stream_generate is not
@@ -235,15 +337,15 @@ def _vlm_steps(model: Any, processor: Any, prompt: Any, images: list[Any], max_t
     for note in checked.notes:
         warnings.warn(note, stacklevel=3)
     inputs = vlm.prepare(model, processor, prompt, checked.images)
-    max_tokens = within_plan(state, inputs.num_tokens, max_tokens)
-    step_tokens = options.prefill_step_tokens if options else None
+    max_tokens = within_plan(state, inputs.num_tokens, max_tokens, held_tokens(cache))
+    step_tokens = options.prefill_chunk_tokens if options else None
     stream = state.parts_stream if state is not None else None
-    return (_on_stream(stream, inputs, model, max_tokens, temp, top_p, cache, step_tokens),
+    return (_on_stream(stream, inputs, model, max_tokens, sampler, processors, cache, step_tokens),
             inputs.num_tokens, vlm.eos_ids(model, processor), max_tokens)
 
 
-def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, temp: float,
-               top_p: float, cache: list[Any], step_tokens: int | None) -> Iterator[Any]:
+def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, sampler: Any,
+               processors: list[Any], cache: list[Any], step_tokens: int | None) -> Iterator[Any]:
     """mlx-vlm's generate_step with its generation stream swapped for `stream` while it runs."""
     from mlx_vlm.generate import ar
 
@@ -252,8 +354,9 @@ def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, tem
         ar.generation_stream = stream
     try:
         yield from ar.generate_step(inputs.input_ids, model, inputs.pixel_values, inputs.mask,
-                                    max_tokens=max_tokens, temperature=temp, top_p=top_p,
-                                    prompt_cache=cache, prefill_step_size=step_tokens,
+                                    max_tokens=max_tokens, sampler=sampler,
+                                    logits_processors=processors, prompt_cache=cache,
+                                    prefill_step_size=step_tokens,
                                     **inputs.extra)
     finally:
         ar.generation_stream = kept
@@ -262,3 +365,138 @@ def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, tem
 def generate(model: Any, tokenizer: Any, prompt: str | list[int], **kwargs: Any) -> str:
     """The whole continuation of `prompt` as one string (see stream_generate for the options)."""
     return "".join(r.text for r in stream_generate(model, tokenizer, prompt, **kwargs))
+
+
+# ---------------------------------------------------------------- conversations
+
+# A model without a chat template gets this plain format: every turn kept, the reply ends where
+# the model starts the next "User:" line (documented in README "Chat").
+PLAIN_USER, PLAIN_ASSISTANT = "User:", "Assistant:"
+PLAIN_STOP = "\n" + PLAIN_USER
+
+
+def plain_conversation(messages: Sequence[dict[str, str]]) -> str:
+    """The conversation as plain text: the system prompt, then "User: ..." and "Assistant: ..."
+    turns, ending with "Assistant:" for the reply to follow."""
+    parts = []
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(m["content"] + "\n\n")
+        elif m["role"] == "user":
+            parts.append(f"{PLAIN_USER} {m['content']}\n{PLAIN_ASSISTANT}")
+        else:
+            parts.append(f" {m['content']}\n\n")
+    return "".join(parts)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "has_chat_template", False)
+                or getattr(tokenizer, "chat_template", None))
+
+
+class Chat:
+    """A conversation with a model loaded by `unimap.load` whose KV cache is kept between turns:
+    each message prefills only the tokens the cache does not hold yet, within the plan.
+
+    `send(message)` yields Responses like `stream_generate` (their `prompt_tokens` are the
+    tokens prefilled for that turn); `clear()` starts over; `tokens` is what the cache holds.
+    The model's chat template lays out the conversation (`template=False` or a tokenizer without
+    one: `plain_conversation`). A reply interrupted (the generator closed, or Ctrl-C) keeps what
+    was said so far."""
+
+    def __init__(self, model: Any, tokenizer: Any, system_prompt: str | None = None,
+                 template: bool = True) -> None:
+        if vlm.is_vlm(model):
+            raise ConfigError("a kept-cache chat is for text models; for a vision-language model "
+                              "pass the whole conversation (a list of messages) to stream_generate")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ArgumentTypeError(f"system_prompt must be text, not {short(system_prompt)}")
+        if system_prompt is not None and not is_utf8(system_prompt):
+            raise ConfigError("the system prompt is not valid UTF-8 text; give it as UTF-8")
+        self.model, self.tokenizer = model, tokenizer
+        self.system_prompt = system_prompt or None
+        self.templated = template and has_chat_template(tokenizer)
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the conversation (the system prompt stays) and empty the cache."""
+        self.messages: list[dict[str, str]] = (
+            [{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        self.cache = make_cache(self.model)
+        self.fed: list[int] = []  # the tokens the cache holds, in order
+
+    @property
+    def tokens(self) -> int:
+        return len(self.fed)
+
+    def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The whole conversation's tokens, ready for the reply."""
+        if self.templated:
+            text = str(self.tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                                          add_generation_prompt=True))
+            return _encode_plain(self.tokenizer, text)
+        return encode_prompt(self.tokenizer, plain_conversation(messages))
+
+    def send(self, message: str, max_tokens: int = 256, **sampling: Any) -> Iterator[Response]:
+        """The reply to `message`, as stream_generate yields it."""
+        if not isinstance(message, str):
+            raise ArgumentTypeError(f"message must be text, not {short(message)}")
+        if not message.strip():
+            raise ConfigError("the message is empty: type some text")
+        if not is_utf8(message):
+            raise ConfigError("the message is not valid UTF-8 text; give it as UTF-8")
+        asked = [*self.messages, {"role": "user", "content": message}]
+        ids = self.prompt_ids(asked)
+        kept = self._reuse(ids)
+        state = getattr(self.model, "_unimap", None)
+        within_plan(state, len(ids) - kept, max_tokens, kept)  # refused before anything changes
+        self.messages = asked
+        generated: list[int] = []
+        reply, finished = "", False
+        try:
+            for response in stream_generate(self.model, self.tokenizer, ids[kept:], max_tokens,
+                                            prompt_cache=self.cache, **sampling):
+                if response.token is not None:
+                    generated.append(response.token)
+                reply += response.text
+                if not self.templated and PLAIN_STOP in reply:  # the model began the next turn
+                    cut = reply.index(PLAIN_STOP)
+                    text = response.text[:len(response.text) - (len(reply) - cut)]
+                    reply = reply[:cut]
+                    yield replace(response, text=text, finish_reason="stop")
+                    finished = True
+                    return
+                yield response
+            finished = True
+        finally:
+            self._settle(ids + generated, finished)
+            self.messages.append({"role": "assistant", "content": reply.strip()})
+
+    def _reuse(self, ids: list[int]) -> int:
+        """How many of `ids` the cache already holds (at least one token is left to prefill);
+        the cache is cut back to them, or emptied when it cannot be cut."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        same = 0
+        for a, b in zip(self.fed, ids[:-1], strict=False):
+            if a != b:
+                break
+            same += 1
+        if same < len(self.fed):
+            if can_trim_prompt_cache(self.cache) and held_tokens(self.cache) == len(self.fed):
+                trim_prompt_cache(self.cache, len(self.fed) - same)
+                self.fed = self.fed[:same]
+            else:  # a recurrent state cannot be cut back: prefill the conversation again
+                self.cache, self.fed, same = make_cache(self.model), [], 0
+        return same
+
+    def _settle(self, sequence: list[int], finished: bool) -> None:
+        """Record what the cache holds after a turn: every token but the last one generated
+        (never fed back), or, after an interruption, as many as the cache says it holds."""
+        held = held_tokens(self.cache)
+        if held and held <= len(sequence):
+            self.fed = sequence[:held]
+        elif finished and sequence:
+            self.fed = sequence[:-1]
+        else:  # nothing tells how far the interrupted turn got
+            self.cache, self.fed = make_cache(self.model), []

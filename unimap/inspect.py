@@ -99,6 +99,46 @@ class ModelSpec:
         return classify(header, self.arch.num_layers, eight_bit)
 
 
+# Keys under which configs give the context a model was trained for, most specific first.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
+                "n_ctx", "max_seq_len")
+
+
+def trained_context(config: dict[str, Any]) -> tuple[int, str] | None:
+    """The context (tokens) the model was trained for, and where that number comes from: its
+    position limit, extended by RoPE scaling where the config says the scaling stretches an
+    original, shorter one (YaRN, Llama 3, LongRoPE, linear, dynamic NTK). None when the config
+    names none (the model then has no trained limit unimap can check)."""
+    for scope in (config, config.get("text_config")):
+        if not isinstance(scope, dict):
+            continue
+        for key in CONTEXT_KEYS:
+            value = scope.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return _scaled(scope, value, key)
+    return None
+
+
+def _scaled(scope: dict[str, Any], positions: int, key: str) -> tuple[int, str]:
+    scaling = scope.get("rope_scaling") or scope.get("rope_parameters")
+    if not isinstance(scaling, dict):
+        return positions, key
+    kind = scaling.get("rope_type", scaling.get("type"))
+    factor = scaling.get("factor")
+    original = scaling.get("original_max_position_embeddings",
+                           scope.get("original_max_position_embeddings"))
+    if not isinstance(factor, int | float) or isinstance(factor, bool) or not 1 < factor < 1e4:
+        return positions, key
+    if isinstance(original, int) and not isinstance(original, bool) and original > 0:
+        stretched = int(original * factor)
+        if stretched > positions:
+            return stretched, f"{key} {positions}, RoPE {kind or 'scaling'} x{factor:g} of {original}"
+        return positions, key
+    if kind in ("linear", "dynamic"):  # the factor stretches the stated limit itself
+        return int(positions * factor), f"{key} {positions}, RoPE {kind} x{factor:g}"
+    return positions, key
+
+
 def inspect(model: str | Path) -> ModelSpec:
     """Read a model's config and safetensors headers: a local folder or a Hub repo id."""
     if not isinstance(model, str | Path) or not str(model).strip():

@@ -19,7 +19,7 @@ from typing import Any
 
 from unimap.device_map import DeviceMap, format_device_map
 from unimap.errors import ConfigError, UnimapError
-from unimap.estimate import ISQ_BITS, KV_BITS, Estimate, Kernel, Options, estimate
+from unimap.estimate import ISQ_BITS, KV_BITS, MIN_KV_SIZE, Estimate, Kernel, Options, estimate
 from unimap.inspect import ModelSpec
 from unimap.machine import Device, Machine
 from unimap.render import layer_span
@@ -173,7 +173,8 @@ class Plan:
                        "activation_bytes": max((d.activation_bytes for d in self.devices
                                                 if d.layers), default=0),
                        "peak_bytes": self.peak_bytes,
-                       "sequence_tokens": est.sequence_tokens},
+                       "sequence_tokens": est.sequence_tokens,
+                       "trained_context": est.trained_context},
             "activation_terms": est.activation_terms,
             "problem": self.problem,
             "ways_out": list(self.ways_out),
@@ -213,6 +214,9 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
                                     f"working set do not fit {gpus[0].name}'s budget "
                                     f"({format_bytes(gpus[0].budget_bytes)}): everything runs on "
                                     "the CPU" + _vision_tip(spec, est, gpus[0])))
+    past = _past_training(est)
+    if past:
+        plan = replace(plan, notes=(*plan.notes, past))
     if not plan.fits:
         plan = replace(plan, ways_out=ways_out(spec, machine, est))
     elif not plan.all_on_gpu and gpus:
@@ -422,6 +426,16 @@ def _smaller_images(options: Options, fits: Callable[[Options], bool]) -> list[t
     return found
 
 
+def _past_training(est: Estimate) -> str:
+    """A plan longer than the model was trained for works, but says so."""
+    trained, asked = est.trained_context, est.options.max_seq_len
+    if trained is None or asked <= trained:
+        return ""
+    return (f"--max-seq-len {asked} is past the {trained} tokens the model was trained for "
+            f"({est.trained_context_source}): text beyond {trained} tokens may degrade; plan "
+            f"--max-seq-len {trained} or less to stay within it")
+
+
 def ways_out(spec: ModelSpec, machine: Machine, est: Estimate) -> tuple[str, ...]:
     options = est.options
     found: list[str] = []
@@ -430,9 +444,18 @@ def ways_out(spec: ModelSpec, machine: Machine, est: Estimate) -> tuple[str, ...
                "--max-num-images": "images per prompt"}
         found += [f"{flag} {value} ({why[flag]})" for flag, value in
                   _smaller_images(options, lambda changed: _fits(spec, machine, changed))]
-    seq = _largest(lambda n: _fits(spec, machine, replace(options, max_seq_len=n)), options.max_seq_len - 1)
+    longest = options.max_seq_len - 1  # never suggest more than the model was trained for
+    if est.trained_context is not None:
+        longest = min(longest, est.trained_context)
+    seq = _largest(lambda n: _fits(spec, machine, replace(options, max_seq_len=n)), longest)
     if seq:
         found.append(f"--max-seq-len {seq} (the longest context that fits)")
+    if options.max_kv_size is None and options.kv_bits is None and options.kv_layout == "mlx-lm":
+        window = _largest(lambda n: _fits(spec, machine, replace(
+            options, max_kv_size=max(n, MIN_KV_SIZE))), options.max_seq_len - 1)
+        if window:
+            found.append(f"--max-kv-size {max(window, MIN_KV_SIZE)} (a rotating cache: the "
+                         f"{options.max_seq_len}-token run sees that many latest tokens)")
     if spec.quantization is None:
         bits = [b for b in sorted(ISQ_BITS, reverse=True)
                 if (options.isq is None or b < options.isq)

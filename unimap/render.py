@@ -38,29 +38,56 @@ def memory_bar(d: DevicePlan, width: int = BAR_WIDTH) -> str:
     return "[" + cells + "·" * (width - len(cells)) + "]"
 
 
+_HTML_HEADS = ("device", "what", "layers", "weights", "KV", "activations", "used", "budget",
+               "free", "memory")
+_RED, _GREEN = "#c62828", "#2e7d32"
+
+
+def _size(n_bytes: int) -> str:
+    return html.escape(format_bytes(n_bytes))
+
+
 def plan_html(plan: Plan) -> str:
-    """A table per device with a stacked memory bar, for Jupyter's _repr_html_."""
-    verdict = ("fits, all on the GPU" if plan.all_on_gpu else "fits" if plan.fits
-               else f"does not fit: {plan.problem}")
-    rows = []
-    for d in plan.devices:
-        scale = max(d.budget_bytes, d.used_bytes, 1)
-        bar = "".join(
-            f'<div title="{name} {format_bytes(n)}" style="width:{100 * n / scale:.2f}%;'
-            f'background:{colour};height:12px"></div>'
-            for (name, n), (_, _, colour) in zip(_segments(d), SEGMENTS, strict=True) if n > 0)
-        rows.append(
-            f"<tr><td>{html.escape(d.name)}</td><td>{html.escape(d.description)}</td>"
-            f"<td>{layer_span(d.layers)}</td><td>{format_bytes(d.weight_bytes)}</td>"
-            f"<td>{format_bytes(d.kv_bytes + d.kv_growth_bytes)}</td>"
-            f"<td>{format_bytes(d.activation_bytes)}</td><td>{format_bytes(d.free_bytes)}</td>"
-            f'<td style="min-width:200px"><div style="display:flex;width:100%;'
-            f'background:#eee">{bar}</div></td></tr>')
-    wired = "" if plan.wired_limit_bytes is None else (
-        f"<p>wired limit: {format_bytes(plan.wired_limit_bytes)}</p>")
-    ways = "".join(f"<li>{html.escape(w)}</li>" for w in plan.ways_out)
-    return (f"<div><p><b>{html.escape(plan.model)}</b> on {html.escape(plan.machine.os_name)}: "
-            f"{html.escape(verdict)}; peak {format_bytes(plan.peak_bytes)}</p>"
-            "<table><tr><th>device</th><th>what</th><th>layers</th><th>weights</th><th>KV</th>"
-            "<th>activations</th><th>free</th><th>memory</th></tr>" + "".join(rows) + "</table>"
-            + wired + (f"<p>ways out:</p><ul>{ways}</ul>" if ways else "") + "</div>")
+    """The plan for Jupyter's _repr_html_: the verdict, a row per device (what it holds, used
+    of budget, free, and a stacked bar scaled to the budget), where the parts go, the predicted
+    peak and wired limit, notes and ways out. Every text from the plan is escaped."""
+    e = html.escape
+    said = "fits, all on the GPU" if plan.all_on_gpu else "fits" if plan.fits else "does not fit"
+    verdict = (f'<b style="color:{_GREEN if plan.fits else _RED}">{said}</b>'
+               + ("" if plan.fits else f": {e(plan.problem)}"))
+    est = plan.estimate
+    placed = f"non-mapped parts ({_size(est.non_mapped_weight_bytes)}) on {e(plan.non_mapped_device)}"
+    if plan.vision_device:
+        placed += f"; vision tower ({_size(est.vision_weight_bytes)}) on {e(plan.vision_device)}"
+    wired = ("" if plan.wired_limit_bytes is None
+             else f"; wired limit {_size(plan.wired_limit_bytes)}")
+    notes = "".join(f"<li>{e(n)}</li>" for n in plan.notes)
+    ways = "".join(f"<li>{e(w)}</li>" for w in plan.ways_out)
+    heads = "".join(f"<th>{h}</th>" for h in _HTML_HEADS)
+    return (f"<div><p><b>{e(plan.model)}</b> on {e(plan.machine.os_name)} "
+            f"({e(plan.machine.backend)}): {verdict}</p>"
+            f"<table><thead><tr>{heads}</tr></thead><tbody>"
+            + "".join(_html_row(d) for d in plan.devices) + "</tbody></table>"
+            f"<p>{placed}; predicted peak {_size(plan.peak_bytes)}{wired}</p>"
+            + (f"<p>notes:</p><ul>{notes}</ul>" if notes else "")
+            + (f"<p>ways out:</p><ul>{ways}</ul>" if ways else "") + "</div>")
+
+
+def _html_row(d: DevicePlan) -> str:
+    """One device: its figures, then its memory as a bar; over budget, the bar is outlined red."""
+    scale = max(d.budget_bytes, d.used_bytes, 1)
+    bar = "".join(
+        f'<div title="{name} {_size(n)}" style="width:{100 * n / scale:.2f}%;'
+        f'background:{colour};height:12px"></div>'
+        for (name, n), (_, _, colour) in zip(_segments(d), SEGMENTS, strict=True) if n > 0)
+    over = f"outline:2px solid {_RED};" if d.used_bytes > d.budget_bytes else ""
+    free = _size(d.free_bytes) if d.free_bytes >= 0 else (
+        f'<span style="color:{_RED}">{_size(d.free_bytes)}</span>')
+    figures = [_size(n) for n in (d.weight_bytes, d.kv_bytes + d.kv_growth_bytes,
+                                  d.activation_bytes, d.used_bytes, d.budget_bytes)] + [free]
+    title = html.escape(f"used {format_bytes(d.used_bytes)} of {format_bytes(d.budget_bytes)}")
+    return (f"<tr><td>{html.escape(d.name)}</td><td>{html.escape(d.description)}</td>"
+            f"<td>{html.escape(layer_span(d.layers))}</td>"
+            + "".join(f'<td style="text-align:right">{f}</td>' for f in figures)
+            + f'<td style="min-width:200px"><div title="{title}" style="display:flex;width:100%;'
+            f'background:#eee;{over}">{bar}</div></td></tr>')
