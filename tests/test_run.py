@@ -361,3 +361,68 @@ def test_a_plain_tokenizer_streams_the_whole_text(plain: Path) -> None:
     responses = list(stream_generate(model, raw, [5, 6, 7, 8], max_tokens=30))
     tokens = [r.token for r in responses if r.token is not None and r.token != raw.eos_token_id]
     assert "".join(r.text for r in responses) == raw.decode(tokens)
+
+
+def test_an_over_long_prompt_gets_ways_out_priced_on_the_machine(plain: Path) -> None:
+    """The refusal names the longest --max-seq-len that holds the prompt (never past the
+    trained context), or a rotating window when no full cache that long fits; what it names
+    fits when planned."""
+    machine = stand_in_machine()
+    model, tokenizer, plan = unimap.load(plain, max_seq_len=64, machine=machine)
+    with pytest.raises(ContextFullError) as refused:
+        list(stream_generate(model, tokenizer, [5] * 200, max_tokens=4))
+    seq = re.search(r"--max-seq-len (\d+) \(the longest that fits\)", str(refused.value))
+    assert seq and 201 <= int(seq.group(1)) <= 1024, str(refused.value)  # trained for 1024
+    assert unimap.plan(plain, max_seq_len=int(seq.group(1)), machine=machine).fits
+    past = list(stream_generate(model, tokenizer, [5] * 63, max_tokens=4))  # room for one token
+    assert len(past) == 1
+    with pytest.raises(ContextFullError, match="the model was trained for 1024 tokens"):
+        list(stream_generate(model, tokenizer, [5] * 1100, max_tokens=4))
+
+
+def test_a_rotating_window_is_offered_when_no_full_cache_fits(plain: Path) -> None:
+    tight = unimap.plan(plain, max_seq_len=64, machine="h100-80gb", ram="64MB", gpu_budget="8MB")
+    assert tight.fits
+    ways = tight.room_for(1000)
+    assert len(ways) == 1 and ways[0].startswith("--max-kv-size "), ways
+    window = int(ways[0].split()[1])
+    assert 8 <= window < 1000
+    assert unimap.plan(plain, max_seq_len=1000, max_kv_size=window, machine="h100-80gb", ram="64MB",
+                       gpu_budget="8MB").fits
+    assert tight.room_for(2000) == []  # past the trained context: nothing to offer
+
+
+def test_cli_chat_ctrl_c_stops_the_reply_not_the_chat(templated: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during a reply ends that reply and returns to the prompt; Ctrl-C at the prompt
+    gives a fresh line; Ctrl-D leaves with exit code 0."""
+    import sys
+
+    module = sys.modules["unimap.generate"]
+    real = module.stream_generate
+    calls: list[int] = []
+
+    def interrupted_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        for n, response in enumerate(real(*args, **kwargs)):
+            if len(calls) == 1 and n == 1:
+                raise KeyboardInterrupt
+            yield response
+
+    monkeypatch.setattr(module, "stream_generate", interrupted_once)
+    typed = iter(["w1 w2", KeyboardInterrupt(), "w3"])
+
+    def fake_input(prompt: str = "") -> str:
+        item = next(typed, None)
+        if item is None:
+            raise EOFError
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    result = run(str(templated), "-i", "--max-tokens", "4", "--max-seq-len", "256")
+    assert result.exit_code == 0, result.output
+    assert "(reply stopped)" in result.stderr
+    assert len(re.findall(r"prompt: \d+ tokens", result.stderr)) == 1  # the second turn finished
+    assert len(calls) == 2

@@ -120,16 +120,16 @@ def within_plan(state: Any, prompt_tokens: int, max_tokens: int, held_tokens: in
 
 
 def _longer(state: Any, prompt_tokens: int) -> str:
-    """The ways out of a prompt the plan has no room for."""
+    """The ways out of a prompt the plan has no room for, priced on the plan's machine."""
     est = state.plan.estimate
     trained = est.trained_context
-    if trained is not None and prompt_tokens >= trained:
+    needed = prompt_tokens + 1  # room for at least one token of reply
+    ways = state.plan.room_for(needed)
+    if trained is not None and prompt_tokens >= trained and not ways:
         return f"the model was trained for {trained} tokens, so shorten the prompt below that"
-    window = "" if est.options.max_kv_size else (
-        ", or add --max-kv-size N (a rotating cache: the model sees the last N tokens, and the "
-        "sequence may run longer than the cache)")
-    return (f"plan a longer --max-seq-len (`unimap plan` says the longest that fits){window}, or "
-            "shorten the prompt")
+    if not ways:
+        return "no --max-seq-len or --max-kv-size holds it on this machine: shorten the prompt"
+    return "load it again with " + ", or ".join(ways) + "; or shorten the prompt"
 
 
 def held_tokens(cache: Sequence[Any]) -> int:

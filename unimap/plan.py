@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from unimap.checks import MAX_SEQ_LEN
 from unimap.device_map import DeviceMap, format_device_map
 from unimap.errors import ConfigError, UnimapError
 from unimap.estimate import ISQ_BITS, KV_BITS, MIN_KV_SIZE, Estimate, Kernel, Options, estimate
@@ -94,6 +95,8 @@ class Plan:
     problem: str = ""  # why it does not fit
     ways_out: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    # what the plan was made from, to answer "what else would fit" later (not part of its value)
+    spec: ModelSpec | None = field(default=None, repr=False, compare=False)
 
     @property
     def peak_bytes(self) -> int:
@@ -104,6 +107,32 @@ class Plan:
         loading = weights + max((d.load_transient_bytes for d in self.devices), default=0)
         running = weights + sum(d.kv_bytes for d in self.devices) + working
         return max(running, loading) + SMALL_ARRAYS_BYTES
+
+    def room_for(self, tokens: int) -> list[str]:
+        """Settings that would hold a sequence of `tokens` on this plan's machine: the longest
+        --max-seq-len that fits when it reaches `tokens`, else the largest --max-kv-size
+        rotating window that fits a run that long. Nothing past the trained context (a
+        rotating cache does not stop the positions from growing past it)."""
+        if self.spec is None:
+            return []
+        spec, options = self.spec, self.estimate.options
+        trained = self.estimate.trained_context
+        upper = min(MAX_SEQ_LEN, trained if trained is not None else MAX_SEQ_LEN)
+        if tokens > upper:
+            return []
+        if _fits(spec, self.machine, replace(options, max_seq_len=tokens)):
+            seq = _largest(lambda n: _fits(spec, self.machine, replace(options, max_seq_len=n)), upper)
+            return [f"--max-seq-len {max(seq, tokens)} (the longest that fits)"]
+        if options.kv_bits is not None or options.kv_layout != "mlx-lm":
+            return []
+        long_run = replace(options, max_seq_len=tokens)
+        window = _largest(lambda n: _fits(spec, self.machine, replace(
+            long_run, max_kv_size=max(n, MIN_KV_SIZE))), tokens - 1)
+        if not window:
+            return []
+        window = max(window, MIN_KV_SIZE)
+        return [f"--max-kv-size {window} --max-seq-len {tokens} (a rotating cache: the model sees "
+                f"the latest {window} tokens)"]
 
     def device(self, name: str) -> DevicePlan:
         return next(d for d in self.devices if d.name == name)
@@ -205,7 +234,7 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
         raise ConfigError(f"the memory budget of {missing} is unknown (see `unimap doctor`); "
                           "plan with --machine, --gpu-budget or --ram instead")
     if device_map is not None:
-        return _manual(spec, machine, est, gpus, device_map)
+        return replace(_manual(spec, machine, est, gpus, device_map), spec=spec)
     plan = _auto(spec, machine, est, gpus)
     if gpus and plan.non_mapped_device == "cpu":
         parts = est.non_mapped_weight_bytes + est.vision_weight_bytes
@@ -214,6 +243,7 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
                                     f"working set do not fit {gpus[0].name}'s budget "
                                     f"({format_bytes(gpus[0].budget_bytes)}): everything runs on "
                                     "the CPU" + _vision_tip(spec, est, gpus[0])))
+    plan = replace(plan, spec=spec)
     past = _past_training(est)
     if past:
         plan = replace(plan, notes=(*plan.notes, past))
