@@ -126,11 +126,122 @@ def cpu_layer_dtypes(rounds: int) -> list[str]:
     return rows
 
 
+ROOFLINE_CHILD = r"""
+import json, statistics, sys, time
+import mlx.core as mx
+from mlx.utils import tree_flatten
+import unimap
+from unimap.doctor import blas_library
+from unimap.host import Host
+
+path, tokens, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+
+def bandwidth(stream):
+    # bytes/s one device reads: a 256 MiB float32 array summed, best of 5
+    with mx.stream(stream):
+        a = mx.ones((64 * 2**20,), dtype=mx.float32)
+        mx.eval(a)
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            mx.eval(a.sum())
+            best = min(best, time.perf_counter() - start)
+    return a.nbytes / best
+
+
+def crossing(first, second):
+    # seconds to hand a (1, 1, hidden) activation from one stream to the other and back
+    with mx.stream(first):
+        x = mx.ones((1, 1, 1024))
+        mx.eval(x)
+    best = float("inf")
+    for _ in range(50):
+        start = time.perf_counter()
+        with mx.stream(second):
+            y = x + 1
+        with mx.stream(first):
+            z = y * 2
+        mx.eval(z)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+prompt = [1] + [(13 * i) % 190 + 3 for i in range(63)]
+out = {"blas": blas_library(Host.real())[1], "cases": []}
+for label, kwargs in (("all on one device", {}),
+                      ("split 4 + 4 (two streams)", {"device_map": 4, "machine": "h100-80gb"})):
+    model, tok, plan = unimap.load(path, max_seq_len=512, **kwargs)
+    state = model._unimap
+    streams = {d.name: (state.placement.gpu_stream if d.name != "cpu" else state.placement.cpu_stream)
+               for d in plan.devices if d.layers}
+    rates, prefill = [], []
+    for _ in range(rounds):
+        responses = list(unimap.stream_generate(model, tok, prompt, max_tokens=tokens))
+        rates.append(responses[-1].generation_tps)
+        prefill.append(responses[-1].prompt_tps)
+    # bytes each decode step reads: every layer's parameters, the head and final norm, one
+    # embedding row, and the KV cache at the average context
+    layers = [sum(v.nbytes for _, v in tree_flatten(l.parameters())) for l in model.layers]
+    head = sum(v.nbytes for _, v in tree_flatten(model.lm_head.parameters()))
+    norm = sum(v.nbytes for _, v in tree_flatten(model.model.norm.parameters()))
+    context = len(prompt) + tokens // 2
+    kv = sum(layer.kv_bytes for layer in plan.estimate.layers) * context // plan.estimate.sequence_tokens
+    per_device = {}
+    for d in plan.devices:
+        if d.layers:
+            per_device[d.name] = sum(layers[i] for i in d.layers)
+    per_device[plan.non_mapped_device] = per_device.get(plan.non_mapped_device, 0) + head + norm
+    per_device[max(per_device, key=per_device.get)] += kv
+    widths = {name: bandwidth(streams.get(name, state.placement.cpu_stream)) for name in per_device}
+    seconds = sum(n / widths[name] for name, n in per_device.items())
+    crossings = 0.0
+    if len(streams) > 1:
+        a, b = list(streams.values())[:2]
+        crossings = crossing(a, b)  # one there and back per token
+    out["cases"].append({"label": label, "tps": statistics.median(rates),
+                         "prefill_tps": statistics.median(prefill),
+                         "bytes": sum(per_device.values()),
+                         "bandwidth": {k: round(v / 1e9, 2) for k, v in widths.items()},
+                         "roofline_tps": 1 / (seconds + crossings), "crossing_us": crossings * 1e6})
+print(json.dumps(out))
+"""
+
+
+def roofline(path: Path, tokens: int, rounds: int) -> list[str]:
+    """Decode tokens/s of each placement against its roofline (bytes read per token over each
+    device's measured read bandwidth, plus the measured stream crossing), with MLX's bundled
+    BLAS and with an installed OpenBLAS preloaded; each in a fresh process."""
+    from unimap.host import Host
+    from unimap.preload import DONE_VARIABLE, OFF_VARIABLE, find_openblas
+
+    rows = ["| BLAS | placement | bytes read / token | read bandwidth | crossing | roofline | "
+            "decode | of roofline | prefill (64 tokens) |", "|---|---|---|---|---|---|---|---|---|"]
+    openblas = find_openblas(Host.real())
+    variants = [("bundled", {OFF_VARIABLE: "1"})]
+    if openblas:
+        variants.append(("OpenBLAS preloaded", {"LD_PRELOAD": openblas, DONE_VARIABLE: openblas}))
+    for name, extra in variants:
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", DONE_VARIABLE)}
+        done = subprocess.run([sys.executable, "-c", ROOFLINE_CHILD, str(path), str(tokens), str(rounds)],
+                              capture_output=True, text=True, check=True, env={**env, **extra})
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        for case in result["cases"]:
+            widths = ", ".join(f"{k} {v} GB/s" for k, v in case["bandwidth"].items())
+            rows.append(f"| {name} ({result['blas']}) | {case['label']} | "
+                        f"{case['bytes'] / 2**20:.1f} MiB | {widths} | {case['crossing_us']:.0f} us | "
+                        f"{case['roofline_tps']:.1f} tokens/s | {case['tps']:.1f} tokens/s | "
+                        f"{case['tps'] / case['roofline_tps']:.0%} | "
+                        f"{case['prefill_tps']:.1f} tokens/s |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-dtypes", action="store_true")
+    parser.add_argument("--roofline", action="store_true", help="only the split roofline section")
     args = parser.parse_args()
     import mlx.core as mx
 
@@ -141,6 +252,10 @@ def main() -> None:
 
         paths = {dtype: write_random_model(Path(tmp) / dtype, BENCH, dtype=dtype)
                  for dtype in ("float32", "bfloat16")}
+        print("\n### Decode against its roofline (float32 checkpoint, fresh process each)\n")
+        print("\n".join(roofline(paths["float32"], args.tokens, args.rounds)))
+        if args.roofline:
+            return
         print("\n### Generation speed (float32 checkpoint, 64-token prompt, greedy)\n")
         print("\n".join(speed(paths["float32"], args.tokens, args.rounds)))
         print("\n### Loading peak (fresh process each)\n")

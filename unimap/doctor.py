@@ -20,6 +20,7 @@ from typing import Any, Literal
 from unimap.backends import metal
 from unimap.host import Host, MlxInfo
 from unimap.machine import Device, Machine
+from unimap.preload import find_openblas
 from unimap.units import GiB, format_bytes
 
 Status = Literal["ok", "info", "warn", "error"]
@@ -29,12 +30,6 @@ Status = Literal["ok", "info", "warn", "error"]
 SLOW_BLAS_GFLOPS = 10.0
 BLAS_SHAPE = (128, 1024, 1024)  # (m, k, n): 0.27 GFLOP, about 0.1 s a run on reference BLAS
 LOW_DISK_BYTES = 10 * GiB
-OPENBLAS_CANDIDATES = (
-    "/usr/lib/{arch}-linux-gnu/libopenblas.so.0",
-    "/usr/lib/{arch}-linux-gnu/openblas-pthread/libopenblas.so.0",
-    "/usr/lib64/libopenblas.so.0",
-    "/usr/lib/libopenblas.so.0",
-)
 
 
 @dataclass(frozen=True)
@@ -172,12 +167,12 @@ def _blas_checks(host: Host, bench: bool, blas: BlasReport | None) -> list[Check
     if blas.gflops >= SLOW_BLAS_GFLOPS:
         return [Check("cpu matmul", "ok", msg)]
     if blas.openblas_path:
-        advice = (f"layers placed on the CPU will be slow; start unimap with "
-                  f"LD_PRELOAD={blas.openblas_path} to use the installed OpenBLAS")
-    else:
-        advice = ("layers placed on the CPU will be slow; install OpenBLAS (Debian/Ubuntu: "
-                  "sudo apt install libopenblas0-pthread) and start unimap with "
-                  "LD_PRELOAD=/usr/lib/<arch>-linux-gnu/libopenblas.so.0")
+        return [Check("cpu matmul", "info", msg,
+                      f"`unimap run` preloads the installed OpenBLAS ({blas.openblas_path}) for "
+                      f"its CPU layers; other MLX programs: start them with "
+                      f"LD_PRELOAD={blas.openblas_path}")]
+    advice = ("layers placed on the CPU will be slow; install OpenBLAS (Debian/Ubuntu: "
+              "sudo apt install libopenblas0-pthread): `unimap run` then preloads it")
     return [Check("cpu matmul", "warn", msg, advice)]
 
 
@@ -229,14 +224,6 @@ def blas_library(host: Host) -> tuple[str, str]:
             if name.lower().startswith(prefix):
                 return names[name], kind
     return "unknown", "unknown"
-
-
-def find_openblas(host: Host) -> str | None:
-    for pattern in OPENBLAS_CANDIDATES:
-        path = pattern.format(arch=host.arch)
-        if (host.root / path.lstrip("/")).exists():
-            return path
-    return None
 
 
 def hf_cache_dir(env: Mapping[str, str]) -> Path:

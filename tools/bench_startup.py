@@ -1,0 +1,73 @@
+"""Start-up: a whole `unimap run` process to its first token against `mlx_lm.generate` on the
+same model (issue 14: ratio <= 1.05), and where unimap's time goes.
+
+Usage: python tools/bench_startup.py [--rounds 5]
+Writes a random llama checkpoint (real safetensors written by MLX) to a temporary folder, then
+times each command as a fresh process generating one token (best of --rounds, warm file cache).
+Prints Markdown for docs/BENCHMARKS.md with the machine named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+BENCH = {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816,
+         "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4,
+         "vocab_size": 32000, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+         "tie_word_embeddings": False, "max_position_embeddings": 4096}
+PROMPT = "w1 w2 w3 w4 w5 w6 w7 w8"
+
+
+def best(command: list[str], rounds: int, env: dict[str, str]) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True, env=env)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    import mlx.core as mx
+    from tiny_models import write_random_model
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "UNIMAP_BLAS_PRELOADED")}
+    python = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(write_random_model(Path(tmp) / "llama", BENCH, dtype="bfloat16"))
+        cases = {
+            "mlx_lm.generate": [python, "-m", "mlx_lm", "generate", "--model", path, "--prompt",
+                                PROMPT, "--max-tokens", "1"],
+            "unimap run": [python, "-m", "unimap", "run", path, "-p", PROMPT, "--max-tokens", "1",
+                           "-q"],
+            "unimap run --no-blas-preload": [python, "-m", "unimap", "run", path, "-p", PROMPT,
+                                             "--max-tokens", "1", "-q", "--no-blas-preload"],
+            "import mlx_lm (python -c)": [python, "-c", "import mlx_lm.generate"],
+            "import unimap.cli (python -c)": [python, "-c", "import unimap.cli"],
+            "unimap plan (no MLX needed)": [python, "-m", "unimap", "plan", path, "--json"],
+        }
+        seconds = {name: best(command, args.rounds, env) for name, command in cases.items()}
+    print(f"machine: {platform.platform()} ({platform.machine()}), {os.cpu_count()} CPUs; "
+          f"MLX {mx.__version__}; random bf16 llama, 1024 wide, 8 layers (126 MiB); best of "
+          f"{args.rounds}, fresh process each\n")
+    base = seconds["mlx_lm.generate"]
+    print("| process | seconds | ratio to mlx_lm.generate |")
+    print("|---|---:|---:|")
+    for name, value in seconds.items():
+        print(f"| {name} | {value:.2f} | {value / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The fastest CPU path for `unimap run`: on Linux, MLX's CPU wheel links a bundled reference BLAS
+that multiplies float32 matrices about 17x slower than an installed OpenBLAS (docs/BENCHMARKS.md).
+A library mapped into a process cannot be swapped afterwards, so `unimap run` re-executes itself
+once, before anything imports MLX, with the OpenBLAS in LD_PRELOAD (as `unimap doctor` advises).
+
+Off with `--no-blas-preload` or UNIMAP_NO_BLAS_PRELOAD=1; never when LD_PRELOAD already names a
+BLAS, when no OpenBLAS is installed, or when MLX does not bundle the reference one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from unimap.host import Host
+
+OFF_VARIABLE = "UNIMAP_NO_BLAS_PRELOAD"
+DONE_VARIABLE = "UNIMAP_BLAS_PRELOADED"  # set in the re-executed process: never twice
+OFF_FLAG = "--no-blas-preload"
+OPENBLAS_CANDIDATES = (
+    "/usr/lib/{arch}-linux-gnu/libopenblas.so.0",
+    "/usr/lib/{arch}-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+)
+
+
+def find_openblas(host: Host) -> str | None:
+    """An installed OpenBLAS that LD_PRELOAD could put in front of MLX's BLAS."""
+    for pattern in OPENBLAS_CANDIDATES:
+        path = pattern.format(arch=host.arch)
+        if (host.root / path.lstrip("/")).exists():
+            return path
+    return None
+
+
+def bundled_reference_blas() -> Path | None:
+    """The reference BLAS an mlx-cpu wheel carries (mlx_cpu.libs/libblas-*), found without
+    importing MLX."""
+    try:
+        spec = importlib.util.find_spec("mlx")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        libs = Path(location).parent / "mlx_cpu.libs"
+        found = sorted(libs.glob("libblas*")) if libs.is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
+def switched_off(env: Mapping[str, str], argv: Sequence[str]) -> bool:
+    value = env.get(OFF_VARIABLE, "").strip().lower()
+    return OFF_FLAG in argv or value not in ("", "0", "false", "no")
+
+
+def preload_env(env: Mapping[str, str], argv: Sequence[str], host: Host | None = None,
+                reference: Path | None = None) -> dict[str, str] | None:
+    """The environment to re-execute `unimap run` with, or None to run as is."""
+    if len(argv) < 2 or argv[1] != "run" or switched_off(env, argv) or env.get(DONE_VARIABLE):
+        return None
+    host = host or Host.real()
+    if host.system != "Linux":
+        return None
+    preloaded = env.get("LD_PRELOAD", "")
+    if "blas" in preloaded.lower() or "mkl" in preloaded.lower():
+        return None
+    openblas = find_openblas(host)
+    if openblas is None or (reference or bundled_reference_blas()) is None:
+        return None
+    return {**env, "LD_PRELOAD": " ".join(p for p in (openblas, preloaded) if p),
+            DONE_VARIABLE: openblas}
+
+
+def reexecute_with_openblas(argv: Sequence[str]) -> None:
+    """Replace this process with `unimap run` under the OpenBLAS, when that is the faster path."""
+    env = preload_env(os.environ, argv)
+    if env is None:
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "unimap", *argv[1:]], env)
+    except OSError:  # cannot re-execute (a sandbox): run on the bundled BLAS
+        return
