@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run doctor test lint bench bench-estimate calibrate clean
+.PHONY: run serve doctor test lint bench bench-estimate calibrate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,19 @@ run: $(STAMP)
 	  echo "Pass a model instead: make run MODEL=path/to/model.gguf|model-folder|owner/name"; \
 	  exit 2; fi
 	$(BIN)/unimap run -m "$(MODEL)" --prompt "$(PROMPT)" --max-tokens $(MAX_TOKENS) --max-seq-len 512
+
+# An OpenAI-compatible server for the same model (Ctrl-C stops it): curl localhost:8080/health
+HOST ?= 127.0.0.1
+PORT ?= 8080
+MAX_BATCH_SIZE ?= 4
+
+serve: $(STAMP)
+	@if [ ! -f "$(MODEL)" ] && [ ! -d "$(MODEL)" ]; then \
+	  echo "make serve: $(MODEL) is not here (it lives in ../shared beside the project)."; \
+	  echo "Pass a model instead: make serve MODEL=path/to/model.gguf|model-folder"; \
+	  exit 2; fi
+	$(BIN)/unimap serve "$(MODEL)" --host $(HOST) --port $(PORT) --max-seq-len 512 \
+	  --max-batch-size $(MAX_BATCH_SIZE)
 
 doctor: $(STAMP)
 	$(BIN)/unimap doctor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,16 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 sys.path.insert(0, str(TOOLS))
 
 import fixtures as model_fixtures  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def structure_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The structure cache (unimap/cache.py) of the run in a folder of its own, for the CLI's
+    subprocesses too: tests never read nor fill the user's ~/.cache/unimap."""
+    folder = tmp_path_factory.mktemp("unimap-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("UNIMAP_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 
 import pytest
 
+from unimap.checks import quick_json
 from unimap.errors import ModelError
 from unimap.headers import read_header, write_header
 
@@ -107,3 +109,47 @@ def test_truncated_header_body(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="cannot read"):
         read_header(tmp_path / "missing.safetensors")
+
+
+def test_header_order_need_not_be_data_order(tmp_path: Path) -> None:
+    """The common layout (each tensor starting where the one before it ends) is checked in the
+    reading pass; any other goes through the full check in data order."""
+    header = {"b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+              "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+              "empty": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]}}  # inside a: no bytes
+    tensors, _ = read_header(raw_file(tmp_path / "m.safetensors", header, 16))
+    assert list(tensors) == ["b", "a", "empty"] and tensors["b"].begin == 8
+    header["c"] = {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]}
+    with pytest.raises(ModelError, match="tensors 'b' and 'c' overlap"):
+        read_header(raw_file(tmp_path / "m.safetensors", header, 20))
+
+
+BIG = 2**64  # orjson reads an integer past 64 bits as a float; the error must still be json's
+
+
+@pytest.mark.parametrize("body", [
+    json.dumps({"w": {"dtype": "F32", "shape": [BIG], "data_offsets": [0, 4]}}).encode(),
+    json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, BIG]}}).encode(),
+    json.dumps({"w": {"dtype": "F32", "shape": [-BIG], "data_offsets": [0, 4]}}).encode(),
+    json.dumps({"__metadata__": {"n": BIG}, **GOOD}).encode(),
+    json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16], "x": BIG}}).encode(),
+    b"\xef\xbb\xbf" + json.dumps(GOOD).encode(),  # a BOM: json takes it, orjson does not
+    b'{"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16], "x": NaN}}',
+    b'{"w\\ud800": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}',
+    json.dumps(GOOD).encode(),
+])
+def test_orjson_and_json_read_headers_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            body: bytes) -> None:
+    pytest.importorskip("orjson")
+    path = raw_file(tmp_path / "m.safetensors", body, 16)
+
+    def outcome() -> object:
+        try:
+            return read_header(path)
+        except ModelError as exc:
+            return str(exc)
+
+    quick = outcome()
+    monkeypatch.setitem(sys.modules, "orjson", None)  # import orjson now fails: json alone
+    assert quick_json(b"{}") is None
+    assert outcome() == quick

@@ -16,6 +16,7 @@ import pytest
 
 from unimap import ModelError, inspect
 from unimap.headers import read_header
+from unimap.inspect import is_expert
 
 LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 VISION = ("visual.", "vision_tower.", "multi_modal_projector.")
@@ -68,6 +69,28 @@ def test_layer_kinds(models: Path) -> None:
     # the short-conv state as mlx-lm's cache holds it: (batch, L_cache - 1, hidden)
     assert lfm.caches[0].state_elements == 2 * lfm.hidden_size and not lfm.caches[0].token_elements
     assert inspect(models / "mistral-7b").arch.layer_kinds == ("full",) * 32
+
+
+def test_routed_experts_summed_apart(models: Path) -> None:
+    """Each MoE layer's routed experts (checkpoint names: experts.E.*) are summed on their own:
+    a layer on the CPU keeps them as stored."""
+    mixtral = inspect(models / "mixtral-8x7b")
+    experts = mixtral.slots[0].experts
+    assert experts is not None
+    assert experts.header_bytes == experts.float_bytes == 8 * 3 * 14336 * 4096 * 2  # w1, w2, w3
+    assert experts.float_elements == experts.q_elements == 8 * 3 * 14336 * 4096
+    assert mixtral.slots[0].header_bytes - experts.header_bytes == 2 * (
+        2 * 4096 * 4096 + 2 * 1024 * 4096 + 8 * 4096 + 2 * 4096)  # attention, router, norms
+    qwen = inspect(models / "qwen3-30b-a3b")
+    assert all(s.experts is not None and s.experts.header_bytes == 128 * 3 * 768 * 2048 * 2
+               for s in qwen.slots[:qwen.num_layers])
+    assert qwen.slots[-2].experts is None and inspect(models / "llama3-8b").slots[0].experts is None
+    for name, routed in (("model.layers.0.mlp.switch_mlp.up_proj.weight", True),
+                         ("model.layers.0.ffn.experts.mlp.w1", True),
+                         ("model.layers.0.mlp.shared_experts.up_proj.weight", False),
+                         ("model.layers.0.mlp.shared_expert.up_proj.weight", False),
+                         ("model.layers.0.mlp.gate.weight", False)):
+        assert is_expert(name) is routed, name
 
 
 def test_moe_and_vision_configs(models: Path) -> None:
@@ -390,3 +413,31 @@ def test_a_layer_missing_inside_the_weights_is_named(tmp_path: Path) -> None:
     folder = fx.write_model(tmp_path / "gap", config, shapes)
     with pytest.raises(ModelError, match=r"no tensors for layer\(s\) 5;"):
         inspect(folder)
+
+
+@pytest.mark.parametrize("family", list(fx.FAMILIES))
+def test_the_layered_reading_is_the_reading_in_order(models: Path, family: str) -> None:
+    """Slots from the layered reading (model.layers.N.* grouped once) equal those read tensor by
+    tensor in the headers' order, as inspect read them before."""
+    from unimap.inspect import EIGHT_BIT_MODULES, _by_row, _in_order, _layered, _sums
+
+    spec = inspect(models / family)
+    headers = list(spec.headers)
+    layered = _layered(headers, EIGHT_BIT_MODULES.get(spec.arch.model_type, ()))
+    fast = _by_row(spec.source, layered, spec.arch, 0)
+    assert fast is not None  # the fast path applies to every fixture
+    assert layered.groups or not any(h.name.startswith("model.layers.") for h in headers)
+    assert _sums(fast, spec.arch) == _sums(_in_order(spec.source, headers, spec.arch, 0), spec.arch)
+
+
+@pytest.mark.parametrize(("embedding_first", "dtype"), [(True, "float32"), (False, "bfloat16")])
+def test_a_dtype_tie_goes_to_the_first_dtype_in_the_headers(tmp_path: Path, embedding_first: bool,
+                                                            dtype: str) -> None:
+    """Without torch_dtype the activation dtype is the one most bytes use; on a tie, the first
+    one the headers list (whatever order the layered reading groups them in)."""
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 64}
+    layer = {f"model.layers.0.self_attn.{p}_proj.weight": ("BF16", (64, 64)) for p in "qk"}
+    embedding = {"model.embed_tokens.weight": ("F32", (64, 64))}  # as many bytes as the layer
+    shapes = {**embedding, **layer} if embedding_first else {**layer, **embedding}
+    assert inspect(fx.write_model(tmp_path / "tie", config, shapes)).dtype == dtype

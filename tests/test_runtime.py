@@ -29,10 +29,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def reference(path: Path, steps: int = 10) -> tuple[list[int], np.ndarray]:
     """Plain mlx-lm: greedy tokens and the prompt's logits."""
     from mlx_lm import load as mlx_load
+
+    return reference_of(mlx_load(str(path))[0], steps)
+
+
+def reference_of(model: Any, steps: int = 10) -> tuple[list[int], np.ndarray]:
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_sampler
 
-    model, _ = mlx_load(str(path))
     tokens = [int(t) for t, _ in generate_step(mx.array(PROMPT), model, max_tokens=steps,
                                                   sampler=make_sampler(0.0))]
     return tokens, np.array(model(mx.array([PROMPT])).astype(mx.float32))
@@ -111,26 +115,111 @@ def test_cpu_part_of_a_split_computes_in_float32(tmp_path: Path) -> None:
     assert mx.get_peak_memory() <= plan.peak_bytes
 
 
-def test_half_precision_moe_runs_on_a_cpu_only_machine_in_float32(tmp_path: Path) -> None:
-    """MLX's CPU gather_mm takes float32 only: plain mlx-lm cannot run a bf16 MoE on the CPU;
-    unimap plans (and prices) its layers in float32 and hands back bf16."""
+def float32_reference(path: Path, cpu_layers: range) -> tuple[list[int], np.ndarray]:
+    """What unimap ran before it kept experts as stored: the CPU layers cast to float32 whole
+    (MLX's CPU gather_mm takes float32 only), handing back the model's dtype; the other layers
+    (a stand-in GPU's, on a CPU stream here) upcasting their experts as unimap does."""
+    from mlx_lm import load as mlx_load
+
+    from unimap.runtime import cast_floats, new_streams, pin, upcast_experts
+
+    model, _ = mlx_load(str(path), lazy=True)
+    streams = new_streams()
+    for index, layer in enumerate(model.layers):
+        on_cpu = index in cpu_layers
+        cast_floats(layer, "float32") if on_cpu else upcast_experts(layer)
+        pin(layer, streams.cpu_stream if on_cpu else streams.gpu_stream,
+            mx.float32 if on_cpu else None)
+    mx.eval(model.parameters())
+    return reference_of(model)
+
+
+def expert_bytes(model: Any, layers: range) -> tuple[int, set[Any]]:
+    """Bytes and dtypes of the routed experts' parameters in `layers`."""
+    from unimap.runtime import is_expert_path
+
+    found = [p for i in layers for name, p in tree_flatten(model.layers[i].parameters())
+             if is_expert_path(name)]
+    return sum(p.nbytes for p in found), {p.dtype for p in found}
+
+
+def stored_expert_bytes(path: Path, layers: range) -> int:
+    from unimap.headers import read_header
+    from unimap.inspect import is_expert
+
+    prefixes = tuple(f"model.layers.{i}." for i in layers)
+    return sum(t.nbytes for name, t in read_header(path / "model.safetensors")[0].items()
+               if name.startswith(prefixes) and is_expert(name))
+
+
+def test_half_precision_moe_on_a_cpu_only_machine_keeps_its_experts_as_stored(tmp_path: Path) -> None:
+    """MLX's CPU gather_mm takes float32 only: plain mlx-lm cannot run a bf16 MoE on the CPU.
+    unimap keeps the experts in bf16 and upcasts per call only the experts a call selects; the
+    rest of each layer computes in float32, so tokens and logits equal the float32 path's."""
     from mlx_lm import load as mlx_load
 
     path = write_tiny_model(tmp_path / "moe", "qwen3_moe", dtype="bfloat16")
     plain, _ = mlx_load(str(path))
     with pytest.raises(RuntimeError, match="float32"):
         mx.eval(plain(mx.array([PROMPT])))
+    expected_tokens, expected_logits = float32_reference(path, range(4))
     mx.clear_cache()
     mx.reset_peak_memory()
     model, tokenizer, plan = load(path, max_seq_len=64)
     assert [d.name for d in plan.devices] == ["cpu"] and plan.cpu_dtype == "float32"
-    assert model.layers[0].mlp.switch_mlp.gate_proj.weight.dtype == mx.float32
+    assert expert_bytes(model, range(4)) == (stored_expert_bytes(path, range(4)), {mx.bfloat16})
+    assert model.layers[0].mlp.gate.weight.dtype == mx.float32
     assert model.model.embed_tokens.weight.dtype == mx.bfloat16
+    assert any("upcasts to float32 just those its tokens select" in note for note in plan.notes)
     tokens, logits = unimap_run(model, tokenizer)
-    assert len(tokens) == 10 and np.isfinite(logits).all()
+    assert tokens == expected_tokens
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
     assert mx.get_peak_memory() <= plan.peak_bytes
     resident = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
     assert resident == sum(d.weight_bytes for d in plan.devices)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+def test_split_half_precision_moe_keeps_cpu_experts_as_stored(tmp_path: Path, family: str) -> None:
+    """A bf16 MoE split 2/2: the CPU layers' experts stay bf16 at their stored size (the plan
+    prices them so) and the run equals the float32 path's, token for token."""
+    path = write_tiny_model(tmp_path / family, family, dtype="bfloat16")
+    expected_tokens, expected_logits = float32_reference(path, range(2, 4))
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    model, tokenizer, plan = mapped(path, device_map=2, machine=stand_in_machine())
+    assert plan.device("cpu").layers == (2, 3) and plan.cpu_dtype == "float32"
+    assert expert_bytes(model, range(2, 4)) == (stored_expert_bytes(path, range(2, 4)), {mx.bfloat16})
+    on_cpu = sum(p.nbytes for i in (2, 3) for _, p in tree_flatten(model.layers[i].parameters()))
+    assert on_cpu == plan.device("cpu").weight_bytes
+    tokens, logits = unimap_run(model, tokenizer)
+    assert tokens == expected_tokens
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    assert mx.get_peak_memory() <= plan.peak_bytes
+
+
+@pytest.mark.parametrize("group_bytes", [2**20, 2 * 8 * 16 * 4])  # every expert, or 2 at once
+def test_upcast_gather_mm_equals_float32_gather_mm(group_bytes: int) -> None:
+    """The upcast call gives gather_mm's float32 result for every shape SwitchGLU passes (its
+    rows sorted by expert or not, repeated experts, one row), in one group or several."""
+    from unimap.runtime import upcast_gather_mm
+
+    mx.random.seed(3)
+    weight = mx.random.normal((6, 8, 16)).astype(mx.bfloat16)  # (experts, out, in)
+    stack = weight.astype(mx.float32).swapaxes(-1, -2)
+    for tokens in (1, 2, 5, 40):
+        x = mx.random.normal((1, tokens, 1, 1, 16)).astype(mx.bfloat16)
+        indices = mx.random.randint(0, 6, (1, tokens, 2)).astype(mx.uint32)
+        expected = mx.gather_mm(x.astype(mx.float32), stack, rhs_indices=indices)
+        got = upcast_gather_mm(x, weight, indices, group_bytes=group_bytes)
+        assert got.shape == expected.shape and got.dtype == mx.float32
+        np.testing.assert_allclose(np.array(got), np.array(expected), rtol=1e-5, atol=1e-6)
+        flat, order = indices.flatten(), mx.argsort(indices.flatten())
+        rows = x.flatten(0, -3)[order // 2]  # as SwitchGLU's _gather_sort passes them
+        expected = mx.gather_mm(rows.astype(mx.float32), stack, rhs_indices=flat[order],
+                                sorted_indices=True)
+        got = upcast_gather_mm(rows, weight, flat[order], True, group_bytes=group_bytes)
+        np.testing.assert_allclose(np.array(got), np.array(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_pinning_keeps_names_and_classes(tiny: dict[str, Path]) -> None:

@@ -5,6 +5,8 @@ names and shapes its checkpoints use; the files are sparse, so an 8B model costs
 disk. Tests cross-check the names and shapes against mlx-lm's own model classes.
 
     python tools/fixtures.py OUT_DIR [FAMILY ...]     # writes OUT_DIR/FAMILY/ for each family
+
+Without FAMILY it writes FAMILIES (what the tests use); LARGE_FAMILIES are written by name.
 """
 
 from __future__ import annotations
@@ -293,6 +295,10 @@ QWEN3_30B_A3B = {"model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_s
                  "norm_topk_prob": True, "vocab_size": 151936, "rms_norm_eps": 1e-6,
                  "rope_theta": 1000000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
                  "max_position_embeddings": 40960}
+# Qwen/Qwen3-235B-A22B: 94 layers of 128 experts, 36,945 tensors in 118 shards
+QWEN3_235B_A22B = {**QWEN3_30B_A3B, "hidden_size": 4096, "intermediate_size": 12288,
+                   "moe_intermediate_size": 1536, "num_hidden_layers": 94,
+                   "num_attention_heads": 64, "num_key_value_heads": 4}
 GEMMA3_1B = {"model_type": "gemma3_text", "hidden_size": 1152, "intermediate_size": 6912,
              "num_hidden_layers": 26, "num_attention_heads": 4, "num_key_value_heads": 1,
              "head_dim": 256, "vocab_size": 262144, "sliding_window": 512,
@@ -356,6 +362,10 @@ FAMILIES: dict[str, Family] = {
     "llama3.2-1b-mlx-4bit": ({**LLAMA32_1B, "quantization": {"group_size": 64, "bits": 4}},
                              lambda c: mlx_quantized(llama_like(c), 4), 1),
 }
+# Too many tensors to write for every test session; tools/bench_plan.py plans them.
+LARGE_FAMILIES: dict[str, Family] = {
+    "qwen3-235b-a22b": (QWEN3_235B_A22B, qwen3_moe, 118),
+}
 
 
 def write_model(folder: Path, config: dict[str, Any], shapes: Shapes, shards: int = 1) -> Path:
@@ -377,7 +387,7 @@ def write_model(folder: Path, config: dict[str, Any], shapes: Shapes, shards: in
 
 
 def write_family(out: Path, family: str) -> Path:
-    config, make, shards = FAMILIES[family]
+    config, make, shards = FAMILIES[family] if family in FAMILIES else LARGE_FAMILIES[family]
     return write_model(out / family, config, make(config), shards)
 
 

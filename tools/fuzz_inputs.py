@@ -1291,6 +1291,7 @@ class Runner:
         self.cap = cap and _PROC and resource.getrlimit(resource.RLIMIT_AS)[1] == resource.RLIM_INFINITY
         self.folder = scratch / "case"
         self.seeds = Seeds(scratch / "seeds")
+        os.environ["UNIMAP_CACHE_DIR"] = str(scratch / "cache")  # not the user's structure cache
         signal.signal(signal.SIGALRM, _alarm)
 
     def case(self, index: int) -> Case:

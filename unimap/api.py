@@ -144,6 +144,7 @@ def load(
     kv_bits: int | None = None,
     progress: Any = None,
     planned: Plan | None = None,
+    before_apply: Any = None,
     **overrides: Any,
 ) -> tuple[Any, Any, Plan]:
     """Plan, then load `model` (a folder, a .gguf file or a Hub repo id) as the plan says.
@@ -153,7 +154,9 @@ def load(
     `images=[...]`. `max_num_images` and `max_image_length` size the plan's vision working set
     and image tokens. Raises DoesNotFitError, before loading anything, when the
     plan does not fit. `progress(done, total, what)` is called as parts are materialized.
-    `planned` is a plan already made for this model (the other mapping arguments are then unused)."""
+    `planned` is a plan already made for this model (the other mapping arguments are then unused).
+    `before_apply(model)` is called with the lazily built model before any weight is evaluated
+    (a pipeline stage keeps its layers there)."""
     from unimap import runtime, vlm
 
     unknown = sorted(set(overrides) - set(PLAN_OVERRIDES))
@@ -185,6 +188,8 @@ def load(
         runtime.quantize_in_place(loaded.language_model if vlm.is_vlm(loaded) else loaded, isq)
     if dtype is not None:
         runtime.cast_floats(loaded, dtype)
+    if before_apply is not None:
+        before_apply(loaded)
     wired = runtime.WiredLimit()
     try:
         placement = runtime.apply_plan(loaded, planned, wired, progress)
@@ -200,3 +205,54 @@ def load(
         raise
     object.__setattr__(loaded, "_unimap", runtime.Mapped(planned, placement, wired))
     return loaded, tokenizer, planned
+
+
+def plan_cluster(
+    model: str | Path | ModelSpec,
+    hosts: str | None = None,
+    ranks: int | None = None,
+    max_seq_len: int | None = None,
+    max_batch_size: int = 1,
+    isq: int | None = None,
+    *,
+    mode: str = "pipeline",
+    dtype: str | None = None,
+    kv_bits: int | None = None,
+    max_kv_size: int | None = None,
+    gpu_reserve: str | int | None = None,
+    host_reserve: str | int | None = None,
+    backend: str | None = None,
+    machines: list[tuple[str, Machine]] | None = None,
+) -> Any:
+    """Plan `model` across ranks (or across `machines`, (name, Machine) pairs in rank order):
+    `ranks` processes on this machine, or `hosts` (a
+    comma-separated list of presets, machine descriptions written by `unimap doctor --json`, or
+    127.0.0.1; or an MLX hostfile). `mode` is "pipeline" (contiguous layer ranges, chosen to hold
+    the longest context) or "tensor" (every rank holds 1/N of each layer). Returns a ClusterPlan
+    (unimap.cluster) whether or not it fits."""
+    from unimap.cluster import cluster_machines
+    from unimap.cluster import plan_cluster as make_cluster_plan
+
+    if mode not in ("pipeline", "tensor"):
+        raise ConfigError(f"mode {short(mode)}: use 'pipeline' or 'tensor'")
+    if ranks is None and hosts is None and machines is None:
+        raise ConfigError("give ranks (processes on this machine) or hosts to plan a cluster")
+    options = Options(max_seq_len=DEFAULT_SEQ_LEN if max_seq_len is None else max_seq_len,
+                      max_batch_size=max_batch_size, isq=isq, dtype=dtype, kv_bits=kv_bits,
+                      max_kv_size=max_kv_size)
+    options.check()
+    spec = model if isinstance(model, ModelSpec) else inspect(model)
+    trained = trained_context(spec.config)
+    if max_seq_len is None and trained is not None and trained[0] < options.max_seq_len:
+        options = replace(options, max_seq_len=trained[0])
+
+    def this_machine() -> Machine:
+        return resolve_machine(None, gpu_reserve=gpu_reserve, host_reserve=host_reserve,
+                               backend=backend)
+
+    def preset(name: str) -> Machine:
+        return resolve_machine(name, gpu_reserve=gpu_reserve, host_reserve=host_reserve)
+
+    if machines is None:
+        machines = cluster_machines(hosts, ranks, this_machine, preset)
+    return make_cluster_plan(spec, machines, options, mode)  # type: ignore[arg-type]

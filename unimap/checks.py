@@ -99,6 +99,22 @@ def read_json(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> Any:
     return decode_json(data, str(path), "fix or re-download it")
 
 
+def quick_json(data: bytes) -> Any:
+    """`data` as orjson reads it (about twice as fast as the standard library on a large MoE's
+    headers) where orjson is installed and takes it; else None, and decode_json reads it and
+    says what is wrong. orjson reads an integer past 64 bits as a float where the standard
+    library keeps it whole, so a caller takes the result only where every value it keeps
+    checks out, and otherwise reads `data` again with decode_json (the error is that one's)."""
+    try:
+        import orjson
+    except ImportError:
+        return None
+    try:
+        return orjson.loads(data)
+    except ValueError:  # orjson.JSONDecodeError; also a BOM, NaN, a lone surrogate, deep nesting
+        return None
+
+
 def decode_json(data: bytes, where: str, remedy: str) -> Any:
     """Parse JSON bytes, every way they can be bad a ModelError that says where and `remedy`."""
     try:

@@ -209,6 +209,13 @@ def _print_checks(report: Report, console: Console) -> None:
 @click.option("--gpu-reserve", metavar="SIZE", help="Memory to leave free on each GPU.")
 @click.option("--host-reserve", metavar="SIZE", help="RAM to leave to the OS and other programs.")
 @click.option("--backend", help="Probe with this backend instead of the best viable one.")
+@click.option("--ranks", type=int, help="Plan N ranks (processes) on this machine: a pipeline "
+              "split, each rank with its share of the memory.")
+@click.option("--hosts", help="Plan a cluster: a comma-separated list of presets (mac-64gb), "
+              "machine descriptions (FILE.json from `unimap doctor --json`) or 127.0.0.1; or an MLX "
+              "hostfile.")
+@click.option("--tensor-parallel", is_flag=True, help="With --ranks/--hosts: every rank holds 1/N "
+              "of each layer instead of a range of layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Also write the plan "
               "as HTML (the notebook rendering) to this file.")
@@ -217,13 +224,34 @@ def plan_command(model_arg: str | None, model: str | None, max_seq_len: int | No
                  kv_bits: int | None, max_kv_size: int | None, kv_layout: str,
                  device_map: str | None, machine_name: str | None, list_machines: bool, ram: str | None,
                  gpu_budget: str | None, gpu_reserve: str | None, host_reserve: str | None,
-                 backend: str | None, as_json: bool, html_path: str | None) -> None:
+                 backend: str | None, ranks: int | None, hosts: str | None,
+                 tensor_parallel: bool, as_json: bool, html_path: str | None) -> None:
     """Say before loading anything what goes where, and why; exit 3 if the model does not fit."""
     if list_machines:
         for preset in PRESETS.values():
             click.echo(f"{preset.name:18} {preset.source}")
         return
     target = _model_argument(model_arg, model, "plan")
+    if ranks is not None or hosts is not None:
+        if machine_name or ram or gpu_budget or device_map or html_path or max_num_images != 1:
+            raise click.UsageError("with --ranks or --hosts, give the machines through --hosts "
+                                   "(presets or descriptions); --machine, --ram, --gpu-budget, -n, "
+                                   "--html and images are for one machine")
+        from unimap.api import plan_cluster
+
+        cluster = plan_cluster(target, hosts, ranks, max_seq_len, max_batch_size, isq,
+                               mode="tensor" if tensor_parallel else "pipeline", dtype=dtype,
+                               kv_bits=kv_bits, max_kv_size=max_kv_size, gpu_reserve=gpu_reserve,
+                               host_reserve=host_reserve, backend=backend)
+        if as_json:
+            click.echo(cluster.to_json())
+        else:
+            _render_cluster(cluster, Console(file=sys.stdout, highlight=False, width=_width()))
+        if not cluster.fits:
+            sys.exit(DoesNotFitError.exit_code)
+        return
+    if tensor_parallel:
+        raise click.UsageError("--tensor-parallel needs --ranks or --hosts")
     machine = resolve_machine(machine_name, ram=ram, gpu_budget=gpu_budget,
                               gpu_reserve=gpu_reserve, host_reserve=host_reserve, backend=backend)
     with warnings.catch_warnings():
@@ -240,6 +268,37 @@ def plan_command(model_arg: str | None, model: str | None, max_seq_len: int | No
         _render_plan(result, Console(file=sys.stdout, highlight=False, width=_width()))
     if not result.fits:
         sys.exit(DoesNotFitError.exit_code)
+
+
+def _render_cluster(cluster: Any, console: Console) -> None:
+    """A cluster plan: one row per rank (its layers, bytes and headroom), the token budget
+    against a split in proportion to memory, and the ways out."""
+    verdict = "[green]fits[/]" if cluster.fits else f"[bold red]does not fit[/]: {escape(cluster.problem)}"
+    console.print(f"[bold]{escape(cluster.model)}[/] across {len(cluster.ranks)} ranks "
+                  f"({cluster.mode}): {verdict}", soft_wrap=True)
+    opts = cluster.options
+    console.print(f"  max-seq-len {opts.max_seq_len} x batch {opts.max_batch_size}; token budget "
+                  f"{cluster.token_budget} (the longest context every rank holds); in proportion "
+                  f"to memory {list(cluster.proportional_split)}: {cluster.proportional_budget}",
+                  soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("rank", "host", "layers", "where", "weights", "KV", "peak", "budget", "free"):
+        table.add_column(column, justify="right" if column in ("weights", "KV", "peak", "budget",
+                                                               "free") else "left")
+    for r in cluster.ranks:
+        where = "; ".join(f"{d.name} {layer_span(tuple(r.layers[0] + i for i in d.layers))}"
+                          for d in r.plan.devices if d.layers)
+        free = format_bytes(r.headroom_bytes)
+        table.add_row(str(r.index), escape(r.host), layer_span(r.layers), where,
+                      format_bytes(sum(d.weight_bytes for d in r.plan.devices)),
+                      format_bytes(sum(d.kv_bytes + d.kv_growth_bytes for d in r.plan.devices)),
+                      format_bytes(r.peak_bytes), format_bytes(r.budget_bytes),
+                      free if r.headroom_bytes >= 0 else f"[red]{free}[/]")
+    console.print(table)
+    for note in cluster.notes:
+        console.print(f"  note: {escape(note)}", soft_wrap=True)
+    for way in cluster.ways_out:
+        console.print(f"  way out: {escape(way)}", soft_wrap=True)
 
 
 def _write_html(path: str, result: Plan) -> None:
@@ -439,6 +498,10 @@ CHAT_HELP = ("/clear starts the conversation over, /quit (or Ctrl-D) leaves, Ctr
 @click.option("--no-blas-preload", is_flag=True, help="On Linux, keep MLX's bundled BLAS (by "
               "default `unimap run` restarts itself with an installed OpenBLAS preloaded; also "
               "UNIMAP_NO_BLAS_PRELOAD=1).")
+@click.option("--ranks", type=int, help="Run as N ranks on this machine (MLX's ring backend on "
+              "127.0.0.1), the model split by a cluster plan.")
+@click.option("--tensor-parallel", is_flag=True, help="With --ranks: every rank holds 1/N of each "
+              "layer (mlx-lm's shard()) instead of a range of layers.")
 @click.pass_context
 def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
                 max_seq_len: int | None, max_batch_size: int, max_num_images: int,
@@ -447,9 +510,11 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
                 device_map: str | None, prompt: str | None, system_prompt: str | None,
                 ignore_chat_template: bool, interactive: bool, max_tokens: int, seed: int | None,
                 images: tuple[str, ...], verbose: bool, quiet: bool, as_json: bool,
-                no_blas_preload: bool, **sampling: Any) -> None:
+                no_blas_preload: bool, ranks: int | None, tensor_parallel: bool,
+                **sampling: Any) -> None:
     """Load MODEL the way its plan says and generate text (or chat, with -i)."""
     from unimap import vlm
+    from unimap.distributed import in_rank
 
     target = _model_argument(model_arg, model, "run")
     if verbose and quiet:
@@ -467,6 +532,22 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
                               "give it as UTF-8")
     if images and ctx.get_parameter_source("max_num_images") is click.core.ParameterSource.DEFAULT:
         max_num_images = max(max_num_images, len(images))  # plan for the images given
+    if ranks is not None or in_rank():
+        if interactive or images or device_map:
+            raise click.UsageError("--ranks runs one --prompt of a text model (no -i, --image or -n "
+                                   "yet)")
+        settings = {"max_tokens": max_tokens, "seed": seed, **sampling}
+        options = {"max_seq_len": max_seq_len, "max_batch_size": max_batch_size, "isq": isq,
+                   "kv_bits": kv_bits, "max_kv_size": max_kv_size,
+                   "mode": "tensor" if tensor_parallel else "pipeline"}
+        if in_rank():
+            _run_as_rank(target, prompt or "", system_prompt, ignore_chat_template, options,
+                         settings, quiet, as_json)
+            return
+        _launch_ranks(ctx, target, ranks or 1, prompt or "", options, quiet or as_json)
+        return
+    if tensor_parallel:
+        raise click.UsageError("--tensor-parallel needs --ranks")
     console = Console(file=sys.stderr, highlight=False, quiet=quiet or as_json)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -513,6 +594,176 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
         state = getattr(loaded, "_unimap", None) if loaded is not None else None
         if state is not None:
             state.wired.release()  # the previous wired limit, on every way out
+
+
+@cli.command("serve")
+@_plan_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--max-queue", type=int, default=64, show_default=True, help="Requests that may wait "
+              "for a slot; one more is answered 429 with Retry-After.")
+@click.option("--no-blas-preload", is_flag=True, help="On Linux, keep MLX's bundled BLAS (see "
+              "`unimap run --help`).")
+def serve_command(model_arg: str | None, model: str | None, max_seq_len: int | None,
+                  max_batch_size: int, max_num_images: int, max_image_length: int, isq: int | None,
+                  kv_bits: int | None, max_kv_size: int | None, device_map: str | None, host: str,
+                  port: int, max_queue: int, no_blas_preload: bool) -> None:
+    """Serve MODEL over an OpenAI-compatible HTTP API; the plan for --max-seq-len x
+    --max-batch-size is the admission control (see the README's `unimap serve`)."""
+    from unimap.checks import whole_number
+    from unimap.serve import check_servable, listen, serve
+
+    target = _model_argument(model_arg, model, "serve")
+    whole_number(max_queue, "--max-queue", 0, 1 << 20)
+    whole_number(port, "--port", 0, 65535)
+    console = Console(file=sys.stderr, highlight=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        planned = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
+                            isq, "auto" if device_map is None else device_map, None, kv_bits=kv_bits,
+                            max_kv_size=max_kv_size)
+    _summary(planned, console)
+    check_servable(planned)  # before the port is taken or anything loads
+    sock = listen(host, port)
+
+    def log(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    serve(target, planned, sock, max_queue=max_queue, log=log,
+          loader=lambda: _load(target, planned, console))
+    log("stopped")
+    # Everything is finished and flushed. Tearing the interpreter down after MLX ran in another
+    # thread aborted now and then ("terminate called without an active exception", about 1 run
+    # in 10 after 64 concurrent clients), so a server that stopped cleanly leaves at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _launch_ranks(ctx: click.Context, target: str, ranks: int, prompt: str,
+                  options: dict[str, Any], quiet: bool) -> None:
+    """Plan the ranks on this machine, then start them (rank 0 prints) and wait for them all."""
+    from unimap.api import plan_cluster
+    from unimap.distributed import launch_local
+
+    mode = options.pop("mode")
+    cluster = plan_cluster(target, None, ranks, mode=mode, **options)
+    console = Console(file=sys.stderr, highlight=False, quiet=quiet)
+    for r in cluster.ranks:
+        console.print(f"plan: rank {r.index}: layers {layer_span(r.layers)}, predicted peak "
+                      f"{format_bytes(r.peak_bytes)} of {format_bytes(r.budget_bytes)}", soft_wrap=True)
+    cluster.require_fit()
+    code = launch_local(_rank_arguments(ctx, prompt), ranks, cluster.split, mode, None)
+    sys.exit(code)
+
+
+def _rank_arguments(ctx: click.Context, prompt: str) -> list[str]:
+    """This `unimap run` command's arguments for each rank: every flag the user gave, except
+    --ranks, with the prompt as read (stdin is not passed on)."""
+    out: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name in ("ranks",) or ctx.get_parameter_source(name) is not click.core.ParameterSource.COMMANDLINE:
+            continue
+        value = prompt if name == "prompt" else ctx.params[name]
+        if isinstance(param, click.Argument):
+            out.append(str(value))
+        elif isinstance(param, click.Option):
+            flag = param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0]
+            if param.is_flag:
+                if value:
+                    out.append(flag)
+            elif param.multiple:
+                for item in value:
+                    out += [flag, str(item)]
+            else:
+                out += [flag, str(value)]
+    return out
+
+
+def _run_as_rank(target: str, prompt: str, system_prompt: str | None, ignore_template: bool,
+                 options: dict[str, Any], settings: dict[str, Any], quiet: bool,
+                 as_json: bool) -> None:
+    """One rank of a distributed run: join the group, agree on the split, load this rank's
+    stage as its own plan says, generate in step with the others; rank 0 prints."""
+    import mlx.core as mx
+
+    from unimap import distributed
+    from unimap.api import load
+    from unimap.api import plan_cluster as cluster_plan
+    from unimap.cluster import machine_from_dict
+    from unimap.generate import Chat, has_chat_template, stream_generate
+    from unimap.inspect import inspect
+
+    watchdog = distributed.Watchdog(distributed.rank_timeout(), f"rank {os.environ.get('MLX_RANK')}")
+    group = distributed.join()
+    rank, size = group.rank(), group.size()
+    mode = options.pop("mode")
+    split = distributed.rank_split(os.environ, size)
+    mode = os.environ.get(distributed.MODE_VARIABLE, mode)
+    spec = inspect(target)
+    if split is None:  # started by mlx.launch: every rank describes its machine, all plan alike
+        machines = [(f"rank {i}", machine_from_dict(json.loads(text), f"rank {i}'s machine"))
+                    for i, text in enumerate(distributed.agree(group, _this_machine_json()))]
+        cluster = cluster_plan(spec, mode=mode, machines=machines, **options)
+    else:
+        cluster = cluster_plan(spec, None, size, mode=mode, **options)
+        if mode == "pipeline" and list(cluster.split) != split:
+            from unimap.cluster import _ranks
+
+            kept = [(r.host, r.machine) for r in cluster.ranks]
+            cluster = replace(cluster, ranks=tuple(_ranks(spec, kept, cluster.options, split)))
+    planned = cluster.ranks[rank].plan
+    watchdog.beat()
+
+    def stage(model: Any) -> None:
+        if mode == "tensor":
+            if not hasattr(model, "shard"):
+                raise ConfigError(f"{target}: mlx-lm has no tensor parallelism (shard()) for this "
+                                  "family; run without --tensor-parallel")
+            model.shard(group)
+        else:
+            distributed.keep_stage(model, group, cluster.split)
+
+    speaking = rank == 0 and not as_json  # rank 0 prints the text; -q keeps only the text
+    console = Console(file=sys.stderr, highlight=False, quiet=not speaking or quiet)
+    try:
+        _reset_peak()
+        loaded, tokenizer, planned = load(target, planned=planned, before_apply=stage)
+        watchdog.beat()
+        mx.random.seed(distributed.shared_seed(group, settings.get("seed")))
+        settings = {**settings, "seed": None}
+        if has_chat_template(tokenizer) and not ignore_template:
+            responses = Chat(loaded, tokenizer, system_prompt).send(prompt, **settings)
+        else:
+            text = f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
+            if speaking:
+                click.echo(text, nl=False)
+            responses = stream_generate(loaded, tokenizer, text, **settings)
+        reply, last = "", None
+        for last in responses:
+            watchdog.beat()
+            if speaking:
+                click.echo(last.text, nl=False)
+            reply += last.text
+        if speaking:
+            click.echo()
+            _report(last, planned, settings["max_tokens"], console)
+            console.print(f"rank 0 of {size}: layers {layer_span(cluster.ranks[0].layers)}",
+                          soft_wrap=True)
+        if as_json:  # every rank its own figures (the launcher shows rank 0's)
+            click.echo(json.dumps({"text": reply, **_figures(last, planned), "rank": rank,
+                                   "ranks": size, "layers": list(cluster.ranks[rank].layers)}))
+        mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))  # end together
+    finally:
+        watchdog.stop()
+
+
+def _this_machine_json() -> str:
+    from unimap.api import resolve_machine
+
+    return resolve_machine(None).to_json(indent=None)
 
 
 def _reset_peak() -> None:

@@ -245,27 +245,29 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     if options.kv_layout == "paged":
         growth = 0  # preallocated once, never copied
     # packed uint32 weights: an MLX-quantized checkpoint or quantized GGUF tensors
-    quantized = options.isq is not None or any(h.dtype == "U32" for h in spec.headers)
+    quantized = options.isq is not None or spec.packed
     cpu_name = options.cpu_dtype or act_dtype
     cpu_d = dtype_bytes(cpu_name)
     cpu_options = replace(options, dtype=cpu_name) if cpu_name != act_dtype else options
-    cpu_layers = tuple(LayerEstimate(i, kind, slot_bytes(spec.slots[i], cpu_options, cpu_d),
+    cpu_layers = tuple(LayerEstimate(i, kind, cpu_slot_bytes(spec.slots[i], options, d, cpu_options, cpu_d),
                                      kv_bytes(arch, i, tokens, chunk, options, cpu_d),
                                      spec.slots[i].header_bytes)
                        for i, kind in enumerate(arch.layer_kinds)) if cpu_name != act_dtype else layers
+    upcast = upcast_terms(arch, options, chunk, upcast_expert_elements(spec, options))
     return Estimate(
         options=options, dtype=act_dtype, layers=layers, non_mapped_weight_bytes=non_mapped,
         vision_weight_bytes=vision,
         parts_source_bytes=max(spec.slots[-2].largest_bytes, spec.slots[-1].largest_bytes),
         kv_growth_bytes=growth, sequence_tokens=tokens,
         image_tokens=image_tokens,
-        activation_terms=activation_terms(arch, options, chunk, tokens, d, "unfused", quantized),
+        activation_terms={**activation_terms(arch, options, chunk, tokens, d, "unfused", quantized),
+                          **upcast},
         fused_activation_terms=activation_terms(arch, options, chunk, tokens, d, "metal", quantized),
         cuda_activation_terms=activation_terms(arch, options, chunk, tokens, d, "cuda", quantized),
         vision_activation_terms=vision_activation_terms(arch, options, d),
         cpu_dtype=cpu_name, cpu_layers=cpu_layers,
-        cpu_activation_terms=activation_terms(arch, options, chunk, tokens, cpu_d, "unfused",
-                                              quantized),
+        cpu_activation_terms={**activation_terms(arch, options, chunk, tokens, cpu_d, "unfused",
+                                                 quantized), **upcast},
         trained_context=trained[0] if trained else None,
         trained_context_source=trained[1] if trained else "",
     )
@@ -321,6 +323,58 @@ def slot_bytes(slot: Slot, options: Options, act_bytes: int) -> int:
     if options.dtype is not None:
         total += cast_elements * act_bytes - cast_bytes
     return total
+
+
+def cpu_slot_bytes(slot: Slot, options: Options, act_bytes: int, cpu_options: Options,
+                   cpu_bytes: int) -> int:
+    """A layer on the CPU part of a split: in the CPU's compute dtype, but for its routed
+    experts, which stay as loaded (the runtime upcasts call by call what a call selects)."""
+    total = slot_bytes(slot, cpu_options, cpu_bytes)
+    if slot.experts is not None:
+        total += slot_bytes(slot.experts, options, act_bytes) - slot_bytes(slot.experts, cpu_options,
+                                                                            cpu_bytes)
+    return total
+
+
+# float32 experts a CPU MoE call holds at once: the runtime multiplies a group of one
+# projection's experts and evaluates it (freeing them) before it makes the next
+UPCAST_GROUP_BYTES = 256 * 2**20
+
+
+def upcast_expert_elements(spec: ModelSpec, options: Options) -> int:
+    """Elements of one routed expert (all its projections) that a call on MLX's CPU kernels
+    upcasts to float32: experts held in half precision and not quantized (MLX's CPU gather_qmm
+    takes any float dtype); 0 for every other model."""
+    moe = spec.arch.moe
+    if moe is None or moe.num_experts < 1:
+        return 0
+    worst = 0
+    for slot in spec.slots[:spec.arch.num_layers]:
+        e = slot.experts
+        if e is None or e.header_bytes != e.float_bytes or options.isq is not None and e.q_elements:
+            continue  # packed (quantized) experts
+        half = options.dtype != "float32" if options.dtype else e.float_bytes < 4 * e.float_elements
+        if half:
+            worst = max(worst, e.float_elements)
+    return worst // moe.num_experts
+
+
+def upcast_terms(arch: Architecture, options: Options, chunk: int, expert_elements: int) -> dict[str, int]:
+    """The float32 copies of routed experts one MoE call on MLX's CPU kernels makes
+    (unimap/runtime.py upcast_gather_mm): one projection's selected experts at a time, in groups
+    of at most UPCAST_GROUP_BYTES or one expert (priced here by all projections of an expert),
+    and a second copy of the call's outputs (one row per routed expert) as they are joined."""
+    if arch.moe is None or not expert_elements:
+        return {}
+    moe = arch.moe
+    one, group = expert_elements * 4, UPCAST_GROUP_BYTES
+    joined = max(arch.hidden_size, moe.expert_intermediate_size) * 4
+
+    def held(rows: int) -> int:
+        return min(min(rows, moe.num_experts) * one, max(group, one)) + rows * joined
+
+    rows = options.max_batch_size * moe.experts_per_token
+    return {"prefill/experts-upcast": held(rows * chunk), "decode/experts-upcast": held(rows)}
 
 
 # ---------------------------------------------------------------- KV cache

@@ -394,6 +394,16 @@ def has_chat_template(tokenizer: Any) -> bool:
                 or getattr(tokenizer, "chat_template", None))
 
 
+def conversation_ids(tokenizer: Any, messages: Sequence[dict[str, str]], templated: bool) -> list[int]:
+    """A conversation's tokens, ready for the reply: through the tokenizer's chat template, or
+    (`templated` False) as `plain_conversation` lays it out."""
+    if templated:
+        text = str(tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                                 add_generation_prompt=True))
+        return _encode_plain(tokenizer, text)
+    return encode_prompt(tokenizer, plain_conversation(messages))
+
+
 class Chat:
     """A conversation with a model loaded by `unimap.load` whose KV cache is kept between turns:
     each message prefills only the tokens the cache does not hold yet, within the plan.
@@ -431,11 +441,7 @@ class Chat:
 
     def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """The whole conversation's tokens, ready for the reply."""
-        if self.templated:
-            text = str(self.tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                                          add_generation_prompt=True))
-            return _encode_plain(self.tokenizer, text)
-        return encode_prompt(self.tokenizer, plain_conversation(messages))
+        return conversation_ids(self.tokenizer, messages, self.templated)
 
     def send(self, message: str, max_tokens: int = 256, **sampling: Any) -> Iterator[Response]:
         """The reply to `message`, as stream_generate yields it."""

@@ -10,6 +10,7 @@ overlapping, sizes that disagree with shape x dtype) is a ModelError naming the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import stat
@@ -19,7 +20,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from unimap.checks import decode_json, short
+from unimap.checks import decode_json, quick_json, short
 from unimap.errors import ModelError
 
 # bytes per element of every dtype safetensors defines with a whole-byte width
@@ -75,6 +76,10 @@ def read_header(path: Path) -> tuple[dict[str, TensorHeader], dict[str, str]]:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if len(raw) < length:
         raise ModelError(f"{path}: truncated header ({len(raw)} of {length} bytes). Re-download it.")
+    quick = quick_json(raw)
+    if quick is not None:  # what parse_header takes from it, the standard library reads alike
+        with contextlib.suppress(ModelError):
+            return parse_header(quick, str(path), data_bytes=size - 8 - length)
     header = decode_json(raw, f"{path}: the safetensors header", "re-download the file")
     return parse_header(header, str(path), data_bytes=size - 8 - length)
 
@@ -91,23 +96,28 @@ def parse_header(
         raise ModelError(f"{where}: __metadata__ is not an object of strings (as safetensors requires); "
                          "re-download the file")
     tensors: dict[str, TensorHeader] = {}
-    widths = DTYPE_BYTES
+    widths, new = DTYPE_BYTES, tuple.__new__
+    in_order, last_end = True, 0  # writers lay tensors out in header order, back to back
     for name, entry in header.items():
-        if name == "__metadata__":
-            continue
         try:  # the common, valid case, checked inline (models have tens of thousands of tensors)
             dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
             count = widths[dtype] if len(shape) <= MAX_TENSOR_DIMS else -1
-            for dim in shape:
-                count = count * dim if type(dim) is int and dim >= 0 else -1
+            if count > 0:  # a long shape is left to _entry: no product of thousands of numbers
+                for dim in shape:
+                    count = count * dim if type(dim) is int and dim >= 0 else -1
             if 0 <= count <= MAX_TENSOR_BYTES and type(begin) is int and type(end) is int \
                     and 0 <= begin <= end and end - begin == count:
-                tensors[name] = TensorHeader(name, dtype, tuple(shape), begin, end)
+                if begin < last_end:
+                    in_order = False
+                last_end = end
+                tensors[name] = new(TensorHeader, (name, dtype, tuple(shape), begin, end))
                 continue
         except (TypeError, KeyError, ValueError):
             pass
-        tensors[name] = _entry(name, entry, where)  # raises with the precise complaint
-    _check_layout(tensors, where, data_bytes)
+        if name != "__metadata__":  # its values are strings: it never passes the check above
+            tensors[name] = _entry(name, entry, where)  # raises with the precise complaint
+    if not (in_order and (data_bytes is None or last_end <= data_bytes)):
+        _check_layout(tensors, where, data_bytes)  # finds the first fault in data order
     return tensors, dict(metadata)
 
 
@@ -143,6 +153,9 @@ def _is_count(value: Any) -> bool:
 
 
 def _check_layout(tensors: dict[str, TensorHeader], where: str, data_bytes: int | None) -> None:
+    """Tensors in data order must not overlap nor run past the data section. parse_header skips
+    this when its own pass saw each tensor begin at or after the one before it ends and the
+    last end within the data: then the header order is the data order and nothing overlaps."""
     previous: TensorHeader | None = None
     for tensor in sorted(tensors.values(), key=itemgetter(3, 4)):  # by (begin, end)
         if data_bytes is not None and tensor.end > data_bytes:

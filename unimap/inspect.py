@@ -9,10 +9,14 @@ tower, or to the non-mapped rest. Bad input is a ModelError that says what to do
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,11 +35,21 @@ _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d{1,9})(?:\.|$)", re.
 # Any numbered list of layers, for the count check (afm7 keeps a second list, kv_reuse_layers.N)
 _LAYER_LIST = re.compile(r"(?:^|\.)(?:\w*layers|h|blocks?)\.(\d{1,9})(?:\.|$)", re.ASCII)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LAYERS_PREFIX = "model.layers."  # where most checkpoints keep their decoder layers
 FLOAT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 _FLOAT_WIDTH = {"BF16": 2, "F16": 2, "F32": 4}
 GROUP_SIZE = 64  # MLX affine quantization's default group (mlx-lm and --isq)
 # Module paths whose quant_predicate in mlx-lm keeps them at 8 bits (qwen3_moe routers).
 EIGHT_BIT_MODULES: dict[str, tuple[str, ...]] = {"qwen3_moe": ("mlp.gate",)}
+# Routed experts, as checkpoints (mlp.experts.3.up_proj, ffn.experts.mlp.w1) and mlx-lm
+# (mlp.switch_mlp.up_proj, experts.switch_glu.up_proj) name them; not shared_experts.
+EXPERT_MARKS = (".experts.", ".switch_mlp.", ".switch_glu.")
+
+
+def is_expert(name: str) -> bool:
+    """Whether tensor `name` belongs to a layer's routed experts, which a CPU layer keeps as
+    loaded (unimap/runtime.py upcasts them call by call)."""
+    return any(mark in name for mark in EXPERT_MARKS)
 
 
 class Tensor(NamedTuple):
@@ -60,6 +74,7 @@ class Slot(NamedTuple):
     q8_elements: int  # elements --isq keeps at 8 bits (mlx-lm's quant_predicate, e.g. routers)
     q8_bytes: int
     largest_bytes: int  # the biggest single tensor (the unit a cast or --isq loads at once)
+    experts: Slot | None = None  # the same sums over the layer's routed experts alone
 
 NON_MAPPED_SLOT, VISION_SLOT = -1, -2
 
@@ -94,9 +109,19 @@ class ModelSpec:
         return tuple(s.header_bytes for s in self.slots[:self.arch.num_layers])
 
     def classify(self, name: str) -> Tensor:
+        """Where tensor `name` goes (KeyError for a name the headers do not list)."""
         eight_bit = EIGHT_BIT_MODULES.get(self.arch.model_type, ())
-        header = next(h for h in self.headers if h.name == name)
-        return classify(header, self.arch.num_layers, eight_bit)
+        return classify(self._by_name[name], self.arch.num_layers, eight_bit)
+
+    @cached_property
+    def _by_name(self) -> dict[str, TensorHeader]:
+        return {h.name: h for h in self.headers}
+
+    @cached_property
+    def packed(self) -> bool:
+        """Whether any weight is packed in uint32 (MLX-quantized, or quantized GGUF tensors);
+        computed once: every estimate of a plan's search asks."""
+        return any(h.dtype == "U32" for h in self.headers)
 
 
 # Keys under which configs give the context a model was trained for, most specific first.
@@ -141,6 +166,26 @@ def _scaled(scope: dict[str, Any], positions: int, key: str) -> tuple[int, str]:
 
 def inspect(model: str | Path) -> ModelSpec:
     """Read a model's config and safetensors headers: a local folder or a Hub repo id."""
+    with _collector_paused():
+        return _inspect(model)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Headers of a large MoE make hundreds of thousands of small objects, none of them garbage;
+    the cyclic collector would walk them again and again (a third of the reading time). Not
+    gc.freeze(): that would also keep the program's own young garbage (MLX arrays in cycles,
+    whose memory a measured peak then counts) until a full collection."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _inspect(model: str | Path) -> ModelSpec:
     if not isinstance(model, str | Path) or not str(model).strip():
         raise ArgumentTypeError(f"model must be a folder, a .gguf file or a Hub repo id, not {short(model)}")
     try:
@@ -230,17 +275,28 @@ def _weight_files(path: Path) -> tuple[list[str], dict[str, str] | None]:
 
 
 def _index_map(index: Path) -> dict[str, str]:
-    """The index's weight_map: tensor names to shard files of this folder."""
+    """The index's weight_map: tensor names to shard files of this folder (the standard
+    library reads a pretty-printed index faster than orjson does)."""
     found = read_json(index, MAX_INDEX_BYTES)
     weight_map = found.get("weight_map") if isinstance(found, dict) else None
     if not isinstance(weight_map, dict):
         raise ModelError(f"{index}: not a safetensors index (no 'weight_map' object); re-download it")
-    for name, file in weight_map.items():
-        if not isinstance(file, str) or not file.endswith(".safetensors") or "/" in file or (
-                "\\" in file or file.startswith(".")):
+    try:  # a sharded model names a few files tens of thousands of times: check each file once
+        if all(_shard_file(file) for file in set(weight_map.values())):
+            return weight_map
+    except TypeError:  # a list or an object where a file name belongs
+        pass
+    for name, file in weight_map.items():  # the first bad entry, in the index's order
+        if not _shard_file(file):
             raise ModelError(f"{index}: tensor {name[:80]!r} maps to {str(file)[:80]!r}, not a "
                              ".safetensors file of this folder; re-download the index")
     return weight_map
+
+
+def _shard_file(file: Any) -> bool:
+    """Whether an index entry names a .safetensors file in the model's own folder."""
+    return isinstance(file, str) and file.endswith(".safetensors") and "/" not in file and (
+        "\\" not in file and not file.startswith("."))
 
 
 def _check_index(path: Path, weight_map: dict[str, str] | None, located: dict[str, str]) -> None:
@@ -357,15 +413,15 @@ def _complete(folder: Path) -> bool:
 def build_spec(source: str, where: str, config: dict[str, Any], headers: list[TensorHeader],
                config_where: str) -> ModelSpec:
     check_config(config, config_where)
-    _check_layer_count(source, config, headers, config_where)
+    layered = _layered(headers, EIGHT_BIT_MODULES.get(str(config.get("model_type")), ()))
+    _check_layer_count(config, layered, config_where)
     arch = read_architecture(config, config_where)
     quant = _quantization(config, config_where)
     if not headers:
         raise ModelError(f"{source}: the safetensors files hold no tensors")
     _check_shapes(source, headers, arch)
     dropped = _nextn_layers(config)
-    kept = [h for h in headers if not h.name.startswith(MTP_PREFIX)]
-    slots, dtype_bytes_used = _slots(source, kept, arch, dropped)
+    slots, dtype_bytes_used = _slots(source, layered, arch, dropped)
     empty = [s.slot for s in slots[:arch.num_layers] if s.header_bytes == 0]
     if empty:
         raise ModelError(f"{source}: config.json says {arch.num_layers} layers but the weights have "
@@ -374,24 +430,41 @@ def build_spec(source: str, where: str, config: dict[str, Any], headers: list[Te
                      config, slots)
 
 
-def _check_layer_count(source: str, config: dict[str, Any], headers: list[TensorHeader],
-                       config_where: str) -> None:
+def _check_layer_count(config: dict[str, Any], layered: Layered, config_where: str) -> None:
     """Before anything is built per layer: a config that claims more decoder layers than the
     weights hold contradicts them (and could make planning work in proportion to a made-up
     count). Weights that name no layers at all are left to the family's own reading."""
     claimed = claimed_layers(config)
     if claimed is None:
         return
-    lists: dict[str, int] = {}  # each list of numbered layers (a family may keep several) -> length
+    numbers = {_layer_number(digits) for digits, *_ in layered.groups}
+    if -1 in numbers:  # "model.layers.x.": the names are read one by one
+        lists = _layer_lists(layered.headers)
+    else:  # _LAYER_LIST's first match in model.layers.N.* is "model.layers.", N
+        lists = _layer_lists(layered.others)
+        if numbers:
+            lists[LAYERS_PREFIX] = max(lists.get(LAYERS_PREFIX, 0), max(numbers) + 1)
+    held = sum(lists.values())
+    if lists and claimed > held:
+        raise ModelError(f"{config_where} says {claimed} layers but the weights hold {held}; "
+                         "config and weights disagree")
+
+
+def _layer_lists(headers: list[TensorHeader]) -> dict[str, int]:
+    """Each list of numbered layers the names show (a family may keep several) -> its length."""
+    lists: dict[str, int] = {}
     for h in headers:
         found = _LAYER_LIST.search(h.name)
         if found:
             where = h.name[:found.start(1)]
             lists[where] = max(lists.get(where, 0), int(found.group(1)) + 1)
-    held = sum(lists.values())
-    if lists and claimed > held:
-        raise ModelError(f"{config_where} says {claimed} layers but the weights hold {held}; "
-                         "config and weights disagree")
+    return lists
+
+
+def _layer_number(digits: str) -> int:
+    """The layer named by the digits after "model.layers." (1 to 9 ASCII digits, as _LAYER and
+    _LAYER_LIST read them; not "²", which isdigit() accepts), or -1."""
+    return int(digits) if len(digits) <= 9 and digits.isascii() and digits.isdigit() else -1
 
 
 def _check_shapes(source: str, headers: list[TensorHeader], arch: Architecture) -> None:
@@ -457,53 +530,187 @@ def _nextn_layers(config: dict[str, Any]) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _slots(source: str, headers: list[TensorHeader], arch: Architecture, dropped: int = 0) -> tuple[
+def _slots(source: str, layered: Layered, arch: Architecture, dropped: int = 0) -> tuple[
         tuple[Slot, ...], dict[str, int]]:
     """Per-slot sums (layers 0..n-1, non-mapped -1, vision -2) and float bytes by dtype; the
-    `dropped` layers after the last (next-token prediction) are not loaded, so not counted."""
+    `dropped` layers after the last (next-token prediction) and the multi-token-prediction heads
+    (MTP_PREFIX) are not loaded, so not counted. From the layered reading where it holds, else
+    (a fault to report, which the reading in tensor order finds first) tensor by tensor."""
+    groups = _by_row(source, layered, arch, dropped)
+    slots, by_dtype = _sums(groups or _in_order(source, layered.headers, arch, dropped), arch)
+    tops = sorted(by_dtype.values())[-2:]
+    if groups and len(tops) == 2 and tops[0] == tops[1]:  # _dtype takes the first dtype seen
+        slots, by_dtype = _sums(_in_order(source, layered.headers, arch, dropped), arch)
+    return slots, by_dtype
+
+
+def _sums(groups: dict[Group, list[int]], arch: Architecture) -> tuple[tuple[Slot, ...], dict[str, int]]:
+    n = arch.num_layers
+    sums = [[0] * 8 for _ in range(n + 2)]
+    experts = [[0] * 8 for _ in range(n + 2)]  # the same sums over routed experts alone
+    by_dtype: dict[str, int] = {}
+    for (row, dtype, isq, routed), sizes in groups.items():
+        total, width = sum(sizes), _FLOAT_WIDTH.get(dtype)
+        if width:  # dtypes in the order first seen
+            by_dtype[dtype] = by_dtype.get(dtype, 0) + total
+        for sum_ in (sums[row], experts[row]) if routed else (sums[row],):
+            sum_[0] += total
+            sum_[7] = max(sum_[7], max(sizes))
+            if width:  # each tensor holds whole elements (headers.py and gguf.py make sure)
+                sum_[1] += total // width
+                sum_[2] += total
+                if isq:
+                    k = 3 if isq == "q" else 5
+                    sum_[k] += total // width
+                    sum_[k + 1] += total
+    ids = [*range(n), NON_MAPPED_SLOT, VISION_SLOT]
+    return tuple(Slot._make([i, *row, Slot._make([i, *part, None]) if part[0] else None])
+                 for i, row, part in zip(ids, sums, experts, strict=True)), by_dtype
+
+
+# What the slot sums tell apart: (row: a layer, n for the non-mapped parts, n + 1 for the vision
+# tower; dtype; how --isq treats it; whether it is a routed expert)
+Group = tuple[int, str, str, bool]
+_OTHER, _DROPPED = -1, -2  # rows of names the general classifier reads, and of layers not loaded
+_EXPERT = re.compile("|".join(re.escape(mark) for mark in EXPERT_MARKS))  # is_expert in one search
+# is_expert(model.layers.N<rest>) is is_expert(<rest>) when no mark holds a digit or fits in
+# "model.layers." (a mark there could reach across N)
+_REST_TELLS_EXPERTS = not any(m in LAYERS_PREFIX or any(c.isdigit() for c in m) for m in EXPERT_MARKS)
+
+
+class Layered(NamedTuple):
+    """The headers read once, before the architecture is known: tensors named model.layers.N<rest>
+    (most of them) as byte sizes grouped by (N as written, dtype, --isq treatment, routed expert),
+    the rest as they are, in order. Large MoE checkpoints have tens of thousands of tensors in a
+    few hundred groups."""
+
+    headers: list[TensorHeader]
+    groups: dict[tuple[str, str, str, bool], list[int]]
+    others: list[TensorHeader]
+    eight_bit: tuple[str, ...]  # the 8-bit modules the --isq treatments were read with
+
+
+def _layered(headers: list[TensorHeader], eight_bit: tuple[str, ...]) -> Layered:
+    groups: dict[tuple[str, str, str, bool], list[int]] = {}
+    others: list[TensorHeader] = []
+    kinds: dict[str, tuple[str, bool] | tuple[()]] = {}  # <rest> -> _kind(<rest>)
+    for h in headers:
+        name, dtype, shape, begin, end = h
+        dot = name.find(".", 13) if name.startswith(LAYERS_PREFIX) else -1
+        kind = kinds.get(name[dot:]) if dot > 13 else ()
+        if kind is None:
+            kind = kinds[name[dot:]] = _kind(name[dot:], eight_bit)
+        if not kind:
+            others.append(h)
+            continue
+        isq = kind[0] if dtype in _FLOAT_WIDTH and 2 <= len(shape) <= 3 and (
+            shape[-1] % GROUP_SIZE == 0) else ""  # as _isq
+        key = (name[13:dot], dtype, isq, kind[1])
+        sizes = groups.get(key)
+        if sizes is None:
+            groups[key] = [end - begin]
+        else:
+            sizes.append(end - begin)
+    return Layered(headers, groups, others, eight_bit)
+
+
+def _kind(rest: str, eight_bit: tuple[str, ...]) -> tuple[str, bool] | tuple[()]:
+    """For tensors named model.layers.N<rest>: how --isq treats one of a shape it quantizes ("q",
+    "q8" or "" as _isq), and whether it is a routed expert; () when <rest> alone cannot tell."""
+    if not _REST_TELLS_EXPERTS or any(len(mark) > len(rest) - 7 for mark in eight_bit):
+        return ()
+    isq = ("q8" if eight_bit and rest[:-7].endswith(eight_bit) else "q") if rest.endswith(
+        ".weight") else ""
+    return isq, _EXPERT.search(rest) is not None
+
+
+def _by_row(source: str, layered: Layered, arch: Architecture,
+            dropped: int) -> dict[Group, list[int]] | None:
+    """The layered reading's groups by row; None where it cannot stand for the reading in tensor
+    order: a fault (reported for the first tensor that has one), or --isq treatments read for
+    another model type."""
     n = arch.num_layers
     eight_bit = EIGHT_BIT_MODULES.get(arch.model_type, ())
-    sums = [[0] * 8 for _ in range(n + 2)]
-    by_dtype: dict[str, int] = {}
-    prefix = "model.layers."
-    owned = {p: i for i, p in enumerate(arch.layer_prefixes) if not p.startswith(prefix)}
+    if eight_bit != layered.eight_bit:
+        return None
+    moe = arch.moe is not None
+    owned = {p: i for i, p in enumerate(arch.layer_prefixes) if not p.startswith(LAYERS_PREFIX)}
+    groups: dict[Group, list[int]] = {}
+    try:
+        for (digits, dtype, isq, routed), sizes in layered.groups.items():
+            row = _layer_row(source, digits, digits, n, dropped)
+            if row == _OTHER:
+                return None
+            if row != _DROPPED:
+                groups.setdefault((row, dtype, isq, routed and moe), []).extend(sizes)
+        for h in layered.others:
+            key = _group(source, h, n, dropped, owned, eight_bit, moe)
+            if key is not None:
+                groups.setdefault(key, []).append(h.end - h.begin)
+    except ModelError:
+        return None
+    return groups
+
+
+def _in_order(source: str, headers: list[TensorHeader], arch: Architecture,
+              dropped: int) -> dict[Group, list[int]]:
+    """The groups, tensor by tensor in the headers' order: a fault is the first tensor's."""
+    n = arch.num_layers
+    eight_bit = EIGHT_BIT_MODULES.get(arch.model_type, ())
+    owned = {p: i for i, p in enumerate(arch.layer_prefixes) if not p.startswith(LAYERS_PREFIX)}
+    groups: dict[Group, list[int]] = {}
     for h in headers:
-        name, layer = h.name, None
-        if name.startswith(prefix):  # most tensors: skip the general classifier
-            digits = name[13:name.find(".", 13)]
-            number = digits.isascii() and digits.isdigit()  # not "²", which isdigit() accepts
-            if number and len(digits) > 9:
-                raise ModelError(f"{source}: tensor {short(name)} names layer {short(digits)}, more "
-                                 "than any model has; the weights are corrupt")
-            layer = int(digits) if number else None
-        elif owned:  # layers mlx-lm keeps elsewhere (e.g. a second list of shared-KV layers)
-            layer = _owner(name, owned)
-        if layer is None:
-            t = classify(h, n, eight_bit)
-            layer, vision, isq = t.layer, t.part == "vision", t.isq
-        else:
-            vision, isq = False, _isq(h, eight_bit)
-        if layer is not None and n <= layer < n + dropped:
-            continue
-        if layer is not None and layer >= n:
-            raise ModelError(f"{source}: tensor {name!r} belongs to layer {layer}, but "
-                             f"config.json says num_hidden_layers={n}; config and weights disagree")
-        row = sums[layer if layer is not None else n + vision]
-        nbytes = h.end - h.begin
-        row[0] += nbytes
-        if nbytes > row[7]:
-            row[7] = nbytes
-        width = _FLOAT_WIDTH.get(h.dtype)
-        if width:
-            by_dtype[h.dtype] = by_dtype.get(h.dtype, 0) + nbytes
-            row[1] += nbytes // width
-            row[2] += nbytes
-            if isq:
-                k = 3 if isq == "q" else 5
-                row[k] += nbytes // width
-                row[k + 1] += nbytes
-    ids = [*range(n), NON_MAPPED_SLOT, VISION_SLOT]
-    return tuple(Slot(i, *row) for i, row in zip(ids, sums, strict=True)), by_dtype
+        key = _group(source, h, n, dropped, owned, eight_bit, arch.moe is not None)
+        if key is not None:
+            groups.setdefault(key, []).append(h.end - h.begin)
+    return groups
+
+
+def _layer_row(source: str, name: str, digits: str, n: int, dropped: int) -> int:
+    """The layer `digits` (after "model.layers." in `name`) name: _OTHER when they are not a
+    number ("²" passes isdigit(), not isascii()), _DROPPED for a layer not loaded."""
+    if not (digits.isascii() and digits.isdigit()):
+        return _OTHER
+    if len(digits) > 9:
+        raise ModelError(f"{source}: tensor {short(name)} names layer {short(digits)}, more "
+                         "than any model has; the weights are corrupt")
+    layer = int(digits)
+    if n <= layer < n + dropped:
+        return _DROPPED
+    if layer >= n:
+        raise ModelError(f"{source}: tensor {name!r} belongs to layer {layer}, but "
+                         f"config.json says num_hidden_layers={n}; config and weights disagree")
+    return layer
+
+
+def _group(source: str, h: TensorHeader, n: int, dropped: int, owned: dict[str, int],
+           eight_bit: tuple[str, ...], moe: bool) -> Group | None:
+    """One tensor's group: model.layers.N.* by N; a name under a layer path mlx-lm keeps
+    elsewhere (e.g. a second list of shared-KV layers) by that layer; any other by the general
+    classifier. None for a tensor not loaded."""
+    name, layer = h.name, None
+    if name.startswith(MTP_PREFIX):
+        return None
+    if name.startswith(LAYERS_PREFIX):
+        dot = name.find(".", 13)
+        row = _layer_row(source, name, name[13:dot] if dot >= 0 else name[13:], n, dropped)
+        if row == _DROPPED:
+            return None
+        layer = None if row == _OTHER else row
+    elif owned:
+        layer = _owner(name, owned)
+    if layer is None:
+        t = classify(h, n, eight_bit)
+        layer, vision, isq = t.layer, t.part == "vision", t.isq
+    else:
+        vision, isq = False, _isq(h, eight_bit)
+    if layer is not None and n <= layer < n + dropped:
+        return None
+    if layer is not None and layer >= n:
+        raise ModelError(f"{source}: tensor {name!r} belongs to layer {layer}, but "
+                         f"config.json says num_hidden_layers={n}; config and weights disagree")
+    routed = moe and layer is not None and is_expert(name)
+    return (layer if layer is not None else n + vision, h.dtype, isq, routed)
 
 
 def _owner(name: str, owned: dict[str, int]) -> int | None:

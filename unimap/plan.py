@@ -234,8 +234,8 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
         raise ConfigError(f"the memory budget of {missing} is unknown (see `unimap doctor`); "
                           "plan with --machine, --gpu-budget or --ram instead")
     if device_map is not None:
-        return replace(_manual(spec, machine, est, gpus, device_map), spec=spec)
-    plan = _auto(spec, machine, est, gpus)
+        return _experts_note(replace(_manual(spec, machine, est, gpus, device_map), spec=spec))
+    plan = _experts_note(_auto(spec, machine, est, gpus))
     if gpus and plan.non_mapped_device == "cpu":
         parts = est.non_mapped_weight_bytes + est.vision_weight_bytes
         what = "the embeddings, lm_head" + (" and vision tower" if est.vision_weight_bytes else "")
@@ -271,9 +271,26 @@ def cpu_compute_dtype(machine: Machine, options: Options, spec: ModelSpec | None
 
 
 def cpu_needs_float32(spec: ModelSpec, options: Options) -> bool:
-    """MLX's CPU gather_mm (the routed experts of an MoE layer) accepts float32 only: a
-    half-precision MoE layer cannot run on the CPU in its own dtype."""
+    """MLX's CPU gather_mm (the routed experts of an MoE layer) accepts float32 only, so a
+    half-precision MoE layer's experts compute in float32 on the CPU (upcast call by call, kept
+    as loaded), and the rest of the layer, a few percent of its weights, with them."""
     return spec.arch.moe is not None and (options.dtype or spec.dtype) != "float32"
+
+
+def _experts_note(plan: Plan) -> Plan:
+    """Say how layers on MLX's CPU kernels run half-precision routed experts, if any do (in a
+    plan that fits: one that does not leads with its ways out)."""
+    est = plan.estimate
+    upcast = est.activation_terms.get("prefill/experts-upcast")
+    on_cpu = [d for d in plan.devices if d.layers and _kernel(next(
+        x for x in plan.machine.devices if x.name == d.name)) == "unfused"]
+    if not upcast or not on_cpu or not plan.fits:
+        return plan
+    decode = est.activation_terms["decode/experts-upcast"]
+    note = (f"routed experts on {', '.join(d.name for d in on_cpu)} stay {est.dtype}; each MoE "
+            "call upcasts to float32 just those its tokens select (MLX's CPU gather_mm): "
+            f"{format_bytes(decode)} a decode step, at most {format_bytes(upcast)} a prefill chunk")
+    return replace(plan, notes=(*plan.notes, note))
 
 
 def _kernel(device: Device) -> Kernel:

@@ -1,7 +1,8 @@
-"""The fastest CPU path for `unimap run`: on Linux, MLX's CPU wheel links a bundled reference BLAS
-that multiplies float32 matrices about 17x slower than an installed OpenBLAS (docs/BENCHMARKS.md).
-A library mapped into a process cannot be swapped afterwards, so `unimap run` re-executes itself
-once, before anything imports MLX, with the OpenBLAS in LD_PRELOAD (as `unimap doctor` advises).
+"""The fastest CPU path for `unimap run` and `unimap serve`: on Linux, MLX's CPU wheel links a
+bundled reference BLAS that multiplies float32 matrices about 17x slower than an installed OpenBLAS
+(docs/BENCHMARKS.md). A library mapped into a process cannot be swapped afterwards, so those
+commands re-execute themselves once, before anything imports MLX, with the OpenBLAS in LD_PRELOAD
+(as `unimap doctor` advises).
 
 Off with `--no-blas-preload` or UNIMAP_NO_BLAS_PRELOAD=1; never when LD_PRELOAD already names a
 BLAS, when no OpenBLAS is installed, or when MLX does not bundle the reference one.
@@ -20,6 +21,7 @@ from unimap.host import Host
 OFF_VARIABLE = "UNIMAP_NO_BLAS_PRELOAD"
 DONE_VARIABLE = "UNIMAP_BLAS_PRELOADED"  # set in the re-executed process: never twice
 OFF_FLAG = "--no-blas-preload"
+PRELOADED_COMMANDS = ("run", "serve")
 OPENBLAS_CANDIDATES = (
     "/usr/lib/{arch}-linux-gnu/libopenblas.so.0",
     "/usr/lib/{arch}-linux-gnu/openblas-pthread/libopenblas.so.0",
@@ -59,8 +61,10 @@ def switched_off(env: Mapping[str, str], argv: Sequence[str]) -> bool:
 
 def preload_env(env: Mapping[str, str], argv: Sequence[str], host: Host | None = None,
                 reference: Path | None = None) -> dict[str, str] | None:
-    """The environment to re-execute `unimap run` with, or None to run as is."""
-    if len(argv) < 2 or argv[1] != "run" or switched_off(env, argv) or env.get(DONE_VARIABLE):
+    """The environment to re-execute `unimap run` or `serve` with, or None to run as is."""
+    if len(argv) < 2 or argv[1] not in PRELOADED_COMMANDS or switched_off(env, argv):
+        return None
+    if env.get(DONE_VARIABLE):
         return None
     host = host or Host.real()
     if host.system != "Linux":

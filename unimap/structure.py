@@ -6,7 +6,8 @@ needs for any architecture mlx-lm runs: the decoder layers, each layer's cache (
 the model makes, and the elements one token adds to each, measured from what they hold after 4 and
 6 tokens), the MoE routing (experts from the switch layers' weights, top-k from what the router
 hands the experts) and the widths of the layers as mlx-lm builds them. A config mlx-lm cannot build is a
-ModelError naming the field or the reason. This module imports mlx and mlx-lm, lazily.
+ModelError naming the field or the reason. This module imports mlx and mlx-lm, lazily, and not
+at all for a config whose structure is on disk already (unimap/cache.py).
 """
 
 from __future__ import annotations
@@ -96,7 +97,23 @@ def _unbuildable(where: str, exc: Exception) -> ModelError:
 
 
 def read_structure(config: dict[str, Any], where: str) -> Structure:
-    """Build `config`'s model lazily and read its structure (see the module docstring)."""
+    """Build `config`'s model lazily and read its structure (see the module docstring), or take
+    it from the disk cache (unimap/cache.py) where the same config was read before by the same
+    unimap, mlx and mlx-lm: then neither is imported."""
+    from unimap.cache import load_structure, store_structure, structure_key
+
+    try:
+        key = structure_key(config)
+    except (TypeError, ValueError):  # a value JSON cannot hold (not from a config.json)
+        return _read_structure(config, where)
+    found = load_structure(key)
+    if found is None:
+        found = _read_structure(config, where)
+        store_structure(key, found)
+    return found
+
+
+def _read_structure(config: dict[str, Any], where: str) -> Structure:
     from mlx.utils import tree_flatten
 
 

@@ -1,0 +1,260 @@
+"""Beyond one machine: cluster plans (pipeline splits chosen for the longest context, tensor
+parallel shares) and real runs of 2 and 3 ranks over MLX's ring backend on 127.0.0.1, whose greedy
+text equals one process; a killed or hung rank ends the run with a nonzero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from click.testing import CliRunner
+from tiny_models import write_tiny_model
+
+import unimap
+from unimap.cli import cli
+from unimap.cluster import host_names, plan_cluster, proportional_split, sliced
+from unimap.distributed import free_ports
+from unimap.errors import ConfigError
+from unimap.estimate import Options
+from unimap.inspect import inspect
+
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K" / "stories260K.gguf"
+needs_stories = pytest.mark.skipif(not STORIES.is_file(), reason="stories260K.gguf is not beside the project")
+PROMPT = "w1 w2 w3 w4 w5"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("dist")
+    return {family: write_tiny_model(root / family, family) for family in ("llama", "qwen3", "qwen3_moe")}
+
+
+def machines(*names: str) -> list[tuple[str, Any]]:
+    return [(name, unimap.api.resolve_machine(name)) for name in names]
+
+
+# ---------------------------------------------------------------- planning
+
+
+def test_sliced_stages_add_up_to_the_model(models: Path) -> None:
+    spec = inspect(models / "llama3-8b")
+    whole = sum(spec.layer_weight_bytes())
+    parts = [sliced(spec, a, b) for a, b in ((0, 10), (10, 25), (25, 32))]
+    assert sum(sum(p.layer_weight_bytes()) for p in parts) == whole
+    assert [p.num_layers for p in parts] == [10, 15, 7]
+
+
+def test_split_holds_at_least_the_memory_proportional_context(models: Path) -> None:
+    """Two unequal Macs: the KV-aware split holds more tokens than one in proportion to memory,
+    every rank fits, and the JSON shows each rank."""
+    spec = inspect(models / "llama3-8b")
+    pair = [("mac-36gb", unimap.api.resolve_machine("mac-36gb")),
+            ("mac-16gb", unimap.api.resolve_machine("mac-16gb"))]
+    cluster = plan_cluster(spec, pair, Options(max_seq_len=8192))
+    assert cluster.fits and cluster.token_budget >= cluster.proportional_budget > 0
+    assert sorted(i for r in cluster.ranks for i in r.layers) == list(range(32))
+    assert cluster.ranks[0].layers[-1] == 31  # rank 0 runs the last layers (mlx-lm's order)
+    assert all(r.plan.fits and r.peak_bytes <= r.budget_bytes for r in cluster.ranks)
+    data = json.loads(cluster.to_json())
+    assert data["split"] == list(cluster.split) and len(data["ranks"]) == 2
+    # at its token budget the split still fits; one token more does not
+    at_budget = plan_cluster(spec, pair, Options(max_seq_len=cluster.token_budget))
+    assert at_budget.fits
+    past = plan_cluster(spec, pair, Options(max_seq_len=cluster.token_budget + 1))
+    assert not past.fits and past.problem and past.ways_out
+
+
+def test_a_cluster_that_cannot_fit_says_by_how_much_and_what_would(models: Path) -> None:
+    spec = inspect(models / "llama3-8b")
+    small = [("a", unimap.api.resolve_machine("mac-16gb", ram="6GB")),
+             ("b", unimap.api.resolve_machine("mac-16gb", ram="6GB"))]
+    cluster = plan_cluster(spec, small, Options(max_seq_len=4096))
+    assert not cluster.fits and "short" in cluster.problem
+    assert any(w.startswith("one more machine with at least") for w in cluster.ways_out)
+    assert any(w.startswith("--isq") for w in cluster.ways_out)
+
+
+def test_proportional_split_gives_every_rank_a_layer() -> None:
+    big, small = unimap.api.resolve_machine("mac-128gb"), unimap.api.resolve_machine("mac-16gb")
+    assert proportional_split(32, [big, small]) == [28, 4]
+    assert min(proportional_split(4, [big, small, small, small])) == 1
+
+
+def test_tensor_parallel_needs_heads_that_divide(models: Path) -> None:
+    spec = inspect(models / "llama3-8b")  # 32 heads, 8 KV heads
+    two = plan_cluster(spec, machines("h100-80gb", "h100-80gb"), Options(max_seq_len=4096), "tensor")
+    one = unimap.plan(spec, max_seq_len=4096, machine="h100-80gb")
+    assert two.fits and two.ranks[0].peak_bytes < one.peak_bytes
+    per_rank = sum(d.kv_bytes for d in two.ranks[0].plan.devices)
+    assert per_rank * 2 >= sum(d.kv_bytes for d in one.devices)
+    with pytest.raises(ConfigError, match="heads to divide by 3"):
+        plan_cluster(spec, machines("h100-80gb", "h100-80gb", "h100-80gb"), Options(), "tensor")
+
+
+def test_cli_plan_for_ranks_and_hosts(models: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["plan", str(models / "llama3-8b"), "--hosts", "mac-16gb,mac-16gb",
+                                "--max-seq-len", "8192"])
+    assert shown.exit_code == 0, shown.output
+    assert "across 2 ranks (pipeline): fits" in shown.stdout and "token budget" in shown.stdout
+    described = tmp_path / "box.json"
+    described.write_text(unimap.api.resolve_machine("mac-64gb").to_json())
+    both = runner.invoke(cli, ["plan", str(models / "llama3-8b"), "--hosts",
+                               f"mac-16gb,{described}", "--json"])
+    assert both.exit_code == 0, both.output
+    assert json.loads(both.stdout)["ranks"][1]["host"] == str(described)
+    local = runner.invoke(cli, ["plan", str(models / "llama3-8b"), "--ranks", "2", "--json"])
+    assert local.exit_code in (0, 3) and len(json.loads(local.stdout)["ranks"]) == 2
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[]", "non-empty JSON list"),
+    ('[["127.0.0.1"]]', "is not \"ip:port\""),
+    ('[["127.0.0.1:99999"]]', "port from 1 to 65535"),
+    ('[[1, 2]]', "should be a list of"),
+    ('{"devices": 3}', "not a machine description"),
+    ("[[", "invalid JSON"),
+])
+def test_bad_hostfiles(tmp_path: Path, content: str, message: str, models: Path) -> None:
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(content)
+    result = CliRunner().invoke(cli, ["plan", str(models / "llama3-8b"), "--hosts", str(hostfile)])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert "Traceback" not in result.output
+
+
+def test_host_lists() -> None:
+    assert host_names("mac-16gb, mac-64gb") == ["mac-16gb", "mac-64gb"]
+    for bad, message in (("a,,b", "empty entry"), ("", "--hosts is empty")):
+        with pytest.raises(ConfigError, match=message):
+            host_names(bad)
+    with pytest.raises(ConfigError, match="neither a preset"):
+        unimap.api.plan_cluster(str(STORIES), hosts="gpu-box-7")
+
+
+# ---------------------------------------------------------------- real ranks on 127.0.0.1
+
+
+def run_ranks(model: Path, split: list[int] | None, ranks: int, *args: str,
+              mode: str = "pipeline", timeout: float = 240) -> list[dict[str, Any]]:
+    """Each rank of `unimap run MODEL --json` started as MLX's launcher would, its JSON back."""
+    hostfile = model.parent / f"hosts-{os.getpid()}-{ranks}.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in free_ports(ranks)]))
+    env = {**os.environ, "MLX_HOSTFILE": str(hostfile), "UNIMAP_PARALLEL": mode,
+           "UNIMAP_NO_BLAS_PRELOAD": "1"}
+    if split is not None:
+        env["UNIMAP_SPLIT"] = ",".join(map(str, split))
+    command = [sys.executable, "-m", "unimap", "run", str(model), "-p", PROMPT, "--json", *args]
+    procs = [subprocess.Popen(command, env={**env, "MLX_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(ranks)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout)
+        assert p.returncode == 0, stderr[-2000:]
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def one_process(model: Path, *args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(cli, ["run", str(model), "-p", PROMPT, "--json", *args])
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+@pytest.mark.parametrize(("family", "split", "mode"), [
+    ("llama", [1, 3], "pipeline"),  # no mlx-lm pipeline(): unimap's own stage, uneven
+    ("qwen3_moe", [2, 2], "pipeline"),  # mlx-lm's pipeline() with an explicit split
+    ("llama", None, "tensor"),  # mlx-lm's shard()
+    ("qwen3", None, "pipeline"),  # as mlx.launch starts it: the ranks agree on their machines
+])
+def test_two_ranks_generate_what_one_process_does(tiny: dict[str, Path], family: str,
+                                                  split: list[int] | None, mode: str) -> None:
+    args = ("--max-tokens", "8", "--max-seq-len", "128")
+    alone = one_process(tiny[family], *args)
+    ranks = run_ranks(tiny[family], split, 2, *args, mode=mode)
+    assert [r["text"] for r in ranks] == [alone["text"]] * 2
+    for r in ranks:  # each rank within its own plan
+        assert 0 < r["peak_memory_bytes"] <= r["predicted_peak_bytes"]
+    if split is not None:
+        assert [len(r["layers"]) for r in ranks] == split
+
+
+def test_three_ranks_of_a_family_without_pipeline(tiny: dict[str, Path]) -> None:
+    args = ("--max-tokens", "8", "--max-seq-len", "128")
+    alone = one_process(tiny["qwen3"], *args)
+    ranks = run_ranks(tiny["qwen3"], [1, 2, 1], 3, *args)
+    assert [r["text"] for r in ranks] == [alone["text"]] * 3
+
+
+@needs_stories
+def test_stories_on_two_ranks_is_the_same_story() -> None:
+    """The launcher: `unimap run stories --ranks 2 --temp 0` prints what one process prints."""
+    env = {**os.environ, "UNIMAP_NO_BLAS_PRELOAD": "1"}
+    base = [sys.executable, "-m", "unimap", "run", str(STORIES), "-p", "Once upon a time",
+            "--max-tokens", "24", "--max-seq-len", "256", "--temp", "0", "-q"]
+    alone = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120)
+    pair = subprocess.run([*base, "--ranks", "2"], capture_output=True, text=True, env=env, timeout=240)
+    assert alone.returncode == 0 and pair.returncode == 0, pair.stderr
+    assert pair.stdout == alone.stdout and pair.stdout.startswith("Once upon a time, there was")
+
+
+def _children(parent: psutil.Process, count: int, deadline: float) -> list[psutil.Process]:
+    while time.monotonic() < deadline:
+        ranks = [c for c in parent.children(recursive=True) if "MLX_RANK" in _environ(c)]
+        if len(ranks) >= count:
+            return ranks
+        time.sleep(0.1)
+    raise AssertionError("the ranks did not start")
+
+
+def _environ(process: psutil.Process) -> dict[str, str]:
+    try:
+        return dict(process.environ())
+    except (psutil.Error, OSError):
+        return {}
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_rank_that_dies_or_hangs_ends_the_run(tiny: dict[str, Path], how: str) -> None:
+    """SIGKILL one rank mid-run (its peer raises at once), or SIGSTOP it (its peer's watchdog
+    gives up): every process ends within 10 s, the exit code is nonzero, nothing is left."""
+    env = {**os.environ, "UNIMAP_NO_BLAS_PRELOAD": "1", "UNIMAP_RANK_TIMEOUT": "3"}
+    command = [sys.executable, "-m", "unimap", "run", str(tiny["llama"]), "-p", PROMPT,
+               "--max-tokens", "100000", "--max-seq-len", "1024", "--ranks", "2",
+               "--ignore-chat-template"]
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    printed: list[str] = []
+    reader = threading.Thread(target=lambda: printed.extend(iter(lambda: launcher.stdout.read(1), "")),
+                              daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        parent = psutil.Process(launcher.pid)
+        ranks = _children(parent, 2, time.monotonic() + 60)
+        victim = next(r for r in ranks if _environ(r).get("MLX_RANK") == "1")
+        deadline = time.monotonic() + 120
+        while len("".join(printed)) < len(PROMPT) + 6 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until rank 0 prints generated words: the ranks are talking
+        assert len("".join(printed)) >= len(PROMPT) + 6, "the ranks never generated"
+        hit = time.monotonic()
+        victim.send_signal(signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        code = launcher.wait(timeout=30)
+        took = time.monotonic() - hit
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        stderr = launcher.stderr.read() if launcher.stderr else ""
+    assert code != 0, stderr
+    assert took < 10, f"{took:.1f} s"
+    assert "rank" in stderr and "failed" in stderr
+    for r in ranks:
+        assert not r.is_running() or r.status() == psutil.STATUS_ZOMBIE
