@@ -132,13 +132,13 @@ def test_bad_hostfiles(tmp_path: Path, content: str, message: str, models: Path)
     assert "Traceback" not in result.output
 
 
-def test_host_lists() -> None:
+def test_host_lists(models: Path) -> None:
     assert host_names("mac-16gb, mac-64gb") == ["mac-16gb", "mac-64gb"]
     for bad, message in (("a,,b", "empty entry"), ("", "--hosts is empty")):
         with pytest.raises(ConfigError, match=message):
             host_names(bad)
     with pytest.raises(ConfigError, match="neither a preset"):
-        unimap.api.plan_cluster(str(STORIES), hosts="gpu-box-7")
+        unimap.api.plan_cluster(models / "llama3-8b", hosts="gpu-box-7")
 
 
 # ---------------------------------------------------------------- real ranks on 127.0.0.1

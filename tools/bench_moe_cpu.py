@@ -2,18 +2,20 @@
 
 Usage: python tools/bench_moe_cpu.py [--model qwen3_moe|mixtral] [--prompt 64] [--tokens 32]
                                      [--rounds 3] [--only NAME,...] [--blas reference|openblas]
-Writes a random bf16 MoE checkpoint (real safetensors written by MLX) to a temporary folder and
-runs it split in two: the first half of the layers on the stand-in GPU (a CPU stream on this
-build), the second half on the CPU stream, each way below in a fresh process:
+                                     [--layer-only]
+First times one MoE decoder layer on the CPU stream each way (built in this process, interleaved
+rounds). Then writes a random bf16 MoE checkpoint (real safetensors written by MLX) to a
+temporary folder and runs it split in two: the first half of the layers on the stand-in GPU (a
+CPU stream on this build, upcasting its experts as unimap does in every way), the second half on
+the CPU stream, each way below in a fresh process:
 
 - f32-experts: what unimap did before: the CPU layers cast to float32 whole (MLX's CPU gather_mm
   takes float32 only).
 - upcast-take: experts kept in bf16; each call takes the experts its tokens selected (or all of
   them when the tokens select at least 2/3 as many) and upcasts those to float32 for gather_mm.
-- upcast-views: unimap's way now (unimap/runtime.py upcast_gather_mm): a call with fewer
-  routed rows than experts (decode) reads the indices (a host sync) and multiplies each row by
-  its expert's slice of the stack, upcast alone (no gathered copy); more rows upcast the whole
-  stack once for gather_mm.
+- upcast-views: unimap's way now (unimap/runtime.py upcast_gather_mm): each call reads its
+  indices (a host sync), sorts its rows by expert and multiplies each selected expert's slice of
+  the stack, upcast alone (no gathered copy), by its rows, in groups evaluated one at a time.
 - upcast-take/bf16-rest: upcast-take with the layers' other weights (attention, router, norms)
   left in bf16 too, computing in bf16.
 - q8-experts, q4-experts: experts quantized (gather_qmm, bf16 scales) and float32 activations:
@@ -21,8 +23,8 @@ build), the second half on the CPU stream, each way below in a fresh process:
 - unimap: `unimap.load` with the split as its device map (upcast-views, built by unimap), with
   its plan's CPU weights and peak beside the measurement.
 And whether MLX's CPU gather_mm takes bf16 at all. Every run prints the greedy tokens; "same"
-compares them with f32-experts (the float32 reference), and max |dlogit| is over the prompt's
-last logits. Prints Markdown; docs/BENCHMARKS.md records the output.
+compares them with f32-experts (the float32 reference), and max |dlogit| is over the first
+step's log-probabilities. Prints Markdown; docs/BENCHMARKS.md records the output.
 """
 
 from __future__ import annotations
