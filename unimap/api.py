@@ -119,12 +119,18 @@ def plan(
                       max_kv_size=max_kv_size)
     options.check()
     spec = model if isinstance(model, ModelSpec) else inspect(model)
-    trained = trained_context(spec.config)
-    if max_seq_len is None and trained is not None and trained[0] < options.max_seq_len:
-        options = replace(options, max_seq_len=trained[0])  # the default never passes training
+    options = _within_training(spec, options, max_seq_len)
     target = resolve_machine(machine, ram=ram, gpu_budget=gpu_budget, gpu_reserve=gpu_reserve,
                              host_reserve=host_reserve, backend=backend)
     return make_plan(spec, target, options, mapping)
+
+
+def _within_training(spec: ModelSpec, options: Options, asked: int | None) -> Options:
+    """The default --max-seq-len never passes the context the model was trained for."""
+    trained = trained_context(spec.config)
+    if asked is None and trained is not None and trained[0] < options.max_seq_len:
+        return replace(options, max_seq_len=trained[0])
+    return options
 
 
 PLAN_OVERRIDES = ("kv_layout", "max_kv_size", "ram", "gpu_budget", "gpu_reserve", "host_reserve", "backend")
@@ -242,9 +248,7 @@ def plan_cluster(
                       max_kv_size=max_kv_size)
     options.check()
     spec = model if isinstance(model, ModelSpec) else inspect(model)
-    trained = trained_context(spec.config)
-    if max_seq_len is None and trained is not None and trained[0] < options.max_seq_len:
-        options = replace(options, max_seq_len=trained[0])
+    options = _within_training(spec, options, max_seq_len)
 
     def this_machine() -> Machine:
         return resolve_machine(None, gpu_reserve=gpu_reserve, host_reserve=host_reserve,

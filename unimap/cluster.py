@@ -26,7 +26,7 @@ from unimap.errors import ConfigError, UnimapError
 from unimap.estimate import ISQ_BITS, Options
 from unimap.inspect import NON_MAPPED_SLOT, VISION_SLOT, ModelSpec, Slot
 from unimap.machine import Device, Machine
-from unimap.plan import Plan, _fits, cpu_compute_dtype, make_plan
+from unimap.plan import Plan, _fits, cpu_compute_dtype, largest_fitting, make_plan
 from unimap.render import layer_span
 from unimap.units import format_bytes
 
@@ -406,23 +406,11 @@ def _greedy(layers: int, stages: int, fits: FitsFn, options: Options, tokens: in
 
 def _largest_end(fits: Callable[[int], bool], start: int, last: int) -> int:
     """The largest end in (start, last] with fits(end), or start when even one layer does not."""
-    if last <= start or not fits(start + 1):
-        return start
-    lo, hi = start + 1, last
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
+    return largest_fitting(fits, last, start + 1)
 
 
 def _largest(fits: Callable[[int], bool], upper: int) -> int:
-    if upper < 1 or not fits(1):
-        return 0
-    lo, hi = 1, upper
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
+    return largest_fitting(fits, upper)
 
 
 def _least(fits: Callable[[int], bool]) -> int:

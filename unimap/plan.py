@@ -517,14 +517,22 @@ def ways_out(spec: ModelSpec, machine: Machine, est: Estimate) -> tuple[str, ...
     return tuple(found)
 
 
-def _largest(fits: Callable[[int], bool], upper: int) -> int:
-    """Largest n in [1, upper] with fits(n), assuming monotone; prefer multiples of 256."""
-    if upper < 1 or not fits(1):
-        return 0
-    lo, hi = 1, upper
+def largest_fitting(fits: Callable[[int], bool], upper: int, lower: int = 1) -> int:
+    """Largest n in [lower, upper] with fits(n), assuming fits is monotone (true, then false);
+    lower - 1 when none fits."""
+    if upper < lower or not fits(lower):
+        return lower - 1
+    lo, hi = lower, upper
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def _largest(fits: Callable[[int], bool], upper: int) -> int:
+    """Largest n in [1, upper] with fits(n) (0 if none), rounded down to a multiple of 256 from
+    256 up: the figure a way out suggests."""
+    lo = largest_fitting(fits, upper)
     return lo // 256 * 256 if lo >= 256 else lo
 
 
