@@ -51,8 +51,9 @@ MESSAGES = [{"role": "system", "content": "w3 w4"}, {"role": "user", "content": 
 
 
 @contextlib.contextmanager
-def live(app: Any) -> Iterator[str]:
-    """`app` on uvicorn in a thread, on a free port; its base URL once /health answers."""
+def live(app: Any, loaded: bool = True) -> Iterator[str]:
+    """`app` on uvicorn in a thread, on a free port; its base URL once the server is up (and,
+    with `loaded`, once /health no longer says the model is loading)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -61,7 +62,8 @@ def live(app: Any) -> Iterator[str]:
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         wait_for(lambda: server.started, "the server to start")
-        wait_for(lambda: httpx.get(base + "/health").json()["status"] != "loading", "the model")
+        if loaded:
+            wait_for(lambda: httpx.get(base + "/health").json()["status"] != "loading", "the model")
         yield base
     finally:
         server.should_exit = True
@@ -445,24 +447,13 @@ def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
         go.wait(30)
         return unimap.load(path, planned=planned)
 
-    app = create_app(str(path), planned, loader=slow_load)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        wait_for(lambda: server.started, "the server")
+    with live(create_app(str(path), planned, loader=slow_load), loaded=False) as base:
         health = httpx.get(base + "/health")
         assert (health.status_code, health.json()["status"]) == (503, "loading")
         with pytest.raises(openai.InternalServerError, match="still loading"):
             client(base).completions.create(model="tiny", prompt="w1", max_tokens=2)
         go.set()
         wait_for(lambda: httpx.get(base + "/health").status_code == 200, "the model")
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_a_model_that_fails_to_load_says_why(tmp_path: Path) -> None:

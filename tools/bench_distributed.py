@@ -24,10 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-BENCH = {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816,
-         "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4,
-         "vocab_size": 32000, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-         "tie_word_embeddings": False, "max_position_embeddings": 4096}
+import bench_runtime  # noqa: E402
+
+BENCH = bench_runtime.BENCH  # the same random llama as tools/bench_runtime.py
 
 LLAMA_70B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192,
              "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,

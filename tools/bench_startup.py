@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCH = {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816,
-         "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4,
-         "vocab_size": 32000, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-         "tie_word_embeddings": False, "max_position_embeddings": 4096}
+import bench_runtime  # noqa: E402
+
+BENCH = bench_runtime.BENCH  # the same random llama as tools/bench_runtime.py
 PROMPT = "w1 w2 w3 w4 w5 w6 w7 w8"
 
 

@@ -654,7 +654,7 @@ def _launch_ranks(ctx: click.Context, target: str, ranks: int, prompt: str,
         console.print(f"plan: rank {r.index}: layers {layer_span(r.layers)}, predicted peak "
                       f"{format_bytes(r.peak_bytes)} of {format_bytes(r.budget_bytes)}", soft_wrap=True)
     cluster.require_fit()
-    code = launch_local(_rank_arguments(ctx, prompt), ranks, cluster.split, mode, None)
+    code = launch_local(_rank_arguments(ctx, prompt), ranks, cluster.split, mode)
     sys.exit(code)
 
 

@@ -376,10 +376,9 @@ def _stage_fits(spec: ModelSpec, stage_machines: list[Machine]) -> FitsFn:
 
 
 def _greedy(layers: int, stages: int, fits: FitsFn, options: Options, tokens: int,
-            partial: bool = False, fill: int = 1000) -> list[int] | None:
+            fill: int = 1000) -> list[int] | None:
     """Layers per stage (stage 0 first): each stage takes the most layers that fit, leaving
-    one for each later stage; None when some layer is left over (with `partial`, the counts so
-    far, the leftovers on the last stage)."""
+    one for each later stage, the last stage the rest; None when some stage cannot."""
     counts: list[int] = []
     start = 0
     for stage in range(stages):
@@ -392,15 +391,9 @@ def _greedy(layers: int, stages: int, fits: FitsFn, options: Options, tokens: in
 
             end = _largest_end(holds, start, last)
         if end <= start:
-            if not partial:
-                return None
-            end = max(start + 1, layers if stage == stages - 1 else start + 1)
+            return None
         counts.append(end - start)
         start = end
-    if start < layers:
-        if not partial:
-            return None
-        counts[-1] += layers - start
     return counts
 
 

@@ -72,8 +72,7 @@ def rank_timeout(env: dict[str, str] | os._Environ[str] = os.environ) -> float:
 # ---------------------------------------------------------------- the launcher
 
 
-def launch_local(argv: Sequence[str], ranks: int, split: Sequence[int], mode: str,
-                 prompt: str | None) -> int:
+def launch_local(argv: Sequence[str], ranks: int, split: Sequence[int], mode: str) -> int:
     """Run `unimap run ARGV` as `ranks` processes on 127.0.0.1 and wait for them. Rank 0 prints;
     the others write to logs shown only when they fail. Returns the exit code: 0 when every rank
     ended well, else the first failure's (130 after Ctrl-C)."""
@@ -81,9 +80,7 @@ def launch_local(argv: Sequence[str], ranks: int, split: Sequence[int], mode: st
     folder = Path(tempfile.mkdtemp(prefix="unimap-ranks-"))
     hostfile = folder / "hosts.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"] for port in free_ports(ranks)]))
-    args = [a for a in argv]
-    if prompt is not None:  # the text read from stdin goes to every rank
-        args += ["--prompt", prompt]
+    args = list(argv)
     processes: list[subprocess.Popen[bytes]] = []
     logs = []
     try:
