@@ -9,6 +9,7 @@ import warnings
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import golden_plans
@@ -21,7 +22,7 @@ from unimap import ConfigError, Options, inspect
 from unimap.cli import cli
 from unimap.machines import PRESETS, preset_machine
 from unimap.plan import Plan, make_plan
-from unimap.render import layer_span
+from unimap.render import device_layers
 from unimap.settings import Reserves
 from unimap.units import GiB, format_bytes
 
@@ -53,10 +54,18 @@ def test_plan_invariants(models: Path, key: str) -> None:
     parts = est.non_mapped_weight_bytes + est.vision_weight_bytes
     split = plan.cpu_dtype is not None
     assert sum(d.weight_bytes for d in plan.devices) == est.weight_bytes or split
+    moved = {p.index for p in plan.layers if p.experts_device not in (None, p.device)}
     for d in plan.devices:  # a split's CPU layers are priced in the CPU's compute dtype
         priced = est.cpu_layers if d.name == "cpu" and split else est.layers
-        layer_bytes = sum(priced[i].weight_bytes for i in d.layers)
+        layer_bytes = sum(priced[i].dense_bytes if i in moved else priced[i].weight_bytes
+                          for i in d.layers)
+        layer_bytes += sum(est.layers[i].expert_bytes for i in d.expert_layers)
         assert d.weight_bytes - layer_bytes in (0, parts)
+    # routed experts live on the CPU only for layers whose dense part is on a GPU, and each
+    # moved layer's experts are listed on the CPU
+    assert set(plan.device("cpu").expert_layers) == moved
+    assert not moved & set(plan.device("cpu").layers)
+    assert all(est.layers[i].expert_bytes for i in moved)
     assert plan.peak_bytes >= sum(d.weight_bytes + d.kv_bytes for d in plan.devices)
     assert plan.fits == all(d.used_bytes <= d.budget_bytes for d in plan.devices)
     gpu = plan.machine.gpus[0]
@@ -96,7 +105,7 @@ def test_wired_limit_way_out(models: Path) -> None:
 
 def test_x86_cpu_part_of_a_split_runs_in_float32(models: Path) -> None:
     spec = inspect(models / "mixtral-8x7b")
-    plan = make_plan(spec, preset_machine("h100-80gb", {}, Reserves()))
+    plan = make_plan(spec, preset_machine("h100-80gb", {}, Reserves()), n_cpu_moe=0)  # whole layers
     est = plan.estimate
     assert plan.cpu_dtype == "float32" and est.dtype == "bfloat16"
     cpu = plan.device("cpu")
@@ -111,10 +120,11 @@ def test_x86_cpu_part_of_a_split_runs_in_float32(models: Path) -> None:
     mac = make_plan(inspect(models / "llama3-8b"), preset_machine("mac-16gb", {}, Reserves()))
     assert mac.cpu_dtype is None and mac.device("cpu").layers  # arm64: not measured, unchanged
     # MLX's CPU gather_mm takes float32 only: a bf16 MoE's CPU layers run in float32 everywhere
-    moe = make_plan(inspect(models / "qwen3-30b-a3b"), preset_machine("mac-64gb", {}, Reserves()))
+    moe = make_plan(inspect(models / "qwen3-30b-a3b"), preset_machine("mac-64gb", {}, Reserves()),
+                    n_cpu_moe=0)
     assert moe.cpu_dtype == "float32" and moe.device("cpu").layers
     kept = make_plan(inspect(models / "mixtral-8x7b"), preset_machine("h100-80gb", {}, Reserves()),
-                     Options(cpu_dtype="bfloat16"))
+                     Options(cpu_dtype="bfloat16"), n_cpu_moe=0)
     assert kept.cpu_dtype is None and kept.device("cpu").weight_bytes < cpu.weight_bytes
 
 
@@ -267,7 +277,12 @@ def test_cli_plan_json_and_html(models: Path, tmp_path: Path) -> None:
     html = tmp_path / "plan.html"
     code, out, _ = run_cli("plan", "-m", str(models / "mixtral-8x7b"), "--machine", "h100-80gb",
                            "--json", "--html", str(html))
-    assert code == 0 and json.loads(out)["layers"][-1]["device"] == "cpu"
+    data = json.loads(out)
+    assert code == 0 and data["layers"][-1]["device"] == "gpu:0"
+    # the routed experts of the first layers live on the CPU, their dense parts on the GPU
+    moved = [layer["index"] for layer in data["layers"] if layer["experts_device"] == "cpu"]
+    assert moved == data["devices"][-1]["expert_layers"] == list(range(len(moved))) and moved
+    assert data["decode"]["tokens_per_s"] > 0 and data["decode"]["crossings"] == 2 * len(moved)
     assert html.read_text().startswith("<!doctype html>")
 
 
@@ -337,7 +352,8 @@ WIDTH_CASES = [
 
 def figures(device: dict[str, Any]) -> list[str]:
     """A device's cells as the plan table shows them, from the plan's JSON."""
-    return [device["name"], layer_span(tuple(device["layers"])), *(format_bytes(n) for n in (
+    held = SimpleNamespace(layers=tuple(device["layers"]), expert_layers=tuple(device["expert_layers"]))
+    return [device["name"], device_layers(held), *(format_bytes(n) for n in (  # type: ignore[arg-type]
         device["weight_bytes"], device["kv_bytes"] + device["kv_growth_bytes"],
         device["activation_bytes"], device["used_bytes"], device["budget_bytes"],
         device["free_bytes"]))]
@@ -443,7 +459,7 @@ def test_notebook_html_shows_each_device(models: Path, family: str, machine: str
     assert f": {verdict}" in page.text and ("does not fit" in page.text) == (not plan.fits)
     for d in plan.devices:
         row = next(r for r in page.rows if r[0] == d.name)
-        assert row[1:9] == [d.description, layer_span(d.layers), *(format_bytes(n) for n in (
+        assert row[1:9] == [d.description, device_layers(d), *(format_bytes(n) for n in (
             d.weight_bytes, d.kv_bytes + d.kv_growth_bytes, d.activation_bytes, d.used_bytes,
             d.budget_bytes, d.free_bytes))]
     assert f"predicted peak {format_bytes(plan.peak_bytes)}" in page.text

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fixtures  # noqa: E402
 
+from unimap.estimate import Options  # noqa: E402
 from unimap.inspect import inspect  # noqa: E402
 from unimap.machines import preset_machine  # noqa: E402
 from unimap.plan import make_plan  # noqa: E402
@@ -65,12 +66,47 @@ def models(tmp: Path, only: list[str]) -> list[tuple[str, Path, int]]:
     return found
 
 
+MOE_MACHINES = ("mac-128gb", "dgx-spark-128gb")
+MOE_MODELS = ("qwen3-235b-a22b", "DeepSeek-V3")
+
+
+def moe_presets(tmp: Path) -> None:
+    """The big MoE models on 128 GB unified machines: at each --isq, where each layer's dense
+    part and routed experts go, and the decode speed the plan expects (its roofline)."""
+    from unimap.render import layer_span
+
+    print("\n| model | machine | --isq | fits | GPU: dense parts of layers | routed experts on the "
+          "CPU | whole layers on the CPU | predicted decode | placement |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for name, folder, _ in models(tmp, list(MOE_MODELS)):
+        spec = inspect(folder)
+        for machine_name in MOE_MACHINES:
+            machine = preset_machine(machine_name, {}, Reserves())
+            for isq in (None, 4, 3, 2):
+                plan = make_plan(spec, machine, Options(max_seq_len=8192, isq=isq))
+                gpu, cpu = plan.device("gpu:0"), plan.device("cpu")
+                rate = plan.decode.tokens_per_s if plan.decode else None
+                why = next((n for n in plan.notes if "CPU (" in n or "live on the CPU" in n), "")
+                why = why[why.find("(") + 1:-1] if why else ("all on the GPU" if plan.all_on_gpu else "")
+                print(f"| {name} | {machine_name} | {isq or '-'} | "
+                      f"{'yes' if plan.fits else 'no: ' + plan.problem} | {layer_span(gpu.layers)} | "
+                      f"{layer_span(cpu.expert_layers)} | {layer_span(cpu.layers)} | "
+                      f"{'-' if rate is None else f'{rate:.1f} tokens/s'} | {why} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--machine", default="mac-16gb")
     parser.add_argument("--only", default="", help="comma-separated parts of model names")
+    parser.add_argument("--moe", action="store_true", help="only Qwen3-235B-A22B and DeepSeek-V3 "
+                        "on the 128 GB presets: expert placement and predicted decode")
     args = parser.parse_args()
+    if args.moe:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["UNIMAP_CACHE_DIR"] = str(Path(tmp) / "cache")
+            moe_presets(Path(tmp))
+        return
     machine = preset_machine(args.machine, {}, Reserves())
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
           f"planning for {args.machine}")

@@ -126,15 +126,13 @@ def cpu_layer_dtypes(rounds: int) -> list[str]:
     return rows
 
 
-ROOFLINE_CHILD = r"""
+MEASURE = r"""
 import json, statistics, sys, time
 import mlx.core as mx
 from mlx.utils import tree_flatten
 import unimap
 from unimap.doctor import blas_library
 from unimap.host import Host
-
-path, tokens, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
 
 def bandwidth(stream):
@@ -171,8 +169,10 @@ def crossing(first, second):
         mx.eval(z)
         best = min(best, time.perf_counter() - start)
     return best
+"""
 
-
+ROOFLINE_CHILD = MEASURE + r"""
+path, tokens, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 prompt = [1] + [(13 * i) % 190 + 3 for i in range(63)]
 out = {"blas": blas_library(Host.real())[1], "cases": []}
 for label, kwargs in (("all on one device", {}),
@@ -242,6 +242,106 @@ def roofline(path: Path, tokens: int, rounds: int) -> list[str]:
     return rows
 
 
+# A float32 qwen3_moe (MLX's CPU build runs half-precision routed experts only on its CPU stream):
+# 8 layers of 32 experts, 4 routed per token; the experts are 94 % of each layer's bytes.
+MOE_BENCH = {"model_type": "qwen3_moe", "hidden_size": 1024, "intermediate_size": 2816,
+             "moe_intermediate_size": 768, "num_hidden_layers": 8, "num_attention_heads": 16,
+             "num_key_value_heads": 4, "head_dim": 64, "num_experts": 32, "num_experts_per_tok": 4,
+             "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True,
+             "vocab_size": 32000, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+             "tie_word_embeddings": False, "max_position_embeddings": 4096}
+
+EXPERTS_CHILD = MEASURE + r"""
+sys.path.insert(0, sys.argv[6])
+from tiny_models import stand_in_machine
+from unimap.machines import with_gpu_budget
+from unimap.settings import Reserves
+
+path, tokens, rounds, budget, n_cpu_moe = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
+                                           int(sys.argv[4]), sys.argv[5])
+machine = with_gpu_budget(stand_in_machine(), budget, Reserves())
+flags = {} if n_cpu_moe == "auto" else {"n_cpu_moe": int(n_cpu_moe)}
+model, tok, plan = unimap.load(path, max_seq_len=512, machine=machine, **flags)
+placement = model._unimap.placement
+prompt = [1] + [(13 * i) % 190 + 3 for i in range(63)]
+rates, prefill = [], []
+for _ in range(rounds):
+    responses = list(unimap.stream_generate(model, tok, prompt, max_tokens=tokens))
+    rates.append(responses[-1].generation_tps)
+    prefill.append(responses[-1].prompt_tps)
+speed = plan.decode
+print(json.dumps({
+    "blas": blas_library(Host.real())[1], "tps": statistics.median(rates),
+    "prefill_tps": statistics.median(prefill), "peak": mx.get_peak_memory(),
+    "planned_peak": plan.peak_bytes, "read": speed.read_bytes, "crossings": speed.crossings,
+    "gpu_layers": len(plan.device("gpu:0").layers), "cpu_layers": len(plan.device("cpu").layers),
+    "cpu_experts": len(plan.device("cpu").expert_layers),
+    "gpu_bytes": plan.device("gpu:0").used_bytes,
+    "bandwidth": {"gpu:0": bandwidth(placement.gpu_stream), "cpu": bandwidth(placement.cpu_stream)},
+    "crossing": crossing(placement.gpu_stream, placement.cpu_stream)}))
+"""
+
+
+def expert_placement(path: Path, tokens: int, rounds: int) -> list[str]:
+    """Decode tokens/s with routed experts on the CPU against whole layers on the CPU, at the
+    same GPU budget (the one that holds 4 of the 8 whole layers), each in a fresh process with
+    an installed OpenBLAS preloaded as `unimap run` does; beside each, the plan's decode
+    roofline with this machine's measured read rates and hand-over cost."""
+    import warnings
+
+    from tiny_models import stand_in_machine
+
+    from unimap.host import Host
+    from unimap.preload import DONE_VARIABLE, find_openblas
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import unimap
+
+        budget = unimap.plan(path, max_seq_len=512, machine=stand_in_machine(),
+                             device_map=4).device("gpu:0").used_bytes
+    from dataclasses import replace
+
+    from unimap.machines import with_gpu_budget
+    from unimap.settings import Reserves
+
+    machine = with_gpu_budget(stand_in_machine(), budget, Reserves())
+    fewest = next(n for n in range(1, 9) if len(unimap.plan(
+        path, max_seq_len=512, machine=machine, n_cpu_moe=n).device("gpu:0").layers) == 8)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", DONE_VARIABLE)}
+    openblas = find_openblas(Host.real())
+    if openblas:
+        env.update({"LD_PRELOAD": openblas, DONE_VARIABLE: openblas})
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    rows = ["| placement | GPU: layers (dense parts) | CPU: whole layers, experts of | "
+            "hand-overs / token | decode (measured) | roofline (plan, measured rates) | "
+            "of roofline | prefill (64 tokens) | peak / planned |", "|---|---|---|---|---|---|---|---|---|"]
+    found = {}
+    for label, flag in (("whole layers on the CPU", "0"),
+                        (f"routed experts of the first {fewest} layers on the CPU", str(fewest))):
+        done = subprocess.run([sys.executable, "-c", EXPERTS_CHILD, str(path), str(tokens),
+                               str(rounds), str(budget), flag, tests],
+                              capture_output=True, text=True, check=True, env=env)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        seconds = sum(n / r["bandwidth"][d] for d, n in r["read"].items() if n)
+        seconds += r["crossings"] * r["crossing"]
+        found[flag] = r
+        rows.append(f"| {label} | {r['gpu_layers']} | {r['cpu_layers']}, {r['cpu_experts']} | "
+                    f"{r['crossings']} | {r['tps']:.1f} tokens/s | {1 / seconds:.1f} tokens/s | "
+                    f"{r['tps'] * seconds:.0%} | {r['prefill_tps']:.1f} tokens/s | "
+                    f"{r['peak'] / 2**20:.0f} / {r['planned_peak'] / 2**20:.0f} MiB |")
+    rates = {d: int(v) for d, v in r["bandwidth"].items()}
+    measured = replace(machine, devices=tuple(replace(d, bandwidth_bytes_per_s=rates[d.name])
+                                              for d in machine.devices))
+    chosen = unimap.plan(path, max_seq_len=512, machine=measured)
+    rows.append("")
+    rows.append(f"GPU budget {budget / 2**20:.0f} MiB (4 whole layers); BLAS: {r['blas']}; read "
+                f"rates gpu:0 {rates['gpu:0'] / 1e9:.1f} GB/s, cpu {rates['cpu'] / 1e9:.1f} GB/s; "
+                f"hand-over {r['crossing'] * 1e6:.0f} us. The plan, given these rates, chooses: "
+                + "; ".join(n for n in chosen.notes if "CPU (" in n or "live on the CPU" in n))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=128)
@@ -249,6 +349,8 @@ def main() -> None:
     parser.add_argument("--skip-dtypes", action="store_true")
     parser.add_argument("--roofline", action="store_true", help="only the split roofline section")
     parser.add_argument("--no-roofline", action="store_true", help="skip the split roofline section")
+    parser.add_argument("--experts", action="store_true", help="only MoE expert placement against "
+                        "whole-layer placement")
     args = parser.parse_args()
     import mlx.core as mx
 
@@ -257,6 +359,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         from tiny_models import write_random_model
 
+        if args.experts:
+            print("\n### MoE: routed experts on the CPU against whole layers (float32 qwen3_moe, "
+                  "1024 wide, 8 layers of 32 experts, top-4)\n")
+            moe = write_random_model(Path(tmp) / "moe", MOE_BENCH)
+            print("\n".join(expert_placement(moe, args.tokens, args.rounds)))
+            return
         paths = {dtype: write_random_model(Path(tmp) / dtype, BENCH, dtype=dtype)
                  for dtype in ("float32", "bfloat16")}
         if not args.no_roofline:

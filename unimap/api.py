@@ -102,16 +102,25 @@ def plan(
     gpu_reserve: str | int | None = None,
     host_reserve: str | int | None = None,
     backend: str | None = None,
+    cpu_moe: bool = False,
+    n_cpu_moe: int | None = None,
 ) -> Plan:
     """Plan where `model` (a folder, a Hub repo id or a ModelSpec) runs on `machine`.
 
     `max_seq_len` (prompt plus reply, in tokens) defaults to 4096, or to the context the model
-    was trained for when that is shorter. Returns a Plan whether or not it fits; `plan.fits`
-    says, `plan.require_fit()` raises."""
+    was trained for when that is shorter. A mixture-of-experts model that does not fit the GPU
+    may get its routed experts on the CPU (the plan chooses); `cpu_moe=True` puts every layer's
+    routed experts there, `n_cpu_moe=N` those of layers 0..N-1 (llama.cpp's flags). Returns a
+    Plan whether or not it fits; `plan.fits` says, `plan.require_fit()` raises."""
     if not isinstance(model, str | Path | ModelSpec) or (isinstance(model, str) and not model.strip()):
         raise ArgumentTypeError(f"model must be a folder, a .gguf file, a Hub repo id or a ModelSpec, "
                                 f"not {short(model)}")
     mapping = parse_device_map(device_map)
+    if not isinstance(cpu_moe, bool):
+        raise ArgumentTypeError(f"cpu_moe must be True or False, not {short(cpu_moe)}")
+    if cpu_moe and n_cpu_moe is not None:
+        raise ConfigError("give --cpu-moe (every layer's routed experts on the CPU) or --n-cpu-moe "
+                          "N (the first N layers'), not both")
     options = Options(max_seq_len=DEFAULT_SEQ_LEN if max_seq_len is None else max_seq_len,
                       max_batch_size=max_batch_size,
                       max_num_images=max_num_images, max_image_length=max_image_length,
@@ -122,7 +131,7 @@ def plan(
     options = _within_training(spec, options, max_seq_len)
     target = resolve_machine(machine, ram=ram, gpu_budget=gpu_budget, gpu_reserve=gpu_reserve,
                              host_reserve=host_reserve, backend=backend)
-    return make_plan(spec, target, options, mapping)
+    return make_plan(spec, target, options, mapping, spec.num_layers if cpu_moe else n_cpu_moe)
 
 
 def _within_training(spec: ModelSpec, options: Options, asked: int | None) -> Options:
@@ -133,7 +142,8 @@ def _within_training(spec: ModelSpec, options: Options, asked: int | None) -> Op
     return options
 
 
-PLAN_OVERRIDES = ("kv_layout", "max_kv_size", "ram", "gpu_budget", "gpu_reserve", "host_reserve", "backend")
+PLAN_OVERRIDES = ("kv_layout", "max_kv_size", "ram", "gpu_budget", "gpu_reserve", "host_reserve", "backend",
+                  "cpu_moe", "n_cpu_moe")
 
 
 def load(

@@ -35,7 +35,7 @@ from unimap.machines import PRESETS
 from unimap.plan import DevicePlan, DoesNotFitError, Plan
 from unimap.preload import DONE_VARIABLE
 from unimap.probe import probe
-from unimap.render import layer_span, memory_bar
+from unimap.render import device_layers, layer_span, memory_bar, speed_line
 from unimap.units import format_bytes
 
 _MARK = {"ok": "[green]ok[/]", "info": "[cyan]info[/]", "warn": "[yellow]WARN[/]",
@@ -151,13 +151,15 @@ def _backends_table(machine: Machine) -> Table:
 def _devices_table(machine: Machine) -> Table:
     table = Table(title="devices (memory a plan may use)", title_justify="left")
     for column in ("device", "what", "unified", "total", "ceiling", "available", "reserve",
-                   "budget"):
+                   "budget", "reads"):
         table.add_column(column, justify="right" if column not in ("device", "what") else "left")
     for d in machine.devices:
+        rate = d.bandwidth_bytes_per_s
         table.add_row(d.name, escape(d.description), "yes" if d.unified else "no",
                       *(format_bytes(v) for v in (d.total_bytes, d.ceiling_bytes,
                                                   d.available_bytes, d.reserve_bytes)),
-                      f"[bold]{format_bytes(d.budget_bytes)}[/]")
+                      f"[bold]{format_bytes(d.budget_bytes)}[/]",
+                      "unknown" if rate is None else f"{rate / 1e9:g} GB/s")
     return table
 
 
@@ -201,6 +203,10 @@ def _print_checks(report: Report, console: Console) -> None:
               show_default=True, help="mlx-lm's growing cache, or one preallocated in blocks.")
 @click.option("-n", "--device-map", "device_map",
               help='Deprecated manual map: "16" (layers on GPU 0) or "0:16;1:16".')
+@click.option("--cpu-moe", is_flag=True, help="Keep every layer's routed experts on the CPU, "
+              "the rest of the model on the GPU (llama.cpp's flag; by default the plan decides).")
+@click.option("--n-cpu-moe", type=int, metavar="N", help="Keep the routed experts of the first N "
+              "layers on the CPU (llama.cpp's flag).")
 @click.option("--machine", "machine_name", metavar="NAME",
               help="Plan for a preset machine instead of this one (see --list-machines).")
 @click.option("--list-machines", is_flag=True, help="List the machine presets and exit.")
@@ -225,7 +231,8 @@ def plan_command(model_arg: str | None, model: str | None, max_seq_len: int | No
                  device_map: str | None, machine_name: str | None, list_machines: bool, ram: str | None,
                  gpu_budget: str | None, gpu_reserve: str | None, host_reserve: str | None,
                  backend: str | None, ranks: int | None, hosts: str | None,
-                 tensor_parallel: bool, as_json: bool, html_path: str | None) -> None:
+                 tensor_parallel: bool, as_json: bool, html_path: str | None, cpu_moe: bool,
+                 n_cpu_moe: int | None) -> None:
     """Say before loading anything what goes where, and why; exit 3 if the model does not fit."""
     if list_machines:
         for preset in PRESETS.values():
@@ -233,10 +240,11 @@ def plan_command(model_arg: str | None, model: str | None, max_seq_len: int | No
         return
     target = _model_argument(model_arg, model, "plan")
     if ranks is not None or hosts is not None:
-        if machine_name or ram or gpu_budget or device_map or html_path or max_num_images != 1:
+        if (machine_name or ram or gpu_budget or device_map or html_path or max_num_images != 1
+                or cpu_moe or n_cpu_moe is not None):
             raise click.UsageError("with --ranks or --hosts, give the machines through --hosts "
                                    "(presets or descriptions); --machine, --ram, --gpu-budget, -n, "
-                                   "--html and images are for one machine")
+                                   "--cpu-moe, --n-cpu-moe, --html and images are for one machine")
         from unimap.api import plan_cluster
 
         cluster = plan_cluster(target, hosts, ranks, max_seq_len, max_batch_size, isq,
@@ -258,8 +266,8 @@ def plan_command(model_arg: str | None, model: str | None, max_seq_len: int | No
         warnings.simplefilter("ignore", DeprecationWarning)  # shown as a plan note instead
         result = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
                            isq, "auto" if device_map is None else device_map, machine, dtype=dtype,
-                           kv_bits=kv_bits, max_kv_size=max_kv_size,
-                           kv_layout=kv_layout)  # type: ignore[arg-type]
+                           kv_bits=kv_bits, max_kv_size=max_kv_size, cpu_moe=cpu_moe,
+                           n_cpu_moe=n_cpu_moe, kv_layout=kv_layout)  # type: ignore[arg-type]
     if html_path:
         _write_html(html_path, result)
     if as_json:
@@ -339,6 +347,8 @@ def _render_plan(result: Plan, console: Console) -> None:
     _wrapped(console, f"  {placed}; predicted peak {format_bytes(result.peak_bytes)}"
              + ("" if result.wired_limit_bytes is None else
                 f"; wired limit {format_bytes(result.wired_limit_bytes)}"), 4)
+    if speed_line(result):
+        _wrapped(console, f"  {escape(speed_line(result))}", 4)
     for note in result.notes:
         _wrapped(console, f"  note: {escape(note)}", 8)
     for way in result.ways_out:
@@ -399,7 +409,7 @@ def _device_tables(result: Plan, console: Console) -> Group:
 
 def _device_cells(d: DevicePlan) -> list[str]:
     free = format_bytes(d.free_bytes)
-    return [escape(d.name), layer_span(d.layers), format_bytes(d.weight_bytes),
+    return [escape(d.name), device_layers(d), format_bytes(d.weight_bytes),
             format_bytes(d.kv_bytes + d.kv_growth_bytes), format_bytes(d.activation_bytes),
             format_bytes(d.used_bytes), format_bytes(d.budget_bytes),
             free if d.free_bytes >= 0 else f"[red]{free}[/]"]
@@ -450,6 +460,10 @@ def _plan_options(f: Any) -> Any:
                      "in a rotating KV cache (mlx-lm's flag): the sequence may run past it, the "
                      "model sees the latest tokens."),
         click.option("-n", "--device-map", "device_map", help='Deprecated manual map: "16".'),
+        click.option("--cpu-moe", is_flag=True, help="Keep every layer's routed experts on the "
+                     "CPU, the rest on the GPU (llama.cpp's flag; by default the plan decides)."),
+        click.option("--n-cpu-moe", type=int, metavar="N", help="Keep the routed experts of the "
+                     "first N layers on the CPU (llama.cpp's flag)."),
     ]):
         f = option(f)
     return f
@@ -510,8 +524,8 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
                 device_map: str | None, prompt: str | None, system_prompt: str | None,
                 ignore_chat_template: bool, interactive: bool, max_tokens: int, seed: int | None,
                 images: tuple[str, ...], verbose: bool, quiet: bool, as_json: bool,
-                no_blas_preload: bool, ranks: int | None, tensor_parallel: bool,
-                **sampling: Any) -> None:
+                no_blas_preload: bool, ranks: int | None, tensor_parallel: bool, cpu_moe: bool,
+                n_cpu_moe: int | None, **sampling: Any) -> None:
     """Load MODEL the way its plan says and generate text (or chat, with -i)."""
     from unimap import vlm
     from unimap.distributed import in_rank
@@ -533,9 +547,9 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
     if images and ctx.get_parameter_source("max_num_images") is click.core.ParameterSource.DEFAULT:
         max_num_images = max(max_num_images, len(images))  # plan for the images given
     if ranks is not None or in_rank():
-        if interactive or images or device_map:
-            raise click.UsageError("--ranks runs one --prompt of a text model (no -i, --image or -n "
-                                   "yet)")
+        if interactive or images or device_map or cpu_moe or n_cpu_moe is not None:
+            raise click.UsageError("--ranks runs one --prompt of a text model (no -i, --image, -n, "
+                                   "--cpu-moe or --n-cpu-moe yet)")
         settings = {"max_tokens": max_tokens, "seed": seed, **sampling}
         options = {"max_seq_len": max_seq_len, "max_batch_size": max_batch_size, "isq": isq,
                    "kv_bits": kv_bits, "max_kv_size": max_kv_size,
@@ -553,7 +567,7 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
         warnings.simplefilter("ignore", DeprecationWarning)
         planned = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
                             isq, "auto" if device_map is None else device_map, None, kv_bits=kv_bits,
-                            max_kv_size=max_kv_size)
+                            max_kv_size=max_kv_size, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe)
     vision = planned.estimate.vision_weight_bytes > 0
     if images and not vision:
         raise vlm.text_only(target)
@@ -607,8 +621,9 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
               "`unimap run --help`).")
 def serve_command(model_arg: str | None, model: str | None, max_seq_len: int | None,
                   max_batch_size: int, max_num_images: int, max_image_length: int, isq: int | None,
-                  kv_bits: int | None, max_kv_size: int | None, device_map: str | None, host: str,
-                  port: int, max_queue: int, no_blas_preload: bool) -> None:
+                  kv_bits: int | None, max_kv_size: int | None, device_map: str | None,
+                  cpu_moe: bool, n_cpu_moe: int | None, host: str, port: int, max_queue: int,
+                  no_blas_preload: bool) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API; the plan for --max-seq-len x
     --max-batch-size is the admission control (see the README's `unimap serve`)."""
     from unimap.checks import whole_number
@@ -622,7 +637,7 @@ def serve_command(model_arg: str | None, model: str | None, max_seq_len: int | N
         warnings.simplefilter("ignore", DeprecationWarning)
         planned = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
                             isq, "auto" if device_map is None else device_map, None, kv_bits=kv_bits,
-                            max_kv_size=max_kv_size)
+                            max_kv_size=max_kv_size, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe)
     _summary(planned, console)
     check_servable(planned)  # before the port is taken or anything loads
     sock = listen(host, port)
@@ -971,7 +986,8 @@ def _line_editing() -> None:
 def _summary(result: Plan, console: Console) -> None:
     gpu = [d for d in result.devices if d.name != "cpu" and d.layers]
     where = ("all on " + result.devices[0].name if result.all_on_gpu else
-             ", ".join(f"{d.name} layers {layer_span(d.layers)}" for d in result.devices if d.layers))
+             ", ".join(f"{d.name} layers {device_layers(d)}" for d in result.devices
+                       if d.layers or d.expert_layers))
     status = "fits" if result.fits else f"does not fit: {result.problem}"
     wired = ("" if result.wired_limit_bytes is None
              else f", wired limit {format_bytes(result.wired_limit_bytes)}")

@@ -164,6 +164,10 @@ def machine_from_dict(data: Any, where: str) -> Machine:
         if d.budget_bytes is not None and (not isinstance(d.budget_bytes, int) or d.budget_bytes < 0):
             raise ConfigError(f"{path}: device {d.name!r} has budget_bytes {short(d.budget_bytes)}; "
                               "it must be a whole number of bytes")
+        rate = d.bandwidth_bytes_per_s
+        if rate is not None and (not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0):
+            raise ConfigError(f"{path}: device {d.name!r} has bandwidth_bytes_per_s {short(rate)}; "
+                              "it must be a positive whole number of bytes per second, or null")
     if not any(d.name == "cpu" for d in machine.devices):
         raise ConfigError(f"{path}: the machine description has no cpu device")
     return machine

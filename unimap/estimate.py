@@ -128,6 +128,14 @@ class LayerEstimate:
     weight_bytes: int
     kv_bytes: int  # cache (or recurrent state) at its largest
     source_bytes: int = 0  # the layer as stored: held beside its result while it is converted
+    expert_bytes: int = 0  # its routed experts, as loaded (part of weight_bytes; never recast)
+    expert_source_bytes: int = 0  # its routed experts as stored
+
+    @property
+    def dense_bytes(self) -> int:
+        """Everything of the layer but its routed experts: attention, norms, router, shared
+        experts (what stays on the GPU when its experts move to the CPU)."""
+        return self.weight_bytes - self.expert_bytes
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,7 @@ class Estimate:
     cpu_activation_terms: dict[str, int] = field(default_factory=dict)
     trained_context: int | None = None  # tokens the model was trained for, if its config says
     trained_context_source: str = ""
+    head_read_bytes: int = 0  # what a decode step reads of the non-mapped parts (the head)
 
     @property
     def weight_bytes(self) -> int:
@@ -239,7 +248,9 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     non_mapped, vision = priced[NON_MAPPED_SLOT], priced[VISION_SLOT]
     chunk = min(options.prefill_chunk_tokens, max(tokens - 1, 1))
     kv = [kv_bytes(arch, i, tokens, chunk, options, d) for i in range(arch.num_layers)]
-    layers = tuple(LayerEstimate(i, kind, weights[i], kv[i], spec.slots[i].header_bytes)
+    experts = [(slot_bytes(s.experts, options, d), s.experts.header_bytes) if s.experts else (0, 0)
+               for s in spec.slots[:arch.num_layers]]
+    layers = tuple(LayerEstimate(i, kind, weights[i], kv[i], spec.slots[i].header_bytes, *experts[i])
                    for i, kind in enumerate(arch.layer_kinds))
     growth = max((kv[i] for i, k in enumerate(arch.layer_kinds) if k != "recurrent"), default=0)
     if options.kv_layout == "paged":
@@ -251,7 +262,7 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     cpu_options = replace(options, dtype=cpu_name) if cpu_name != act_dtype else options
     cpu_layers = tuple(LayerEstimate(i, kind, cpu_slot_bytes(spec.slots[i], options, d, cpu_options, cpu_d),
                                      kv_bytes(arch, i, tokens, chunk, options, cpu_d),
-                                     spec.slots[i].header_bytes)
+                                     spec.slots[i].header_bytes, *experts[i])
                        for i, kind in enumerate(arch.layer_kinds)) if cpu_name != act_dtype else layers
     upcast = upcast_terms(arch, options, chunk, upcast_expert_elements(spec, options))
     return Estimate(
@@ -270,7 +281,18 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
                                                  quantized), **upcast},
         trained_context=trained[0] if trained else None,
         trained_context_source=trained[1] if trained else "",
+        head_read_bytes=head_read_bytes(spec, arch, non_mapped, d),
     )
+
+
+def head_read_bytes(spec: ModelSpec, arch: Architecture, non_mapped_bytes: int, d: int) -> int:
+    """The output head as loaded (scaled like the non-mapped parts by --isq or --dtype); a
+    vocabulary x hidden matrix where the headers name no head, never above the parts."""
+    stored = spec.slots[-2].header_bytes if spec.slots else 0  # the non-mapped slot
+    head = spec.head_bytes or arch.vocab_size * arch.hidden_size * d
+    if stored and spec.head_bytes:
+        head = head * non_mapped_bytes // stored
+    return min(head, non_mapped_bytes)
 
 
 def rotating(spec: ModelSpec, window: int) -> Architecture:

@@ -118,6 +118,18 @@ class ModelSpec:
         return {h.name: h for h in self.headers}
 
     @cached_property
+    def head_bytes(self) -> int:
+        """Bytes of the output head as stored (lm_head's tensors, or the embedding table's when
+        the head is tied to it): what each decode step reads of the non-mapped parts."""
+        head = embed = 0
+        for h in self.headers:
+            if "lm_head" in h.name:
+                head += h.end - h.begin
+            elif "embed_tokens" in h.name or h.name.endswith("wte.weight"):
+                embed += h.end - h.begin
+        return head or embed
+
+    @cached_property
     def packed(self) -> bool:
         """Whether any weight is packed in uint32 (MLX-quantized, or quantized GGUF tensors);
         computed once: every estimate of a plan's search asks."""

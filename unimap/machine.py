@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from unimap.bandwidth import gpu_bandwidth, unified_cpu_bandwidth
 from unimap.settings import Reserves
 
 DeviceKind = Literal["gpu", "cpu"]
@@ -42,6 +43,7 @@ class Device:
     wired_limit_bytes: int | None = None  # Metal: the iogpu sysctl setting; 0 = OS default
     sources: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    bandwidth_bytes_per_s: int | None = None  # memory read rate (unimap/bandwidth.py); None = unknown
 
 
 @dataclass(frozen=True)
@@ -111,10 +113,14 @@ def gpu_device(
     name: str, backend: str, description: str, *, unified: bool, unified_reason: str,
     total_bytes: int | None, ceiling_bytes: int | None, available_bytes: int | None,
     reserves: Reserves, sources: dict[str, str], wired_limit_bytes: int | None = None,
-    details: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None, bandwidth: tuple[int, str] | None = None,
 ) -> Device:
-    """A GPU whose budget follows the one rule: min(ceiling, available) - reserve, at least 0."""
+    """A GPU whose budget follows the one rule: min(ceiling, available) - reserve, at least 0.
+    Its bandwidth is `bandwidth` (bytes/s, source), else the published figure for its name."""
     reserve, sources["reserve_bytes"] = reserves.gpu_for(ceiling_bytes or 0)
+    bandwidth = bandwidth or gpu_bandwidth(description)
+    if bandwidth is not None:
+        sources["bandwidth_bytes_per_s"] = bandwidth[1]
     room = None if ceiling_bytes is None or available_bytes is None else min(ceiling_bytes,
                                                                             available_bytes)
     sources.setdefault("budget_bytes", "min(ceiling, available) - reserve")
@@ -122,14 +128,17 @@ def gpu_device(
                   unified=unified, unified_reason=unified_reason, total_bytes=total_bytes,
                   ceiling_bytes=ceiling_bytes, available_bytes=available_bytes,
                   reserve_bytes=reserve, budget_bytes=None if room is None else max(0, room - reserve),
-                  wired_limit_bytes=wired_limit_bytes, sources=sources, details=details or {})
+                  wired_limit_bytes=wired_limit_bytes, sources=sources, details=details or {},
+                  bandwidth_bytes_per_s=bandwidth[0] if bandwidth else None)
 
 
 def cpu_device(
     description: str, total_bytes: int | None, available_bytes: int | None,
     ram_sources: dict[str, str], reserves: Reserves, gpus: tuple[Device, ...] | list[Device],
+    bandwidth: tuple[int, str] | None = None,
 ) -> Device:
-    """The CPU as an offload target. On unified memory its budget is what the GPUs leave."""
+    """The CPU as an offload target. On unified memory its budget is what the GPUs leave, and
+    its read rate an assumed share of the shared bandwidth (unless `bandwidth` says)."""
     reserve, reserve_source = reserves.host_for(total_bytes or 0)
     shared = [g for g in gpus if g.unified]
     gpu_share = None if any(g.budget_bytes is None for g in shared) else sum(
@@ -142,6 +151,9 @@ def cpu_device(
     budget = None
     if available_bytes is not None and gpu_share is not None:
         budget = max(0, available_bytes - reserve - gpu_share)
+    shared_rate = next((g.bandwidth_bytes_per_s for g in shared if g.bandwidth_bytes_per_s), None)
+    if bandwidth is None and shared_rate:
+        bandwidth = unified_cpu_bandwidth(shared_rate)
     return Device(
         name="cpu", kind="cpu", backend="cpu", description=description,
         unified=bool(shared), unified_reason=reason,
@@ -153,5 +165,7 @@ def cpu_device(
             "available_bytes": ram_sources.get("available_bytes", "unknown"),
             "reserve_bytes": reserve_source,
             "budget_bytes": budget_source,
+            **({"bandwidth_bytes_per_s": bandwidth[1]} if bandwidth else {}),
         },
+        bandwidth_bytes_per_s=bandwidth[0] if bandwidth else None,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from unimap.bandwidth import GB
 from unimap.errors import ConfigError
 from unimap.machine import Device, Machine, cpu_device, gpu_device
 from unimap.settings import Reserves, igpu_memory_fraction
@@ -27,20 +28,25 @@ class Preset:
     chip: str
     source: str  # where the numbers come from
     gpu_bytes: int = 0  # discrete GPUs only
+    # the memory's read rate (bytes/s) and where it comes from; None: the chip's published figure
+    bandwidth: tuple[int, str] | None = None
+    host_bandwidth: tuple[int, str] | None = None  # discrete GPUs: the separate host RAM
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("mac-16gb", "mac", 16 * GiB, "Apple M-series GPU",
-           "16 GiB unified; macOS 14/15 default GPU working set = 2/3 of RAM (FACTS.md)"),
+           "16 GiB unified; macOS 14/15 default GPU working set = 2/3 of RAM (FACTS.md)",
+           bandwidth=(120 * GB, "Apple M4 spec (a current 16 GB Mac)")),
     Preset("mac-36gb", "mac", 36 * GiB, "Apple M-series GPU",
            "36 GiB unified; macOS 14/15 default GPU working set = 2/3 of RAM up to ~36 GB "
-           "(FACTS.md)"),
+           "(FACTS.md)", bandwidth=(410 * GB, "Apple M4 Max 32-core GPU spec (a current 36 GB Mac)")),
     Preset("mac-64gb", "mac", 64 * GiB, "Apple M-series GPU",
            "64 GiB unified; macOS 14/15 default GPU working set = 3/4 of RAM above 36 GB "
-           "(FACTS.md)"),
+           "(FACTS.md)", bandwidth=(273 * GB, "Apple M4 Pro spec (a current 64 GB Mac)")),
     Preset("mac-128gb", "mac", 128 * GiB, "Apple M-series GPU",
            "128 GiB unified; macOS 14/15 default working set = 3/4 of RAM (macOS 26 allows more: "
-           "107.52 GiB was measured on one 128 GB Mac, FACTS.md)"),
+           "107.52 GiB was measured on one 128 GB Mac, FACTS.md)",
+           bandwidth=(546 * GB, "Apple M4 Max 40-core GPU spec (a current 128 GB Mac)")),
     Preset("jetson-orin-64gb", "igpu", 64 * GiB, "NVIDIA Jetson AGX Orin (integrated)",
            "64 GiB LPDDR5 shared with the iGPU (NVIDIA's module spec); iGPU share = "
            "UNIMAP_IGPU_MEMORY_FRACTION / MISTRALRS_IGPU_MEMORY_FRACTION, default 0.75"),
@@ -49,7 +55,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "for Jetson, default 0.75"),
     Preset("h100-80gb", "discrete", 256 * GiB, "NVIDIA H100 80GB HBM3",
            "discrete 81559 MiB HBM3 (as nvidia-smi and torch report it) with 256 GiB of "
-           "separate host RAM", gpu_bytes=H100_80GB_BYTES),
+           "separate host RAM", gpu_bytes=H100_80GB_BYTES,
+           host_bandwidth=(200 * GB, "assumed: a server's DDR5 host RAM")),
 )}
 
 
@@ -80,7 +87,7 @@ def build(preset: Preset, env: Mapping[str, str], reserves: Reserves) -> Machine
                                unified_reason="Apple Silicon: CPU and GPU share one pool of RAM",
                                total_bytes=ram, ceiling_bytes=ceiling, available_bytes=ceiling,
                                reserves=reserves, sources={"ceiling_bytes": where},
-                               wired_limit_bytes=0,
+                               wired_limit_bytes=0, bandwidth=preset.bandwidth,
                                details={"wired_limit_key": "iogpu.wired_limit_mb"}))
     elif preset.kind == "igpu":
         fraction, fraction_source = igpu_memory_fraction(env)
@@ -91,15 +98,15 @@ def build(preset: Preset, env: Mapping[str, str], reserves: Reserves) -> Machine
                                reserves=reserves,
                                sources={"ceiling_bytes": f"fraction {fraction:g} x RAM "
                                                          f"({fraction_source})"},
-                               details={"memory_fraction": fraction}))
+                               details={"memory_fraction": fraction}, bandwidth=preset.bandwidth))
     elif preset.kind == "discrete":
         gpus.append(gpu_device("gpu:0", "cuda", preset.chip, unified=False,
                                unified_reason="discrete GPU with its own memory",
                                total_bytes=preset.gpu_bytes, ceiling_bytes=preset.gpu_bytes,
                                available_bytes=preset.gpu_bytes, reserves=reserves,
-                               sources={"ceiling_bytes": where}))
+                               sources={"ceiling_bytes": where}, bandwidth=preset.bandwidth))
     cpu = cpu_device("CPU", ram, ram, {"total_bytes": where, "available_bytes": "idle: all RAM"},
-                     reserves, gpus)
+                     reserves, gpus, bandwidth=preset.host_bandwidth)
     backend = {"mac": "metal", "igpu": "cuda", "discrete": "cuda"}.get(preset.kind, "cpu")
     return Machine(system="Darwin" if preset.kind == "mac" else "Linux",
                    os_name=f"preset {preset.name}", arch="arm64" if preset.kind != "discrete" else "x86_64",
@@ -136,6 +143,8 @@ def with_gpu_budget(machine: Machine, budget_bytes: int, reserves: Reserves) -> 
                       ceiling_bytes=max(gpu.ceiling_bytes or 0, budget_bytes + gpu.reserve_bytes))
     gpus = (new_gpu, *machine.gpus[1:])
     cpu = machine.cpu
+    rate = cpu.bandwidth_bytes_per_s
+    own = (rate, cpu.sources.get("bandwidth_bytes_per_s", "")) if rate and not cpu.unified else None
     new_cpu = cpu_device(cpu.description, cpu.total_bytes, cpu.available_bytes, cpu.sources,
-                         reserves, gpus)
+                         reserves, gpus, bandwidth=own)
     return replace(machine, devices=(*gpus, new_cpu))

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from unimap.checks import MAX_SEQ_LEN
+from unimap.bandwidth import crossing_seconds
+from unimap.checks import MAX_SEQ_LEN, short
 from unimap.device_map import DeviceMap, format_device_map
-from unimap.errors import ConfigError, UnimapError
+from unimap.errors import ArgumentTypeError, ConfigError, UnimapError
 from unimap.estimate import ISQ_BITS, KV_BITS, MIN_KV_SIZE, Estimate, Kernel, Options, estimate
 from unimap.inspect import ModelSpec
 from unimap.machine import Device, Machine
-from unimap.render import layer_span
+from unimap.render import device_layers, layer_span, speed_line
 from unimap.units import MiB, format_bytes
 
 # Arrays outside the parameters, KV and working sets: scalars, RoPE tables, sampler state. The
@@ -50,6 +51,7 @@ class DevicePlan:
     activation_bytes: int
     load_transient_bytes: int = 0  # a stored unit held beside its converted form while loading
     growth_arrays_bytes: int = 0  # the chunk's arrays alive while a layer's cache grows
+    expert_layers: tuple[int, ...] = ()  # layers whose routed experts alone live here
 
     @property
     def working_bytes(self) -> int:
@@ -72,10 +74,39 @@ class DevicePlan:
 @dataclass(frozen=True)
 class LayerPlacement:
     index: int
-    device: str
+    device: str  # where the layer runs: attention, norms, router, shared experts, its KV cache
     kind: str
-    weight_bytes: int
+    weight_bytes: int  # the whole layer, routed experts included
     kv_bytes: int
+    experts_device: str | None = None  # where its routed experts live (None: no routed experts)
+    expert_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Speed:
+    """A decode step's roofline for one sequence at the planned context: the bytes each device
+    reads per token (dense weights, the KV cache, the experts a token routes to, the head) over
+    its memory bandwidth, plus the hand-overs between devices. An upper bound on tokens/s
+    (measured decode on the development VM reaches 59-73 % of it, docs/BENCHMARKS.md)."""
+
+    read_bytes: dict[str, int]
+    bandwidth_bytes_per_s: dict[str, int | None]
+    crossings: int
+    crossing_seconds: float
+    sources: tuple[str, ...]  # where the bandwidths and the crossing cost come from
+
+    @property
+    def seconds(self) -> float | None:
+        """Seconds a token takes; None when a device's bandwidth is unknown."""
+        if any(self.bandwidth_bytes_per_s.get(d) is None for d, n in self.read_bytes.items() if n):
+            return None
+        reads = sum(n / (self.bandwidth_bytes_per_s[d] or 1) for d, n in self.read_bytes.items() if n)
+        return reads + self.crossings * self.crossing_seconds
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        seconds = self.seconds
+        return None if not seconds else 1 / seconds
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,7 @@ class Plan:
     problem: str = ""  # why it does not fit
     ways_out: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    decode: Speed | None = None  # the predicted decode speed of this placement
     # what the plan was made from, to answer "what else would fit" later (not part of its value)
     spec: ModelSpec | None = field(default=None, repr=False, compare=False)
 
@@ -147,7 +179,8 @@ class Plan:
         budget, and the notes; for a plan that does not fit, why and the ways out."""
         if self.fits:
             where = (f"all on {self.devices[0].name}" if self.all_on_gpu else
-                     ", ".join(f"{d.name} layers {layer_span(d.layers)}" for d in self.devices if d.layers))
+                     ", ".join(f"{d.name} layers {device_layers(d)}" for d in self.devices
+                               if d.layers or d.expert_layers))
             lines = [f"{self.model} fits {self.machine.os_name}: {where}; predicted peak "
                      f"{format_bytes(self.peak_bytes)}"]
         else:
@@ -157,6 +190,8 @@ class Plan:
                          f"{format_bytes(d.budget_bytes)} (weights {format_bytes(d.weight_bytes)}, "
                          f"KV {format_bytes(d.kv_bytes + d.kv_growth_bytes)}, activations "
                          f"{format_bytes(d.activation_bytes)})")
+        if speed_line(self):
+            lines.append(f"  {speed_line(self)}")
         lines += [f"  note: {n}" for n in self.notes]
         if not self.fits:
             lines += [f"  way out: {w}" for w in self.ways_out] or ["  no setting found that fits"]
@@ -164,7 +199,8 @@ class Plan:
 
     def __repr__(self) -> str:
         """One line (the whole plan is `explain()`, `to_json()` or the notebook table)."""
-        layers = ", ".join(f"{d.name}: {layer_span(d.layers)}" for d in self.devices if d.layers)
+        layers = ", ".join(f"{d.name}: {device_layers(d)}" for d in self.devices
+                           if d.layers or d.expert_layers)
         return (f"Plan(model={self.model!r}, fits={self.fits}, peak={format_bytes(self.peak_bytes)}, "
                 f"layers={{{layers}}})")
 
@@ -187,7 +223,8 @@ class Plan:
                          "kv_growth_bytes": d.kv_growth_bytes,
                          "activation_bytes": d.activation_bytes,
                          "growth_arrays_bytes": d.growth_arrays_bytes,
-                         "load_transient_bytes": d.load_transient_bytes} for d in self.devices],
+                         "load_transient_bytes": d.load_transient_bytes,
+                         "expert_layers": list(d.expert_layers)} for d in self.devices],
             "layers": [asdict(layer) for layer in self.layers],
             "non_mapped": {"device": self.non_mapped_device,
                            "weight_bytes": est.non_mapped_weight_bytes},
@@ -205,6 +242,12 @@ class Plan:
                        "sequence_tokens": est.sequence_tokens,
                        "trained_context": est.trained_context},
             "activation_terms": est.activation_terms,
+            "decode": None if self.decode is None else {
+                "tokens_per_s": self.decode.tokens_per_s, "read_bytes": self.decode.read_bytes,
+                "bandwidth_bytes_per_s": self.decode.bandwidth_bytes_per_s,
+                "crossings": self.decode.crossings,
+                "crossing_seconds": self.decode.crossing_seconds,
+                "sources": list(self.decode.sources)},
             "problem": self.problem,
             "ways_out": list(self.ways_out),
             "notes": list(self.notes),
@@ -223,8 +266,10 @@ class Plan:
 
 
 def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
-              device_map: DeviceMap | None = None) -> Plan:
-    """Place every layer of `spec` on `machine`. Pure: same inputs, same plan."""
+              device_map: DeviceMap | None = None, n_cpu_moe: int | None = None) -> Plan:
+    """Place every layer of `spec` on `machine`. Pure: same inputs, same plan. `n_cpu_moe` keeps
+    the routed experts of layers 0..N-1 on the CPU (llama.cpp's --n-cpu-moe; the layer count
+    for --cpu-moe); None lets the plan choose."""
     options = cpu_compute_dtype(machine, options or Options(), spec)
     est = estimate(spec, options)
     gpus = [g for g in machine.gpus if g.budget_bytes is not None]
@@ -233,9 +278,13 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
         missing = ", ".join(unknown + (["cpu"] if machine.cpu.budget_bytes is None else []))
         raise ConfigError(f"the memory budget of {missing} is unknown (see `unimap doctor`); "
                           "plan with --machine, --gpu-budget or --ram instead")
+    if n_cpu_moe is not None:
+        check_n_cpu_moe(n_cpu_moe, spec, est, gpus)
     if device_map is not None:
-        return _experts_note(replace(_manual(spec, machine, est, gpus, device_map), spec=spec))
-    plan = _experts_note(_auto(spec, machine, est, gpus))
+        plan = _manual(spec, machine, est, gpus, device_map, _first_experts(est, n_cpu_moe or 0))
+        return _experts_note(replace(plan, spec=spec, decode=_speed(spec, plan)))
+    plan = _experts_note(_auto(spec, machine, est, gpus, n_cpu_moe))
+    plan = replace(plan, decode=plan.decode or _speed(spec, plan))
     if gpus and plan.non_mapped_device == "cpu":
         parts = est.non_mapped_weight_bytes + est.vision_weight_bytes
         what = "the embeddings, lm_head" + (" and vision tower" if est.vision_weight_bytes else "")
@@ -252,6 +301,27 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
     elif not plan.all_on_gpu and gpus:
         plan = replace(plan, notes=(*plan.notes, *_wired_tip(machine, est)))
     return plan
+
+
+def check_n_cpu_moe(value: int, spec: ModelSpec, est: Estimate, gpus: list[Device]) -> None:
+    """--n-cpu-moe N: a whole number of layers, 0 to the model's layer count, for a model with
+    routed experts on a machine with a GPU to keep the rest on."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ArgumentTypeError(f"--n-cpu-moe must be a whole number of layers, not {short(value)}")
+    if not 0 <= value <= spec.num_layers:
+        raise ConfigError(f"--n-cpu-moe {value}: {spec.source} has {spec.num_layers} layers; give "
+                          f"0 to {spec.num_layers} (or --cpu-moe for all of them)")
+    if not any(layer.expert_bytes for layer in est.layers):
+        raise ConfigError(f"--cpu-moe / --n-cpu-moe: {spec.source} has no routed experts (it is "
+                          "not a mixture-of-experts model); drop the flag")
+    if not gpus:
+        raise ConfigError("--cpu-moe / --n-cpu-moe: this machine has no GPU, so every layer runs on "
+                          "the CPU already; drop the flag")
+
+
+def _first_experts(est: Estimate, n: int) -> frozenset[int]:
+    """The layers among the first `n` that have routed experts (llama.cpp's --n-cpu-moe N)."""
+    return frozenset(i for i in range(min(n, len(est.layers))) if est.layers[i].expert_bytes)
 
 
 # MLX's CPU kernels on x86-64 are far faster in float32 than in half precision (reference
@@ -303,8 +373,9 @@ def _kernel(device: Device) -> Kernel:
 
 
 def _assign(spec: ModelSpec, machine: Machine, est: Estimate, counts: list[tuple[Device, int]],
-            mode: str) -> Plan:
-    """Build the plan for: the first `count` remaining layers on each listed GPU, rest on CPU."""
+            mode: str, cpu_experts: frozenset[int] = frozenset()) -> Plan:
+    """Build the plan for: the first `count` remaining layers on each listed GPU, rest on CPU;
+    of the layers on GPUs, those in `cpu_experts` keep their routed experts on the CPU."""
     placements: list[LayerPlacement] = []
     device_plans: list[DevicePlan] = []
     start = 0
@@ -315,20 +386,27 @@ def _assign(spec: ModelSpec, machine: Machine, est: Estimate, counts: list[tuple
     # model's dtype at all (half-precision MoE)
     converts = 0 < on_gpus < spec.num_layers or on_gpus < spec.num_layers and cpu_needs_float32(
         spec, est.options)
+    moved: list[int] = []  # layers on a GPU whose routed experts live on the CPU
     for device, count in [*counts, (machine.cpu, spec.num_layers)]:
         chosen = list(range(start, min(spec.num_layers, start + count)))
         start += len(chosen)
         extra = 0
         if device is machine.cpu and not host_parts or device is first_gpu and host_parts:
             extra = est.non_mapped_weight_bytes + est.vision_weight_bytes
-        cpu_part = device is machine.cpu and converts
-        device_plans.append(_device_plan(device, est, chosen, extra, cpu_part))
+        on_cpu = device is machine.cpu
+        cpu_part = on_cpu and converts
+        here = [] if on_cpu else [i for i in chosen if i in cpu_experts and est.layers[i].expert_bytes]
+        moved += here
+        device_plans.append(_device_plan(device, est, chosen, extra, cpu_part, dense_only=here,
+                                         experts=tuple(moved) if on_cpu else ()))
         priced = est.cpu_layers if cpu_part else est.layers
-        placements += [LayerPlacement(i, device.name, priced[i].kind, priced[i].weight_bytes,
-                                      priced[i].kv_bytes) for i in chosen]
+        placements += [LayerPlacement(
+            i, device.name, priced[i].kind, priced[i].weight_bytes, priced[i].kv_bytes,
+            None if not priced[i].expert_bytes else "cpu" if i in here else device.name,
+            priced[i].expert_bytes) for i in chosen]
     over = [d for d in device_plans if d.free_bytes < 0]
     parts_device = first_gpu.name if host_parts and first_gpu else "cpu"
-    all_gpu = host_parts and len(device_plans[0].layers) == spec.num_layers
+    all_gpu = host_parts and len(device_plans[0].layers) == spec.num_layers and not moved
     problem = "; ".join(f"{d.name} is over its budget by {format_bytes(-d.free_bytes)}" for d in over)
     return Plan(model=spec.source, machine=machine, estimate=est, mode=mode, fits=not over,
                 all_on_gpu=all_gpu, wired_limit_bytes=_wired_limit(machine, device_plans),
@@ -339,24 +417,39 @@ def _assign(spec: ModelSpec, machine: Machine, est: Estimate, counts: list[tuple
 
 
 def _device_plan(device: Device, est: Estimate, chosen: list[int], extra_bytes: int,
-                 cpu_part: bool = False) -> DevicePlan:
+                 cpu_part: bool = False, dense_only: list[int] | tuple[int, ...] = (),
+                 experts: tuple[int, ...] = ()) -> DevicePlan:
+    """A device's share: the `chosen` layers (of which `dense_only` without their routed
+    experts), the routed experts of the `experts` layers, and `extra_bytes` of other parts."""
     layers = [(est.cpu_layers if cpu_part else est.layers)[i] for i in chosen]
-    runs = bool(chosen) or extra_bytes > 0
+    runs = bool(chosen) or extra_bytes > 0 or bool(experts)
     converting = est.converts or (cpu_part and est.cpu_dtype != est.dtype)
+    gone = set(dense_only)
     transient = 0
     if converting:
-        transient = max((x.source_bytes for x in layers), default=0)
+        transient = max((x.source_bytes - (x.expert_source_bytes if x.index in gone else 0)
+                         for x in layers), default=0)
+    if est.converts and experts:
+        transient = max(transient, max(est.layers[i].expert_source_bytes for i in experts))
     if est.converts and extra_bytes:
         transient = max(transient, est.parts_source_bytes)
+    weights = (sum(x.weight_bytes for x in layers) + extra_bytes
+               - sum(est.layers[i].expert_bytes for i in dense_only)
+               + sum(est.layers[i].expert_bytes for i in experts))
+    # a device running routed experts alone prices a whole CPU layer's working set (float32)
+    working_cpu = cpu_part or bool(experts) and not chosen
     return DevicePlan(
         name=device.name, description=device.description, budget_bytes=device.budget_bytes or 0,
-        layers=tuple(chosen), weight_bytes=sum(x.weight_bytes for x in layers) + extra_bytes,
+        layers=tuple(chosen), weight_bytes=weights,
         kv_bytes=sum(x.kv_bytes for x in layers),
         kv_growth_bytes=max((x.kv_bytes for x in layers if x.kind != "recurrent"), default=0)
         if est.kv_growth_bytes else 0,
-        activation_bytes=est.activation_bytes(_kernel(device), cpu_part) if runs else 0,
+        activation_bytes=max(est.activation_bytes(_kernel(device), working_cpu),
+                             est.activation_bytes(_kernel(device), True) if experts else 0)
+        if runs else 0,
         load_transient_bytes=transient,
-        growth_arrays_bytes=est.growth_arrays_bytes(_kernel(device), cpu_part) if layers else 0)
+        growth_arrays_bytes=est.growth_arrays_bytes(_kernel(device), cpu_part) if layers else 0,
+        expert_layers=experts)
 
 
 def _parts_fit(est: Estimate, gpu: Device) -> bool:
@@ -365,21 +458,54 @@ def _parts_fit(est: Estimate, gpu: Device) -> bool:
     return need <= (gpu.budget_bytes or 0)
 
 
-def _auto(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device]) -> Plan:
+def _auto(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device],
+          n_cpu_moe: int | None = None, quick: bool = False) -> Plan:
+    """Whole layers in order onto the GPUs. A mixture-of-experts model that does not fit that
+    way is also planned with the routed experts of its first layers on the CPU (as few as let
+    every layer's dense part stay on a GPU), and the plan predicted to decode faster is taken.
+    `n_cpu_moe` fixes how many layers' experts go to the CPU instead."""
+    if n_cpu_moe is not None:
+        return _fill(spec, machine, est, gpus, _first_experts(est, n_cpu_moe))
+    layered = _fill(spec, machine, est, gpus, frozenset())
+    if quick and layered.fits or (layered.all_on_gpu or not gpus or layered.non_mapped_device == "cpu"
+            or not any(layer.expert_bytes for layer in est.layers)):
+        return layered
+    n = spec.num_layers
+
+    def whole(k: int) -> bool:  # every layer's dense part on a GPU, the first k's experts off
+        return sum(c for _, c in _gpu_counts(est, gpus, _first_experts(est, k))) >= n
+
+    fewest = n - largest_fitting(lambda m: whole(n - m), n, 0) if whole(n) else n
+    experts = _fill(spec, machine, est, gpus, _first_experts(est, fewest))
+    if quick:  # only whether something fits
+        return layered if layered.fits else experts
+    return choose_placement(replace(layered, decode=_speed(spec, layered)),
+                            replace(experts, decode=_speed(spec, experts)))
+
+
+def _fill(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device],
+          cpu_experts: frozenset[int]) -> Plan:
+    """Fill the GPUs in order with layers (their dense parts alone for `cpu_experts`)."""
+    return _assign(spec, machine, est, _gpu_counts(est, gpus, cpu_experts), "auto", cpu_experts)
+
+
+def _gpu_counts(est: Estimate, gpus: list[Device], cpu_experts: frozenset[int]) -> list[tuple[Device, int]]:
+    """How many layers each GPU takes, in order, after the first one's non-mapped parts."""
     counts: list[tuple[Device, int]] = []
     start = 0
     for index, gpu in enumerate(gpus):
         if index == 0 and not _parts_fit(est, gpu):
-            counts = [(g, 0) for g in gpus]  # not even the embeddings fit: all on the CPU
-            break
-        count = _layers_that_fit(est, gpu, start, with_parts=index == 0)
+            return [(g, 0) for g in gpus]  # not even the embeddings fit: all on the CPU
+        count = _layers_that_fit(est, gpu, start, with_parts=index == 0, cpu_experts=cpu_experts)
         counts.append((gpu, count))
         start += count
-    return _assign(spec, machine, est, counts, "auto")
+    return counts
 
 
-def _layers_that_fit(est: Estimate, gpu: Device, start: int, with_parts: bool) -> int:
-    """How many layers from `start` fit the GPU, counted as _device_plan counts them."""
+def _layers_that_fit(est: Estimate, gpu: Device, start: int, with_parts: bool,
+                     cpu_experts: frozenset[int] = frozenset()) -> int:
+    """How many layers from `start` fit the GPU, counted as _device_plan counts them (the
+    layers in `cpu_experts` without their routed experts)."""
     budget = gpu.budget_bytes or 0
     working = est.activation_bytes(_kernel(gpu))
     arrays = est.growth_arrays_bytes(_kernel(gpu))
@@ -387,10 +513,13 @@ def _layers_that_fit(est: Estimate, gpu: Device, start: int, with_parts: bool) -
     transient = est.parts_source_bytes if with_parts and est.converts else 0
     kv = growth = count = 0
     for layer in est.layers[start:]:
+        dense = layer.index in cpu_experts
         grows = est.kv_growth_bytes and layer.kind != "recurrent"
         new_growth = max(growth, layer.kv_bytes if grows else 0)
-        new_transient = max(transient, layer.source_bytes if est.converts else 0)
-        new_weights, new_kv = weights + layer.weight_bytes, kv + layer.kv_bytes
+        source = layer.source_bytes - (layer.expert_source_bytes if dense else 0)
+        new_transient = max(transient, source if est.converts else 0)
+        new_weights = weights + (layer.dense_bytes if dense else layer.weight_bytes)
+        new_kv = kv + layer.kv_bytes
         running = new_kv + max(working, new_growth + arrays if new_growth else 0)
         if new_weights + max(running, new_transient) > budget:
             break
@@ -398,8 +527,46 @@ def _layers_that_fit(est: Estimate, gpu: Device, start: int, with_parts: bool) -
     return count
 
 
+def choose_placement(layered: Plan, experts: Plan) -> Plan:
+    """Whole layers on the CPU, or routed experts on the CPU: the one that fits, else the one
+    predicted to decode faster (bytes each device reads per token over its bandwidth, plus the
+    hand-overs); with a bandwidth unknown, the expert placement (it keeps every layer's
+    attention and KV cache on the GPU). The plan's note says which and why."""
+    if layered.fits != experts.fits:
+        chosen = experts if experts.fits else layered
+        why = "the only placement that fits"
+    elif not layered.fits:
+        return experts if _over_bytes(experts) <= _over_bytes(layered) else layered
+    else:
+        fast, slow = (layered.decode.tokens_per_s if layered.decode else None,
+                      experts.decode.tokens_per_s if experts.decode else None)
+        if fast is None or slow is None:
+            chosen, why = experts, "bandwidths unknown: it keeps attention and KV on the GPU"
+        else:
+            chosen = experts if slow >= fast else layered
+            why = (f"predicted decode {slow:.1f} tokens/s against {fast:.1f} for whole layers on "
+                   "the CPU" if chosen is experts else f"predicted decode {fast:.1f} tokens/s "
+                   f"against {slow:.1f} with routed experts on the CPU")
+    return replace(chosen, notes=(*chosen.notes, placement_note(chosen, why)))
+
+
+def _over_bytes(plan: Plan) -> int:
+    return sum(max(0, -d.free_bytes) for d in plan.devices)
+
+
+def placement_note(plan: Plan, why: str) -> str:
+    """One line: where the routed experts of a split MoE plan live, and why."""
+    moved = tuple(p.index for p in plan.layers if p.experts_device == "cpu" and p.device != "cpu")
+    if not moved:
+        cpu = plan.device("cpu").layers
+        return f"whole layers {layer_span(cpu)} run on the CPU ({why})"
+    gpu = ", ".join(d.name for d in plan.devices if d.name != "cpu" and d.layers)
+    return (f"routed experts of layers {layer_span(moved)} live on the CPU, their attention, "
+            f"router and KV cache on {gpu} ({why})")
+
+
 def _manual(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device],
-            device_map: DeviceMap) -> Plan:
+            device_map: DeviceMap, cpu_experts: frozenset[int] = frozenset()) -> Plan:
     warnings.warn("manual device maps (-n) are deprecated: device_map='auto' plans from the "
                   "machine's measured memory", DeprecationWarning, stacklevel=3)
     by_ordinal = {int(g.name.split(":")[1]): g for g in gpus}
@@ -413,7 +580,7 @@ def _manual(spec: ModelSpec, machine: Machine, est: Estimate, gpus: list[Device]
         raise ConfigError(f"device map {format_device_map(device_map)} places {total} layers, but "
                           f"{spec.source} has {spec.num_layers}")
     counts = [(by_ordinal[o], n) for o, n in device_map]
-    plan = _assign(spec, machine, est, counts, format_device_map(device_map))
+    plan = _assign(spec, machine, est, counts, format_device_map(device_map), cpu_experts)
     note = "manual device maps are deprecated; omit -n to plan automatically"
     return replace(plan, notes=(*plan.notes, note))
 
@@ -441,7 +608,10 @@ def _fits(spec: ModelSpec, machine: Machine, options: Options) -> bool:
     except UnimapError:
         return False
     gpus = [g for g in machine.gpus if g.budget_bytes is not None]
-    return _auto(spec, machine, est, gpus).fits
+    room = sum(d.budget_bytes or 0 for d in machine.devices)
+    if est.weight_bytes + est.kv_bytes > room:  # every placement holds at least these
+        return False
+    return _auto(spec, machine, est, gpus, quick=True).fits
 
 
 def _vision_tip(spec: ModelSpec, est: Estimate, gpu: Device) -> str:
@@ -553,3 +723,48 @@ def _wired_tip(machine: Machine, est: Estimate) -> list[str]:
     key = gpu.details.get("wired_limit_key")
     return [f"`{metal.sysctl_command(limit, key if isinstance(key, str) else None)}` to run every "
             f"layer on the GPU (raises the wired limit to {format_bytes(limit)} until reboot)"]
+
+
+# ---------------------------------------------------------------- decode speed
+
+
+# A routed expert in half precision on MLX's CPU kernels is read as stored, written as a float32
+# copy and read again (unimap/runtime.py upcast_gather_mm): 8 bytes more per element.
+UPCAST_EXTRA_BYTES = 8
+
+
+def _speed(spec: ModelSpec, plan: Plan) -> Speed:
+    return decode_speed(spec, plan.machine, plan.estimate, plan.layers, plan.non_mapped_device)
+
+
+def decode_speed(spec: ModelSpec, machine: Machine, est: Estimate,
+                 placements: tuple[LayerPlacement, ...] | list[LayerPlacement],
+                 parts_device: str) -> Speed:
+    """The roofline of one decode step of one sequence at the planned context (see Speed)."""
+
+    moe = spec.arch.moe
+    share = min(1.0, moe.experts_per_token / moe.num_experts) if moe and moe.num_experts else 1.0
+    upcast = "decode/experts-upcast" in est.activation_terms
+    batch = est.options.max_batch_size
+    read: dict[str, float] = {parts_device: est.head_read_bytes}
+    path = [parts_device]
+    for p in placements:
+        read[p.device] = read.get(p.device, 0) + p.weight_bytes - p.expert_bytes + p.kv_bytes / batch
+        path.append(p.device)
+        if p.experts_device is not None:
+            where = p.experts_device
+            per_token = p.expert_bytes * share
+            if upcast and where == "cpu":
+                per_token += p.expert_bytes // 2 * UPCAST_EXTRA_BYTES * share
+            read[where] = read.get(where, 0) + per_token
+            if where != p.device:
+                path += [where, p.device]
+    path.append(parts_device)
+    backend = machine.gpus[0].backend if machine.gpus else "cpu"
+    crossing, crossing_source = crossing_seconds(backend)
+    rates = {name: machine.device(name).bandwidth_bytes_per_s for name in read}
+    sources = tuple(f"{name}: {machine.device(name).sources.get('bandwidth_bytes_per_s', 'unknown')}"
+                    for name in read) + (f"crossing: {crossing * 1e6:g} us, {crossing_source}",)
+    return Speed(read_bytes={k: int(v) for k, v in read.items()}, bandwidth_bytes_per_s=rates,
+                 crossings=sum(a != b for a, b in zip(path, path[1:], strict=False)),
+                 crossing_seconds=crossing, sources=sources)

@@ -20,9 +20,35 @@ def _segments(d: DevicePlan) -> list[tuple[str, int]]:
 
 
 def layer_span(layers: tuple[int, ...]) -> str:
+    """Layer indices as runs: "0-15", "3", "1, 3, 5-7"; "-" for none."""
     if not layers:
         return "-"
-    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+def device_layers(d: DevicePlan) -> str:
+    """The layers a device runs, then those whose routed experts alone it holds."""
+    if not d.expert_layers:
+        return layer_span(d.layers)
+    experts = f"experts {layer_span(d.expert_layers)}"
+    return experts if not d.layers else f"{layer_span(d.layers)}, {experts}"
+
+
+def speed_line(plan: Plan) -> str:
+    """The plan's predicted decode speed in words, or "" when a bandwidth is unknown."""
+    speed = plan.decode
+    rate = speed.tokens_per_s if speed else None
+    if speed is None or rate is None:
+        return ""
+    reads = ", ".join(f"{name} {format_bytes(n)}" for name, n in speed.read_bytes.items() if n)
+    return (f"decode at most {rate:.1f} tokens/s at the planned context (reads per token: {reads}; "
+            f"{speed.crossings} hand-overs between devices)")
 
 
 def memory_bar(d: DevicePlan, width: int = BAR_WIDTH) -> str:
@@ -69,6 +95,7 @@ def plan_html(plan: Plan) -> str:
             f"<table><thead><tr>{heads}</tr></thead><tbody>"
             + "".join(_html_row(d) for d in plan.devices) + "</tbody></table>"
             f"<p>{placed}; predicted peak {_size(plan.peak_bytes)}{wired}</p>"
+            + (f"<p>{e(speed_line(plan))}</p>" if speed_line(plan) else "")
             + (f"<p>notes:</p><ul>{notes}</ul>" if notes else "")
             + (f"<p>ways out:</p><ul>{ways}</ul>" if ways else "") + "</div>")
 
@@ -87,7 +114,7 @@ def _html_row(d: DevicePlan) -> str:
                                   d.activation_bytes, d.used_bytes, d.budget_bytes)] + [free]
     title = html.escape(f"used {format_bytes(d.used_bytes)} of {format_bytes(d.budget_bytes)}")
     return (f"<tr><td>{html.escape(d.name)}</td><td>{html.escape(d.description)}</td>"
-            f"<td>{html.escape(layer_span(d.layers))}</td>"
+            f"<td>{html.escape(device_layers(d))}</td>"
             + "".join(f'<td style="text-align:right">{f}</td>' for f in figures)
             + f'<td style="min-width:200px"><div title="{title}" style="display:flex;width:100%;'
             f'background:#eee;{over}">{bar}</div></td></tr>')

@@ -52,6 +52,7 @@ class Placement:
     layer_streams: dict[int, Any] = field(default_factory=dict)
     pinned: bool = False
     gpu_is_real: bool = True
+    cpu_experts: tuple[int, ...] = ()  # layers on a GPU whose routed experts run on the CPU
 
 
 # ---------------------------------------------------------------- wired limit
@@ -227,6 +228,20 @@ def is_expert_path(path: str) -> bool:
     return is_expert(f".{path}")
 
 
+def expert_modules(layer: Any) -> list[Any]:
+    """The routed experts of `layer` as modules: the outermost submodules whose parameters are
+    all routed experts (mlx-lm's SwitchGLU / SwitchMLP, or each expert of a list of them)."""
+    from mlx.utils import tree_flatten
+
+    found: dict[str, Any] = {}
+    for path, module in layer.named_modules():
+        names = [str(pair[0]) for pair in tree_flatten(module.parameters())]
+        if path and names and all(is_expert_path(f"{path}.{name}") for name in names):
+            found[path] = module
+    return [m for path, m in found.items()
+            if not any(path.startswith(f"{other}.") for other in found)]
+
+
 def stream_on_cpu(stream: Any) -> bool:
     """The CPU stream, or a stand-in GPU's stream on MLX's CPU build."""
     import mlx.core as mx
@@ -332,6 +347,14 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
                          f"{len(plan.layers)}; the checkpoint and its config disagree")
     placement = new_streams()
     on_gpu = {p.index for p in plan.layers if p.device.startswith("gpu")}
+    experts = {p.index: expert_modules(layers[p.index]) for p in plan.layers
+               if p.index in on_gpu and p.experts_device == "cpu"}
+    missing = [i for i, found in experts.items() if not found]
+    if missing:
+        raise ModelError(f"the plan keeps the routed experts of layer {missing[0]} on the CPU, but "
+                         "the loaded layer has no expert module unimap can move; drop --cpu-moe / "
+                         "--n-cpu-moe")
+    placement.cpu_experts = tuple(sorted(experts))
     parts_stream = placement.gpu_stream if plan.non_mapped_device != "cpu" else placement.cpu_stream
     wired.set(plan.wired_limit_bytes)  # before any weight is evaluated: GPU buffers wire first
     layer_ids = {id(p) for layer in layers for p in _values(layer.parameters())}
@@ -345,17 +368,23 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
         what = "embeddings, head and vision tower" if plan.vision_device else "embeddings and head"
         progress(1, total, what)
     cpu_dtype = getattr(mx, plan.cpu_dtype) if plan.cpu_dtype else None
+    off = {id(a) for modules in experts.values() for m in modules for a in _values(m.parameters())}
     for done, index in enumerate(order, start=2):
         stream = placement.gpu_stream if index in on_gpu else placement.cpu_stream
         if cpu_dtype is not None and index not in on_gpu:  # lazy: cast as it loads
             cast_floats(layers[index], plan.cpu_dtype, keep=is_expert_path)
         if stream_on_cpu(stream):  # MLX's CPU gather_mm takes float32 only
             upcast_experts(layers[index])
-        with mx.stream(stream):
-            mx.eval(layers[index].parameters())
+        with mx.stream(stream):  # the GPU part first; routed experts bound for the CPU wait
+            mx.eval([a for a in _values(layers[index].parameters()) if id(a) not in off])
         placement.layer_streams[index] = stream
         if progress:
             progress(done, total, f"layer {index}")
+    for modules in experts.values():  # after every GPU buffer: pageable, on the CPU
+        for module in modules:
+            upcast_experts(module)
+            with mx.stream(placement.cpu_stream):
+                mx.eval(module.parameters())
     # Pin only when placement differs from where MLX would run anyway: a split, the CPU while
     # the default device is a GPU, or CPU layers computing in another dtype (half-precision MoE).
     # Otherwise a CPU-only machine, like an all-GPU plan, changes nothing.
@@ -363,6 +392,9 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
             or plan.cpu_dtype is not None):
         for index, layer in enumerate(layers):
             pin(layer, placement.layer_streams[index], None if index in on_gpu else cpu_dtype)
+        for modules in experts.values():  # inside a layer pinned to the GPU
+            for module in modules:
+                pin(module, placement.cpu_stream)
         placement.pinned = True
     if plan.vision_device is not None and plan.vision_device != "cpu" and _cuda() and hasattr(
             model, "vision_tower"):

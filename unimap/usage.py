@@ -17,7 +17,7 @@ from unimap.checks import short
 from unimap.errors import ArgumentTypeError
 from unimap.plan import DevicePlan
 from unimap.render import layer_span
-from unimap.runtime import Mapped, decoder_layers
+from unimap.runtime import Mapped, decoder_layers, expert_modules
 from unimap.units import format_bytes
 
 LINE_COLUMNS = 80
@@ -64,6 +64,9 @@ def device_usage(model: Any) -> list[DeviceUsage]:
     layers: dict[str, list[int]] = {}
     for index, layer in enumerate(decoder_layers(model)):
         name = device(placement.layer_streams[index])
+        if index in placement.cpu_experts:  # its routed experts live on the CPU
+            moved = sum(_nbytes(m.parameters(), seen) for m in expert_modules(layer))
+            weights["cpu"] = weights.get("cpu", 0) + moved
         weights[name] = weights.get(name, 0) + _nbytes(layer.parameters(), seen)
         layers.setdefault(name, []).append(index)
     parts = device(mapped.parts_stream)  # everything the layers do not hold
