@@ -28,6 +28,7 @@ PROMPT = "w1 w2 w3 w4 w5 w6 w7 w8"
 
 
 def best(command: list[str], rounds: int, env: dict[str, str]) -> float:
+    subprocess.run(command, capture_output=True, check=True, env=env)  # warm: files, bytecode
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -43,7 +44,11 @@ def main() -> None:
     import mlx.core as mx
     from tiny_models import write_random_model
 
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "UNIMAP_BLAS_PRELOADED")}
+    # Bytecode cached as a user's machine caches it: pip wrote mlx-lm's .pyc files, so unimap's
+    # are written too (by a first, untimed run) even where PYTHONDONTWRITEBYTECODE is set, as it
+    # is on the development VM; otherwise every unimap process compiles its modules (60-80 ms).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "UNIMAP_BLAS_PRELOADED", "PYTHONDONTWRITEBYTECODE")}
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         path = str(write_random_model(Path(tmp) / "llama", BENCH, dtype="bfloat16"))

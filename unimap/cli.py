@@ -33,6 +33,7 @@ from unimap.host import Host
 from unimap.machine import Machine
 from unimap.machines import PRESETS
 from unimap.plan import DevicePlan, DoesNotFitError, Plan
+from unimap import preload
 from unimap.preload import DONE_VARIABLE
 from unimap.probe import probe
 from unimap.render import device_layers, layer_span, memory_bar, speed_line
@@ -510,7 +511,7 @@ CHAT_HELP = ("/clear starts the conversation over, /quit (or Ctrl-D) leaves, Ctr
 @click.option("--json", "as_json", is_flag=True, help="Print the reply and its figures as one JSON "
               "object.")
 @click.option("--no-blas-preload", is_flag=True, help="On Linux, keep MLX's bundled BLAS (by "
-              "default `unimap run` restarts itself with an installed OpenBLAS preloaded; also "
+              "default `unimap run` loads an installed OpenBLAS ahead of MLX's; also "
               "UNIMAP_NO_BLAS_PRELOAD=1).")
 @click.option("--ranks", type=int, help="Run as N ranks on this machine (MLX's ring backend on "
               "127.0.0.1), the model split by a cluster plan.")
@@ -582,7 +583,7 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
         _render_plan(planned, Console(file=sys.stderr, highlight=False, width=_width()))
     else:
         _summary(planned, console)
-    preloaded = os.environ.get(DONE_VARIABLE)
+    preloaded = os.environ.get(DONE_VARIABLE) or preload.LOADED
     if preloaded and any(d.name == "cpu" and d.layers for d in planned.devices):
         console.print(f"note: the CPU layers use the installed OpenBLAS ({escape(preloaded)}, "
                       "preloaded); --no-blas-preload keeps MLX's bundled BLAS", soft_wrap=True)
@@ -1031,7 +1032,7 @@ def _messages(first: str | None, console: Console) -> Any:
 
 
 def main() -> None:
-    from unimap.preload import reexecute_with_openblas
+    from unimap.preload import load_openblas
 
-    reexecute_with_openblas(sys.argv)  # `unimap run` on Linux: the fastest CPU BLAS, once
+    load_openblas(sys.argv)  # `unimap run` on Linux: the fastest CPU BLAS, before MLX loads
     cli(prog_name="unimap")

@@ -258,7 +258,7 @@ def stream_generate(model: Any, tokenizer: Any, prompt: str | list[int] | list[d
             text += detok.finish()
         yield Response(text, token, n_prompt, prompt_tps, count, rate, mx.get_peak_memory(),
                        predicted, reason)
-        if done:
+        if reason is not None:  # as mlx-lm: never resume the steps (it would wait for one more)
             break
 
 

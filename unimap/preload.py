@@ -1,15 +1,17 @@
 """The fastest CPU path for `unimap run` and `unimap serve`: on Linux, MLX's CPU wheel links a
 bundled reference BLAS that multiplies float32 matrices about 17x slower than an installed OpenBLAS
-(docs/BENCHMARKS.md). A library mapped into a process cannot be swapped afterwards, so those
-commands re-execute themselves once, before anything imports MLX, with the OpenBLAS in LD_PRELOAD
-(as `unimap doctor` advises).
+(docs/BENCHMARKS.md). Those commands load the OpenBLAS into their own process before anything
+imports MLX, with RTLD_GLOBAL, so MLX's BLAS calls resolve to it as they would under LD_PRELOAD
+(as `unimap doctor` advises), without restarting the process.
 
 Off with `--no-blas-preload` or UNIMAP_NO_BLAS_PRELOAD=1; never when LD_PRELOAD already names a
-BLAS, when no OpenBLAS is installed, or when MLX does not bundle the reference one.
+BLAS, when no OpenBLAS is installed, when MLX does not bundle the reference one, or once MLX is
+imported (a library mapped into a process cannot be swapped afterwards).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 from unimap.host import Host
 
 OFF_VARIABLE = "UNIMAP_NO_BLAS_PRELOAD"
-DONE_VARIABLE = "UNIMAP_BLAS_PRELOADED"  # set in the re-executed process: never twice
+DONE_VARIABLE = "UNIMAP_BLAS_PRELOADED"  # set where LD_PRELOAD already carries it: never twice
 OFF_FLAG = "--no-blas-preload"
 PRELOADED_COMMANDS = ("run", "serve")
 OPENBLAS_CANDIDATES = (
@@ -79,14 +81,21 @@ def preload_env(env: Mapping[str, str], argv: Sequence[str], host: Host | None =
             DONE_VARIABLE: openblas}
 
 
-def reexecute_with_openblas(argv: Sequence[str]) -> None:
-    """Replace this process with `unimap run` under the OpenBLAS, when that is the faster path."""
+# The OpenBLAS this process loaded ahead of MLX, if it did (load_openblas)
+LOADED: str | None = None
+
+
+def load_openblas(argv: Sequence[str]) -> str | None:
+    """Load the installed OpenBLAS into this process ahead of MLX when that is the faster path
+    (see preload_env); returns its path, or None when it stays on the bundled BLAS."""
+    global LOADED
     env = preload_env(os.environ, argv)
-    if env is None:
-        return
+    if env is None or "mlx.core" in sys.modules:
+        return None
+    path = env[DONE_VARIABLE]
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "unimap", *argv[1:]], env)
-    except OSError:  # cannot re-execute (a sandbox): run on the bundled BLAS
-        return
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except OSError:  # unreadable or not a library: the bundled BLAS still works
+        return None
+    LOADED = path
+    return path
