@@ -313,9 +313,10 @@ def _text_steps(model: Any, tokenizer: Any, prompt: str | list[int], max_tokens:
     state = getattr(model, "_unimap", None)
     max_tokens = within_plan(state, len(ids), max_tokens, held_tokens(cache))
     options: dict[str, Any] = {"prompt_cache": cache}
-    if state is not None:  # the stream and prefill step the plan priced
-        options["stream"] = state.parts_stream
+    if state is not None:  # the prefill step the plan priced, and its stream where it placed
         options["prefill_step_size"] = state.plan.estimate.options.prefill_chunk_tokens
+        if state.placement.pinned:  # otherwise nothing moved: mlx-lm's own generation stream
+            options["stream"] = state.parts_stream
     steps = generate_step(mx.array(ids), model, max_tokens=max_tokens, sampler=sampler,
                           logits_processors=processors, **options)
     return steps, len(ids), _eos_ids(tokenizer), max_tokens
