@@ -223,13 +223,16 @@ def _environ(process: psutil.Process) -> dict[str, str]:
         return {}
 
 
+@pytest.mark.parametrize("launch", [["--ranks", "2"], ["--hosts", "127.0.0.1,127.0.0.1"]])
 @pytest.mark.parametrize("how", ["kill", "stop"])
-def test_a_rank_that_dies_or_hangs_ends_the_run(tiny: dict[str, Path], how: str) -> None:
+def test_a_rank_that_dies_or_hangs_ends_the_run(tiny: dict[str, Path], how: str,
+                                                launch: list[str]) -> None:
     """SIGKILL one rank mid-run (its peer raises at once), or SIGSTOP it (its peer's watchdog
-    gives up): every process ends within 10 s, the exit code is nonzero, nothing is left."""
+    gives up): every process ends within 10 s, the exit code is nonzero, nothing is left;
+    with our launcher and with MLX's (--hosts)."""
     env = {**os.environ, "UNIMAP_NO_BLAS_PRELOAD": "1", "UNIMAP_RANK_TIMEOUT": "3"}
     command = [sys.executable, "-m", "unimap", "run", str(tiny["llama"]), "-p", PROMPT,
-               "--max-tokens", "100000", "--max-seq-len", "1024", "--ranks", "2",
+               "--max-tokens", "100000", "--max-seq-len", "1024", *launch,
                "--ignore-chat-template"]
     launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
@@ -258,3 +261,61 @@ def test_a_rank_that_dies_or_hangs_ends_the_run(tiny: dict[str, Path], how: str)
     assert "rank" in stderr and "failed" in stderr
     for r in ranks:
         assert not r.is_running() or r.status() == psutil.STATUS_ZOMBIE
+
+
+# ---------------------------------------------------------------- --hosts: MLX's own launcher
+
+
+def test_hosts_run_through_mlx_launch_as_one_process(tiny: dict[str, Path]) -> None:
+    """`unimap run --hosts 127.0.0.1,127.0.0.1` starts its ranks with mlx.launch (ring backend;
+    every host but 127.0.0.1 would be reached over ssh): the same text as one process, rank 0's
+    figures once, each rank within its plan."""
+    args = ("--max-tokens", "8", "--max-seq-len", "128")
+    alone = one_process(tiny["qwen3"], *args)
+    env = {**os.environ, "UNIMAP_NO_BLAS_PRELOAD": "1"}
+    done = subprocess.run([sys.executable, "-m", "unimap", "run", str(tiny["qwen3"]), "-p", PROMPT,
+                           "--json", *args, "--hosts", "127.0.0.1,127.0.0.1"],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 1 and printed[0]["rank"] == 0 and printed[0]["ranks"] == 2
+    assert printed[0]["text"] == alone["text"]
+    assert 0 < printed[0]["peak_memory_bytes"] <= printed[0]["predicted_peak_bytes"]
+    assert "rank finished" not in done.stderr  # the ranks' reports are the launcher's, not shown
+
+
+@needs_stories
+def test_stories_on_two_hosts_is_the_same_story() -> None:
+    env = {**os.environ, "UNIMAP_NO_BLAS_PRELOAD": "1"}
+    base = [sys.executable, "-m", "unimap", "run", str(STORIES), "-p", "Once upon a time",
+            "--max-tokens", "24", "--max-seq-len", "256", "--temp", "0", "-q"]
+    alone = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120)
+    pair = subprocess.run([*base, "--hosts", "127.0.0.1,127.0.0.1"], capture_output=True, text=True,
+                          env=env, timeout=240)
+    assert alone.returncode == 0 and pair.returncode == 0, pair.stderr
+    assert pair.stdout == alone.stdout
+
+
+def test_a_rank_that_fails_under_mlx_launch_fails_the_run(tiny: dict[str, Path]) -> None:
+    """mlx.launch exits 0 when a rank fails; `unimap run --hosts` does not: the rank that failed
+    first, with its own exit code (3: the plan does not fit)."""
+    env = {**os.environ, "UNIMAP_NO_BLAS_PRELOAD": "1"}
+    done = subprocess.run([sys.executable, "-m", "unimap", "run", str(tiny["llama"]), "-p", PROMPT,
+                           "--max-seq-len", "1000000", "--hosts", "127.0.0.1,127.0.0.1"],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "failed (exit code 3)" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("hosts", "message"), [
+    ("mac-64gb,127.0.0.1", "a machine to plan for, not one to run on"),
+    ("no-such-host.invalid,127.0.0.1", "cannot resolve host 'no-such-host.invalid'"),
+    ("127.0.0.1,,127.0.0.1", "empty entry"),
+])
+def test_bad_run_hosts_are_refused_before_anything_starts(tiny: dict[str, Path], hosts: str,
+                                                          message: str) -> None:
+    result = CliRunner().invoke(cli, ["run", str(tiny["llama"]), "-p", PROMPT, "--hosts", hosts])
+    assert result.exit_code == 2 and message in result.output, result.output
+    both = CliRunner().invoke(cli, ["run", str(tiny["llama"]), "-p", PROMPT, "--hosts",
+                                    "127.0.0.1", "--ranks", "2"])
+    assert both.exit_code == 2 and "not both" in both.output

@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from unimap import __version__
+from unimap import __version__, preload
 from unimap.api import plan as make_plan
 from unimap.api import resolve_machine
 from unimap.checks import check_sampling, is_utf8
@@ -33,7 +33,6 @@ from unimap.host import Host
 from unimap.machine import Machine
 from unimap.machines import PRESETS
 from unimap.plan import DevicePlan, DoesNotFitError, Plan
-from unimap import preload
 from unimap.preload import DONE_VARIABLE
 from unimap.probe import probe
 from unimap.render import device_layers, layer_span, memory_bar, speed_line
@@ -515,6 +514,10 @@ CHAT_HELP = ("/clear starts the conversation over, /quit (or Ctrl-D) leaves, Ctr
               "UNIMAP_NO_BLAS_PRELOAD=1).")
 @click.option("--ranks", type=int, help="Run as N ranks on this machine (MLX's ring backend on "
               "127.0.0.1), the model split by a cluster plan.")
+@click.option("--hosts", "run_hosts", help="Run one rank on each of these machines through MLX's "
+              "launcher (mlx.launch: ssh, ring backend): host names or IP addresses, comma-separated, "
+              "or an MLX hostfile. Every host needs this Python environment and the model at the "
+              "same path.")
 @click.option("--tensor-parallel", is_flag=True, help="With --ranks: every rank holds 1/N of each "
               "layer (mlx-lm's shard()) instead of a range of layers.")
 @click.pass_context
@@ -526,7 +529,7 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
                 ignore_chat_template: bool, interactive: bool, max_tokens: int, seed: int | None,
                 images: tuple[str, ...], verbose: bool, quiet: bool, as_json: bool,
                 no_blas_preload: bool, ranks: int | None, tensor_parallel: bool, cpu_moe: bool,
-                n_cpu_moe: int | None, **sampling: Any) -> None:
+                n_cpu_moe: int | None, run_hosts: str | None, **sampling: Any) -> None:
     """Load MODEL the way its plan says and generate text (or chat, with -i)."""
     from unimap import vlm
     from unimap.distributed import in_rank
@@ -547,10 +550,12 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
                               "give it as UTF-8")
     if images and ctx.get_parameter_source("max_num_images") is click.core.ParameterSource.DEFAULT:
         max_num_images = max(max_num_images, len(images))  # plan for the images given
-    if ranks is not None or in_rank():
+    if ranks is not None or run_hosts is not None or in_rank():
         if interactive or images or device_map or cpu_moe or n_cpu_moe is not None:
-            raise click.UsageError("--ranks runs one --prompt of a text model (no -i, --image, -n, "
-                                   "--cpu-moe or --n-cpu-moe yet)")
+            raise click.UsageError("--ranks and --hosts run one --prompt of a text model (no -i, "
+                                   "--image, -n, --cpu-moe or --n-cpu-moe yet)")
+        if ranks is not None and run_hosts is not None:
+            raise click.UsageError("give --ranks (ranks on this machine) or --hosts, not both")
         settings = {"max_tokens": max_tokens, "seed": seed, **sampling}
         options = {"max_seq_len": max_seq_len, "max_batch_size": max_batch_size, "isq": isq,
                    "kv_bits": kv_bits, "max_kv_size": max_kv_size,
@@ -559,6 +564,12 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
             _run_as_rank(target, prompt or "", system_prompt, ignore_chat_template, options,
                          settings, quiet, as_json)
             return
+        if run_hosts is not None:
+            from unimap.cluster import host_names
+            from unimap.distributed import launch_hosts, ring_hosts
+
+            hosts = ring_hosts(host_names(run_hosts))
+            sys.exit(launch_hosts(_rank_arguments(ctx, prompt or ""), hosts, str(options["mode"])))
         _launch_ranks(ctx, target, ranks or 1, prompt or "", options, quiet or as_json)
         return
     if tensor_parallel:
@@ -680,7 +691,8 @@ def _rank_arguments(ctx: click.Context, prompt: str) -> list[str]:
     out: list[str] = []
     for param in ctx.command.params:
         name = param.name or ""
-        if name in ("ranks",) or ctx.get_parameter_source(name) is not click.core.ParameterSource.COMMANDLINE:
+        given = ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        if name in ("ranks", "run_hosts") or not given:
             continue
         value = prompt if name == "prompt" else ctx.params[name]
         if isinstance(param, click.Argument):
@@ -768,10 +780,15 @@ def _run_as_rank(target: str, prompt: str, system_prompt: str | None, ignore_tem
             _report(last, planned, settings["max_tokens"], console)
             console.print(f"rank 0 of {size}: layers {layer_span(cluster.ranks[0].layers)}",
                           soft_wrap=True)
-        if as_json:  # every rank its own figures (the launcher shows rank 0's)
+        reporting = bool(os.environ.get(distributed.REPORT_VARIABLE))
+        if as_json and (rank == 0 or not reporting):  # each its own figures (mlx.launch merges)
             click.echo(json.dumps({"text": reply, **_figures(last, planned), "rank": rank,
                                    "ranks": size, "layers": list(cluster.ranks[rank].layers)}))
         mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))  # end together
+        if reporting:
+            sys.stdout.flush()
+            sys.stderr.write(f"{distributed.DONE_MARK} {rank}\n")
+            sys.stderr.flush()
     finally:
         watchdog.stop()
 

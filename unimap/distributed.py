@@ -9,6 +9,9 @@ where MLX has them) runs a cluster plan. No transport of our own.
   where the family has it, otherwise a stage of our own (receive from the next rank, run the
   layers, send to the previous rank tied into the cache with `mx.depends`, then all_gather so
   every rank samples the same token).
+- `launch_hosts` starts one rank per host through MLX's own launcher (`mlx.launch`: ssh to every
+  host but 127.0.0.1, ring backend) and checks that every rank reported success: mlx.launch
+  exits 0 even when a rank fails.
 - A `Watchdog` ends a rank whose peers stopped answering (a hung peer blocks MLX's ring forever).
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,6 +39,10 @@ MODE_VARIABLE = "UNIMAP_PARALLEL"  # "pipeline" or "tensor"
 TIMEOUT_VARIABLE = "UNIMAP_RANK_TIMEOUT"  # seconds without progress before a rank gives up
 DEFAULT_TIMEOUT_S = 120.0
 STOP_GRACE_S = 3.0
+REPORT_VARIABLE = "UNIMAP_REPORT_DONE"  # set by launch_hosts: each rank says when it succeeded
+DONE_MARK = "unimap: rank finished:"  # the line a rank writes to stderr then (never shown)
+RING_PORT_VARIABLE = "UNIMAP_RING_PORT"  # the first port of the ring on remote hosts
+DEFAULT_RING_PORT = 32323  # mlx.launch's own default
 
 
 def in_rank(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
@@ -149,6 +157,159 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             with contextlib.suppress(OSError):
                 p.kill()
             p.wait()
+
+
+def ring_hosts(hosts: Sequence[str]) -> list[tuple[str, str]]:
+    """(ssh name, IP) of each rank's host for MLX's ring launcher, which needs IP addresses:
+    names are resolved here, so an unknown host is an error before anything starts."""
+    import ipaddress
+
+    out = []
+    for name in hosts:
+        try:
+            ipaddress.ip_address(name)
+            out.append((name, name))
+            continue
+        except ValueError:
+            pass
+        if name.endswith(".json") or name in _presets():
+            raise ConfigError(f"run --hosts: {name!r} is a machine to plan for, not one to run on; "
+                              "give host names or IP addresses (or an MLX hostfile), and plan "
+                              "what-if clusters with `unimap plan --hosts`")
+        try:
+            out.append((name, socket.gethostbyname(name)))
+        except (OSError, UnicodeError):
+            raise ConfigError(f"run --hosts: cannot resolve host {name!r}; give its IP address or a "
+                              "name this machine resolves") from None
+    return out
+
+
+def _presets() -> tuple[str, ...]:
+    from unimap.machines import PRESETS
+
+    return tuple(PRESETS)
+
+
+def launch_hosts(argv: Sequence[str], hosts: Sequence[tuple[str, str]], mode: str) -> int:
+    """Run `unimap run ARGV` on each host (one rank each) through mlx.launch, with this
+    machine's Python path on every host (as mlx.launch expects the same environment there).
+    Rank 0's text comes through; each rank writes DONE_MARK when it succeeded, and a run that
+    misses one exits nonzero with the launcher's last words about it."""
+    timeout = rank_timeout()
+    folder = Path(tempfile.mkdtemp(prefix="unimap-hosts-"))
+    hostfile = folder / "hostfile.json"
+    hostfile.write_text(json.dumps([{"ssh": ssh, "ips": [ip]} for ssh, ip in hosts]))
+    local = all(ip == "127.0.0.1" for _, ip in hosts)
+    port = _free_run(len(hosts)) if local else int(os.environ.get(RING_PORT_VARIABLE)
+                                                     or DEFAULT_RING_PORT)
+    command = [*_launcher(), "--backend", "ring", "--hostfile", str(hostfile), "--starting-port",
+               str(port), "--env", f"{MODE_VARIABLE}={mode}", "--env", f"{TIMEOUT_VARIABLE}={timeout}",
+               "--env", f"{REPORT_VARIABLE}=1", "--", sys.executable, "-m", "unimap", "run", *argv]
+    done: set[str] = set()
+    said: list[str] = []
+    launcher = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def relay() -> None:  # the launcher's stderr, less the ranks' reports
+        for raw in iter(launcher.stderr.readline, b""):  # type: ignore[union-attr]
+            line = raw.decode(errors="replace")
+            if line.startswith(DONE_MARK):
+                done.add(line[len(DONE_MARK):].strip())
+                continue
+            said.append(line.strip())
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    try:
+        code = _wait_launcher(launcher, said)
+        reader.join(timeout=STOP_GRACE_S)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        _stop_tree(launcher)
+        hostfile.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    missing = [i for i in range(len(hosts)) if str(i) not in done]
+    if not missing and code == 0:
+        return 0
+    # the launcher's "Node with rank N exited with code C": the first rank that failed on its
+    # own (a positive code) rather than being stopped by the launcher after it
+    exits = [(int(m.group(1)), int(m.group(2))) for m in (
+        re.search(r"rank (\d+) exited with code (-?\d+)", _plain(w)) for w in said) if m]
+    rank, failed = next(((r, c) for r, c in exits if c > 0), exits[0] if exits else (
+        missing[0] if missing else 0, code))
+    sys.stderr.write(f"error: rank {rank} of {len(hosts)} (on {hosts[rank][0]}) failed"
+                     + (f" (exit code {failed})" if failed else " (it did not report finishing)")
+                     + "; the run was stopped\n")
+    return failed if failed > 0 else 1
+
+
+def _wait_launcher(launcher: subprocess.Popen[bytes], said: list[str]) -> int:
+    """mlx.launch's exit code. Once it reports a rank gone, it has STOP_GRACE_S to stop the
+    others: it cannot stop a rank that hangs in a stopped state, and would wait for it forever."""
+    failed_at = None
+    while launcher.poll() is None:
+        if failed_at is None and any("exited with code" in w or "was killed" in w for w in said):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > STOP_GRACE_S:
+            _stop_tree(launcher)
+            break
+        time.sleep(0.05)
+    return launcher.wait()
+
+
+def _stop_tree(launcher: subprocess.Popen[bytes]) -> None:
+    """Stop the launcher and every process it started on this machine (its ranks on 127.0.0.1,
+    its ssh clients), resumed first so that a stopped one ends too."""
+    import psutil
+
+    try:
+        tree = psutil.Process(launcher.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+    _stop([launcher])
+
+
+def _launcher() -> list[str]:
+    """mlx.launch from this environment: its console script, else its module's main()."""
+    script = Path(sys.executable).with_name("mlx.launch")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; "
+            "sys.argv[0] = 'mlx.launch'; main()"]
+
+
+def _free_run(count: int, tries: int = 50) -> int:
+    """The first of `count` consecutive TCP ports free on 127.0.0.1 (mlx.launch numbers the
+    ring's ports from a starting one)."""
+    for _ in range(tries):
+        start = free_ports(1)[0]
+        if start + count >= 65536:
+            continue
+        sockets = []
+        try:
+            for port in range(start, start + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return start
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise ConfigError(f"no {count} consecutive free ports on 127.0.0.1; free some and try again")
+
+
+def _plain(text: str) -> str:
+    """A launcher line without its terminal colours."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text).strip()
 
 
 # ---------------------------------------------------------------- inside a rank
