@@ -315,3 +315,27 @@ def tiny_config(family: str) -> dict[str, Any]:
             text = tiny_config(source)
         config["text_config"] = {**text, **text_overrides}
     return config
+
+
+def deep_config(family: str, factor: int = 2) -> dict[str, Any]:
+    """`tiny_config(family)` with `factor` times the layers (every per-layer list and pattern
+    repeated). A 4-layer twin of a hybrid family often has its one attention layer last, whose
+    prefill attention MLX never evaluates (only its cache is needed): a deeper twin measures
+    what a real model's attention layers hold."""
+    return _deepen(tiny_config(family), factor)
+
+
+def _deepen(config: dict[str, Any], factor: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        count = isinstance(value, int) and not isinstance(value, bool) and value == LAYERS and (
+            "layer" in key.lower())
+        per_layer = isinstance(value, list) and len(value) == LAYERS and key != "modules"
+        pattern = isinstance(value, str) and len(value) == LAYERS and "pattern" in key
+        if isinstance(value, dict):
+            out[key] = _deepen(value, factor)
+        elif count or per_layer or pattern:
+            out[key] = value * factor
+        else:
+            out[key] = value
+    return out

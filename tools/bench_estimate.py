@@ -71,6 +71,7 @@ for _experts in (8, 64, 128):
                                              "num_experts_per_tok": _k}
 MOE = ("qwen3_moe", "mixtral", *(m for m in MODELS if m.startswith("moe-")))
 FAMILY = "family:"  # a model "family:<mlx-lm module>": tests/tiny_families.py's tiny config
+DEEP = "family8:"  # the same with 8 layers (deep_config): a hybrid's attention not only last
 # vision-language models (tests/tiny_vlms.py: mlx-vlm's classes) with towers wide enough that the
 # encoder, not the tiny text model, sets the peak at the larger images
 VISION: dict[str, dict[str, Any]] = {
@@ -145,8 +146,8 @@ def family_cases() -> list[Case]:
     """Every buildable mlx-lm family (tests/tiny_families.py) at a short and a long prompt."""
     from tiny_families import UNBUILDABLE, families
 
-    return [Case(f"{FAMILY}{f}", "f32", seq, 1) for f in families() if f not in UNBUILDABLE
-            for seq in (256, 2048)]
+    return [Case(f"{prefix}{f}", "f32", seq, 1) for f in families() if f not in UNBUILDABLE
+            for seq in (256, 2048) for prefix in (FAMILY, DEEP)]
 
 
 def available(cases: list[Case]) -> list[Case]:
@@ -180,6 +181,10 @@ def checkpoint(work: Path, model: str, weights: str) -> Path:
         from tiny_families import tiny_config
 
         return write_random_model(work / model.replace(":", "-"), tiny_config(model[len(FAMILY):]))
+    if model.startswith(DEEP):
+        from tiny_families import deep_config
+
+        return write_random_model(work / model.replace(":", "-"), deep_config(model[len(DEEP):]))
     if stored == "f32":
         return write_random_model(folder, MODELS[model], dtype="float32")
     bits = None if stored == "bf16" else int(stored[1:])  # q4, q8: MLX-quantized bf16 weights
@@ -279,7 +284,10 @@ def child(case: Case, path: Path) -> dict[str, Any]:
     mx.reset_peak_memory()
     cache = make_cache(model)
     prompt_len = case.seq - DECODE_TOKENS
-    rows = [[(31 * i + 17 * r) % 150 + 3 for i in range(prompt_len)] for r in range(case.batch)]
+    from unimap.generate import vocab_size
+
+    span = min(150, vocab_size(model) - 3)  # token ids the model has (tiny twins: 128)
+    rows = [[(31 * i + 17 * r) % span + 3 for i in range(prompt_len)] for r in range(case.batch)]
     if case.image:  # words w0..w119 (one token each), the chat template's few tokens, the image
         from tiny_vlms import write_image
 

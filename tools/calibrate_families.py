@@ -34,12 +34,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 # (prompt tokens, batch, prefill chunk): several chunks after cached tokens, a batch, and prompts
 # in one chunk each, up to a whole chunk of mlx-lm's default 2048 (the chunk every long prompt
 # runs in), whose keys are all the plan's tokens
-RUNS = ((160, 1, 128), (600, 2, 128), (300, 1, 2048), (1000, 1, 2048), (2049, 1, 2048))
+RUNS = ((160, 1, 128), (600, 2, 128), (252, 1, 2048), (300, 1, 2048), (1000, 1, 2048),
+        (2049, 1, 2048))
 DECODE = 4
 OUT = ROOT / "unimap" / "family_calibration.py"
 
 
-def measure(family: str, work: Path) -> tuple[str, list[tuple[float, float]]]:
+def measure(family: str, work: Path, deep: bool = True) -> tuple[str, list[tuple[float, float]]]:
     """(basis, per-unit coefficient, per-score coefficient) of what the family needed beyond
     the priced chunk arrays; coefficients <= 0 mean nothing more was needed."""
     import mlx.core as mx
@@ -55,8 +56,12 @@ def measure(family: str, work: Path) -> tuple[str, list[tuple[float, float]]]:
     machine = stand_in_machine()
     path = write_random_model(work / family, tiny_config(family))
     spec = unimap.inspect(path)
+    twins = [path]
+    if deep and has_state(spec.arch):  # and 8 layers: a hybrid's attention is not only its last
+        twins += [p for p in [deeper(family, work)] if p is not None]
     runs: list[tuple[int, int, float]] = []  # (chunk tokens, keys, missing bytes per chunk token)
-    for tokens, batch, step in RUNS:
+    for path, (tokens, batch, step) in ((p, r) for p in twins for r in RUNS):
+        spec = unimap.inspect(path)
         options = Options(max_seq_len=tokens + DECODE, max_batch_size=batch, prefill_step_tokens=step)
         plan = make_plan(spec, machine, options, parse_device_map("auto"))
         model, _, _ = unimap.load(path, planned=plan)
@@ -70,6 +75,25 @@ def measure(family: str, work: Path) -> tuple[str, list[tuple[float, float]]]:
         model._unimap.wired.release()
         del model
     return fit(spec.arch, runs)
+
+
+def has_state(arch: Any) -> bool:
+    """Layers with a convolution, SSM or linear-attention state beside or instead of a KV cache."""
+    return "recurrent" in arch.layer_kinds or any(c.state_elements for c in arch.caches)
+
+
+def deeper(family: str, work: Path) -> Path | None:
+    """The family's twin with 8 layers (tests/tiny_families.py deep_config), or None when mlx-lm
+    cannot build that: in a 4-layer twin of a hybrid the one attention layer is often the last,
+    whose prefill attention MLX never evaluates (only its cache is needed), so its arrays would
+    never be measured."""
+    from tiny_families import deep_config
+    from tiny_models import write_random_model
+
+    try:
+        return write_random_model(work / f"{family}-8", deep_config(family))
+    except Exception:  # noqa: BLE001 - a config whose patterns do not repeat: the 4-layer twin
+        return None
 
 
 def fit(arch: Any, runs: list[tuple[int, int, float]]) -> tuple[str, list[tuple[float, float]]]:
@@ -179,21 +203,30 @@ def main() -> None:
     warnings.simplefilter("ignore", DeprecationWarning)
     from unimap.family_calibration import FAMILY_EXTRA
 
+    kept = dict(FAMILY_EXTRA)
     FAMILY_EXTRA.clear()  # measure against the plan without the extras being refitted
     families = args.only.split(",") if args.only else uncalibrated()
-    factors: dict[str, tuple[str, tuple[tuple[float, float], ...]]] = {}
+    # with --only, the other families keep what was measured before
+    factors = {k: v for k, v in kept.items() if args.only and k not in families}
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
             try:
-                unit, fits = measure(family, Path(tmp))
+                try:
+                    unit, fits = measure(family, Path(tmp))
+                except Exception:  # noqa: BLE001 - a deeper twin mlx-lm or transformers refuses
+                    unit, fits = measure(family, Path(tmp), deep=False)
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                if family in kept:
+                    factors[family] = kept[family]
                 continue
             shown = " or ".join(f"{a:.2f} x {unit} unit + {b:.2f} x heads x keys x 4 bytes"
                                 for a, b in fits) or "nothing"
             print(f"{family:24s} per chunk token: {shown}", flush=True)
             if fits:
                 factors[family] = (unit, tuple(_up(a, b) for a, b in fits))
+            else:
+                factors.pop(family, None)
     if args.write:
         OUT.write_text(render(factors))
         print(f"wrote {OUT}")

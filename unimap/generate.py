@@ -174,7 +174,48 @@ def make_cache(model: Any) -> list[Any]:
         return list(make_vlm_cache(model.language_model))
     if window:
         return rotating_cache(model, window)
-    return quantized_cache(model, bits) if bits else make_prompt_cache(model)
+    return unpinned(quantized_cache(model, bits) if bits else make_prompt_cache(model))
+
+
+_UNPINNED: dict[type, type] = {}
+
+
+def unpinned(caches: list[Any]) -> list[Any]:
+    """`caches` with every array cache (mlx-lm's ArraysCache: convolution and SSM state) keeping
+    a copy of what it is given. mamba2, nemotron_h and falcon_h1 store their convolution state as
+    the last rows of the chunk's input (a slice, which shares the whole input's buffer), so each
+    such layer would hold its whole prefill chunk's input until the next step: all layers' at
+    once at the end of prefill (measured: the working set grew with depth, 0.67 of the plan for
+    an 8-layer falcon_h1 twin). Values are unchanged."""
+    from mlx_lm.models.cache import ArraysCache
+
+    def swap(cache: Any) -> None:
+        for inner in getattr(cache, "caches", ()) or ():  # CacheList
+            swap(inner)
+        if isinstance(cache, ArraysCache):
+            cache.__class__ = _unpinned_class(type(cache))
+
+    for cache in caches:
+        swap(cache)
+    return caches
+
+
+def _unpinned_class(cls: type) -> type:
+    if cls in _UNPINNED or getattr(cls, "_unimap_unpinned", False):
+        return _UNPINNED.get(cls, cls)
+    import mlx.core as mx
+
+    class Unpinned(cls):  # type: ignore[misc]
+        _unimap_unpinned = True
+
+        def __setitem__(self, idx: Any, value: Any) -> None:
+            super().__setitem__(idx, mx.contiguous(value) if isinstance(value, mx.array) else value)
+
+    Unpinned.__name__, Unpinned.__qualname__ = cls.__name__, cls.__qualname__
+    Unpinned.__module__ = cls.__module__
+    made: type = Unpinned
+    _UNPINNED[cls] = made
+    return made
 
 
 def rotating_cache(model: Any, window: int) -> list[Any]:
