@@ -240,9 +240,12 @@ def launch_hosts(argv: Sequence[str], hosts: Sequence[tuple[str, str]], mode: st
         re.search(r"rank (\d+) exited with code (-?\d+)", _plain(w)) for w in said) if m]
     rank, failed = next(((r, c) for r, c in exits if c > 0), exits[0] if exits else (
         missing[0] if missing else 0, code))
+    ssh = failed == 255 and hosts[rank][1] != "127.0.0.1"
     sys.stderr.write(f"error: rank {rank} of {len(hosts)} (on {hosts[rank][0]}) failed"
                      + (f" (exit code {failed})" if failed else " (it did not report finishing)")
-                     + "; the run was stopped\n")
+                     + ("; ssh could not reach that host or start the command there (check "
+                        "`ssh HOST` works without a password and the same Python path exists)"
+                        if ssh else "") + "; the run was stopped\n")
     return failed if failed > 0 else 1
 
 
