@@ -319,3 +319,14 @@ def test_bad_run_hosts_are_refused_before_anything_starts(tiny: dict[str, Path],
     both = CliRunner().invoke(cli, ["run", str(tiny["llama"]), "-p", PROMPT, "--hosts",
                                     "127.0.0.1", "--ranks", "2"])
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_an_unreachable_host_fails_the_run_and_names_it(tiny: dict[str, Path]) -> None:
+    """127.0.0.2 is not 127.0.0.1, so mlx.launch reaches it over ssh, which nothing answers here
+    (or no ssh client exists): the run fails at once, naming the host."""
+    env = {**os.environ, "UNIMAP_NO_BLAS_PRELOAD": "1"}
+    done = subprocess.run([sys.executable, "-m", "unimap", "run", str(tiny["llama"]), "-p", PROMPT,
+                           "--max-tokens", "2", "--hosts", "127.0.0.2,127.0.0.1"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0 and "rank 0 of 2 (on 127.0.0.2) failed" in done.stderr, done.stderr
+    assert done.returncode != 255 or "ssh could not reach that host" in done.stderr
