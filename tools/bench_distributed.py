@@ -100,6 +100,14 @@ def budgets() -> list[str]:
         ("DeepSeek V3, 4-bit (--isq 4)", deepseek,
          [(f"mac-128gb #{i}", resolve_machine("mac-128gb")) for i in range(4)],
          Options(max_seq_len=8192, isq=4)),
+        ("DeepSeek V3, MLX 4-bit checkpoint", {**deepseek, "quantization": {"group_size": 64,
+                                                                         "bits": 4}},
+         [(f"mac-128gb #{i}", resolve_machine("mac-128gb")) for i in range(4)],
+         Options(max_seq_len=8192)),
+        ("DeepSeek V3, MLX 4-bit checkpoint", {**deepseek, "quantization": {"group_size": 64,
+                                                                         "bits": 4}},
+         [(f"mac-64gb #{i}", resolve_machine("mac-64gb")) for i in range(8)],
+         Options(max_seq_len=8192)),
         ("Qwen3-235B-A22B, bf16", QWEN3_235B,
          [(f"dgx-spark-128gb #{i}", resolve_machine("dgx-spark-128gb")) for i in range(2)],
          Options(max_seq_len=8192)),
@@ -115,9 +123,11 @@ def budgets() -> list[str]:
             "split | its token budget | fits at 8192 |", "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for name, config, machines, options in cases:
-            folder = Path(tmp) / name.split(",")[0].replace(" ", "-")
-            if not folder.exists():
-                fixtures.write_model(folder, config, fixtures.from_model(config))
+            folder = Path(tmp) / name.replace(" ", "-").replace(",", "")
+            if not folder.exists():  # a published MLX-quantized checkpoint's tensors, or bf16
+                shapes = (fixtures.mlx_checkpoint(config) if "quantization" in config
+                          else fixtures.from_model(config))
+                fixtures.write_model(folder, config, shapes)
             spec = inspect(folder)
             cluster = plan_cluster(spec, machines, options)
             hosts = " + ".join(h for h, _ in machines)
