@@ -1009,10 +1009,11 @@ def _summary(result: Plan, console: Console) -> None:
     status = "fits" if result.fits else f"does not fit: {result.problem}"
     wired = ("" if result.wired_limit_bytes is None
              else f", wired limit {format_bytes(result.wired_limit_bytes)}")
+    cpu = result.device("cpu")
+    split = ("" if not gpu or result.all_on_gpu else " (split: layers on the CPU run slower)"
+             if cpu.layers else " (routed experts on the CPU: their layers wait for the CPU)")
     console.print(f"plan: {escape(result.model)} {status}; {where}; predicted peak "
-                  f"{format_bytes(result.peak_bytes)}{wired}"
-                  + (" (split: layers on the CPU run slower)" if gpu and not result.all_on_gpu else ""),
-                  soft_wrap=True)
+                  f"{format_bytes(result.peak_bytes)}{wired}{split}", soft_wrap=True)
     for note in result.notes:
         console.print(f"note: {escape(note)}", soft_wrap=True)
 
