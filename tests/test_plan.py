@@ -479,3 +479,19 @@ def test_notebook_html_escapes_everything(models: Path) -> None:
     page = parsed(html)
     assert page.text.count(hostile) == 5  # model, problem, description, note, way out
     assert [r[0] for r in page.rows[1:]] == ["gpu:<0>", "cpu"]
+
+
+def test_two_gpus_the_automatic_plan_uses_the_one_a_process_runs_on(models: Path) -> None:
+    """One unimap process runs on gpu:0 (the runtime refuses layers on another GPU), so the
+    automatic plan of a two-GPU machine spills to the CPU, not to gpu:1, and says so; a manual
+    map still places layers on both, as mistral.rs's "0:16;1:16" does."""
+    one = preset_machine("h100-80gb", {}, Reserves())
+    two = replace(one, devices=(one.gpus[0], replace(one.gpus[0], name="gpu:1"), one.cpu))
+    plan = unimap.plan(models / "mixtral-8x7b", machine=two)
+    assert [d.name for d in plan.devices] == ["gpu:0", "cpu"] and plan.fits
+    assert any(n.startswith("gpu:1 not used") for n in plan.notes)
+    assert plan.to_dict()["devices"] == unimap.plan(models / "mixtral-8x7b", machine=one).to_dict()[
+        "devices"]
+    with pytest.warns(DeprecationWarning):
+        manual = unimap.plan(models / "mixtral-8x7b", machine=two, device_map="0:16;1:16")
+    assert [len(d.layers) for d in manual.devices] == [16, 16, 0]

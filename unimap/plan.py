@@ -283,8 +283,14 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
     if device_map is not None:
         plan = _manual(spec, machine, est, gpus, device_map, _first_experts(est, n_cpu_moe or 0))
         return _experts_note(replace(plan, spec=spec, decode=_speed(spec, plan)))
+    others, gpus = gpus[1:], gpus[:1]  # the runtime drives one GPU a process (runtime.py)
     plan = _experts_note(_auto(spec, machine, est, gpus, n_cpu_moe))
     plan = replace(plan, decode=plan.decode or _speed(spec, plan))
+    if others:
+        plan = replace(plan, notes=(*plan.notes, (
+            f"{', '.join(g.name for g in others)} not used: one unimap process runs on "
+            f"{gpus[0].name}; run a rank per GPU with mlx.launch (`unimap plan --hosts` plans "
+            "them)")))
     if gpus and plan.non_mapped_device == "cpu":
         parts = est.non_mapped_weight_bytes + est.vision_weight_bytes
         what = "the embeddings, lm_head" + (" and vision tower" if est.vision_weight_bytes else "")
@@ -607,8 +613,8 @@ def _fits(spec: ModelSpec, machine: Machine, options: Options) -> bool:
         est = estimate(spec, options)
     except UnimapError:
         return False
-    gpus = [g for g in machine.gpus if g.budget_bytes is not None]
-    room = sum(d.budget_bytes or 0 for d in machine.devices)
+    gpus = [g for g in machine.gpus if g.budget_bytes is not None][:1]  # one GPU a process
+    room = sum(d.budget_bytes or 0 for d in (*gpus, machine.cpu))
     if est.weight_bytes + est.kv_bytes > room:  # every placement holds at least these
         return False
     return _auto(spec, machine, est, gpus, quick=True).fits

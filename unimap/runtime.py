@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unimap.checks import foreign
-from unimap.errors import ModelError
+from unimap.errors import ConfigError, ModelError
 from unimap.estimate import UPCAST_GROUP_BYTES
 from unimap.inspect import is_expert
 from unimap.plan import Plan
@@ -395,6 +395,12 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
         raise ModelError(f"the loaded model has {len(layers)} layers but the plan has "
                          f"{len(plan.layers)}; the checkpoint and its config disagree")
     placement = new_streams()
+    beyond = sorted({p.device for p in plan.layers if p.device.startswith("gpu:")} - {"gpu:0"})
+    if beyond and placement.gpu_is_real:
+        raise ConfigError(f"the plan puts layers on {', '.join(beyond)}, but one unimap process "
+                          "runs on one GPU (gpu:0); plan for fewer GPUs (-n with GPU 0 only, or "
+                          "the automatic plan with CUDA_VISIBLE_DEVICES naming one GPU), or run "
+                          "a rank per GPU with mlx.launch")
     on_gpu = {p.index for p in plan.layers if p.device.startswith("gpu")}
     experts = {p.index: expert_modules(layers[p.index]) for p in plan.layers
                if p.index in on_gpu and p.experts_device == "cpu"}
