@@ -17,7 +17,7 @@ import mlx.core as mx
 import pytest
 from click.testing import CliRunner
 from tiny_families import tiny_config
-from tiny_models import stand_in_machine, write_random_model
+from tiny_models import FamilyCheckpoints, mlx_lm_tokens, stand_in_machine
 
 import unimap
 from unimap import ConfigError, inspect
@@ -201,29 +201,13 @@ def test_cli_plan_shows_where_experts_live(sparse: Path) -> None:
 # ---------------------------------------------------------------- runtime
 
 
-class Checkpoints(dict[str, Path]):
-    def __init__(self, root: Path) -> None:
-        super().__init__()
-        self.root = root
-
-    def __missing__(self, family: str) -> Path:
-        self[family] = write_random_model(self.root / family, tiny_config(family))
-        return self[family]
-
-
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
-    return Checkpoints(tmp_path_factory.mktemp("moe"))
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> FamilyCheckpoints:
+    return FamilyCheckpoints(tmp_path_factory.mktemp("families"))
 
 
 def reference(path: Path, steps: int = 6) -> list[int]:
-    from mlx_lm import load as mlx_load
-    from mlx_lm.generate import generate_step
-    from mlx_lm.sample_utils import make_sampler
-
-    model, _ = mlx_load(str(path))
-    return [int(t) for t, _ in generate_step(mx.array(PROMPT), model, max_tokens=steps,
-                                             sampler=make_sampler(0.0))]
+    return mlx_lm_tokens(path, PROMPT, steps)
 
 
 def test_every_mlx_lm_family_with_experts_is_covered() -> None:
@@ -242,14 +226,14 @@ def test_every_mlx_lm_family_with_experts_is_covered() -> None:
     assert sorted(found) == sorted(FAMILIES + list(NOT_ROUTED))
 
 
-def test_a_family_whose_routing_is_not_read_is_refused_the_flags(checkpoints: Checkpoints) -> None:
+def test_a_family_whose_routing_is_not_read_is_refused_the_flags(checkpoints: FamilyCheckpoints) -> None:
     for family in NOT_ROUTED:
         with pytest.raises(ConfigError, match="no routed experts"):
             unimap.plan(checkpoints[family], machine=stand_in_machine(), cpu_moe=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_experts_on_the_cpu_stream_give_mlx_lm_tokens(checkpoints: Checkpoints, family: str) -> None:
+def test_experts_on_the_cpu_stream_give_mlx_lm_tokens(checkpoints: FamilyCheckpoints, family: str) -> None:
     path = checkpoints[family]
     expected = reference(path)
     spec = unimap.inspect(path)
@@ -276,7 +260,7 @@ def test_experts_on_the_cpu_stream_give_mlx_lm_tokens(checkpoints: Checkpoints, 
 
 
 def test_quantized_experts_on_the_cpu_match_the_same_quantization_on_one_device(
-        checkpoints: Checkpoints) -> None:
+        checkpoints: FamilyCheckpoints) -> None:
     path = checkpoints["qwen3_moe"]
     tokens = []
     for flags in ({}, {"cpu_moe": True}):
@@ -291,7 +275,7 @@ def test_quantized_experts_on_the_cpu_match_the_same_quantization_on_one_device(
     assert tokens[0] == tokens[1]
 
 
-def test_usage_counts_moved_experts_on_the_cpu(checkpoints: Checkpoints) -> None:
+def test_usage_counts_moved_experts_on_the_cpu(checkpoints: FamilyCheckpoints) -> None:
     from unimap.usage import device_usage
 
     model, _, plan = load(checkpoints["mixtral"], machine=stand_in_machine(), max_seq_len=64,
@@ -301,7 +285,7 @@ def test_usage_counts_moved_experts_on_the_cpu(checkpoints: Checkpoints) -> None
     model._unimap.wired.release()
 
 
-def test_cli_run_with_expert_flags_on_a_machine_without_gpu(checkpoints: Checkpoints) -> None:
+def test_cli_run_with_expert_flags_on_a_machine_without_gpu(checkpoints: FamilyCheckpoints) -> None:
     """This machine (MLX's CPU build) has no GPU to keep the dense parts on: a clear refusal
     before anything loads, from run and serve alike."""
     for command in ("run", "serve"):

@@ -12,7 +12,7 @@ from typing import Any
 import mlx.core as mx
 import pytest
 from tiny_families import UNBUILDABLE, families, tiny_config
-from tiny_models import stand_in_machine, write_random_model
+from tiny_models import FamilyCheckpoints, mlx_lm_tokens, stand_in_machine, write_random_model
 
 import unimap
 from unimap.api import load
@@ -23,31 +23,13 @@ PROMPT = [1, 7, 12, 5, 33, 90, 41, 8, 19, 64, 3, 77]
 BUILDABLE = [f for f in families() if f not in UNBUILDABLE]
 
 
-class Checkpoints(dict[str, Path]):
-    """A random checkpoint per family, written when a test first asks for it."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__()
-        self.root = root
-
-    def __missing__(self, family: str) -> Path:
-        self[family] = write_random_model(self.root / family, tiny_config(family))
-        return self[family]
-
-
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
-    return Checkpoints(tmp_path_factory.mktemp("families"))
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> FamilyCheckpoints:
+    return FamilyCheckpoints(tmp_path_factory.mktemp("families"))
 
 
 def reference(path: Path, steps: int = 6) -> list[int]:
-    from mlx_lm import load as mlx_load
-    from mlx_lm.generate import generate_step
-    from mlx_lm.sample_utils import make_sampler
-
-    model, _ = mlx_load(str(path))
-    return [int(t) for t, _ in generate_step(mx.array(PROMPT), model, max_tokens=steps,
-                                             sampler=make_sampler(0.0))]
+    return mlx_lm_tokens(path, PROMPT, steps)
 
 
 def run(model: Any, tokenizer: Any, steps: int = 6) -> list[int]:
@@ -61,7 +43,7 @@ def test_most_of_mlx_lm_is_buildable() -> None:
 
 
 @pytest.mark.parametrize("family", BUILDABLE)
-def test_same_tokens_as_mlx_lm_whole_and_split(checkpoints: Checkpoints, family: str) -> None:
+def test_same_tokens_as_mlx_lm_whole_and_split(checkpoints: FamilyCheckpoints, family: str) -> None:
     path = checkpoints[family]
     expected = reference(path)
     spec = unimap.inspect(path)
@@ -164,7 +146,7 @@ def test_vision_language_type_mlx_lm_lacks_plans_through_its_text_config() -> No
         unimap.families.read_architecture(bare, "config.json")
 
 
-def test_config_and_weights_that_disagree_name_the_first_tensor(checkpoints: Checkpoints,
+def test_config_and_weights_that_disagree_name_the_first_tensor(checkpoints: FamilyCheckpoints,
                                                                  tmp_path: Path) -> None:
     import json
     import shutil
@@ -189,17 +171,11 @@ def test_deeper_twins_of_state_families_stay_within_the_plan(tmp_path: Path, fam
     (every layer's scan blocks and chunk inputs alive at the end of prefill: 0.67 of the plan at
     8 layers); unimap now evaluates such layers one at a time in prefill and keeps copies of
     their convolution state."""
-    from mlx_lm import load as mlx_load
-    from mlx_lm.generate import generate_step
-    from mlx_lm.sample_utils import make_sampler
     from tiny_families import deep_config
 
     path = write_random_model(tmp_path / family, deep_config(family, 4))
     prompt = [(31 * i) % 120 + 3 for i in range(300)]
-    plain, _ = mlx_load(str(path))
-    expected = [int(t) for t, _ in generate_step(mx.array(prompt), plain, max_tokens=4,
-                                                 sampler=make_sampler(0.0))]
-    del plain
+    expected = mlx_lm_tokens(path, prompt, 4)
     gc.collect()
     mx.clear_cache()
     mx.reset_peak_memory()

@@ -94,3 +94,30 @@ def stand_in_machine(name: str = "h100-80gb") -> Any:
     machine = preset_machine(name, {}, Reserves())
     return replace(machine, backend="cpu", devices=tuple(
         replace(d, backend="cpu") if d.kind == "gpu" else d for d in machine.devices))
+
+
+class FamilyCheckpoints(dict[str, Path]):
+    """A random checkpoint per mlx-lm family (tests/tiny_families.py's tiny config), written
+    into `root` when a test first asks for it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        from tiny_families import tiny_config
+
+        self[family] = write_random_model(self.root / family, tiny_config(family))
+        return self[family]
+
+
+def mlx_lm_tokens(path: Path, prompt: list[int], steps: int = 6) -> list[int]:
+    """Plain mlx-lm's greedy tokens for `prompt` (its own loader and generate_step)."""
+    import mlx.core as mx
+    from mlx_lm import load as mlx_load
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    model, _ = mlx_load(str(path))
+    return [int(t) for t, _ in generate_step(mx.array(prompt), model, max_tokens=steps,
+                                             sampler=make_sampler(0.0))]

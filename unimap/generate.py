@@ -177,9 +177,6 @@ def make_cache(model: Any) -> list[Any]:
     return unpinned(quantized_cache(model, bits) if bits else make_prompt_cache(model))
 
 
-_UNPINNED: dict[type, type] = {}
-
-
 def unpinned(caches: list[Any]) -> list[Any]:
     """`caches` with every array cache (mlx-lm's ArraysCache: convolution and SSM state) keeping
     a copy of what it is given. mamba2, nemotron_h and falcon_h1 store their convolution state as
@@ -201,21 +198,19 @@ def unpinned(caches: list[Any]) -> list[Any]:
 
 
 def _unpinned_class(cls: type) -> type:
-    if cls in _UNPINNED or getattr(cls, "_unimap_unpinned", False):
-        return _UNPINNED.get(cls, cls)
+    from unimap.runtime import swapped_class
+
+    return swapped_class(cls, "unpinned", _make_unpinned)
+
+
+def _make_unpinned(cls: type) -> type:
     import mlx.core as mx
 
     class Unpinned(cls):  # type: ignore[misc]
-        _unimap_unpinned = True
-
         def __setitem__(self, idx: Any, value: Any) -> None:
             super().__setitem__(idx, mx.contiguous(value) if isinstance(value, mx.array) else value)
 
-    Unpinned.__name__, Unpinned.__qualname__ = cls.__name__, cls.__qualname__
-    Unpinned.__module__ = cls.__module__
-    made: type = Unpinned
-    _UNPINNED[cls] = made
-    return made
+    return Unpinned
 
 
 def rotating_cache(model: Any, window: int) -> list[Any]:

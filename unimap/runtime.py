@@ -88,16 +88,37 @@ def _metal() -> bool:
     return bool(mx.is_available(mx.gpu)) and bool(getattr(mx, "metal", None)) and mx.metal.is_available()
 
 
+# ---------------------------------------------------------------- class swaps
+
+
+_SWAPPED: dict[tuple[type, str], type] = {}
+
+
+def swapped_class(cls: type, kind: str, make: Callable[[type], type]) -> type:
+    """The subclass `make(cls)` that a module's class is swapped for (pinned, upcast, evaluated,
+    ...): made once per class and kind, and named like `cls`, so parameter names, attributes and
+    reprs stay as mlx-lm made them; a class already of that kind is returned as it is."""
+    if getattr(cls, f"_unimap_{kind}", False):
+        return cls
+    made = _SWAPPED.get((cls, kind))
+    if made is None:
+        made = make(cls)
+        made.__name__, made.__qualname__ = cls.__name__, cls.__qualname__
+        made.__module__ = cls.__module__
+        setattr(made, f"_unimap_{kind}", True)
+        _SWAPPED[(cls, kind)] = made
+    return made
+
+
 # ---------------------------------------------------------------- pinning
-
-
-_PINNED: dict[type, type] = {}
 
 
 def pinned_class(cls: type) -> type:
     """A subclass of `cls` whose calls run under the stream stored on the instance."""
-    if cls in _PINNED or getattr(cls, "_unimap_pinned", False):
-        return _PINNED.get(cls, cls)
+    return swapped_class(cls, "pinned", _make_pinned)
+
+
+def _make_pinned(cls: type) -> type:
     import mlx.core as mx
 
     def cast(value: Any, dtype: Any) -> Any:
@@ -106,8 +127,6 @@ def pinned_class(cls: type) -> type:
         return value
 
     class Pinned(cls):  # type: ignore[misc]
-        _unimap_pinned = True
-
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             compute = self._unimap_dtype
             with mx.stream(self._unimap_stream):
@@ -119,11 +138,7 @@ def pinned_class(cls: type) -> type:
                                        **{k: cast(v, compute) for k, v in kwargs.items()})
                 return cast(out, given) if given is not None else out
 
-    Pinned.__name__, Pinned.__qualname__ = cls.__name__, cls.__qualname__
-    Pinned.__module__ = cls.__module__
-    pinned: type = Pinned
-    _PINNED[cls] = pinned
-    return pinned
+    return Pinned
 
 
 def pin(module: Any, stream: Any, compute_dtype: Any = None) -> None:
@@ -137,31 +152,24 @@ def pin(module: Any, stream: Any, compute_dtype: Any = None) -> None:
 # ---------------------------------------------------------------- routed experts on the CPU
 
 
-_UPCAST: dict[type, type] = {}
-
-
 def upcast_class(cls: type) -> type:
     """A subclass of mlx-lm's SwitchLinear that keeps its expert stack as stored and upcasts to
     float32, call by call, only the experts the call uses: MLX's CPU gather_mm takes float32
     only, and a float32 copy of the stack would double the layer."""
-    if cls in _UPCAST or getattr(cls, "_unimap_upcast", False):
-        return _UPCAST.get(cls, cls)
+    return swapped_class(cls, "upcast", _make_upcast)
+
+
+def _make_upcast(cls: type) -> type:
     import mlx.core as mx
 
     class Upcast(cls):  # type: ignore[misc]
-        _unimap_upcast = True
-
         def __call__(self, x: Any, indices: Any, sorted_indices: bool = False) -> Any:
             out = upcast_gather_mm(x, self["weight"], indices, sorted_indices)
             if "bias" in self:
                 out = out + mx.expand_dims(self["bias"][indices], -2)
             return out.astype(x.dtype)
 
-    Upcast.__name__, Upcast.__qualname__ = cls.__name__, cls.__qualname__
-    Upcast.__module__ = cls.__module__
-    made: type = Upcast
-    _UPCAST[cls] = made
-    return made
+    return Upcast
 
 
 def upcast_gather_mm(x: Any, weight: Any, indices: Any, sorted_indices: bool = False,
@@ -252,31 +260,21 @@ def stream_on_cpu(stream: Any) -> bool:
 # ---------------------------------------------------------------- vision tower, block by block
 
 
-_EVALUATED: dict[type, type] = {}
-
-
 def evaluated_class(cls: type) -> type:
     """A subclass of `cls` whose calls evaluate their output before returning."""
-    if cls in _EVALUATED or getattr(cls, "_unimap_evaluated", False):
-        return _EVALUATED.get(cls, cls)
+    return swapped_class(cls, "evaluated", _make_evaluated)
+
+
+def _make_evaluated(cls: type) -> type:
     import mlx.core as mx
 
     class Evaluated(cls):  # type: ignore[misc]
-        _unimap_evaluated = True
-
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             out = super().__call__(*args, **kwargs)
             mx.eval(out)
             return out
 
-    Evaluated.__name__, Evaluated.__qualname__ = cls.__name__, cls.__qualname__
-    Evaluated.__module__ = cls.__module__
-    made: type = Evaluated
-    _EVALUATED[cls] = made
-    return made
-
-
-_PREFILL_EVALUATED: dict[type, type] = {}
+    return Evaluated
 
 
 def prefill_evaluated_class(cls: type) -> type:
@@ -285,13 +283,13 @@ def prefill_evaluated_class(cls: type) -> type:
     layers, MLX otherwise evaluates the whole chunk as one graph whose later outputs (each
     layer's state) keep every layer's scan blocks and inputs alive at once: the working set grew
     with depth (a 16-layer mamba2 twin: 43 MiB against 9 at 256 tokens; measured)."""
-    if cls in _PREFILL_EVALUATED or getattr(cls, "_unimap_prefill_evaluated", False):
-        return _PREFILL_EVALUATED.get(cls, cls)
+    return swapped_class(cls, "prefill_evaluated", _make_prefill_evaluated)
+
+
+def _make_prefill_evaluated(cls: type) -> type:
     import mlx.core as mx
 
     class PrefillEvaluated(cls):  # type: ignore[misc]
-        _unimap_prefill_evaluated = True
-
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             out = super().__call__(*args, **kwargs)
             x = args[0] if args else None
@@ -300,11 +298,7 @@ def prefill_evaluated_class(cls: type) -> type:
                 mx.eval(out, [a for c in caches for a in _arrays(c.state)])
             return out
 
-    PrefillEvaluated.__name__, PrefillEvaluated.__qualname__ = cls.__name__, cls.__qualname__
-    PrefillEvaluated.__module__ = cls.__module__
-    made: type = PrefillEvaluated
-    _PREFILL_EVALUATED[cls] = made
-    return made
+    return PrefillEvaluated
 
 
 def has_state_layers(plan: Plan) -> bool:
