@@ -914,7 +914,7 @@ def _where(loaded: Any, last: Any, console: Console) -> None:
     """Each device's memory measured against its plan, as `ollama ps` shows where a model sits."""
     from unimap.usage import device_usage, usage_lines
 
-    if last is not None:
+    if last is not None and not console.quiet:  # -q: nothing is shown, nothing is measured
         for line in usage_lines(device_usage(loaded), last.peak_memory_bytes):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
 
