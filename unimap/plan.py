@@ -442,16 +442,14 @@ def _device_plan(device: Device, est: Estimate, chosen: list[int], extra_bytes: 
     weights = (sum(x.weight_bytes for x in layers) + extra_bytes
                - sum(est.layers[i].expert_bytes for i in dense_only)
                + sum(est.layers[i].expert_bytes for i in experts))
-    # a device running routed experts alone prices a whole CPU layer's working set (float32)
-    working_cpu = cpu_part or bool(experts) and not chosen
     return DevicePlan(
         name=device.name, description=device.description, budget_bytes=device.budget_bytes or 0,
         layers=tuple(chosen), weight_bytes=weights,
         kv_bytes=sum(x.kv_bytes for x in layers),
         kv_growth_bytes=max((x.kv_bytes for x in layers if x.kind != "recurrent"), default=0)
         if est.kv_growth_bytes else 0,
-        activation_bytes=max(est.activation_bytes(_kernel(device), working_cpu),
-                             est.activation_bytes(_kernel(device), True) if experts else 0)
+        # routed experts on the CPU: priced as a whole CPU layer's working set (float32)
+        activation_bytes=est.activation_bytes(_kernel(device), cpu_part or bool(experts))
         if runs else 0,
         load_transient_bytes=transient,
         growth_arrays_bytes=est.growth_arrays_bytes(_kernel(device), cpu_part) if layers else 0,
