@@ -196,13 +196,15 @@ def test_three_ranks_of_a_family_without_pipeline(tiny: dict[str, Path]) -> None
 
 
 @needs_stories
-def test_stories_on_two_ranks_is_the_same_story() -> None:
-    """The launcher: `unimap run stories --ranks 2 --temp 0` prints what one process prints."""
+@pytest.mark.parametrize("launch", [["--ranks", "2"], ["--hosts", "127.0.0.1,127.0.0.1"]])
+def test_stories_on_two_ranks_is_the_same_story(launch: list[str]) -> None:
+    """`unimap run stories --ranks 2 --temp 0` (our launcher) and `--hosts 127.0.0.1,127.0.0.1`
+    (mlx.launch) print what one process prints."""
     env = {**os.environ, "UNIMAP_NO_BLAS_PRELOAD": "1"}
     base = [sys.executable, "-m", "unimap", "run", str(STORIES), "-p", "Once upon a time",
             "--max-tokens", "24", "--max-seq-len", "256", "--temp", "0", "-q"]
     alone = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120)
-    pair = subprocess.run([*base, "--ranks", "2"], capture_output=True, text=True, env=env, timeout=240)
+    pair = subprocess.run([*base, *launch], capture_output=True, text=True, env=env, timeout=240)
     assert alone.returncode == 0 and pair.returncode == 0, pair.stderr
     assert pair.stdout == alone.stdout and pair.stdout.startswith("Once upon a time, there was")
 
@@ -282,18 +284,6 @@ def test_hosts_run_through_mlx_launch_as_one_process(tiny: dict[str, Path]) -> N
     assert printed[0]["text"] == alone["text"]
     assert 0 < printed[0]["peak_memory_bytes"] <= printed[0]["predicted_peak_bytes"]
     assert "rank finished" not in done.stderr  # the ranks' reports are the launcher's, not shown
-
-
-@needs_stories
-def test_stories_on_two_hosts_is_the_same_story() -> None:
-    env = {**os.environ, "UNIMAP_NO_BLAS_PRELOAD": "1"}
-    base = [sys.executable, "-m", "unimap", "run", str(STORIES), "-p", "Once upon a time",
-            "--max-tokens", "24", "--max-seq-len", "256", "--temp", "0", "-q"]
-    alone = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120)
-    pair = subprocess.run([*base, "--hosts", "127.0.0.1,127.0.0.1"], capture_output=True, text=True,
-                          env=env, timeout=240)
-    assert alone.returncode == 0 and pair.returncode == 0, pair.stderr
-    assert pair.stdout == alone.stdout
 
 
 def test_a_rank_that_fails_under_mlx_launch_fails_the_run(tiny: dict[str, Path]) -> None:
