@@ -15,7 +15,6 @@ from typing import Any
 import golden_plans
 import pytest
 from click.testing import CliRunner
-from rich.console import Console
 
 import unimap
 from unimap import ConfigError, Options, inspect
@@ -386,12 +385,12 @@ def test_cli_plan_fits_the_width(models: Path, family: str, args: list[str], wid
 
 
 def test_cli_plan_narrow_table_takes_as_many_devices_as_fit(models: Path) -> None:
-    from unimap.cli import _render_plan
+    from unimap.cli import LazyConsole, _render_plan
 
     plan = unimap.plan(models / "llama3-8b", machine="mac-16gb")
     many = replace(plan, devices=plan.devices * 3)  # six devices: two tables of three
     out = io.StringIO()
-    _render_plan(many, Console(file=out, width=80, highlight=False))
+    _render_plan(many, LazyConsole(out, width=80))
     text = out.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
     tables = [line.split() for line in text.splitlines() if line.startswith("  device ")]

@@ -77,3 +77,21 @@ def test_a_real_run_restarts_with_the_openblas() -> None:
                          timeout=120)
     assert off.returncode == 0 and "OpenBLAS" not in off.stderr
     assert off.stdout == on.stdout  # the same story either way
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and find_openblas(Host.real()) and bundled_reference_blas()),
+                    reason="needs Linux, an installed OpenBLAS and MLX's bundled reference BLAS")
+@pytest.mark.parametrize("given", [None, "12"])
+def test_the_loaded_openblas_does_not_spin_at_start(given: str | None) -> None:
+    """Its worker threads sleep when idle instead of spinning for 0.1 s (a core of a 2-core
+    machine, taken from the start-up), unless the user chose a timeout."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (OFF_VARIABLE, DONE_VARIABLE, "LD_PRELOAD", "OPENBLAS_THREAD_TIMEOUT")}
+    if given is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = given
+    code = ("import os; from unimap.preload import load_openblas; "
+            "print(load_openblas(['unimap', 'run']), os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=60)
+    path, timeout = done.stdout.split()
+    assert path == find_openblas(Host.real()) and timeout == (given or "4")

@@ -426,3 +426,38 @@ def test_cli_chat_ctrl_c_stops_the_reply_not_the_chat(templated: Path,
     assert "(reply stopped)" in result.stderr
     assert len(re.findall(r"prompt: \d+ tokens", result.stderr)) == 1  # the second turn finished
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_run_that_loads_at_once_never_imports_rich(plain: Path, quiet: bool) -> None:
+    """What unimap adds to a run's start-up (issue 14): rich, a sixth of it, is imported only for
+    the plan's table (-v) or a progress bar (a load that takes a while); a run says its plan and
+    figures as plain lines, and -q prints the text alone."""
+    import subprocess
+    import sys
+
+    args = ["run", str(plain), "-p", "w1 w2", "--max-tokens", "3"] + (["-q"] if quiet else [])
+    code = (f"import sys; from unimap.cli import main; sys.argv[1:] = {args!r}\ntry: main()\n"
+            "except SystemExit: pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("w1 w2") and done.stdout.splitlines()[-1] == "[]"
+    if quiet:
+        assert done.stderr == ""
+    else:
+        assert "plan: " in done.stderr and " fits; " in done.stderr and "peak memory" in done.stderr
+
+
+@pytest.mark.parametrize("after", [0.0, 60.0])
+def test_the_load_bar_appears_only_when_loading_takes_a_while(plain: Path, after: float,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from unimap import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "LOAD_BAR_AFTER_S", after)
+    console = cli_module.LazyConsole(io.StringIO())
+    planned = unimap.plan(plain)
+    model, _, _ = cli_module._load(str(plain), planned, console)
+    assert model is not None
+    assert (console._console is not None) == (after == 0.0)  # rich's Console made for the bar

@@ -12,22 +12,17 @@ import json
 import os
 import re
 import sys
+import time
 import warnings
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich import box
-from rich.console import Console, Group
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from unimap import __version__, preload
 from unimap.api import plan as make_plan
 from unimap.api import resolve_machine
 from unimap.checks import check_sampling, is_utf8
-from unimap.doctor import Report, diagnose
 from unimap.errors import ConfigError, UnimapError
 from unimap.host import Host
 from unimap.machine import Machine
@@ -38,10 +33,56 @@ from unimap.probe import probe
 from unimap.render import device_layers, layer_span, memory_bar, speed_line
 from unimap.units import format_bytes
 
+if TYPE_CHECKING:
+    from rich.console import Console, Group
+    from rich.table import Table
+
+    from unimap.doctor import Report
+
+
+def escape(text: str) -> str:
+    """`text` shown as is inside rich markup (rich is imported on first use: about 8 ms)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+class LazyConsole:
+    """A rich Console made on the first message shown. Importing rich takes about 17 ms, a sixth
+    of what unimap adds to a run's start-up, so `run -q` and a run that loads quickly never
+    import it. `quiet` holds everything back, as the Console's own flag does."""
+
+    def __init__(self, file: Any = None, quiet: bool = False, width: int | None = None) -> None:
+        self.file, self.quiet, self._width = file, quiet, width
+        self._console: Console | None = None
+
+    @property
+    def real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(file=self.file or sys.stderr, highlight=False,
+                                    quiet=self.quiet, width=self._width)
+        return self._console
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        if not self.quiet:
+            self.real.print(*objects, **options)
+
+    def line(self, text: str) -> None:
+        """`text` as it is (no markup, not wrapped): what a run says needs no rich."""
+        if not self.quiet:
+            click.echo(text, file=self.file or sys.stderr)
+
+    def __getattr__(self, name: str) -> Any:  # width, measure, options, ...: the real Console's
+        return getattr(self.real, name)
+
+
 _MARK = {"ok": "[green]ok[/]", "info": "[cyan]info[/]", "warn": "[yellow]WARN[/]",
          "error": "[bold red]ERROR[/]"}
 
 
+LOAD_BAR_AFTER_S = 0.3  # a load this long shows a progress bar
 MAX_ERROR_CHARS = 400  # an error is one line a terminal shows whole, never an echo of the input
 
 
@@ -103,13 +144,15 @@ def _host(ctx: click.Context) -> Host:
 def doctor(ctx: click.Context, as_json: bool, backend: str | None, gpu_reserve: str | None,
            host_reserve: str | None, no_bench: bool) -> None:
     """Say what this machine is and how much memory the GPU and CPU may use."""
+    from unimap.doctor import diagnose
+
     host = _host(ctx)
     machine = probe(host, backend=backend, gpu_reserve=gpu_reserve, host_reserve=host_reserve)
     report = diagnose(host, machine, bench=not no_bench)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        _render_doctor(report, Console(file=sys.stdout, highlight=False, width=_width()))
+        _render_doctor(report, LazyConsole(sys.stdout, width=_width()))
     ctx.exit(1 if report.broken else 0)
 
 
@@ -121,7 +164,7 @@ def _width() -> int | None:
     return int(columns) if columns.isdigit() and int(columns) > 0 else 120
 
 
-def _render_doctor(report: Report, console: Console) -> None:
+def _render_doctor(report: Report, console: Any) -> None:
     machine, mlx = report.machine, report.mlx
     console.print(f"[bold]unimap doctor[/]  {machine.os_name} · {machine.arch} · "
                   f"MLX {mlx.version or 'not importable'} ({mlx.default_device or 'no device'})")
@@ -136,6 +179,8 @@ def _render_doctor(report: Report, console: Console) -> None:
 
 
 def _backends_table(machine: Machine) -> Table:
+    from rich.table import Table
+
     table = Table(title="backends (unimap.backends entry points)", title_justify="left")
     for column in ("backend", "from", "priority", "status"):
         table.add_column(column)
@@ -149,6 +194,8 @@ def _backends_table(machine: Machine) -> Table:
 
 
 def _devices_table(machine: Machine) -> Table:
+    from rich.table import Table
+
     table = Table(title="devices (memory a plan may use)", title_justify="left")
     for column in ("device", "what", "unified", "total", "ceiling", "available", "reserve",
                    "budget", "reads"):
@@ -171,7 +218,7 @@ def _host_line(machine: Machine) -> str:
             f" · container limit {cgroup}")
 
 
-def _print_checks(report: Report, console: Console) -> None:
+def _print_checks(report: Report, console: LazyConsole) -> None:
     """One line per check, advice below it; long lines wrap rather than being cut."""
     console.print("[italic]checks[/]")
     width = max(len(c.name) for c in report.checks)
@@ -254,7 +301,7 @@ def plan_command(model_arg: str | None, model: str | None, max_seq_len: int | No
         if as_json:
             click.echo(cluster.to_json())
         else:
-            _render_cluster(cluster, Console(file=sys.stdout, highlight=False, width=_width()))
+            _render_cluster(cluster, LazyConsole(sys.stdout, width=_width()))
         if not cluster.fits:
             sys.exit(DoesNotFitError.exit_code)
         return
@@ -273,14 +320,17 @@ def plan_command(model_arg: str | None, model: str | None, max_seq_len: int | No
     if as_json:
         click.echo(result.to_json())
     else:
-        _render_plan(result, Console(file=sys.stdout, highlight=False, width=_width()))
+        _render_plan(result, LazyConsole(sys.stdout, width=_width()))
     if not result.fits:
         sys.exit(DoesNotFitError.exit_code)
 
 
-def _render_cluster(cluster: Any, console: Console) -> None:
+def _render_cluster(cluster: Any, console: LazyConsole) -> None:
     """A cluster plan: one row per rank (its layers, bytes and headroom), the token budget
     against a split in proportion to memory, and the ways out."""
+    from rich import box
+    from rich.table import Table
+
     verdict = "[green]fits[/]" if cluster.fits else f"[bold red]does not fit[/]: {escape(cluster.problem)}"
     console.print(f"[bold]{escape(cluster.model)}[/] across {len(cluster.ranks)} ranks "
                   f"({cluster.mode}): {verdict}", soft_wrap=True)
@@ -323,7 +373,7 @@ def _write_html(path: str, result: Plan) -> None:
                           "a folder that exists and is writable") from None
 
 
-def _render_plan(result: Plan, console: Console) -> None:
+def _render_plan(result: Plan, console: LazyConsole) -> None:
     """The plan at the console's width: lines wrap with a hanging indent, and the device table
     takes the widest layout that fits, so no number is ever cut."""
     est, opts = result.estimate, result.estimate.options
@@ -357,10 +407,12 @@ def _render_plan(result: Plan, console: Console) -> None:
         _wrapped(console, "  no setting found that fits: use a smaller model or a bigger machine", 4)
 
 
-def _wrapped(console: Console, markup: str, indent: int) -> None:
+def _wrapped(console: LazyConsole, markup: str, indent: int) -> None:
     """Print `markup` wrapped at the console's width with continuation lines indented by
     `indent` (rich starts them at column 0); a size ("10.35 GiB") stays on one line, and a
     word longer than a line is folded, never cut."""
+    from rich.text import Text
+
     text = Text.from_markup(markup.replace("\n", " "))
     lines = text.divide(_breaks(text.plain, console.width, indent))
     for number, line in enumerate(lines):
@@ -390,9 +442,12 @@ _LEGEND = "█ weights  ▓ KV cache  ▒ activations  · free"
 _HEADS = ("device", "layers", "weights", "KV", "activ.", "used", "budget", "free")
 
 
-def _device_tables(result: Plan, console: Console) -> Group:
+def _device_tables(result: Plan, console: LazyConsole) -> Group:
     """A row per device with a 16-cell memory bar, else an 8-cell one, else none; on consoles
     too narrow for that (80 columns), devices become columns, as many per table as fit."""
+    from rich.console import Group
+    from rich.text import Text
+
     for bar in (16, 8, 0):
         table = _device_rows(result.devices, bar)
         if _natural_width(console, table) <= console.width:
@@ -416,6 +471,9 @@ def _device_cells(d: DevicePlan) -> list[str]:
 
 
 def _device_rows(devices: tuple[DevicePlan, ...], bar: int) -> Table:
+    from rich import box
+    from rich.table import Table
+
     table = Table(box=box.SIMPLE_HEAD, caption=_LEGEND if bar else None, caption_justify="left")
     for head in _HEADS + (("memory",) if bar else ()):
         table.add_column(head, justify="left" if head in ("device", "layers", "memory")
@@ -427,6 +485,9 @@ def _device_rows(devices: tuple[DevicePlan, ...], bar: int) -> Table:
 
 def _device_columns(devices: list[DevicePlan]) -> Table:
     """Devices as columns and quantities as rows: the layout for narrow consoles."""
+    from rich import box
+    from rich.table import Table
+
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column(_HEADS[0], no_wrap=True)
     for d in devices:
@@ -438,9 +499,10 @@ def _device_columns(devices: list[DevicePlan]) -> Table:
     return table
 
 
-def _natural_width(console: Console, table: Table) -> int:
+def _natural_width(console: LazyConsole, table: Table) -> int:
     """Columns `table` takes when nothing in it is shortened."""
-    return console.measure(table, options=console.options.update_width(10_000)).maximum
+    real = console.real
+    return int(real.measure(table, options=real.options.update_width(10_000)).maximum)
 
 
 def _plan_options(f: Any) -> Any:
@@ -574,7 +636,7 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
         return
     if tensor_parallel:
         raise click.UsageError("--tensor-parallel needs --ranks")
-    console = Console(file=sys.stderr, highlight=False, quiet=quiet or as_json)
+    console = LazyConsole(sys.stderr, quiet=quiet or as_json)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         planned = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
@@ -589,15 +651,15 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
         checked = vlm.read_images(list(images), max_num_images, max_image_length)
         pictures = checked.images
         for note in checked.notes:
-            console.print(f"note: {escape(note)}", soft_wrap=True)
+            console.line(f"note: {note}")
     if verbose:
-        _render_plan(planned, Console(file=sys.stderr, highlight=False, width=_width()))
+        _render_plan(planned, LazyConsole(sys.stderr, width=_width()))
     else:
         _summary(planned, console)
     preloaded = os.environ.get(DONE_VARIABLE) or preload.LOADED
     if preloaded and any(d.name == "cpu" and d.layers for d in planned.devices):
-        console.print(f"note: the CPU layers use the installed OpenBLAS ({escape(preloaded)}, "
-                      "preloaded); --no-blas-preload keeps MLX's bundled BLAS", soft_wrap=True)
+        console.line(f"note: the CPU layers use the installed OpenBLAS ({preloaded}, preloaded); "
+                     "--no-blas-preload keeps MLX's bundled BLAS")
     planned.require_fit()
     loaded = None
     try:
@@ -614,7 +676,7 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
             _once(loaded, tokenizer, planned, prompt or "", system_prompt, ignore_chat_template,
                   pictures, settings, console, as_json)
     except KeyboardInterrupt:
-        console.print("interrupted")
+        console.line("interrupted")
         sys.exit(130)
     finally:
         state = getattr(loaded, "_unimap", None) if loaded is not None else None
@@ -644,7 +706,7 @@ def serve_command(model_arg: str | None, model: str | None, max_seq_len: int | N
     target = _model_argument(model_arg, model, "serve")
     whole_number(max_queue, "--max-queue", 0, 1 << 20)
     whole_number(port, "--port", 0, 65535)
-    console = Console(file=sys.stderr, highlight=False)
+    console = LazyConsole(sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         planned = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
@@ -655,7 +717,7 @@ def serve_command(model_arg: str | None, model: str | None, max_seq_len: int | N
     sock = listen(host, port)
 
     def log(line: str) -> None:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.line(line)
 
     serve(target, planned, sock, max_queue=max_queue, log=log,
           loader=lambda: _load(target, planned, console))
@@ -676,10 +738,10 @@ def _launch_ranks(ctx: click.Context, target: str, ranks: int, prompt: str,
 
     mode = options.pop("mode")
     cluster = plan_cluster(target, None, ranks, mode=mode, **options)
-    console = Console(file=sys.stderr, highlight=False, quiet=quiet)
+    console = LazyConsole(sys.stderr, quiet=quiet)
     for r in cluster.ranks:
-        console.print(f"plan: rank {r.index}: layers {layer_span(r.layers)}, predicted peak "
-                      f"{format_bytes(r.peak_bytes)} of {format_bytes(r.budget_bytes)}", soft_wrap=True)
+        console.line(f"plan: rank {r.index}: layers {layer_span(r.layers)}, predicted peak "
+                     f"{format_bytes(r.peak_bytes)} of {format_bytes(r.budget_bytes)}")
     cluster.require_fit()
     code = launch_local(_rank_arguments(ctx, prompt), ranks, cluster.split, mode)
     sys.exit(code)
@@ -755,7 +817,7 @@ def _run_as_rank(target: str, prompt: str, system_prompt: str | None, ignore_tem
             distributed.keep_stage(model, group, cluster.split)
 
     speaking = rank == 0 and not as_json  # rank 0 prints the text; -q keeps only the text
-    console = Console(file=sys.stderr, highlight=False, quiet=not speaking or quiet)
+    console = LazyConsole(sys.stderr, quiet=not speaking or quiet)
     try:
         _reset_peak()
         loaded, tokenizer, planned = load(target, planned=planned, before_apply=stage)
@@ -778,8 +840,7 @@ def _run_as_rank(target: str, prompt: str, system_prompt: str | None, ignore_tem
         if speaking:
             click.echo()
             _report(last, planned, settings["max_tokens"], console)
-            console.print(f"rank 0 of {size}: layers {layer_span(cluster.ranks[0].layers)}",
-                          soft_wrap=True)
+            console.line(f"rank 0 of {size}: layers {layer_span(cluster.ranks[0].layers)}")
         reporting = bool(os.environ.get(distributed.REPORT_VARIABLE))
         if as_json and (rank == 0 or not reporting):  # each its own figures (mlx.launch merges)
             click.echo(json.dumps({"text": reply, **_figures(last, planned), "rank": rank,
@@ -816,24 +877,39 @@ def _model_argument(positional: str | None, option: str | None, command: str) ->
     return target
 
 
-def _load(target: str, planned: Plan, console: Console) -> tuple[Any, Any, Plan]:
-    from rich.progress import Progress as Bar
-
+def _load(target: str, planned: Plan, console: LazyConsole) -> tuple[Any, Any, Plan]:
+    """Load as planned; a progress bar appears once loading has taken LOAD_BAR_AFTER_S seconds
+    (a model that loads at once never imports rich's progress display)."""
     from unimap.api import load
 
-    with Bar(console=console, transient=True) as bar:
-        task = bar.add_task("loading", total=None)
+    bar: Any = None
+    start: float | None = None  # the first part materialized
 
-        def progress(done: int, total: int, what: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"loading {what}")
+    def progress(done: int, total: int, what: str) -> None:
+        nonlocal bar, start
+        if bar is None:
+            now = time.perf_counter()
+            start = now if start is None else start
+            if console.quiet or now - start < LOAD_BAR_AFTER_S or done >= total > 0:
+                return
+            from rich.progress import Progress
 
+            bar = Progress(console=console.real, transient=True)
+            bar.start()
+            bar.add_task("loading", total=None)
+        bar.update(bar.task_ids[0], completed=done, total=total, description=f"loading {what}")
+
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return load(target, progress=progress, planned=planned)
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 def _once(loaded: Any, tokenizer: Any, planned: Plan, prompt: str, system_prompt: str | None,
-          ignore_template: bool, pictures: list[Any], settings: dict[str, Any], console: Console,
+          ignore_template: bool, pictures: list[Any], settings: dict[str, Any], console: LazyConsole,
           as_json: bool) -> None:
     """One reply to --prompt: in the chat template when the model has one (as mlx_lm.generate),
     else the prompt continued as plain text, echoed first."""
@@ -910,28 +986,28 @@ def _devices(loaded: Any) -> list[dict[str, Any]]:
             for u in device_usage(loaded)]
 
 
-def _where(loaded: Any, last: Any, console: Console) -> None:
+def _where(loaded: Any, last: Any, console: LazyConsole) -> None:
     """Each device's memory measured against its plan, as `ollama ps` shows where a model sits."""
     from unimap.usage import device_usage, usage_lines
 
     if last is not None and not console.quiet:  # -q: nothing is shown, nothing is measured
         for line in usage_lines(device_usage(loaded), last.peak_memory_bytes):
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
+            console.line(line)
 
 
-def _report(last: Any, planned: Plan, max_tokens: int, console: Console) -> None:
+def _report(last: Any, planned: Plan, max_tokens: int, console: LazyConsole) -> None:
     """The figures of a reply, and why it stopped early when the plan stopped it."""
     if last is None:
         return
-    console.print(_stats(last), highlight=False, soft_wrap=True)
+    console.line(_stats(last))
     if last.finish_reason == "length" and last.generation_tokens < max_tokens:
         end = planned.estimate.sequence_tokens
-        console.print(f"note: the reply stopped at the plan's end ({end} tokens with the prompt); "
-                      "plan a longer --max-seq-len for more", soft_wrap=True)
+        console.line(f"note: the reply stopped at the plan's end ({end} tokens with the prompt); "
+                      "plan a longer --max-seq-len for more")
 
 
 def _chat(loaded: Any, tokenizer: Any, planned: Plan, first: str | None, system_prompt: str | None,
-          template: bool, settings: dict[str, Any], console: Console) -> None:
+          template: bool, settings: dict[str, Any], console: LazyConsole) -> None:
     """A chat at the terminal whose cache is kept between turns (only new messages prefill)."""
     from unimap.generate import Chat, ContextFullError
 
@@ -939,31 +1015,30 @@ def _chat(loaded: Any, tokenizer: Any, planned: Plan, first: str | None, system_
     _line_editing()
     last = None
     how = "its chat template" if chat.templated else "a plain User:/Assistant: format"
-    console.print(f"chat ({how}; {planned.estimate.sequence_tokens} tokens planned): {CHAT_HELP}",
-                  soft_wrap=True)
+    console.line(f"chat ({how}; {planned.estimate.sequence_tokens} tokens planned): {CHAT_HELP}")
     for message in _messages(first, console):
         if message == "/clear":
             chat.clear()
-            console.print("(the conversation starts over)")
+            console.line("(the conversation starts over)")
             continue
         try:
             _, last = _stream(_trimmed(chat.send(message, **settings)))
         except KeyboardInterrupt:
-            console.print("(reply stopped)")
+            console.line("(reply stopped)")
             continue
         except ContextFullError as exc:
-            console.print(f"error: {escape(one_line(str(exc)))}", soft_wrap=True)
+            console.line(f"error: {one_line(str(exc))}")
             continue
         if last is not None:
             _report(last, planned, settings["max_tokens"], console)
-            console.print(f"({chat.tokens} of {planned.estimate.sequence_tokens} planned tokens "
-                          "held)", soft_wrap=True)
+            console.line(f"({chat.tokens} of {planned.estimate.sequence_tokens} planned tokens "
+                          "held)")
     _where(loaded, last, console)
 
 
 def _vision_chat(loaded: Any, processor: Any, planned: Plan, first: str | None,
                  system_prompt: str | None, pictures: list[Any], settings: dict[str, Any],
-                 console: Console) -> None:
+                 console: LazyConsole) -> None:
     """A chat with a vision-language model: the images go with the first message, and each
     turn passes the whole conversation (mlx-vlm's cache is not kept between turns)."""
     from unimap import vlm
@@ -971,11 +1046,11 @@ def _vision_chat(loaded: Any, processor: Any, planned: Plan, first: str | None,
 
     history: list[dict[str, Any]] = ([{"role": "system", "content": system_prompt}]
                                      if system_prompt else [])
-    console.print(f"chat: {CHAT_HELP}", soft_wrap=True)
+    console.line(f"chat: {CHAT_HELP}")
     for message in _messages(first, console):
         if message == "/clear":
             history = history[:1] if system_prompt else []
-            console.print("(the conversation starts over)")
+            console.line("(the conversation starts over)")
             continue
         users = sum(m["role"] == "user" for m in history)
         history.append(vlm.user_message(message, 0 if users else len(pictures)))
@@ -983,11 +1058,11 @@ def _vision_chat(loaded: Any, processor: Any, planned: Plan, first: str | None,
             reply, last = _stream(stream_generate(loaded, processor, history, images=pictures,
                                                   **settings))
         except KeyboardInterrupt:
-            console.print("(reply stopped)")
+            console.line("(reply stopped)")
             history.pop()
             continue
         except ContextFullError as exc:
-            console.print(f"error: {escape(one_line(str(exc)))}", soft_wrap=True)
+            console.line(f"error: {one_line(str(exc))}")
             history.pop()
             continue
         history.append({"role": "assistant", "content": reply})
@@ -1001,7 +1076,7 @@ def _line_editing() -> None:
             import readline  # noqa: F401  (imported for its effect on input())
 
 
-def _summary(result: Plan, console: Console) -> None:
+def _summary(result: Plan, console: LazyConsole) -> None:
     gpu = [d for d in result.devices if d.name != "cpu" and d.layers]
     where = ("all on " + result.devices[0].name if result.all_on_gpu else
              ", ".join(f"{d.name} layers {device_layers(d)}" for d in result.devices
@@ -1012,10 +1087,10 @@ def _summary(result: Plan, console: Console) -> None:
     cpu = result.device("cpu")
     split = ("" if not gpu or result.all_on_gpu else " (split: layers on the CPU run slower)"
              if cpu.layers else " (routed experts on the CPU: their layers wait for the CPU)")
-    console.print(f"plan: {escape(result.model)} {status}; {where}; predicted peak "
-                  f"{format_bytes(result.peak_bytes)}{wired}{split}", soft_wrap=True)
+    console.line(f"plan: {result.model} {status}; {where}; predicted peak "
+                  f"{format_bytes(result.peak_bytes)}{wired}{split}")
     for note in result.notes:
-        console.print(f"note: {escape(note)}", soft_wrap=True)
+        console.line(f"note: {note}")
 
 
 def _stats(r: Any) -> str:
@@ -1025,7 +1100,7 @@ def _stats(r: Any) -> str:
             f"{r.generation_tokens} tokens, {r.generation_tps:.1f} tokens/s; peak memory {peak}{versus}")
 
 
-def _messages(first: str | None, console: Console) -> Any:
+def _messages(first: str | None, console: LazyConsole) -> Any:
     """Chat messages: the --prompt first, then lines typed at "> " until /quit or Ctrl-D;
     /help and unknown commands are answered here, /clear is passed on."""
     if first and first.strip():
@@ -1042,9 +1117,9 @@ def _messages(first: str | None, console: Console) -> Any:
         if message in ("/quit", "/exit", "/bye"):
             return
         if message in ("/help", "/?"):
-            console.print(CHAT_HELP)
+            console.line(CHAT_HELP)
         elif message.startswith("/") and message != "/clear" and " " not in message:
-            console.print(f"unknown command {escape(message)}: {CHAT_HELP}", soft_wrap=True)
+            console.line(f"unknown command {message}: {CHAT_HELP}")
         elif message:
             yield message
 

@@ -84,6 +84,13 @@ def preload_env(env: Mapping[str, str], argv: Sequence[str], host: Host | None =
 # The OpenBLAS this process loaded ahead of MLX, if it did (load_openblas)
 LOADED: str | None = None
 
+# OpenBLAS's worker threads spin for 2**OPENBLAS_THREAD_TIMEOUT cycles (default 2**28, about
+# 0.1 s) whenever they run out of work, and so right after the library starts. On a 2-core machine
+# that spin, next to numpy's own OpenBLAS doing the same, took a core from the import of mlx-lm:
+# 40-50 ms more start-up in half the runs. At 4 they sleep at once; decode and prefill speed did
+# not change (docs/BENCHMARKS.md). A value the user set is kept.
+THREAD_TIMEOUT = ("OPENBLAS_THREAD_TIMEOUT", "4")
+
 
 def load_openblas(argv: Sequence[str]) -> str | None:
     """Load the installed OpenBLAS into this process ahead of MLX when that is the faster path
@@ -93,6 +100,7 @@ def load_openblas(argv: Sequence[str]) -> str | None:
     if env is None or "mlx.core" in sys.modules:
         return None
     path = env[DONE_VARIABLE]
+    os.environ.setdefault(*THREAD_TIMEOUT)  # read once, as the library starts
     try:
         ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError:  # unreadable or not a library: the bundled BLAS still works

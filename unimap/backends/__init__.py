@@ -67,9 +67,14 @@ def discover() -> list[Found]:
     for name, target in BUILTIN.items():
         points.setdefault(name, metadata.EntryPoint(name, target, ENTRY_POINT_GROUP))
     found = []
+    names: dict[int, str] = {}  # a distribution's name is parsed from its METADATA once (1-2 ms)
     for point in sorted(points.values(), key=lambda p: p.name):
-        dist = point.dist.name if point.dist is not None else \
-            "unimap (source tree)" if point.name in BUILTIN else "unknown"
+        if point.dist is None:
+            dist = "unimap (source tree)" if point.name in BUILTIN else "unknown"
+        else:
+            if id(point.dist) not in names:
+                names[id(point.dist)] = point.dist.name
+            dist = names[id(point.dist)]
         try:
             backend = point.load()()
         except Exception as exc:  # a broken plugin must not break doctor
