@@ -320,3 +320,93 @@ def test_an_unreachable_host_fails_the_run_and_names_it(tiny: dict[str, Path]) -
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode != 0 and "rank 0 of 2 (on 127.0.0.2) failed" in done.stderr, done.stderr
     assert done.returncode != 255 or "ssh could not reach that host" in done.stderr
+
+
+# ---------------------------------------------------------------- the GPUs of one machine (NCCL)
+
+
+def cuda_machine(tmp_path: Path, gpus: int, gib: int, env: dict[str, str] | None = None) -> Any:
+    """A CUDA machine of `gpus` discrete GPUs as the CUDA backend probes it (torch's device
+    properties are the only fake), with 256 GiB of host RAM."""
+    from fakes import FakeGpu, FakeTorch, fake_linux, meminfo
+
+    from unimap.probe import probe
+
+    torch = FakeTorch([FakeGpu("NVIDIA H100 80GB HBM3", gib * 2**30, gib * 2**30)] * gpus)
+    host = fake_linux(tmp_path / f"root{gpus}x{gib}", {"/proc/meminfo": meminfo(256 * 2**20, 250 * 2**20)},
+                      env=env, torch=torch)
+    return probe(host)
+
+
+def test_gpus_of_one_machine_run_tensor_parallel_when_one_gpu_is_not_enough(
+        models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mistral.rs's automatic NCCL: a model one process would spill to the CPU runs as a rank
+    per GPU, each holding 1/N of every layer on its own GPU; one that fits a GPU stays there."""
+    from unimap.api import gpu_group
+
+    for name in ("UNIMAP_NO_NCCL", "MISTRALRS_NO_NCCL", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    two = cuda_machine(tmp_path, 2, 12)
+    assert two.backend == "cuda" and [d.name for d in two.devices] == ["gpu:0", "gpu:1", "cpu"]
+    single = unimap.plan(models / "llama3-8b", machine=two)
+    assert not single.all_on_gpu  # 16 GB of bf16 weights: one 12 GiB GPU spills to the CPU
+    group, kept = gpu_group(single)
+    assert group is not None and group.fits and group.mode == "tensor" and kept is single
+    assert len(group.ranks) == 2 and "through NCCL" in group.notes[0]
+    spec = inspect(models / "llama3-8b")
+    for rank in group.ranks:
+        assert rank.plan.all_on_gpu and rank.peak_bytes <= rank.budget_bytes
+        assert rank.machine.gpus[0].budget_bytes == two.gpus[0].budget_bytes  # a GPU each
+        assert rank.machine.cpu.budget_bytes == two.cpu.budget_bytes // 2  # the host RAM shared
+        layers = sum(d.weight_bytes for d in rank.plan.devices) - rank.plan.estimate.non_mapped_weight_bytes
+        assert abs(layers - sum(spec.layer_weight_bytes()) / 2) < 2**20  # half of every layer
+    small = unimap.plan(models / "llama3.2-1b", machine=two)
+    assert small.all_on_gpu and gpu_group(small) == (None, small)  # fits one GPU: unchanged
+
+
+@pytest.mark.parametrize("env, model, gpus, why", [
+    ({"UNIMAP_NO_NCCL": "1"}, "llama3-8b", 2, "UNIMAP_NO_NCCL is set: one process on gpu:0"),
+    ({"MISTRALRS_NO_NCCL": "true"}, "llama3-8b", 2, "MISTRALRS_NO_NCCL is set"),
+    ({"CUDA_VISIBLE_DEVICES": "2,3"}, "llama3-8b", 2, "CUDA_VISIBLE_DEVICES=2,3: mlx.launch gives"),
+    ({}, "llama3-8b", 3, "needs the heads to divide by 3"),
+    ({}, "mixtral-8x7b", 2, "mlx-lm's mixtral model has no shard()"),
+    ({}, "qwen3-30b-a3b", 2, "does not fit one GPU's budget (11.50 GiB) either"),
+])
+def test_gpus_of_one_machine_stay_one_process_and_say_why(
+        models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+        model: str, gpus: int, why: str) -> None:
+    from unimap.api import gpu_group
+
+    for name in ("UNIMAP_NO_NCCL", "MISTRALRS_NO_NCCL", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    single = unimap.plan(models / model, machine=cuda_machine(tmp_path, gpus, 12))
+    group, kept = gpu_group(single)
+    assert group is None and why in kept.notes[-1] and kept.devices == single.devices
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "-1"])
+def test_a_nonsense_no_nccl_value_is_refused(models: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from unimap.api import gpu_group
+
+    monkeypatch.setenv("UNIMAP_NO_NCCL", value)
+    single = unimap.plan(models / "llama3-8b", machine=cuda_machine(tmp_path, 2, 12))
+    with pytest.raises(ConfigError, match=r"UNIMAP_NO_NCCL=.*give 1 .* or 0"):
+        gpu_group(single)
+
+
+def test_a_gpu_group_that_cannot_join_ends_with_the_failed_rank(tiny: dict[str, Path],
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """The launch itself, through mlx.launch's NCCL backend: on this machine (no CUDA) each rank
+    fails to join its group, and the run ends nonzero naming the rank, nothing left running."""
+    from unimap.distributed import launch_gpus
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    code = launch_gpus([str(tiny["llama"]), "-p", PROMPT, "--max-tokens", "2"], 2)
+    said = capfd.readouterr().err
+    assert code != 0 and "failed" in said and "(on GPU " in said
+    assert "cannot join the group" in said and "mlx[cuda]" in said  # the rank says what to check
+    left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not left

@@ -137,6 +137,47 @@ def budgets() -> list[str]:
     return rows
 
 
+def gpu_groups() -> list[str]:
+    """The automatic choice on multi-GPU CUDA machines: one process (GPU 0 and the CPU) or a
+    tensor-parallel rank per GPU over NCCL (unimap.cluster.gpu_group)."""
+    from dataclasses import replace
+
+    import fixtures
+
+    import unimap
+    from unimap.api import gpu_group, resolve_machine
+    from unimap.units import format_bytes
+
+    h100 = resolve_machine("h100-80gb")
+
+    def gpus(n: int) -> Any:
+        gpu = h100.gpus[0]
+        return replace(h100, devices=(*(replace(gpu, name=f"gpu:{i}") for i in range(n)), h100.cpu))
+
+    cases = [("Llama 3.1 70B, bf16", LLAMA_70B, 2), ("Llama 3.1 70B, bf16", LLAMA_70B, 4),
+             ("Llama 3.1 70B, bf16", LLAMA_70B, 3), ("Qwen3-235B-A22B, bf16", QWEN3_235B, 8)]
+    rows = ["| model | machine | one process: layers per device | its decode roofline | chosen | "
+            "per rank: predicted peak of its GPU's budget |", "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, config, n in cases:
+            folder = Path(tmp) / name.replace(" ", "-").replace(",", "")
+            if not folder.exists():
+                fixtures.write_model(folder, config, fixtures.from_model(config))
+            single = unimap.plan(folder, max_seq_len=8192, machine=gpus(n))
+            group, single = gpu_group(single)
+            layers = " + ".join(f"{d.name} {len(d.layers)}" for d in single.devices if d.layers)
+            speed = f"{single.decode.tokens_per_s:.1f} tokens/s" if single.decode else "-"
+            if group is None:
+                chosen, ranks = "one process: " + single.notes[-1].replace(str(folder), name), "-"
+            else:
+                chosen = f"{len(group.ranks)} ranks, tensor parallel (NCCL)"
+                r = group.ranks[0]
+                gpu = r.plan.devices[0]
+                ranks = f"{format_bytes(r.peak_bytes)} of {gpu.name}'s {format_bytes(gpu.budget_bytes)}"
+            rows.append(f"| {name} | {n} x H100 80GB | {layers} | {speed} | {chosen} | {ranks} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=64)
@@ -149,6 +190,8 @@ def main() -> None:
           f"MLX {mx.__version__} {mx.default_device()}\n")
     print("### Token budget: KV-aware split against a memory-proportional one\n")
     print("\n".join(budgets()))
+    print("\n### The GPUs of one CUDA machine: one process or a rank per GPU (--max-seq-len 8192)\n")
+    print("\n".join(gpu_groups()))
     if not args.skip_run:
         print(f"\n### 1 against 2 ranks on loopback (random float32 llama, 1024 wide, 8 layers; "
               f"64-token prompt, {args.tokens} tokens, median of {args.rounds})\n")

@@ -270,3 +270,16 @@ def plan_cluster(
     if machines is None:
         machines = cluster_machines(hosts, ranks, this_machine, preset)
     return make_cluster_plan(spec, machines, options, mode)  # type: ignore[arg-type]
+
+
+def gpu_group(planned: Plan) -> tuple[Any, Plan]:
+    """On a machine with several CUDA GPUs, the tensor-parallel group (a ClusterPlan, one rank
+    per GPU over NCCL) that runs the model instead of `planned` when one process would put part
+    of it on the CPU; else None, and `planned` with the reason in its notes where one applies.
+    UNIMAP_NO_NCCL=1 (or mistral.rs's MISTRALRS_NO_NCCL=1) keeps one process."""
+    from unimap.cluster import gpu_group as group_of
+
+    if planned.spec is None:
+        return None, planned
+    group, why = group_of(planned.spec, planned, os.environ)
+    return group, (replace(planned, notes=(*planned.notes, why)) if why else planned)

@@ -315,6 +315,19 @@ def plan_command(model_arg: str | None, model: str | None, max_seq_len: int | No
                            isq, "auto" if device_map is None else device_map, machine, dtype=dtype,
                            kv_bits=kv_bits, max_kv_size=max_kv_size, cpu_moe=cpu_moe,
                            n_cpu_moe=n_cpu_moe, kv_layout=kv_layout)  # type: ignore[arg-type]
+    if device_map is None and not cpu_moe and n_cpu_moe is None:
+        from unimap.api import gpu_group
+
+        group, result = gpu_group(result)
+        if group is not None:  # several CUDA GPUs: one rank each, tensor parallel
+            if html_path:
+                raise click.UsageError("--html renders one process's plan; this machine runs the "
+                                       "model as a group of ranks (UNIMAP_NO_NCCL=1 for one)")
+            if as_json:
+                click.echo(group.to_json())
+            else:
+                _render_cluster(group, LazyConsole(sys.stdout, width=_width()))
+            return
     if html_path:
         _write_html(html_path, result)
     if as_json:
@@ -642,6 +655,12 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
         planned = make_plan(target, max_seq_len, max_batch_size, max_num_images, max_image_length,
                             isq, "auto" if device_map is None else device_map, None, kv_bits=kv_bits,
                             max_kv_size=max_kv_size, cpu_moe=cpu_moe, n_cpu_moe=n_cpu_moe)
+    if device_map is None and not cpu_moe and n_cpu_moe is None:
+        from unimap.api import gpu_group
+
+        group, planned = gpu_group(planned)
+        if group is not None:  # several CUDA GPUs: a rank on each, tensor parallel over NCCL
+            _launch_gpus(ctx, group, prompt or "", quiet or as_json, interactive, images)
     vision = planned.estimate.vision_weight_bytes > 0
     if images and not vision:
         raise vlm.text_only(target)
@@ -745,6 +764,25 @@ def _launch_ranks(ctx: click.Context, target: str, ranks: int, prompt: str,
     cluster.require_fit()
     code = launch_local(_rank_arguments(ctx, prompt), ranks, cluster.split, mode)
     sys.exit(code)
+
+
+def _launch_gpus(ctx: click.Context, group: Any, prompt: str, quiet: bool, interactive: bool,
+                 images: tuple[str, ...]) -> None:
+    """Run as the tensor-parallel group planned over this machine's GPUs, then exit."""
+    from unimap.distributed import launch_gpus
+
+    if interactive or images:
+        raise ConfigError("this machine runs the model as a rank per GPU (tensor parallel over "
+                          "NCCL), and a group takes one --prompt, without images; set "
+                          "UNIMAP_NO_NCCL=1 to chat or show images in one process")
+    console = LazyConsole(sys.stderr, quiet=quiet)
+    for note in group.notes:
+        console.line(f"note: {note}")
+    for r in group.ranks:
+        console.line(f"plan: rank {r.index} (GPU {r.index}): 1/{len(group.ranks)} of every layer, "
+                     f"predicted peak {format_bytes(r.peak_bytes)} of {format_bytes(r.budget_bytes)}")
+    group.require_fit()
+    sys.exit(launch_gpus(_rank_arguments(ctx, prompt), len(group.ranks)))
 
 
 def _rank_arguments(ctx: click.Context, prompt: str) -> list[str]:
@@ -855,9 +893,19 @@ def _run_as_rank(target: str, prompt: str, system_prompt: str | None, ignore_tem
 
 
 def _this_machine_json() -> str:
+    """This rank's machine; a rank of a GPU group (one per GPU of one host) shares its RAM."""
     from unimap.api import resolve_machine
+    from unimap.distributed import GPU_GROUP_VARIABLE
 
-    return resolve_machine(None).to_json(indent=None)
+    machine = resolve_machine(None)
+    raw = os.environ.get(GPU_GROUP_VARIABLE, "")
+    if raw.isdigit() and int(raw) > 1:
+        from unimap.cluster import shared_machine
+
+        cpu = shared_machine(machine, int(raw)).cpu
+        machine = replace(machine, devices=tuple(cpu if d.name == "cpu" else d
+                                                 for d in machine.devices))
+    return machine.to_json(indent=None)
 
 
 def _reset_peak() -> None:

@@ -507,3 +507,101 @@ def _tensor(spec: ModelSpec, machines: Sequence[tuple[str, Machine]], options: O
                        tuple(_even(spec.num_layers, n)), 0, problem, ways,
                        (f"each rank holds 1/{n} of every layer's matrices and KV heads, and the "
                         "whole embeddings and head",))
+
+
+# ---------------------------------------------------------------- the GPUs of one machine
+
+NO_NCCL_VARIABLES = ("UNIMAP_NO_NCCL", "MISTRALRS_NO_NCCL")  # mistral.rs's name works too
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def nccl_switched_off(env: Any) -> str | None:
+    """The variable that keeps a multi-GPU machine on one process, if one is set."""
+    for name in NO_NCCL_VARIABLES:
+        value = str(env.get(name, "")).strip().lower()
+        if value in _TRUE:
+            return name
+        if value not in _FALSE:
+            raise ConfigError(f"{name}={short(env.get(name))}: give 1 (one process on GPU 0 and "
+                              "the CPU) or 0 (tensor parallelism over the GPUs through NCCL)")
+    return None
+
+
+def gpu_machines(machine: Machine) -> list[tuple[str, Machine]]:
+    """One rank per GPU of `machine`, as mlx.launch's NCCL backend starts them: rank i sees GPU i
+    alone (CUDA_VISIBLE_DEVICES=i, so it is its gpu:0) and an equal share of the host's RAM."""
+    gpus = [d for d in machine.devices if d.kind == "gpu"]
+    n = len(gpus)
+    cpu = machine.cpu
+    share = replace(cpu, budget_bytes=None if cpu.budget_bytes is None else cpu.budget_bytes // n,
+                    available_bytes=None if cpu.available_bytes is None else cpu.available_bytes // n)
+    return [("127.0.0.1", replace(machine, devices=(replace(g, name="gpu:0"), share),
+                                  os_name=f"{machine.os_name} (GPU {i}, 1 of {n} ranks)"))
+            for i, g in enumerate(gpus)]
+
+
+def shard_support(model_type: str) -> str | None:
+    """Why mlx-lm cannot run `model_type` tensor parallel, or None when its model has shard().
+    Read from mlx-lm's source (its remapping of model types, then the module), so planning
+    imports neither mlx nor mlx-lm; the run checks the loaded model again."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlx_lm")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    if not folders:
+        return "mlx-lm is not installed"
+    root = Path(folders[0])
+    remapped = model_type
+    try:
+        for node in ast.parse((root / "utils.py").read_text()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "MODEL_REMAPPING"
+                                                    for t in node.targets):
+                remapped = ast.literal_eval(node.value).get(model_type, model_type)
+    except (OSError, SyntaxError, ValueError):
+        pass
+    try:
+        source = (root / "models" / f"{remapped}.py").read_text()
+    except OSError:
+        return f"mlx-lm has no model module for {model_type!r}"
+    if "def shard(" not in source:
+        return f"mlx-lm's {remapped} model has no shard() (tensor parallelism)"
+    return None
+
+
+def gpu_group(spec: ModelSpec, single: Plan, env: Any) -> tuple[ClusterPlan | None, str]:
+    """Tensor parallelism across the GPUs of a multi-GPU CUDA machine, one rank per GPU over
+    NCCL, when the automatic plan of one process does not keep the model on its GPU (as mistral.rs
+    does unless MISTRALRS_NO_NCCL=1; a model that fits one GPU stays there, unchanged) and each
+    rank's share fits its GPU whole (NCCL's collectives work on GPU memory: no rank offloads to
+    the CPU). Returns the group's plan, or None and why not (empty when the question does not
+    arise)."""
+    machine = single.machine
+    gpus = [d for d in machine.devices if d.kind == "gpu"]
+    if single.mode != "auto" or len(gpus) < 2 or machine.backend != "cuda" or single.all_on_gpu:
+        return None, ""
+    off = nccl_switched_off(env)
+    n = len(gpus)
+    if off:
+        return None, f"{off} is set: one process on {gpus[0].name} and the CPU"
+    visible = str(env.get("CUDA_VISIBLE_DEVICES", "")).replace(" ", "")
+    if visible and visible != ",".join(str(i) for i in range(n)):
+        return None, (f"CUDA_VISIBLE_DEVICES={visible}: mlx.launch gives rank i GPU i, so "
+                      f"tensor parallelism needs the first {n} GPUs (unset it, or 0,1,...)")
+    reason = shard_support(spec.arch.model_type)
+    if reason is None:
+        try:
+            tensor_sliced(spec, n)
+        except ConfigError as exc:
+            reason = str(exc)
+    if reason is None:
+        group = plan_cluster(spec, gpu_machines(machine), single.estimate.options, mode="tensor")
+        if group.fits and all(r.plan.all_on_gpu for r in group.ranks):
+            return replace(group, notes=(
+                f"tensor parallel over the {n} GPUs through NCCL (one rank each), as one process "
+                f"would put layers on the CPU; UNIMAP_NO_NCCL=1 keeps one process", *group.notes)), ""
+        rank = group.ranks[0]
+        reason = (f"1/{n} of the model with its KV and working set ({format_bytes(rank.peak_bytes)}) "
+                  f"does not fit one GPU's budget ({format_bytes(gpus[0].budget_bytes or 0)}) "
+                  "either, and a rank keeps its share on its GPU")
+    return None, f"no tensor parallelism over the {n} GPUs: {reason}"

@@ -11,7 +11,8 @@ where MLX has them) runs a cluster plan. No transport of our own.
   every rank samples the same token).
 - `launch_hosts` starts one rank per host through MLX's own launcher (`mlx.launch`: ssh to every
   host but 127.0.0.1, ring backend) and checks that every rank reported success: mlx.launch
-  exits 0 even when a rank fails.
+  exits 0 even when a rank fails. `launch_gpus` starts one rank per GPU of this machine the same
+  way, tensor parallel over NCCL (mlx.launch gives rank i CUDA_VISIBLE_DEVICES=i).
 - A `Watchdog` ends a rank whose peers stopped answering (a hung peer blocks MLX's ring forever).
 """
 
@@ -43,6 +44,8 @@ REPORT_VARIABLE = "UNIMAP_REPORT_DONE"  # set by launch_hosts: each rank says wh
 DONE_MARK = "unimap: rank finished:"  # the line a rank writes to stderr then (never shown)
 RING_PORT_VARIABLE = "UNIMAP_RING_PORT"  # the first port of the ring on remote hosts
 DEFAULT_RING_PORT = 32323  # mlx.launch's own default
+DIST_BACKEND_VARIABLE = "UNIMAP_BACKEND_DIST"  # the backend a rank joins with ("any" by default)
+GPU_GROUP_VARIABLE = "UNIMAP_GPU_GROUP"  # ranks sharing this host, one per GPU (launch_gpus)
 
 
 def in_rank(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
@@ -195,16 +198,40 @@ def launch_hosts(argv: Sequence[str], hosts: Sequence[tuple[str, str]], mode: st
     machine's Python path on every host (as mlx.launch expects the same environment there).
     Rank 0's text comes through; each rank writes DONE_MARK when it succeeded, and a run that
     misses one exits nonzero with the launcher's last words about it."""
-    timeout = rank_timeout()
     folder = Path(tempfile.mkdtemp(prefix="unimap-hosts-"))
     hostfile = folder / "hostfile.json"
     hostfile.write_text(json.dumps([{"ssh": ssh, "ips": [ip]} for ssh, ip in hosts]))
     local = all(ip == "127.0.0.1" for _, ip in hosts)
     port = _free_run(len(hosts)) if local else int(os.environ.get(RING_PORT_VARIABLE)
                                                      or DEFAULT_RING_PORT)
-    command = [*_launcher(), "--backend", "ring", "--hostfile", str(hostfile), "--starting-port",
-               str(port), "--env", f"{MODE_VARIABLE}={mode}", "--env", f"{TIMEOUT_VARIABLE}={timeout}",
-               "--env", f"{REPORT_VARIABLE}=1", "--", sys.executable, "-m", "unimap", "run", *argv]
+    try:
+        return _launch(["--backend", "ring", "--hostfile", str(hostfile), "--starting-port",
+                        str(port)], argv, mode, hosts)
+    finally:
+        hostfile.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def launch_gpus(argv: Sequence[str], gpus: int) -> int:
+    """Run `unimap run ARGV` as one rank per GPU of this machine, tensor parallel over NCCL,
+    through mlx.launch (which gives rank i CUDA_VISIBLE_DEVICES=i); each rank plans its share
+    of the host's RAM (GPU_GROUP_VARIABLE)."""
+    options = ["--backend", "nccl", "--hosts", "127.0.0.1", "-n", str(gpus), "--nccl-port",
+               str(free_ports(1)[0]), "--env", f"{DIST_BACKEND_VARIABLE}=nccl",
+               "--env", f"{GPU_GROUP_VARIABLE}={gpus}"]
+    return _launch(options, argv, "tensor", [(f"GPU {i}", "127.0.0.1") for i in range(gpus)])
+
+
+def _launch(options: list[str], argv: Sequence[str], mode: str,
+            ranks: Sequence[tuple[str, str]]) -> int:
+    """mlx.launch with `options` running `unimap run ARGV` in every rank; (name, ip) per rank.
+    Rank 0's text comes through; each rank writes DONE_MARK when it succeeded, and a run that
+    misses one exits nonzero with the launcher's last words about it."""
+    timeout = rank_timeout()
+    command = [*_launcher(), *options, "--env", f"{MODE_VARIABLE}={mode}",
+               "--env", f"{TIMEOUT_VARIABLE}={timeout}", "--env", f"{REPORT_VARIABLE}=1", "--",
+               sys.executable, "-m", "unimap", "run", *argv]
     done: set[str] = set()
     said: list[str] = []
     launcher = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -228,10 +255,7 @@ def launch_hosts(argv: Sequence[str], hosts: Sequence[tuple[str, str]], mode: st
         return 130
     finally:
         _stop_tree(launcher)
-        hostfile.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    missing = [i for i in range(len(hosts)) if str(i) not in done]
+    missing = [i for i in range(len(ranks)) if str(i) not in done]
     if not missing and code == 0:
         return 0
     # the launcher's "Node with rank N exited with code C": the first rank that failed on its
@@ -240,8 +264,8 @@ def launch_hosts(argv: Sequence[str], hosts: Sequence[tuple[str, str]], mode: st
         re.search(r"rank (\d+) exited with code (-?\d+)", _plain(w)) for w in said) if m]
     rank, failed = next(((r, c) for r, c in exits if c > 0), exits[0] if exits else (
         missing[0] if missing else 0, code))
-    ssh = failed == 255 and hosts[rank][1] != "127.0.0.1"
-    sys.stderr.write(f"error: rank {rank} of {len(hosts)} (on {hosts[rank][0]}) failed"
+    ssh = failed == 255 and ranks[rank][1] != "127.0.0.1"
+    sys.stderr.write(f"error: rank {rank} of {len(ranks)} (on {ranks[rank][0]}) failed"
                      + (f" (exit code {failed})" if failed else " (it did not report finishing)")
                      + ("; ssh could not reach that host or start the command there (check "
                         "`ssh HOST` works without a password and the same Python path exists)"
@@ -348,11 +372,15 @@ def join() -> Any:
     """This process's group (MLX_RANK and MLX_HOSTFILE set by the launcher or by mlx.launch)."""
     import mlx.core as mx
 
+    backend = os.environ.get(DIST_BACKEND_VARIABLE, "any")
     try:
-        group = mx.distributed.init(strict=True, backend=os.environ.get("UNIMAP_BACKEND_DIST", "any"))
+        group = mx.distributed.init(strict=True, backend=backend)
     except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"rank {os.environ.get('MLX_RANK')}: cannot join the group ({exc}); check "
-                          "MLX_HOSTFILE and that every host's port is free and reachable") from None
+        check = ("that MLX is its CUDA build (pip install mlx[cuda]) with NCCL, and that this "
+                 "machine has a GPU per rank" if backend == "nccl" else
+                 "MLX_HOSTFILE and that every host's port is free and reachable")
+        raise ConfigError(f"rank {os.environ.get('MLX_RANK')}: cannot join the group ({exc}); "
+                          f"check {check}") from None
     return group
 
 
