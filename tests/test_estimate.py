@@ -287,6 +287,14 @@ def test_terms_of_families_read_from_mlx_lm(monkeypatch: pytest.MonkeyPatch) -> 
     assert family_extra_bytes(arch, 512, 10) == 0  # never taken off
     monkeypatch.setitem(FAMILY_EXTRA, "x", ("hidden", ((-1.5, 0.25), (0.5, 0.1))))
     assert family_extra_bytes(arch, 512, 10) == (0.5 * 64 + 0.1 * 4 * 10) * 4  # the larger fit
-    monkeypatch.setitem(FAMILY_EXTRA, "x", ("state", ((2.0, 0.0),)))
-    assert family_extra_bytes(arch, 512, 1000) == 2.0 * 8 * 256 * 4  # scan blocks of 256
-    assert family_extra_bytes(arch, 100, 1000) == 2.0 * 8 * 100 * 4
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("scan", ((2.0, 0.5, 0.0),)))
+    # one scan block of at most 256 tokens at a time: 8 state heads x block^2 over the chunk's
+    # tokens, and a step's worth per state head for what grows with the chunk
+    assert family_extra_bytes(arch, 512, 1000) == (2.0 * 8 * 256 * 256 / 512 + 0.5 * 8 * 256) * 4
+    assert family_extra_bytes(arch, 100, 1000) == (2.0 * 8 * 100 + 0.5 * 8 * 256) * 4
+    assert family_extra_bytes(arch, 1, 1000) == (2.0 * 8 + 0.5 * 8 * 256) * 4  # a decode step
+    # a ChunkedKVCache (llama4): as a KVCache up to its window, then the window and a new step
+    chunked = LayerCache("sliding", 64, 0, window=8, head_dim=16, quantizable=False, chunked=True)
+    one = Options(max_seq_len=12)
+    assert layer_cache_bytes(chunked, 12, 7, one, 2) == (8 + 256) * 64 * 2  # measured: 264 tokens
+    assert layer_cache_bytes(chunked, 8, 7, one, 2) == 256 * 64 * 2  # not past its window yet

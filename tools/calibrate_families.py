@@ -31,18 +31,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-# (prompt tokens, batch, prefill chunk): several chunks after cached tokens, a batch, and prompts
-# in one chunk each, up to a whole chunk of mlx-lm's default 2048 (the chunk every long prompt
-# runs in), whose keys are all the plan's tokens
-RUNS = ((160, 1, 128), (600, 2, 128), (252, 1, 2048), (300, 1, 2048), (1000, 1, 2048),
-        (2049, 1, 2048))
+# (prompt tokens, batch, prefill chunk): prompts of a few tokens (where fixed arrays and one
+# scan block decide), several chunks after cached tokens, a batch, and prompts in one chunk each,
+# up to a whole chunk of mlx-lm's default 2048 (the chunk every long prompt runs in), whose keys
+# are all the plan's tokens
+RUNS = ((8, 1, 2048), (24, 1, 2048), (64, 1, 2048), (160, 1, 128), (600, 2, 128),
+        (252, 1, 2048), (300, 1, 2048), (1000, 1, 2048), (2049, 1, 2048))
 DECODE = 4
 OUT = ROOT / "unimap" / "family_calibration.py"
 
 
-def measure(family: str, work: Path, deep: bool = True) -> tuple[str, list[tuple[float, float]]]:
-    """(basis, per-unit coefficient, per-score coefficient) of what the family needed beyond
-    the priced chunk arrays; coefficients <= 0 mean nothing more was needed."""
+def measure(family: str, work: Path, deep: bool = True) -> tuple[str, list[tuple[float, ...]]]:
+    """(basis, fits) of what the family needed beyond the priced chunk arrays (an empty list:
+    nothing more was needed)."""
     import mlx.core as mx
     from tiny_families import tiny_config
     from tiny_models import stand_in_machine, write_random_model
@@ -96,45 +97,61 @@ def deeper(family: str, work: Path) -> Path | None:
         return None
 
 
-def fit(arch: Any, runs: list[tuple[int, int, float]]) -> tuple[str, list[tuple[float, float]]]:
-    """The least extras that cover every run: per chunk token, `unit` x the family's basis unit
-    (at that run's chunk) plus `score` x heads x keys x 4 bytes, with score >= 0 and
-    unit x u_i + score x v_i >= missing_i for each run i, and the least total over-prediction.
-    Two fits: one with unit >= 0 (right for short prompts), one with unit free (the largest
-    coefficients may over-cover what does not grow with the keys while what does still needs its
-    slope: right for long ones); the estimate takes the larger, and never less than nothing.
-    Each is a linear program in two variables: its optimum is at a vertex, and there are few."""
-    heads = max(arch.num_heads, 1)
-    rows = [(unit_bytes(arch, chunk), heads * keys * 4, missing) for chunk, keys, missing in runs]
-    if all(m <= 0 for _, _, m in rows):
-        return basis(arch), []
-    vertices = [(max(m / u for u, _, m in rows), 0.0), (0.0, max(m / v for _, v, m in rows))]
-    for i, (u1, v1, m1) in enumerate(rows):
-        for u2, v2, m2 in rows[i + 1:]:
-            det = u1 * v2 - u2 * v1
-            if det:
-                vertices.append(((m1 * v2 - m2 * v1) / det, (u1 * m2 - u2 * m1) / det))
+def fit(arch: Any, runs: list[tuple[int, int, float]]) -> tuple[str, list[tuple[float, ...]]]:
+    """The least extras that cover every run: per chunk token, coefficients times the family's
+    units (unimap.estimate.extra_units at that run's chunk and keys) x 4 bytes, each at least
+    what the run missed, with the least total over-prediction. Two fits: one with every
+    coefficient >= 0 (right for short prompts), one whose per-width part is free (the largest
+    coefficients may over-cover what does not grow with the keys while what does still needs
+    its slope: right for long ones); the estimate takes the larger, and never less than nothing.
+    Each is a small linear program: its optimum is at a vertex, and there are few."""
+    from unimap.estimate import extra_units
 
-    def covers(c: tuple[float, float]) -> bool:
-        return c[1] >= 0 and all(c[0] * u + c[1] * v >= m - 1e-9 * abs(m) for u, v, m in rows)
+    kind = basis(arch)
+    rows = [([4 * u for u in extra_units(arch, kind, chunk, keys)], missing)
+            for chunk, keys, missing in runs]
+    if all(m <= 0 for _, m in rows):
+        return kind, []
+    free = FREE_PART[kind]
+    positive = least_cover(rows, frozenset())
+    loose = least_cover(rows, frozenset({free}))
+    return kind, [positive] if loose == positive else [positive, loose]
 
-    def least(found: list[tuple[float, float]]) -> tuple[float, float]:
-        return min(found, key=lambda c: sum(c[0] * u + c[1] * v - m for u, v, m in rows))
 
-    free = least([c for c in vertices if covers(c)])
-    positive = least([c for c in vertices if covers(c) and c[0] >= 0])
-    return basis(arch), [free] if free == positive else [positive, free]
+FREE_PART = {"hidden": 0, "scan": 1}  # the coefficient the second fit lets go below zero
+
+
+def least_cover(rows: list[tuple[list[float], float]], free: frozenset[int]) -> tuple[float, ...]:
+    """min sum_i (c . u_i - m_i) subject to c . u_i >= m_i for every row and c_j >= 0 unless j is
+    in `free`: every vertex (n tight constraints among the rows and the c_j = 0) is tried."""
+    import itertools
+
+    import numpy as np
+
+    n = len(rows[0][0])
+    tight = [(np.array(u), m) for u, m in rows] + [
+        (np.eye(n)[j], 0.0) for j in range(n) if j not in free]
+    best: tuple[float, tuple[float, ...]] | None = None
+    for chosen in itertools.combinations(tight, n):
+        a = np.array([u for u, _ in chosen])
+        if abs(np.linalg.det(a)) < 1e-12 * max(1.0, float(np.abs(a).max()) ** n):
+            continue
+        c = np.linalg.solve(a, np.array([m for _, m in chosen]))
+        if any(c[j] < -1e-12 for j in range(n) if j not in free):
+            continue
+        if any(float(np.dot(c, u)) < m - 1e-9 * abs(m) - 1e-6 for u, m in rows):
+            continue
+        total = sum(float(np.dot(c, u)) - m for u, m in rows)
+        if best is None or total < best[0]:
+            best = (total, tuple(float(x) for x in c))
+    if best is None:
+        raise ValueError("no extra covers every run")
+    return best[1]
 
 
 def basis(arch: Any) -> str:
     """Families with a (heads, dim, dim) recurrent state scale with its heads (SSM scans)."""
-    return "state" if arch.state_heads else "hidden"
-
-
-def unit_bytes(arch: Any, chunk: int) -> int:
-    from unimap.estimate import extra_unit
-
-    return extra_unit(arch, basis(arch), chunk) * 4
+    return "scan" if arch.state_heads else "hidden"
 
 
 def run(model: Any, cache: list[Any], tokens: int, batch: int, step: int) -> None:
@@ -165,7 +182,7 @@ def uncalibrated() -> list[str]:
     return [f for f in families() if f not in UNBUILDABLE and f not in measured]
 
 
-def render(factors: dict[str, tuple[str, tuple[tuple[float, float], ...]]]) -> str:
+def render(factors: dict[str, tuple[str, tuple[tuple[float, ...], ...]]]) -> str:
     import mlx.core as mx
     import mlx_lm
 
@@ -177,22 +194,26 @@ Generated {date.today()} on {platform.platform()} ({platform.machine()}), MLX {m
 mlx-lm {mlx_lm.__version__}, MLX's CPU backend. Do not edit by hand: rerun the tool with --write.
 
 A family listed here needed more than the largest measured coefficients price for its chunk
-arrays: for each (unit, score) pair the estimate takes, per chunk token, unit times hidden x 4
-bytes ("hidden") or times state heads x scan-block tokens x 4 bytes ("state": families with an
-SSM-like state), plus score times heads x keys x 4 bytes (score-like arrays this family's attention
-keeps beyond the priced ones), and adds the largest of the pairs when it is positive (a negative
-unit: what does not grow with the keys is over-covered already); families not listed needed no
-more.
+arrays. Each fit is a tuple of coefficients for the units of its basis (unimap.estimate.extra_units,
+per chunk token, times 4 bytes): "hidden" (hidden width; heads x keys) or "scan" (families with a
+(heads, dim, dim) state: state heads x block^2 / chunk, state heads x 256, heads x keys). The
+estimate adds the largest fit when it is positive (a negative part: what does not grow with the
+keys is over-covered already); families not listed needed no more.
 """
 
-FAMILY_EXTRA: dict[str, tuple[str, tuple[tuple[float, float], ...]]] = {{
+FAMILY_EXTRA: dict[str, tuple[str, tuple[tuple[float, ...], ...]]] = {{
 {rows}}}
 '''
 
 
-def _up(unit: float, score: float) -> tuple[float, float]:
-    """5 % more, and a little more per key: other shapes and MLX's run-to-run variation."""
-    return round(unit * 1.05, 2), (round(score * 1.05 + 0.01, 2) if score > 0 else 0.0)
+def _up(fit: tuple[float, ...]) -> tuple[float, ...]:
+    """5 % more (a negative part 5 % nearer zero), and a little more per key: other shapes and
+    MLX's run-to-run variation. Rounded away from under-prediction."""
+    import math
+
+    *parts, score = fit
+    up = [math.ceil(c * 105) / 100 if c > 0 else math.ceil(c * 95) / 100 for c in parts]
+    return (*up, math.ceil(score * 105 + 1) / 100 if score > 0 else 0.0)
 
 
 def main() -> None:
@@ -220,11 +241,10 @@ def main() -> None:
                 if family in kept:
                     factors[family] = kept[family]
                 continue
-            shown = " or ".join(f"{a:.2f} x {unit} unit + {b:.2f} x heads x keys x 4 bytes"
-                                for a, b in fits) or "nothing"
-            print(f"{family:24s} per chunk token: {shown}", flush=True)
+            shown = " or ".join(" + ".join(f"{c:.2f}" for c in fit) for fit in fits) or "nothing"
+            print(f"{family:24s} per chunk token ({unit} units): {shown}", flush=True)
             if fits:
-                factors[family] = (unit, tuple(_up(a, b) for a, b in fits))
+                factors[family] = (unit, tuple(_up(fit) for fit in fits))
             else:
                 factors.pop(family, None)
     if args.write:

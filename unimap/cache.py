@@ -164,7 +164,8 @@ def _cache(value: Any) -> LayerCache:
         kind=_text(value["kind"]), token_elements=_int(value["token_elements"]),
         state_elements=_int(value["state_elements"]), window=None if window is None else _int(window),
         head_dim=_int(value["head_dim"]), quantizable=_flag(value["quantizable"]),
-        state_float32=_flag(value["state_float32"]), state_heads=_int(value["state_heads"]))
+        state_float32=_flag(value["state_float32"]), state_heads=_int(value["state_heads"]),
+        chunked=_flag(value["chunked"]))
 
 
 def _shape(value: Any) -> tuple[str, tuple[int, ...]]:

@@ -411,13 +411,17 @@ def kv_token_bytes(arch: Architecture, options: Options, d: int, kind: str = "fu
     return 2 * options.max_batch_size * arch.num_kv_heads * per_head
 
 
-def cached_tokens(kind: str, tokens: int, chunk: int, window: int | None, options: Options) -> int:
+def cached_tokens(kind: str, tokens: int, chunk: int, window: int | None, options: Options,
+                  chunked: bool = False) -> int:
     if options.kv_layout == "paged":
         held = tokens if kind == "full" else min(tokens, window or tokens)
         return _round_up(held, options.kv_block_tokens)
     full = _round_up(tokens, KV_STEP_TOKENS)
     if kind == "full" or window is None:
         return full
+    if chunked:  # ChunkedKVCache: grows as a KVCache up to its window; past it, the window's
+        # tokens are kept and a new buffer of whole steps is concatenated for what comes next
+        return full if tokens <= window else window + _round_up(max(chunk, 1), KV_STEP_TOKENS)
     # RotatingKVCache concatenates a whole prefill chunk onto window - 1 kept tokens
     return min(full, max(window, window - 1 + chunk))
 
@@ -441,7 +445,7 @@ def layer_cache_bytes(cache: LayerCache, tokens: int, chunk: int, options: Optio
     per_token = cache.token_elements * d
     if options.kv_bits is not None and cache.quantizable:
         per_token = quantized_bytes(cache.token_elements, options.kv_bits, d)
-    held = cached_tokens(cache.kind, tokens, chunk, cache.window, options)
+    held = cached_tokens(cache.kind, tokens, chunk, cache.window, options, cache.chunked)
     return b * (held * per_token + state)
 
 
@@ -573,25 +577,34 @@ SCAN_STEP_TOKENS = 256  # mlx-lm's SSM scan (ssm_attn) works in blocks of this m
 
 def family_extra_bytes(arch: Architecture, chunk: int, keys: int) -> float:
     """Per chunk token, what a tiny twin of a family without measured coefficients needed beyond
-    them (unimap/family_calibration.py): per unit of hidden width or, for families with a
-    (heads, dim, dim) recurrent state, per state head and scan-block token (an SSM scan keeps
-    (block x block) arrays per head); plus per head and key for score-like arrays its attention
-    keeps beyond the priced ones. So the term grows with the model as those arrays do."""
+    them (unimap/family_calibration.py), in units that grow with the model as those arrays do
+    (extra_units): per unit of hidden width, or, for families with a (heads, dim, dim) recurrent
+    state, per state head in the scan's blocks; plus per head and key for score-like arrays
+    its attention keeps beyond the priced ones."""
     found = FAMILY_EXTRA.get(arch.family)
     if found is None:
         return 0.0
     basis, fits = found
-    unit = extra_unit(arch, basis, chunk)
-    # a fit's per-unit part may be negative (the largest coefficients over-cover the fixed part,
-    # the keys' part still grows): the largest fit counts, and is never taken off the estimate
-    return max(0.0, *((per_unit * unit + per_score * arch.num_heads * keys) * 4
-                      for per_unit, per_score in fits))
+    units = extra_units(arch, basis, chunk, keys)
+    # a fit's part may be negative (the largest coefficients over-cover what does not grow with
+    # the keys, whose part still grows): the largest fit counts, and is never taken off
+    return max(0.0, *(sum(c * u for c, u in zip(fit, units, strict=True)) * 4 for fit in fits))
 
 
-def extra_unit(arch: Architecture, basis: str, chunk: int) -> int:
-    """The unit a family's extra is counted in, per chunk token: state heads x scan-block tokens
-    ("state") or the hidden width ("hidden")."""
-    return arch.state_heads * min(chunk, SCAN_STEP_TOKENS) if basis == "state" else arch.hidden_size
+def extra_units(arch: Architecture, basis: str, chunk: int, keys: int) -> tuple[float, ...]:
+    """The units a family's extra is counted in, per chunk token:
+    - "hidden": the hidden width, and heads x keys;
+    - "scan" (a (heads, dim, dim) state, as SSM and linear-attention layers keep): mlx-lm's scan
+      runs in blocks of SCAN_STEP_TOKENS and keeps (block x block) arrays per state head for one
+      block at a time, so state heads x block^2 per chunk (block = the chunk, at most a step),
+      spread over the chunk's tokens; state heads x a step for what grows with the chunk; and
+      heads x keys."""
+    scores = float(arch.num_heads * keys)
+    if basis == "scan":
+        block = min(max(chunk, 1), SCAN_STEP_TOKENS)
+        heads = arch.state_heads
+        return heads * block * block / max(chunk, 1), float(heads * SCAN_STEP_TOKENS), scores
+    return float(arch.hidden_size), scores
 
 
 MOE_ROUTED_COPIES = 3

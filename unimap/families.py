@@ -59,6 +59,7 @@ class LayerCache:
     quantizable: bool  # a plain KVCache, which --kv-bits turns into a QuantizedKVCache
     state_float32: bool = False  # state kept in float32 whatever the model's dtype
     state_heads: int = 0  # heads of a (batch, heads, dim, dim) recurrent state (SSM, linear attention)
+    chunked: bool = False  # a ChunkedKVCache: it keeps `window` tokens and grows in steps past them
 
 
 @dataclass(frozen=True)

@@ -366,6 +366,15 @@ def _window(cache: Any) -> int | None:
     return None
 
 
+def _chunked(cache: Any) -> bool:
+    """A ChunkedKVCache (llama4's chunked attention), alone or inside a CacheList: unlike a
+    RotatingKVCache it keeps its chunk's tokens and allocates in steps of 256 past them."""
+    inner = getattr(cache, "caches", None)
+    if isinstance(inner, list | tuple):
+        return any(_chunked(c) for c in inner)
+    return isinstance(getattr(cache, "chunk_size", None), int)
+
+
 def _cache_reading(two: Any, three: Any) -> LayerCache:
     small, large = _held(two), _held(three)
     half = [_elements(small, False), _elements(large, False)]
@@ -384,7 +393,8 @@ def _cache_reading(two: Any, three: Any) -> LayerCache:
     return LayerCache(kind=kind, token_elements=token, state_elements=max(state, 0),
                       window=window if token else None, head_dim=head_dim,
                       quantizable=type(three) is KVCache,
-                      state_float32=bool(wide[0]) and not token, state_heads=max(heads, default=0))
+                      state_float32=bool(wide[0]) and not token, state_heads=max(heads, default=0),
+                      chunked=bool(token) and _chunked(three))
 
 
 def _assign(per_cache: list[LayerCache], num_layers: int,
@@ -413,7 +423,8 @@ def _merge(a: LayerCache, b: LayerCache) -> LayerCache:
     kind = "full" if "full" in (a.kind, b.kind) else "sliding" if token else a.kind
     return LayerCache(kind, token, a.state_elements + b.state_elements, window,
                       max(a.head_dim, b.head_dim), a.quantizable and b.quantizable,
-                      a.state_float32 or b.state_float32, max(a.state_heads, b.state_heads))
+                      a.state_float32 or b.state_float32, max(a.state_heads, b.state_heads),
+                      a.chunked or b.chunked)
 
 
 def _keys(held: list[Held]) -> list[tuple[int, ...]]:
