@@ -410,3 +410,31 @@ def test_a_gpu_group_that_cannot_join_ends_with_the_failed_rank(tiny: dict[str, 
     assert "cannot join the group" in said and "mlx[cuda]" in said  # the rank says what to check
     left = {p.pid for p in psutil.Process().children(recursive=True)} - before
     assert not left
+
+
+@pytest.mark.parametrize("launch", [["--ranks", "2"], ["--ranks", "3"],
+                                    ["--ranks", "2", "--tensor-parallel"],
+                                    ["--hosts", "127.0.0.1,127.0.0.1"]])
+def test_a_chat_across_ranks_replies_as_one_process(tiny: dict[str, Path], launch: list[str]) -> None:
+    """`-i` over ranks: rank 0 reads the messages (through mlx.launch with --hosts, which hands
+    the terminal's lines to the ranks) and tells the others; every turn, /clear and the end are
+    the same as in one process, and nothing is left running."""
+    messages = "w1 w2\nw5 w6 w7\n/clear\nw3 w4 w5\n"
+    args = [sys.executable, "-m", "unimap", "run", str(tiny["llama"]), "-i", "--max-tokens", "5",
+            "--temp", "0", "--max-seq-len", "128"]
+    env = {**os.environ, "UNIMAP_NO_BLAS_PRELOAD": "1"}
+    alone = subprocess.run(args, input=messages, capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    replies = [line for line in alone.stdout.splitlines() if line.strip("> ")]
+    assert len(replies) == 3 and "(the conversation starts over)" in alone.stderr
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    ranked = subprocess.run([*args, *launch], input=messages, capture_output=True, text=True,
+                            env=env, timeout=240)
+    assert ranked.returncode == 0, ranked.stderr[-2000:]
+    if "--hosts" in launch:  # mlx.launch never ends the ranks' input: the end comes as /quit
+        assert ranked.stdout == alone.stdout.rstrip("\n")
+    else:
+        assert ranked.stdout == alone.stdout
+    assert "(the conversation starts over)" in ranked.stderr and "Traceback" not in ranked.stderr
+    assert not {p.pid for p in psutil.Process().children(recursive=True)} - before

@@ -626,9 +626,9 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
     if images and ctx.get_parameter_source("max_num_images") is click.core.ParameterSource.DEFAULT:
         max_num_images = max(max_num_images, len(images))  # plan for the images given
     if ranks is not None or run_hosts is not None or in_rank():
-        if interactive or images or device_map or cpu_moe or n_cpu_moe is not None:
-            raise click.UsageError("--ranks and --hosts run one --prompt of a text model (no -i, "
-                                   "--image, -n, --cpu-moe or --n-cpu-moe yet)")
+        if images or device_map or cpu_moe or n_cpu_moe is not None:
+            raise click.UsageError("--ranks and --hosts run a text model (no --image, -n, "
+                                   "--cpu-moe or --n-cpu-moe yet)")
         if ranks is not None and run_hosts is not None:
             raise click.UsageError("give --ranks (ranks on this machine) or --hosts, not both")
         settings = {"max_tokens": max_tokens, "seed": seed, **sampling}
@@ -637,15 +637,16 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
                    "mode": "tensor" if tensor_parallel else "pipeline"}
         if in_rank():
             _run_as_rank(target, prompt or "", system_prompt, ignore_chat_template, options,
-                         settings, quiet, as_json)
+                         settings, quiet, as_json, interactive)
             return
         if run_hosts is not None:
             from unimap.cluster import host_names
             from unimap.distributed import launch_hosts, ring_hosts
 
             hosts = ring_hosts(host_names(run_hosts))
-            sys.exit(launch_hosts(_rank_arguments(ctx, prompt or ""), hosts, str(options["mode"])))
-        _launch_ranks(ctx, target, ranks or 1, prompt or "", options, quiet or as_json)
+            sys.exit(launch_hosts(_rank_arguments(ctx, prompt or ""), hosts, str(options["mode"]),
+                                  interactive))
+        _launch_ranks(ctx, target, ranks or 1, prompt or "", options, quiet or as_json, interactive)
         return
     if tensor_parallel:
         raise click.UsageError("--tensor-parallel needs --ranks")
@@ -750,7 +751,7 @@ def serve_command(model_arg: str | None, model: str | None, max_seq_len: int | N
 
 
 def _launch_ranks(ctx: click.Context, target: str, ranks: int, prompt: str,
-                  options: dict[str, Any], quiet: bool) -> None:
+                  options: dict[str, Any], quiet: bool, interactive: bool = False) -> None:
     """Plan the ranks on this machine, then start them (rank 0 prints) and wait for them all."""
     from unimap.api import plan_cluster
     from unimap.distributed import launch_local
@@ -762,7 +763,7 @@ def _launch_ranks(ctx: click.Context, target: str, ranks: int, prompt: str,
         console.line(f"plan: rank {r.index}: layers {layer_span(r.layers)}, predicted peak "
                      f"{format_bytes(r.peak_bytes)} of {format_bytes(r.budget_bytes)}")
     cluster.require_fit()
-    code = launch_local(_rank_arguments(ctx, prompt), ranks, cluster.split, mode)
+    code = launch_local(_rank_arguments(ctx, prompt), ranks, cluster.split, mode, interactive)
     sys.exit(code)
 
 
@@ -771,10 +772,10 @@ def _launch_gpus(ctx: click.Context, group: Any, prompt: str, quiet: bool, inter
     """Run as the tensor-parallel group planned over this machine's GPUs, then exit."""
     from unimap.distributed import launch_gpus
 
-    if interactive or images:
+    if images:
         raise ConfigError("this machine runs the model as a rank per GPU (tensor parallel over "
-                          "NCCL), and a group takes one --prompt, without images; set "
-                          "UNIMAP_NO_NCCL=1 to chat or show images in one process")
+                          "NCCL), and a group takes no images yet; set UNIMAP_NO_NCCL=1 to show "
+                          "images in one process")
     console = LazyConsole(sys.stderr, quiet=quiet)
     for note in group.notes:
         console.line(f"note: {note}")
@@ -782,7 +783,7 @@ def _launch_gpus(ctx: click.Context, group: Any, prompt: str, quiet: bool, inter
         console.line(f"plan: rank {r.index} (GPU {r.index}): 1/{len(group.ranks)} of every layer, "
                      f"predicted peak {format_bytes(r.peak_bytes)} of {format_bytes(r.budget_bytes)}")
     group.require_fit()
-    sys.exit(launch_gpus(_rank_arguments(ctx, prompt), len(group.ranks)))
+    sys.exit(launch_gpus(_rank_arguments(ctx, prompt), len(group.ranks), interactive))
 
 
 def _rank_arguments(ctx: click.Context, prompt: str) -> list[str]:
@@ -812,9 +813,10 @@ def _rank_arguments(ctx: click.Context, prompt: str) -> list[str]:
 
 def _run_as_rank(target: str, prompt: str, system_prompt: str | None, ignore_template: bool,
                  options: dict[str, Any], settings: dict[str, Any], quiet: bool,
-                 as_json: bool) -> None:
+                 as_json: bool, interactive: bool = False) -> None:
     """One rank of a distributed run: join the group, agree on the split, load this rank's
-    stage as its own plan says, generate in step with the others; rank 0 prints."""
+    stage as its own plan says, generate in step with the others; rank 0 prints (and, with -i,
+    reads the chat's messages and tells the others)."""
     import mlx.core as mx
 
     from unimap import distributed
@@ -862,6 +864,17 @@ def _run_as_rank(target: str, prompt: str, system_prompt: str | None, ignore_tem
         watchdog.beat()
         mx.random.seed(distributed.shared_seed(group, settings.get("seed")))
         settings = {**settings, "seed": None}
+        if interactive:
+            _chat(loaded, tokenizer, planned, prompt or None, system_prompt, not ignore_template,
+                  settings, console, messages=_rank_messages(group, loaded, prompt, console, watchdog),
+                  echo=speaking, beat=watchdog.beat)
+            distributed.settle(loaded)
+            mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))
+            if os.environ.get(distributed.REPORT_VARIABLE):
+                sys.stdout.flush()
+                sys.stderr.write(f"{distributed.DONE_MARK} {rank}\n")
+                sys.stderr.flush()
+            return
         if has_chat_template(tokenizer) and not ignore_template:
             responses = Chat(loaded, tokenizer, system_prompt).send(prompt, **settings)
         else:
@@ -883,6 +896,7 @@ def _run_as_rank(target: str, prompt: str, system_prompt: str | None, ignore_tem
         if as_json and (rank == 0 or not reporting):  # each its own figures (mlx.launch merges)
             click.echo(json.dumps({"text": reply, **_figures(last, planned), "rank": rank,
                                    "ranks": size, "layers": list(cluster.ranks[rank].layers)}))
+        distributed.settle(loaded)
         mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))  # end together
         if reporting:
             sys.stdout.flush()
@@ -1055,8 +1069,11 @@ def _report(last: Any, planned: Plan, max_tokens: int, console: LazyConsole) -> 
 
 
 def _chat(loaded: Any, tokenizer: Any, planned: Plan, first: str | None, system_prompt: str | None,
-          template: bool, settings: dict[str, Any], console: LazyConsole) -> None:
-    """A chat at the terminal whose cache is kept between turns (only new messages prefill)."""
+          template: bool, settings: dict[str, Any], console: LazyConsole,
+          messages: Any = None, echo: bool = True, beat: Any = None) -> None:
+    """A chat at the terminal whose cache is kept between turns (only new messages prefill).
+    A rank of a distributed chat passes the `messages` rank 0 read, `echo` on rank 0 only, and
+    `beat` (its watchdog's) called at every token."""
     from unimap.generate import Chat, ContextFullError
 
     chat = Chat(loaded, tokenizer, system_prompt, template=template)
@@ -1064,13 +1081,13 @@ def _chat(loaded: Any, tokenizer: Any, planned: Plan, first: str | None, system_
     last = None
     how = "its chat template" if chat.templated else "a plain User:/Assistant: format"
     console.line(f"chat ({how}; {planned.estimate.sequence_tokens} tokens planned): {CHAT_HELP}")
-    for message in _messages(first, console):
+    for message in messages if messages is not None else _messages(first, console):
         if message == "/clear":
             chat.clear()
             console.line("(the conversation starts over)")
             continue
         try:
-            _, last = _stream(_trimmed(chat.send(message, **settings)))
+            _, last = _stream(_beating(_trimmed(chat.send(message, **settings)), beat), echo=echo)
         except KeyboardInterrupt:
             console.line("(reply stopped)")
             continue
@@ -1082,6 +1099,35 @@ def _chat(loaded: Any, tokenizer: Any, planned: Plan, first: str | None, system_
             console.line(f"({chat.tokens} of {planned.estimate.sequence_tokens} planned tokens "
                           "held)")
     _where(loaded, last, console)
+
+
+def _beating(responses: Any, beat: Any) -> Any:
+    """`responses`, calling `beat()` at each (a rank's watchdog sees progress)."""
+    try:
+        for response in responses:
+            if beat is not None:
+                beat()
+            yield response
+    finally:
+        responses.close()
+
+
+def _rank_messages(group: Any, model: Any, first: str | None, console: LazyConsole,
+                   watchdog: Any) -> Any:
+    """A distributed chat's messages: rank 0 reads them (as one process does) and every rank
+    receives each in turn, so all prefill and generate in step. While rank 0 waits for the user
+    the watchdogs wait too (a person typing is not a hung peer)."""
+    from unimap import distributed
+
+    source = _messages(first, console) if group.rank() == 0 else None
+    while True:
+        distributed.settle(model)  # the last reply's queued step, before the next collective
+        with watchdog.waiting():
+            typed = json.dumps(next(source, None)) if source is not None else ""
+            message = json.loads(distributed.agree(group, typed)[0])
+        if message is None:  # the user ended the chat on rank 0
+            return
+        yield message
 
 
 def _vision_chat(loaded: Any, processor: Any, planned: Plan, first: str | None,

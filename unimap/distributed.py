@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +83,12 @@ def rank_timeout(env: dict[str, str] | os._Environ[str] = os.environ) -> float:
 # ---------------------------------------------------------------- the launcher
 
 
-def launch_local(argv: Sequence[str], ranks: int, split: Sequence[int], mode: str) -> int:
-    """Run `unimap run ARGV` as `ranks` processes on 127.0.0.1 and wait for them. Rank 0 prints;
-    the others write to logs shown only when they fail. Returns the exit code: 0 when every rank
-    ended well, else the first failure's (130 after Ctrl-C)."""
+def launch_local(argv: Sequence[str], ranks: int, split: Sequence[int], mode: str,
+                 interactive: bool = False) -> int:
+    """Run `unimap run ARGV` as `ranks` processes on 127.0.0.1 and wait for them. Rank 0 prints
+    (and, for a chat, reads this terminal); the others write to logs shown only when they fail.
+    Returns the exit code: 0 when every rank ended well, else the first failure's (130 after
+    Ctrl-C)."""
     timeout = rank_timeout()
     folder = Path(tempfile.mkdtemp(prefix="unimap-ranks-"))
     hostfile = folder / "hosts.json"
@@ -102,8 +104,10 @@ def launch_local(argv: Sequence[str], ranks: int, split: Sequence[int], mode: st
             log = open(folder / f"rank{rank}.log", "wb")  # noqa: SIM115 (closed below)
             logs.append(log)
             out = None if rank == 0 else log
+            reads = rank == 0 and interactive
             processes.append(subprocess.Popen([sys.executable, "-m", "unimap", "run", *args],
-                                              env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                              env=env, stdin=None if reads else subprocess.DEVNULL,
+                                              stdout=out,
                                               stderr=None if rank == 0 else subprocess.STDOUT))
         return _supervise(processes, folder)
     except KeyboardInterrupt:
@@ -193,7 +197,8 @@ def _presets() -> tuple[str, ...]:
     return tuple(PRESETS)
 
 
-def launch_hosts(argv: Sequence[str], hosts: Sequence[tuple[str, str]], mode: str) -> int:
+def launch_hosts(argv: Sequence[str], hosts: Sequence[tuple[str, str]], mode: str,
+                 interactive: bool = False) -> int:
     """Run `unimap run ARGV` on each host (one rank each) through mlx.launch, with this
     machine's Python path on every host (as mlx.launch expects the same environment there).
     Rank 0's text comes through; each rank writes DONE_MARK when it succeeded, and a run that
@@ -206,25 +211,26 @@ def launch_hosts(argv: Sequence[str], hosts: Sequence[tuple[str, str]], mode: st
                                                      or DEFAULT_RING_PORT)
     try:
         return _launch(["--backend", "ring", "--hostfile", str(hostfile), "--starting-port",
-                        str(port)], argv, mode, hosts)
+                        str(port)], argv, mode, hosts, interactive)
     finally:
         hostfile.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             folder.rmdir()
 
 
-def launch_gpus(argv: Sequence[str], gpus: int) -> int:
+def launch_gpus(argv: Sequence[str], gpus: int, interactive: bool = False) -> int:
     """Run `unimap run ARGV` as one rank per GPU of this machine, tensor parallel over NCCL,
     through mlx.launch (which gives rank i CUDA_VISIBLE_DEVICES=i); each rank plans its share
     of the host's RAM (GPU_GROUP_VARIABLE)."""
     options = ["--backend", "nccl", "--hosts", "127.0.0.1", "-n", str(gpus), "--nccl-port",
                str(free_ports(1)[0]), "--env", f"{DIST_BACKEND_VARIABLE}=nccl",
                "--env", f"{GPU_GROUP_VARIABLE}={gpus}"]
-    return _launch(options, argv, "tensor", [(f"GPU {i}", "127.0.0.1") for i in range(gpus)])
+    return _launch(options, argv, "tensor", [(f"GPU {i}", "127.0.0.1") for i in range(gpus)],
+                   interactive)
 
 
 def _launch(options: list[str], argv: Sequence[str], mode: str,
-            ranks: Sequence[tuple[str, str]]) -> int:
+            ranks: Sequence[tuple[str, str]], interactive: bool = False) -> int:
     """mlx.launch with `options` running `unimap run ARGV` in every rank; (name, ip) per rank.
     Rank 0's text comes through; each rank writes DONE_MARK when it succeeded, and a run that
     misses one exits nonzero with the launcher's last words about it."""
@@ -234,7 +240,10 @@ def _launch(options: list[str], argv: Sequence[str], mode: str,
                sys.executable, "-m", "unimap", "run", *argv]
     done: set[str] = set()
     said: list[str] = []
-    launcher = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    launcher = subprocess.Popen(command, stdin=subprocess.PIPE if interactive else subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+    if interactive:
+        threading.Thread(target=_feed, args=(launcher,), daemon=True).start()
 
     def relay() -> None:  # the launcher's stderr, less the ranks' reports
         for raw in iter(launcher.stderr.readline, b""):  # type: ignore[union-attr]
@@ -271,6 +280,19 @@ def _launch(options: list[str], argv: Sequence[str], mode: str,
                         "`ssh HOST` works without a password and the same Python path exists)"
                         if ssh else "") + "; the run was stopped\n")
     return failed if failed > 0 else 1
+
+
+def _feed(launcher: subprocess.Popen[bytes]) -> None:
+    """A chat's lines to mlx.launch, which hands them to every rank (rank 0 reads them). It
+    never closes the ranks' input, so the end of ours (Ctrl-D) is sent as /quit."""
+    pipe = launcher.stdin
+    assert pipe is not None
+    with contextlib.suppress(OSError, ValueError):
+        for line in sys.stdin.buffer:
+            pipe.write(line)
+            pipe.flush()
+        pipe.write(b"/quit\n")
+        pipe.flush()
 
 
 def _wait_launcher(launcher: subprocess.Popen[bytes], said: list[str]) -> int:
@@ -349,6 +371,7 @@ class Watchdog:
     def __init__(self, timeout: float, what: str) -> None:
         self.timeout, self.what = timeout, what
         self.last = time.monotonic()
+        self.paused = False
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
@@ -359,9 +382,19 @@ class Watchdog:
     def stop(self) -> None:
         self.done.set()
 
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """No limit inside: the ranks wait for a person (a chat's next message)."""
+        self.paused = True
+        try:
+            yield
+        finally:
+            self.paused = False
+            self.beat()
+
     def _watch(self) -> None:
         while not self.done.wait(0.25):
-            if time.monotonic() - self.last > self.timeout:
+            if not self.paused and time.monotonic() - self.last > self.timeout:
                 sys.stderr.write(f"error: {self.what}: no progress for {self.timeout:g} s (a peer "
                                  f"rank stopped answering); {TIMEOUT_VARIABLE} sets the limit\n")
                 sys.stderr.flush()
@@ -396,6 +429,25 @@ def rank_split(env: dict[str, str] | os._Environ[str], size: int) -> list[int] |
         raise ConfigError(f"{SPLIT_VARIABLE}={raw!r} does not give a positive layer count for each "
                           f"of the {size} ranks")
     return split
+
+
+def settle(model: Any) -> None:
+    """Wait for everything this rank queued: the step mlx-lm computes ahead of the token it
+    yields holds the pipeline's sends and receives, on the generation (or placement) streams.
+    A collective issued on another stream before they finish can pair with them on a peer."""
+    import mlx.core as mx
+    from mlx_lm.generate import generation_stream
+
+    streams = [generation_stream]
+    state = getattr(model, "_unimap", None)
+    if state is not None:
+        p = state.placement
+        streams += [p.gpu_stream, p.cpu_stream, *p.layer_streams.values()]
+    seen: set[str] = set()
+    for stream in streams:
+        if str(stream) not in seen:
+            seen.add(str(stream))
+            mx.synchronize(stream)
 
 
 def agree(group: Any, text: str) -> list[str]:
