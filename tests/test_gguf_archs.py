@@ -127,3 +127,77 @@ def test_unsupported_gguf_architecture_and_pre_tokenizer(tmp_path: Path) -> None
                                                                    b"\x05\x00\x00\x00\x00\x00\x00\x00phi99"))
     with pytest.raises(ModelError, match="architecture 'phi99' is not supported; unimap runs llama, qwen2"):
         unimap.inspect(swapped)
+
+
+GEMMA_CONFIGS = {
+    "gemma": {},
+    "gemma2": {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
+    # GGUF names no sliding pattern: llama.cpp's (and mlx-lm's default) every sixth layer global
+    "gemma3": {"num_hidden_layers": 6, "sliding_window_pattern": 6, "sliding_window": 8},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(GEMMA_CONFIGS))
+def test_gemma_gguf_files_run_like_mlx_lm(tmp_path: Path, arch: str) -> None:
+    """Gemma, Gemma 2 and Gemma 3 GGUF files as llama.cpp writes them: their own norm names
+    (ffn_norm before the MLP, post_attention_norm and post_ffw_norm after), every norm stored as
+    1 + weight, tied embeddings, Gemma 2's soft caps and Gemma 3's sliding window in the metadata.
+    Greedy tokens equal mlx-lm's from the same weights, whole and split, within the plan."""
+    from unimap.gguf import GEMMA_BLOCK_NAMES, MODEL_TYPES
+
+    family = MODEL_TYPES.get(arch, arch)
+    config = {**tiny_config(family), "vocab_size": 300, **GEMMA_CONFIGS[arch]}
+    folder = write_random_model(tmp_path / arch, config)
+    weights = {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
+    blocks = {v: k for k, v in (GEMMA_BLOCK_NAMES if arch != "gemma" else BLOCK_NAMES).items()}
+    stems = {v: k for k, v in NAMES.items()}
+
+    def name(mlx: str) -> str:
+        stem, _, suffix = mlx.rpartition(".")
+        if stem.startswith("model.layers."):
+            _, _, index, part = stem.split(".", 3)
+            return f"blk.{index}.{blocks[part]}.{suffix}"
+        return f"{stems[stem]}.{suffix}"
+
+    tensors = [(name(k), v + 1 if k.endswith("norm.weight") else v, "F32")
+               for k, v in weights.items()]
+    tokens = vocabulary(config["vocab_size"])
+    meta: dict[str, Any] = {
+        "general.architecture": arch, f"{arch}.block_count": config["num_hidden_layers"],
+        f"{arch}.embedding_length": config["hidden_size"],
+        f"{arch}.feed_forward_length": config["intermediate_size"],
+        f"{arch}.attention.head_count": config["num_attention_heads"],
+        f"{arch}.attention.head_count_kv": config["num_key_value_heads"],
+        f"{arch}.attention.key_length": config["head_dim"],
+        f"{arch}.attention.layer_norm_rms_epsilon": float(config.get("rms_norm_eps", 1e-6)),
+        f"{arch}.rope.freq_base": float(config.get("rope_theta", 10000.0 if arch != "gemma3"
+                                                   else 1_000_000.0)),
+        f"{arch}.context_length": 1024,
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2", "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [3 if t == SPECIAL else 1 for t in tokens],
+        "tokenizer.ggml.merges": [" ".join(m) for m in MERGES],
+        "tokenizer.ggml.eos_token_id": tokens.index(SPECIAL),
+    }
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if key in GEMMA_CONFIGS[arch]:
+            meta[f"{arch}.{key}"] = GEMMA_CONFIGS[arch][key]
+    if arch == "gemma3":
+        meta[f"{arch}.attention.sliding_window"] = config["sliding_window"]
+    path = write_gguf(tmp_path / f"{arch}.gguf", meta, tensors)
+    spec = unimap.inspect(path)
+    assert spec.arch.model_type == family and spec.num_layers == config["num_hidden_layers"]
+    expected = reference(folder)
+    from mlx_lm import load as mlx_load
+
+    logits = np.array(mlx_load(str(folder))[0](mx.array([PROMPT])))
+    n = spec.num_layers
+    for split in (n, n // 2):
+        with pytest.warns(DeprecationWarning):
+            model, tokenizer, plan = unimap.load(path, device_map=split, machine=stand_in_machine(),
+                                                 max_seq_len=64)
+        resident = sum(p.nbytes for _, p in tree_flatten(model.parameters()))
+        assert resident == plan.estimate.weight_bytes
+        assert np.allclose(np.array(model(mx.array([PROMPT]))), logits, atol=1e-4)  # same numbers
+        out = [r.token for r in stream_generate(model, tokenizer, list(PROMPT), max_tokens=6)]
+        assert [t for t in out if t is not None] == expected, f"{arch} split at {split}"
+        model._unimap.wired.release()

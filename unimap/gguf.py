@@ -1,10 +1,11 @@
-"""GGUF checkpoints (llama, qwen2, qwen3): header, config and tokenizer from the metadata, without
-tensor data.
+"""GGUF checkpoints (llama, qwen2, qwen3, gemma, gemma2, gemma3): header, config and tokenizer from
+the metadata, without tensor data.
 
 `read_gguf` parses the GGUF v2/v3 header (metadata key/values and tensor infos) in pure Python,
 so planning needs no MLX. `gguf_config` turns the metadata into the config.json of mlx-lm's
 model for the architecture (llama.cpp permutes llama's query and key rows to rotate interleaved
-pairs: `rope_traditional`; qwen2 and qwen3 keep mlx-lm's rotation). Both tokenizers GGUF files
+pairs: `rope_traditional`; qwen2, qwen3 and the Gemmas keep mlx-lm's rotation; Gemma 2 and 3 name
+their norms their own way, and llama.cpp stores every Gemma norm as 1 + weight). Both tokenizers GGUF files
 embed are rebuilt on the tokenizers library and wrapped as mlx-lm wraps its own: `spm_tokenizer`
 the SentencePiece-style one of llama (`tokenizer.ggml.model = llama`: scored pieces, merges
 recovered from the scores, byte fallback), `bpe_tokenizer` the byte-level BPE one (`gpt2`, as
@@ -45,9 +46,21 @@ BLOCK_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
                "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
                "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
                "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+# Gemma 2 and 3 (llama.cpp's names): ffn_norm is the norm before the MLP, and each block has
+# norms after its attention and its MLP ("sandwich" norms)
+GEMMA_BLOCK_NAMES = {**BLOCK_NAMES, "ffn_norm": "pre_feedforward_layernorm",
+                     "post_attention_norm": "post_attention_layernorm",
+                     "post_ffw_norm": "post_feedforward_layernorm"}
 # GGUF architectures whose metadata is all mlx-lm's model of the same name needs; the value says
 # whether llama.cpp permuted the query/key rows for an interleaved rotation.
-ARCHITECTURES = {"llama": True, "qwen2": False, "qwen3": False}
+ARCHITECTURES = {"llama": True, "qwen2": False, "qwen3": False, "gemma": False, "gemma2": False,
+                 "gemma3": False}
+MODEL_TYPES = {"gemma3": "gemma3_text"}  # the mlx-lm module, where its name differs
+# Gemma's RMSNorm scales by 1 + weight; llama.cpp stores 1 + weight (NORM_SHIFTED): unimap takes
+# the 1 off again as it loads
+NORM_SHIFTED = ("gemma", "gemma2", "gemma3")
+# the 27B models, which llama.cpp scales queries by hidden / heads instead of the head size
+GEMMA_27B_BLOCKS = {"gemma2": 46, "gemma3": 62}
 # tokenizer.ggml.pre -> the regex that splits text before byte-level BPE (as the models' own
 # tokenizer.json files do)
 PRE_TOKENIZERS = {
@@ -222,19 +235,20 @@ def _check_data(r: _Reader, info: tuple[str, tuple[int, ...], str, int], data_st
 _BLOCK = re.compile(r"^blk\.(\d{1,6})\.(.+)$")
 
 
-def mlx_name(name: str) -> str:
-    """llama.cpp tensor name -> mlx-lm llama parameter name."""
+def mlx_name(name: str, arch: str = "llama") -> str:
+    """llama.cpp tensor name -> the parameter name of mlx-lm's model for `arch`."""
     stem, _, suffix = name.rpartition(".")
     if stem.startswith("blk."):
         block = _BLOCK.match(stem)
         if block is None:
             raise ModelError(f"GGUF tensor {name[:80]!r} names no layer number (blk.N.part)")
         index, part = block.groups()
-        if part not in BLOCK_NAMES:
-            raise ModelError(f"GGUF tensor {name!r} is not part of a {'/'.join(ARCHITECTURES)} block")
-        return f"model.layers.{index}.{BLOCK_NAMES[part]}.{suffix}"
+        names = GEMMA_BLOCK_NAMES if arch in ("gemma2", "gemma3") else BLOCK_NAMES
+        if part not in names:
+            raise ModelError(f"GGUF tensor {name!r} is not part of a {arch} block")
+        return f"model.layers.{index}.{names[part]}.{suffix}"
     if stem not in NAMES:
-        raise ModelError(f"GGUF tensor {name!r} is not part of a {'/'.join(ARCHITECTURES)} model")
+        raise ModelError(f"GGUF tensor {name!r} is not part of a {arch} model")
     return f"{NAMES[stem]}.{suffix}"
 
 
@@ -292,8 +306,10 @@ def gguf_config(gguf: GgufFile) -> dict[str, Any]:
         extra["quantization"] = {"group_size": GGML_BLOCK, "bits": bits, **quantized}
     head_dim = _int(gguf, f"{arch}.attention.key_length",
                     _int(gguf, f"{arch}.rope.dimension_count", hidden // heads))
+    if arch in NORM_SHIFTED:
+        extra.update(_gemma_config(gguf, arch, hidden, heads, head_dim))
     return {**extra,
-        "model_type": arch,
+        "model_type": MODEL_TYPES.get(arch, arch),
         "hidden_size": hidden,
         "intermediate_size": _int(gguf, f"{arch}.feed_forward_length"),
         "num_hidden_layers": _int(gguf, f"{arch}.block_count"),
@@ -307,6 +323,30 @@ def gguf_config(gguf: GgufFile) -> dict[str, Any]:
         "tie_word_embeddings": "output.weight" not in names,
         "torch_dtype": _activation_dtype(gguf),
     }
+
+
+def _gemma_config(gguf: GgufFile, arch: str, hidden: int, heads: int, head_dim: int) -> dict[str, Any]:
+    """What mlx-lm's Gemma models need beyond the common fields, as llama.cpp reads it: the
+    query scale (the head size; hidden / heads for the 27B models), Gemma 2's logit soft caps,
+    Gemma 3's sliding window and linear rope scaling (its local rope base is 10000 in both)."""
+    if arch == "gemma":
+        return {}
+    layers = _int(gguf, f"{arch}.block_count")
+    scalar = hidden // heads if layers == GEMMA_27B_BLOCKS[arch] else head_dim
+    if arch == "gemma2":
+        return {"query_pre_attn_scalar": scalar,
+                "attn_logit_softcapping": _float(gguf, f"{arch}.attn_logit_softcapping", 50.0),
+                "final_logit_softcapping": _float(gguf, f"{arch}.final_logit_softcapping", 30.0)}
+    out: dict[str, Any] = {"query_pre_attn_scalar": scalar, "rope_local_base_freq": 10000.0,
+                           "sliding_window": _int(gguf, f"{arch}.attention.sliding_window", 512)}
+    kind = gguf.metadata.get(f"{arch}.rope.scaling.type")
+    if kind is not None:
+        if kind != "linear":
+            raise ModelError(f"{gguf.path}: GGUF rope scaling {short(kind)} is not supported for "
+                             f"{arch} (linear is)")
+        out["rope_scaling"] = {"rope_type": "linear",
+                               "factor": _float(gguf, f"{arch}.rope.scaling.factor")}
+    return out
 
 
 def _activation_dtype(gguf: GgufFile) -> str:
@@ -569,6 +609,6 @@ def quantized_modules(gguf: GgufFile) -> dict[str, dict[str, int]]:
 def _mlx_name(gguf: GgufFile, name: str) -> str:
     """mlx_name, its complaint naming the file."""
     try:
-        return mlx_name(name)
+        return mlx_name(name, str(gguf.metadata.get("general.architecture", "llama")))
     except ModelError as exc:
         raise ModelError(f"{gguf.path}: {exc}") from None

@@ -510,24 +510,30 @@ def lazy_model(source: str) -> tuple[Any, Any]:
 
 
 def gguf_model(path: Path) -> tuple[Any, Any]:
-    """An mlx-lm model from a GGUF file (llama, qwen2, qwen3): config and tokenizer from its
+    """An mlx-lm model from a GGUF file (llama, qwen2, qwen3, the Gemmas): config and tokenizer from its
     metadata, tensors through mx.load (lazy), renamed to mlx-lm's parameter names."""
     import mlx.core as mx
     import mlx.nn as nn
     from mlx_lm.utils import _get_classes
 
-    from unimap.gguf import gguf_config, gguf_tokenizer, mlx_name, quantized_modules, read_gguf
+    from unimap.gguf import NORM_SHIFTED, gguf_config, gguf_tokenizer, mlx_name, quantized_modules, read_gguf
 
     gguf = read_gguf(path)
     config = gguf_config(gguf)
+    arch = str(gguf.metadata.get("general.architecture"))
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
     quantized = quantized_modules(gguf)
     if quantized:  # turn those modules into QuantizedLinear/Embedding before loading into them
         nn.quantize(model, class_predicate=lambda p, _: quantized.get(p, False))  # type: ignore[attr-defined]
     try:
-        weights: dict[str, Any] = mx.load(str(path))  # type: ignore[assignment]
-        model.load_weights([(mlx_name(name), array) for name, array in weights.items()], strict=True)
+        stored: dict[str, Any] = mx.load(str(path))  # type: ignore[assignment]
+        weights = {mlx_name(name, arch): array for name, array in stored.items()}
+        if arch in NORM_SHIFTED:  # llama.cpp stored Gemma's norms as 1 + weight
+            weights = {k: v - 1 if k.endswith("norm.weight") else v for k, v in weights.items()}
+        if hasattr(model, "sanitize"):  # e.g. drops a tied model's lm_head, as mlx-lm's load does
+            weights = model.sanitize(weights)
+        model.load_weights(list(weights.items()), strict=True)
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: MLX cannot load its tensors ({foreign(exc)}); re-download the "
                          "file") from None
