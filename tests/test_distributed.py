@@ -438,3 +438,29 @@ def test_a_chat_across_ranks_replies_as_one_process(tiny: dict[str, Path], launc
         assert ranked.stdout == alone.stdout
     assert "(the conversation starts over)" in ranked.stderr and "Traceback" not in ranked.stderr
     assert not {p.pid for p in psutil.Process().children(recursive=True)} - before
+
+
+def test_cli_plans_a_gpu_group_for_a_described_multi_gpu_machine(models: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`unimap doctor --json` written on a two-GPU CUDA machine, planned elsewhere with
+    `unimap plan --machine FILE.json`: the group of ranks (tensor parallel, one per GPU), or with
+    UNIMAP_NO_NCCL=1 the one-process plan saying why; a missing description is one line."""
+    for name in ("UNIMAP_NO_NCCL", "MISTRALRS_NO_NCCL", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    described = tmp_path / "two-gpus.json"
+    described.write_text(cuda_machine(tmp_path, 2, 12).to_json())
+    args = ["plan", str(models / "llama3-8b"), "--machine", str(described), "--json"]
+    group = CliRunner().invoke(cli, args)
+    assert group.exit_code == 0, group.output
+    data = json.loads(group.stdout)
+    assert data["mode"] == "tensor" and len(data["ranks"]) == 2 and data["fits"]
+    table = CliRunner().invoke(cli, args[:-1])
+    assert "through NCCL" in table.stdout and "2 ranks" in table.stdout
+    one = CliRunner().invoke(cli, args, env={"UNIMAP_NO_NCCL": "1"})
+    assert one.exit_code == 0, one.output
+    notes = json.loads(one.stdout)["notes"]
+    assert any("UNIMAP_NO_NCCL is set" in n for n in notes)
+    missing = CliRunner().invoke(cli, ["plan", str(models / "llama3-8b"), "--machine",
+                                       str(tmp_path / "nowhere.json")])
+    assert missing.exit_code == 2 and "cannot read it" in missing.stderr
+    assert "Traceback" not in missing.output

@@ -47,16 +47,25 @@ def resolve_machine(
     gpu_budget: str | int | None = None, gpu_reserve: str | int | None = None,
     host_reserve: str | int | None = None, backend: str | None = None,
 ) -> Machine:
-    """The machine to plan for: probed, a preset, or given; then the what-if overrides."""
+    """The machine to plan for: probed, a preset, a machine description (FILE.json written by
+    `unimap doctor --json` on that machine), or given; then the what-if overrides."""
     env = os.environ
     if machine is not None and not isinstance(machine, Machine | str):
-        raise ArgumentTypeError(f"machine must be a preset name, a Machine or None, not {short(machine)}")
+        raise ArgumentTypeError(f"machine must be a preset name, a machine description (FILE.json), "
+                                f"a Machine or None, not {short(machine)}")
     held = reserves(env, gpu_reserve, host_reserve)
     ram_bytes, gpu_bytes = _size(ram, "--ram"), _size(gpu_budget, "--gpu-budget")
     if ram_bytes is not None and gpu_bytes is not None and gpu_bytes > ram_bytes:
         raise ConfigError(f"--gpu-budget ({gpu_bytes} bytes) is more than --ram ({ram_bytes} bytes); "
                           "the GPU's share comes out of the RAM")
-    if isinstance(machine, str):
+    if isinstance(machine, str) and machine.lower().endswith(".json"):
+        from unimap.cluster import machine_from_json  # `unimap doctor --json` on that machine
+
+        found = machine_from_json(Path(machine).expanduser())
+        if ram_bytes is not None:
+            found = with_ram(found, ram_bytes, env, held)
+        _check_backend_for_preset(found, backend, env)
+    elif isinstance(machine, str):
         found = preset_machine(machine, env, held, ram_bytes)
         _check_backend_for_preset(found, backend, env)
     else:

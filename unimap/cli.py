@@ -255,7 +255,8 @@ def _print_checks(report: Report, console: LazyConsole) -> None:
 @click.option("--n-cpu-moe", type=int, metavar="N", help="Keep the routed experts of the first N "
               "layers on the CPU (llama.cpp's flag).")
 @click.option("--machine", "machine_name", metavar="NAME",
-              help="Plan for a preset machine instead of this one (see --list-machines).")
+              help="Plan for a preset machine (see --list-machines) or a machine description "
+              "(FILE.json from `unimap doctor --json` there) instead of this one.")
 @click.option("--list-machines", is_flag=True, help="List the machine presets and exit.")
 @click.option("--ram", metavar="SIZE", help="What if the machine had this much RAM (e.g. 48GB)?")
 @click.option("--gpu-budget", metavar="SIZE", help="What if the first GPU could use this much?")
@@ -348,9 +349,11 @@ def _render_cluster(cluster: Any, console: LazyConsole) -> None:
     console.print(f"[bold]{escape(cluster.model)}[/] across {len(cluster.ranks)} ranks "
                   f"({cluster.mode}): {verdict}", soft_wrap=True)
     opts = cluster.options
+    versus = ("" if cluster.mode == "tensor" else  # every rank holds every layer: no split
+              f"; in proportion to memory {list(cluster.proportional_split)}: "
+              f"{cluster.proportional_budget}")
     console.print(f"  max-seq-len {opts.max_seq_len} x batch {opts.max_batch_size}; token budget "
-                  f"{cluster.token_budget} (the longest context every rank holds); in proportion "
-                  f"to memory {list(cluster.proportional_split)}: {cluster.proportional_budget}",
+                  f"{cluster.token_budget} (the longest context every rank holds){versus}",
                   soft_wrap=True)
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("rank", "host", "layers", "where", "weights", "KV", "peak", "budget", "free"):
