@@ -90,16 +90,41 @@ def test_a_config_mlx_lm_cannot_build_says_why() -> None:
         unimap.families.read_architecture({**config, "model_type": "olmo2"}, "config.json")
 
 
+DBRX = {"model_type": "dbrx", "vocab_size": 100352, "d_model": 6144, "n_heads": 48,
+        "n_layers": 40, "max_seq_len": 32768,
+        "attn_config": {"clip_qkv": 8, "kv_n_heads": 8, "rope_theta": 500000},
+        "ffn_config": {"ffn_hidden_size": 10752, "moe_num_experts": 16, "moe_top_k": 4}}
+
+
 def test_a_large_model_that_evaluates_while_probed_is_refused() -> None:
-    """dbrx routes with .tolist(): reading its caches would compute through every weight, so a
-    full-size one is refused with the reason (its tiny twin above is read and runs)."""
-    config = {"model_type": "dbrx", "vocab_size": 100352, "d_model": 6144, "n_heads": 48,
-              "n_layers": 40, "max_seq_len": 32768,
-              "attn_config": {"clip_qkv": 8, "kv_n_heads": 8, "rope_theta": 500000},
-              "ffn_config": {"ffn_hidden_size": 10752, "moe_num_experts": 16, "moe_top_k": 4}}
+    """dbrx routes with .tolist(): reading its caches from mlx-lm's model would compute through
+    every weight, so a full-size one is refused with the reason by the structure reader (its tiny
+    twin is read and runs), and nothing of its 245 GiB is computed."""
+    from unimap.structure import read_structure
+
     with pytest.raises(ModelError, match="evaluates arrays inside its forward pass"):
-        unimap.families.read_architecture(config, "config.json")
-    assert mx.get_active_memory() < 1 << 30  # nothing of the 245 GiB was computed
+        read_structure(dict(DBRX), "config.json")
+    assert mx.get_active_memory() < 1 << 30
+
+
+def test_a_full_size_dbrx_plans_through_its_reader() -> None:
+    """...which is why dbrx has a hand reader: DBRX's 40 layers of 16 experts (top-4, 10752 wide)
+    and 8 KV heads of 128, read from its own field names, agree with what mlx-lm's model shows
+    for its tiny twin (test_same_tokens_as_mlx_lm_whole_and_split runs that one)."""
+    from unimap.structure import read_structure
+
+    arch = unimap.families.read_architecture(DBRX, "config.json")
+    assert (arch.num_layers, arch.num_kv_heads, arch.head_dim) == (40, 8, 128)
+    assert arch.moe is not None and (arch.moe.num_experts, arch.moe.experts_per_token) == (16, 4)
+    assert arch.moe.expert_intermediate_size == 10752 and all(arch.moe.sparse_layers)
+    tiny = tiny_config("dbrx")
+    read = unimap.families.read_architecture(tiny, "tiny dbrx")
+    probed = read_structure(dict(tiny), "tiny dbrx")
+    per_token = 2 * read.num_kv_heads * read.head_dim  # keys and values of every KV head
+    assert [c.token_elements for c in probed.caches] == [per_token] * read.num_layers
+    for bad in ({**DBRX, "ffn_config": None}, {**DBRX, "attn_config": {}}):
+        with pytest.raises(ModelError, match="dbrx config|kv_n_heads"):
+            unimap.families.read_architecture(bad, "config.json")
 
 
 @pytest.mark.parametrize(("key", "value"), [("num_hidden_layers", 10**7), ("hidden_size", 10**30),

@@ -185,6 +185,31 @@ def _mixtral(cfg: Mapping[str, Any], model_type: str, where: str) -> Architectur
     return _with(arch, moe=moe)
 
 
+def _dbrx(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
+    """DBRX: its own field names (d_model, n_layers, attn_config, ffn_config). mlx-lm's model
+    routes with .tolist() inside its forward pass, so a full-size one cannot be probed without
+    computing through every weight: this reader is what plans it."""
+    attn, ffn = cfg.get("attn_config"), cfg.get("ffn_config")
+    if not isinstance(attn, dict) or not isinstance(ffn, dict):
+        raise ModelError(f"{where}: a dbrx config needs 'attn_config' and 'ffn_config' objects")
+    layers = _need(cfg, "n_layers", where)
+    hidden = _need(cfg, "d_model", where)
+    heads = _need(cfg, "n_heads", where)
+    if heads == 0 or layers == 0:
+        raise ModelError(f"{where}: n_heads and n_layers must be positive")
+    width = _need(ffn, "ffn_hidden_size", f"{where} ffn_config")
+    moe = Moe(num_experts=_need(ffn, "moe_num_experts", f"{where} ffn_config"),
+              experts_per_token=_need(ffn, "moe_top_k", f"{where} ffn_config"),
+              expert_intermediate_size=width, shared_intermediate_size=0,
+              sparse_layers=(True,) * layers)
+    return Architecture(model_type=model_type, num_layers=layers, hidden_size=hidden,
+                        intermediate_size=width, vocab_size=_need(cfg, "vocab_size", where),
+                        num_heads=heads, num_kv_heads=_need(attn, "kv_n_heads", f"{where} attn_config"),
+                        head_dim=hidden // heads, layer_kinds=("full",) * layers,
+                        sliding_window=None, tie_word_embeddings=False,
+                        torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"), moe=moe)
+
+
 def _qwen3_moe(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
     arch = _dense(cfg, model_type, where)
     step = _opt(cfg, "decoder_sparse_step", where, 1)
@@ -259,6 +284,7 @@ READERS: dict[str, Callable[[Mapping[str, Any], str, str], Architecture]] = {
     "gemma3": _gemma3,
     "mixtral": _mixtral,
     "qwen3_moe": _qwen3_moe,
+    "dbrx": _dbrx,
     "qwen2_vl": _qwen2_vl,
     "qwen2_5_vl": _qwen2_vl,
     "llava": _llava,
