@@ -44,8 +44,12 @@ def vocabulary(size: int) -> list[str]:
     return tokens + [f"<unused{i}>" for i in range(size - len(tokens))]
 
 
-def gguf_name(name: str) -> str:
-    blocks = {v: k for k, v in BLOCK_NAMES.items()}
+def gguf_name(name: str, arch: str = "llama") -> str:
+    """mlx-lm's parameter name -> llama.cpp's, for `arch`."""
+    from unimap.gguf import GEMMA_BLOCK_NAMES
+
+    blocks = {v: k for k, v in (GEMMA_BLOCK_NAMES if arch in ("gemma2", "gemma3")
+                                else BLOCK_NAMES).items()}
     stems = {v: k for k, v in NAMES.items()}
     stem, _, suffix = name.rpartition(".")
     if stem.startswith("model.layers."):
@@ -54,29 +58,35 @@ def gguf_name(name: str) -> str:
     return f"{stems[stem]}.{suffix}"
 
 
-def write_model(tmp_path: Path, arch: str) -> tuple[Path, Path]:
-    """The same random weights as an MLX checkpoint and as a GGUF file."""
-    config = {**tiny_config(arch), "vocab_size": 300, "tie_word_embeddings": False}
-    folder = write_random_model(tmp_path / arch, config)
-    weights = {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
+def metadata(arch: str, config: dict[str, Any], rope_theta: float = 10000.0) -> dict[str, Any]:
+    """llama.cpp's metadata for a model of `config`, with the byte-level BPE vocabulary above."""
     tokens = vocabulary(config["vocab_size"])
-    types = [3 if t == SPECIAL else 1 for t in tokens]
     meta: dict[str, Any] = {
         "general.architecture": arch, f"{arch}.block_count": config["num_hidden_layers"],
         f"{arch}.embedding_length": config["hidden_size"],
         f"{arch}.feed_forward_length": config["intermediate_size"],
         f"{arch}.attention.head_count": config["num_attention_heads"],
         f"{arch}.attention.head_count_kv": config["num_key_value_heads"],
-        f"{arch}.attention.layer_norm_rms_epsilon": float(config["rms_norm_eps"]),
-        f"{arch}.rope.freq_base": float(config.get("rope_theta", 10000.0)), f"{arch}.context_length": 1024,
+        f"{arch}.attention.layer_norm_rms_epsilon": float(config.get("rms_norm_eps", 1e-6)),
+        f"{arch}.rope.freq_base": float(config.get("rope_theta", rope_theta)),
+        f"{arch}.context_length": 1024,
         "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2", "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": [" ".join(m) for m in MERGES],
+        "tokenizer.ggml.token_type": [3 if t == SPECIAL else 1 for t in tokens],
+        "tokenizer.ggml.merges": [" ".join(m) for m in MERGES],
         "tokenizer.ggml.eos_token_id": tokens.index(SPECIAL),
     }
-    if arch == "qwen3":
+    if "head_dim" in config:
         meta[f"{arch}.attention.key_length"] = config["head_dim"]
+    return meta
+
+
+def write_model(tmp_path: Path, arch: str) -> tuple[Path, Path]:
+    """The same random weights as an MLX checkpoint and as a GGUF file."""
+    config = {**tiny_config(arch), "vocab_size": 300, "tie_word_embeddings": False}
+    folder = write_random_model(tmp_path / arch, config)
+    weights = {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
     tensors = [(gguf_name(k), v, "F32") for k, v in weights.items()]
-    return folder, write_gguf(tmp_path / f"{arch}.gguf", meta, tensors)
+    return folder, write_gguf(tmp_path / f"{arch}.gguf", metadata(arch, config), tensors)
 
 
 def reference(folder: Path, steps: int = 6) -> list[int]:
@@ -143,41 +153,15 @@ def test_gemma_gguf_files_run_like_mlx_lm(tmp_path: Path, arch: str) -> None:
     (ffn_norm before the MLP, post_attention_norm and post_ffw_norm after), every norm stored as
     1 + weight, tied embeddings, Gemma 2's soft caps and Gemma 3's sliding window in the metadata.
     Greedy tokens equal mlx-lm's from the same weights, whole and split, within the plan."""
-    from unimap.gguf import GEMMA_BLOCK_NAMES, MODEL_TYPES
+    from unimap.gguf import MODEL_TYPES
 
     family = MODEL_TYPES.get(arch, arch)
     config = {**tiny_config(family), "vocab_size": 300, **GEMMA_CONFIGS[arch]}
     folder = write_random_model(tmp_path / arch, config)
     weights = {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
-    blocks = {v: k for k, v in (GEMMA_BLOCK_NAMES if arch != "gemma" else BLOCK_NAMES).items()}
-    stems = {v: k for k, v in NAMES.items()}
-
-    def name(mlx: str) -> str:
-        stem, _, suffix = mlx.rpartition(".")
-        if stem.startswith("model.layers."):
-            _, _, index, part = stem.split(".", 3)
-            return f"blk.{index}.{blocks[part]}.{suffix}"
-        return f"{stems[stem]}.{suffix}"
-
-    tensors = [(name(k), v + 1 if k.endswith("norm.weight") else v, "F32")
+    tensors = [(gguf_name(k, arch), v + 1 if k.endswith("norm.weight") else v, "F32")
                for k, v in weights.items()]
-    tokens = vocabulary(config["vocab_size"])
-    meta: dict[str, Any] = {
-        "general.architecture": arch, f"{arch}.block_count": config["num_hidden_layers"],
-        f"{arch}.embedding_length": config["hidden_size"],
-        f"{arch}.feed_forward_length": config["intermediate_size"],
-        f"{arch}.attention.head_count": config["num_attention_heads"],
-        f"{arch}.attention.head_count_kv": config["num_key_value_heads"],
-        f"{arch}.attention.key_length": config["head_dim"],
-        f"{arch}.attention.layer_norm_rms_epsilon": float(config.get("rms_norm_eps", 1e-6)),
-        f"{arch}.rope.freq_base": float(config.get("rope_theta", 10000.0 if arch != "gemma3"
-                                                   else 1_000_000.0)),
-        f"{arch}.context_length": 1024,
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2", "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": [3 if t == SPECIAL else 1 for t in tokens],
-        "tokenizer.ggml.merges": [" ".join(m) for m in MERGES],
-        "tokenizer.ggml.eos_token_id": tokens.index(SPECIAL),
-    }
+    meta = metadata(arch, config, 1_000_000.0 if arch == "gemma3" else 10000.0)
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
         if key in GEMMA_CONFIGS[arch]:
             meta[f"{arch}.{key}"] = GEMMA_CONFIGS[arch][key]
