@@ -164,7 +164,7 @@ def _width() -> int | None:
     return int(columns) if columns.isdigit() and int(columns) > 0 else 120
 
 
-def _render_doctor(report: Report, console: Any) -> None:
+def _render_doctor(report: Report, console: LazyConsole) -> None:
     machine, mlx = report.machine, report.mlx
     console.print(f"[bold]unimap doctor[/]  {machine.os_name} · {machine.arch} · "
                   f"MLX {mlx.version or 'not importable'} ({mlx.default_device or 'no device'})")

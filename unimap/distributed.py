@@ -199,10 +199,9 @@ def _presets() -> tuple[str, ...]:
 
 def launch_hosts(argv: Sequence[str], hosts: Sequence[tuple[str, str]], mode: str,
                  interactive: bool = False) -> int:
-    """Run `unimap run ARGV` on each host (one rank each) through mlx.launch, with this
-    machine's Python path on every host (as mlx.launch expects the same environment there).
-    Rank 0's text comes through; each rank writes DONE_MARK when it succeeded, and a run that
-    misses one exits nonzero with the launcher's last words about it."""
+    """Run `unimap run ARGV` on each host (one rank each) through mlx.launch's ring backend,
+    with this machine's Python path on every host (as mlx.launch expects the same environment
+    there); see _launch for what comes through and the exit code."""
     folder = Path(tempfile.mkdtemp(prefix="unimap-hosts-"))
     hostfile = folder / "hostfile.json"
     hostfile.write_text(json.dumps([{"ssh": ssh, "ips": [ip]} for ssh, ip in hosts]))
