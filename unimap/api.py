@@ -286,9 +286,9 @@ def gpu_group(planned: Plan) -> tuple[Any, Plan]:
     per GPU over NCCL) that runs the model instead of `planned` when one process would put part
     of it on the CPU; else None, and `planned` with the reason in its notes where one applies.
     UNIMAP_NO_NCCL=1 (or mistral.rs's MISTRALRS_NO_NCCL=1) keeps one process."""
+    if planned.spec is None or not planned.spills_beside_gpus:  # the common case: no import
+        return None, planned
     from unimap.cluster import gpu_group as group_of
 
-    if planned.spec is None:
-        return None, planned
     group, why = group_of(planned.spec, planned, os.environ)
     return group, (replace(planned, notes=(*planned.notes, why)) if why else planned)

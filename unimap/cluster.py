@@ -576,10 +576,10 @@ def gpu_group(spec: ModelSpec, single: Plan, env: Any) -> tuple[ClusterPlan | No
     rank's share fits its GPU whole (NCCL's collectives work on GPU memory: no rank offloads to
     the CPU). Returns the group's plan, or None and why not (empty when the question does not
     arise)."""
+    if not single.spills_beside_gpus:
+        return None, ""
     machine = single.machine
     gpus = [d for d in machine.devices if d.kind == "gpu"]
-    if single.mode != "auto" or len(gpus) < 2 or machine.backend != "cuda" or single.all_on_gpu:
-        return None, ""
     off = nccl_switched_off(env)
     n = len(gpus)
     if off:

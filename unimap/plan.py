@@ -169,6 +169,14 @@ class Plan:
     def device(self, name: str) -> DevicePlan:
         return next(d for d in self.devices if d.name == name)
 
+    @property
+    def spills_beside_gpus(self) -> bool:
+        """An automatic plan on a machine of several CUDA GPUs that does not keep the model on
+        the one its process drives: a rank per GPU may hold it (unimap.cluster.gpu_group)."""
+        gpus = sum(d.kind == "gpu" for d in self.machine.devices)
+        return (self.mode == "auto" and self.machine.backend == "cuda" and gpus > 1
+                and not self.all_on_gpu)
+
     def require_fit(self) -> Plan:
         if not self.fits:
             raise DoesNotFitError(self.explain())
