@@ -289,13 +289,15 @@ def prefill_evaluated_class(cls: type) -> type:
 def _make_prefill_evaluated(cls: type) -> type:
     import mlx.core as mx
 
+    from unimap.structure import state_arrays
+
     class PrefillEvaluated(cls):  # type: ignore[misc]
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             out = super().__call__(*args, **kwargs)
             x = args[0] if args else None
             if isinstance(x, mx.array) and x.ndim >= 2 and x.shape[1] > 1:
                 caches = [v for v in (*args, *kwargs.values()) if hasattr(v, "is_trimmable")]
-                mx.eval(out, [a for c in caches for a in _arrays(c.state)])
+                mx.eval(out, [a for c in caches for a in state_arrays(c.state)])
             return out
 
     return PrefillEvaluated
@@ -306,17 +308,6 @@ def has_state_layers(plan: Plan) -> bool:
     instead of a KV cache."""
     caches = plan.spec.arch.caches if plan.spec is not None else ()
     return "recurrent" in {p.kind for p in plan.layers} or any(c.state_elements for c in caches)
-
-
-def _arrays(tree: Any) -> list[Any]:
-    """The arrays in a cache's state (lists and tuples that may hold None)."""
-    import mlx.core as mx
-
-    if isinstance(tree, mx.array):
-        return [tree]
-    if isinstance(tree, list | tuple):
-        return [a for item in tree for a in _arrays(item)]
-    return []
 
 
 def tower_blocks(module: Any) -> list[Any]:

@@ -317,14 +317,14 @@ def _noting(cls: type, index: int, seen: Callable[[int, tuple[Any, ...]], None])
 Held = tuple[tuple[int, ...], int]  # (shape, bytes per element) of an array a cache holds
 
 
-def _arrays(state: Any) -> list[Any]:
-    """Every MLX array inside a cache's state (nested lists and tuples)."""
+def state_arrays(state: Any) -> list[Any]:
+    """Every MLX array inside a cache's state (nested lists and tuples that may hold None)."""
     import mlx.core as mx
 
     if isinstance(state, mx.array):
         return [state]
     if isinstance(state, list | tuple):
-        return [a for item in state for a in _arrays(item)]
+        return [a for item in state for a in state_arrays(item)]
     return []
 
 
@@ -340,11 +340,11 @@ def _held(cache: Any) -> list[Held]:
     if not size and isinstance(offset, int):  # e.g. ChunkedKVCache: tokens since its start
         size = offset - getattr(cache, "start_position", 0)
     if getattr(cache, "keys", None) is not None and isinstance(size, int) and size > 0:
-        arrays = _arrays([cache.keys, getattr(cache, "values", None)])
+        arrays = state_arrays([cache.keys, getattr(cache, "values", None)])
         return [((*a.shape[:2], min(size, a.shape[2]), *a.shape[3:]) if a.ndim == 4 else a.shape,
                  a.dtype.size) for a in arrays]
     try:
-        return [(a.shape, a.dtype.size) for a in _arrays(cache.state)]
+        return [(a.shape, a.dtype.size) for a in state_arrays(cache.state)]
     except (AttributeError, NotImplementedError, TypeError, ValueError):
         return []
 
