@@ -287,12 +287,16 @@ def test_terms_of_families_read_from_mlx_lm(monkeypatch: pytest.MonkeyPatch) -> 
     assert family_extra_bytes(arch, 512, 10) == 0  # never taken off
     monkeypatch.setitem(FAMILY_EXTRA, "x", ("hidden", ((-1.5, 0.25), (0.5, 0.1))))
     assert family_extra_bytes(arch, 512, 10) == (0.5 * 64 + 0.1 * 4 * 10) * 4  # the larger fit
-    monkeypatch.setitem(FAMILY_EXTRA, "x", ("scan", ((2.0, 0.5, 0.0),)))
-    # one scan block of at most 256 tokens at a time: 8 state heads x block^2 over the chunk's
-    # tokens, and a step's worth per state head for what grows with the chunk
-    assert family_extra_bytes(arch, 512, 1000) == (2.0 * 8 * 256 * 256 / 512 + 0.5 * 8 * 256) * 4
-    assert family_extra_bytes(arch, 100, 1000) == (2.0 * 8 * 100 + 0.5 * 8 * 256) * 4
-    assert family_extra_bytes(arch, 1, 1000) == (2.0 * 8 + 0.5 * 8 * 256) * 4  # a decode step
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("scan", ((2.0, 3.0, 0.5, 0.25, 1.5, 0.0),)))
+    # one scan block of at most 256 tokens at a time: 8 state heads x block^2, the 5000-element
+    # state once and once per block token, spread over the chunk's tokens; the state per token;
+    # the hidden width
+    def scan(chunk: int, block: int) -> float:
+        return (2.0 * 8 * block * block / chunk + 3.0 * 5000 / chunk + 0.5 * 5000 * block / chunk
+                + 0.25 * 5000 + 1.5 * 64) * 4
+    assert family_extra_bytes(arch, 512, 1000) == scan(512, 256)
+    assert family_extra_bytes(arch, 100, 1000) == scan(100, 100)
+    assert family_extra_bytes(arch, 1, 1000) == scan(1, 1)  # a decode step
     # a ChunkedKVCache (llama4): as a KVCache up to its window, then the window and a new step
     chunked = LayerCache("sliding", 64, 0, window=8, head_dim=16, quantizable=False, chunked=True)
     one = Options(max_seq_len=12)

@@ -211,6 +211,56 @@ def test_deeper_twins_of_state_families_stay_within_the_plan(tmp_path: Path, fam
     model._unimap.wired.release()
 
 
+# Families whose extra was once fitted to the tiny twin alone and fell short of the plan at 4
+# times the width (linear-attention and SSM states grow as their head dim squared): 0.55-0.96.
+WIDTH_FAMILIES = ["mamba2", "rwkv7", "qwen3_next", "qwen3_5", "kimi_linear", "olmo_hybrid",
+                  "bailing_moe_linear", "deepseek_v41", "gemma3n"]
+
+
+@pytest.mark.parametrize("family", WIDTH_FAMILIES)
+def test_twice_as_wide_twins_stay_within_the_plan(tmp_path: Path, family: str) -> None:
+    """A shape the calibration never ran (twice the widths, the experts and the top-k; it fits
+    the tiny twin and one 4 times as wide), at 8 and 252 tokens: the same tokens as plain mlx-lm
+    and a peak within the plan."""
+    from tiny_families import wide_config
+
+    path = write_random_model(tmp_path / family, wide_config(family, 2, 2))
+    for length in (8, 252):
+        prompt = [(31 * i) % 120 + 3 for i in range(length)]
+        expected = mlx_lm_tokens(path, prompt, 3)
+        gc.collect()
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=length + 3)
+        out = [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=3)]
+        assert out == expected
+        assert 0 < mx.get_peak_memory() <= plan.peak_bytes, f"{family} at {length} tokens"
+        model._unimap.wired.release()
+        del model
+
+
+@pytest.mark.parametrize("family", ["qwen3_next", "olmo_hybrid"])
+def test_a_state_that_outweighs_the_hidden_width_stays_within_the_plan(tmp_path: Path,
+                                                                        family: str) -> None:
+    """mlx-lm's gated-delta scan (the ops path the CPU and CUDA take) keeps about one state per
+    token of the chunk. Where a state outweighs the hidden width as real ones do (Qwen3-Next's is
+    256 times it) that sets the peak. A twin twice as wide with 8 times the state heads (a shape
+    the calibration never ran), at 1024 tokens. Fitted to the tiny twins alone, the
+    plan held 0.46 of a real-width Qwen3-Next's peak (docs/BENCHMARKS.md)."""
+    from tiny_families import wide_config
+
+    path = write_random_model(tmp_path / family, wide_config(family, 2, 2, state_heads=8))
+    prompt = [(31 * i) % 120 + 3 for i in range(1024)]
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=1027)
+    out = [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=3)]
+    assert len(out) == 3
+    assert 0 < mx.get_peak_memory() <= plan.peak_bytes
+    model._unimap.wired.release()
+
+
 SHORT_FAMILIES = [*STATE_FAMILIES, "llama4", "llama4_text", "gemma3n", "qwen3_5", "kimi_linear",
                   "lfm2", "recurrent_gemma", "llama", "gpt_oss", "deepseek_v3"]
 

@@ -130,6 +130,34 @@ def test_isq_classification(models: Path) -> None:
     assert gemma.classify("language_model.model.layers.3.mlp.up_proj.weight").layer == 3
 
 
+@pytest.mark.parametrize("name", [
+    "vision.blocks.3.attn.qkv.weight",  # DeepSeek-VL2's tower
+    "projector.layers.0.weight",
+    "model.audio_tower.conformer.layers.3.ffw_layer_start.ffw_layer_1.weight",  # Gemma 3n
+    "model.embed_audio.embedding.weight",
+    "model.connector.modality_projection.proj.weight",  # Idefics3
+    "mlp1.1.weight",  # InternVL's projector
+    "gen_vision_model.encoder.conv_in.weight",  # Janus
+])
+def test_encoders_beside_the_language_model_are_not_decoder_layers(name: str) -> None:
+    """Numbered blocks of another encoder are the tower's, never decoder layer N."""
+    from unimap.headers import TensorHeader
+    from unimap.inspect import classify
+
+    assert classify(TensorHeader(name, "BF16", (64, 64), 0, 8192), 4).part == "vision"
+
+
+@pytest.mark.parametrize("name", ["model.layers.3.mlp.up_proj.weight",
+                                  "language_model.model.layers.3.self_attn.q_proj.weight",
+                                  "model.language_model.layers.3.mlp.down_proj.weight",
+                                  "backbone.layers.3.mixer.in_proj.weight"])
+def test_decoder_layers_under_any_prefix_stay_layers(name: str) -> None:
+    from unimap.headers import TensorHeader
+    from unimap.inspect import classify
+
+    assert classify(TensorHeader(name, "BF16", (64, 64), 0, 8192), 4).layer == 3
+
+
 # ----------------------------------------------------------------- against mlx-lm itself
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,

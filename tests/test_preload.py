@@ -95,3 +95,33 @@ def test_the_loaded_openblas_does_not_spin_at_start(given: str | None) -> None:
                           timeout=60)
     path, timeout = done.stdout.split()
     assert path == find_openblas(Host.real()) and timeout == (given or "4")
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and find_openblas(Host.real()) and bundled_reference_blas()),
+                    reason="needs Linux, an installed OpenBLAS and MLX's bundled reference BLAS")
+@pytest.mark.parametrize(("code", "rc"), [("3", 3), ("None", 0), ("'bad input'", 1)])
+def test_a_run_with_the_openblas_ends_without_its_exit_handler(code: str, rc: int) -> None:
+    """OpenBLAS 0.3.21's exit handler can wait forever for a worker thread that missed its wake-up;
+    `unimap` ends past it (unimap.preload.leave) with the exit code, Python's exit handlers run
+    and the output flushed."""
+    env = {k: v for k, v in os.environ.items() if k not in (OFF_VARIABLE, DONE_VARIABLE, "LD_PRELOAD")}
+    script = ("import atexit, ctypes, sys; from unimap import preload\n"
+              "assert preload.load_openblas(['unimap', 'run'])\n"
+              "import mlx.core as mx; print(mx.ones(4).sum().item(), end=' ')\n"
+              "atexit.register(print, 'atexit ran', end=' ')\n"
+              f"preload.leave({code})")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == rc
+    assert done.stdout == "4.0 atexit ran "
+    assert done.stderr.strip() == ("bad input" if rc == 1 else "")
+
+
+def test_leave_without_the_openblas_is_a_plain_exit() -> None:
+    script = ("import threading, time; from unimap import preload\n"
+              "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+              "preload.leave(5)")
+    env = {k: v for k, v in os.environ.items() if k not in (DONE_VARIABLE, "LD_PRELOAD")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert (done.returncode, done.stdout) == (5, "thread done\n")  # its threads were waited for

@@ -214,6 +214,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "phi3small": {"dense_attention_every_n_layers": 2, "ff_intermediate_size": 128,
                   "gegelu_limit": 20.0, "vocab_size": 100352},
     "phixtral": {"model_dim": 64, "num_vocab": 128},
+    # its default 0.4 of a head makes rotary dims that are odd at some widths (MLX's rope refuses)
+    "phi": {"partial_rotary_factor": 0.5},
     "pixtral": {"text_config": {"model_type": "mistral"}},
     "plamo": {"n_shared_head": 2},
     "plamo2": {"hidden_size_per_head": 16, "mamba_num_heads": 8, "attention_window_size": 8,
@@ -323,6 +325,73 @@ def deep_config(family: str, factor: int = 2) -> dict[str, Any]:
     prefill attention MLX never evaluates (only its cache is needed): a deeper twin measures
     what a real model's attention layers hold."""
     return _deepen(tiny_config(family), factor)
+
+
+# Widths a family's fields name (each scaled by wide_config), and its expert counts and top-k.
+WIDTHS = frozenset({
+    "hidden_size", "intermediate_size", "head_dim", "moe_intermediate_size", "kv_lora_rank",
+    "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "n_embd",
+    "ffn_hidden_size", "expert_ffn_hidden_size", "linear_key_head_dim", "linear_value_head_dim",
+    "shared_expert_intermediate_size", "hidden_dim", "n_inner", "d_model", "dim_model_base",
+    "block_dim", "intermediate_size_mlp", "shared_intermediate_size", "swa_head_dim",
+    "swa_v_head_dim", "mamba_head_dim", "index_head_dim", "rotary_dim",
+    "moe_shared_expert_intermediate_size", "mamba_d_head", "mamba_d_ssm", "model_dim",
+    "global_head_dim", "hidden_size_per_head", "kv_channels", "block_ff_dim",
+    "dense_intermediate_size", "moe_hidden_size", "share_expert_dim", "routed_expert_hidden_size",
+    "ff_intermediate_size", "hidden_size_per_layer_input", "laurel_rank", "o_lora_rank",
+    # an SSM's state per channel: with the head dims, a state grows factor^2 as real ones do
+    "state_size", "ssm_state_size", "mamba_d_state", "time_step_rank"})
+EXPERT_COUNTS = frozenset({"num_experts", "n_routed_experts", "num_local_experts", "moe_num_experts"})
+TOP_K = frozenset({"num_experts_per_tok", "moe_topk", "moe_top_k", "num_experts_per_token",
+                   "top_k_experts"})
+# The heads of a recurrent state (linear attention, SSM scans), set apart from attention heads.
+STATE_HEADS = frozenset({"linear_num_value_heads", "linear_num_key_heads", "mamba_num_heads",
+                         "mamba_n_heads"})
+
+
+def wide_config(family: str, factor: int = 4, experts: int = 4, state_heads: int = 1) -> dict[str, Any]:
+    """`tiny_config(family)` with every width `factor` times larger (heads keep their number, so
+    head dims and SSM state sizes grow too: a state of heads x dim x dim grows factor^2),
+    `experts` times the experts and twice the experts per token (when that many are left to
+    route to). `state_heads` times the heads of a recurrent state: real models keep states
+    hundreds of times their hidden width (Qwen3-Next: 32 x 128 x 128 against 2048), where what a
+    scan holds per token, not the attention layers, sets the peak. What a family's arrays hold
+    beyond the priced ones must scale with the model as these twins show, not only fit the tiny
+    one. Families whose linear attention runs on the attention heads (Ling's, Kimi's
+    linear_attn_config) have those multiplied."""
+    config = tiny_config(family)
+    named = state_heads > 1 and _names(config, STATE_HEADS)
+    keys = STATE_HEADS if named or state_heads == 1 else STATE_HEADS | {"num_attention_heads"}
+    return _widen(config, factor, experts, state_heads, keys)
+
+
+def _names(config: dict[str, Any], keys: frozenset[str]) -> bool:
+    return any(k in keys or (isinstance(v, dict) and _names(v, keys)) for k, v in config.items())
+
+
+def _widen(config: dict[str, Any], factor: int, experts: int, heads: int = 1,
+           head_keys: frozenset[str] = STATE_HEADS, parent: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out[key] = _widen(value, factor, experts, heads, head_keys, key)
+        elif key == "num_heads" and parent == "linear_attn_config":  # Kimi's linear attention
+            out[key] = value * heads
+        elif key in ("short_factor", "long_factor"):  # longrope: one per rotary frequency
+            out[key] = [v for v in value for _ in range(factor)]
+        elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            out[key] = value
+        elif key in WIDTHS:
+            out[key] = value * factor
+        elif key in EXPERT_COUNTS:
+            out[key] = value * experts
+        elif key in head_keys and ("head_dim" in config or key in STATE_HEADS):
+            out[key] = value * heads
+        elif key in TOP_K and value > 1:  # top-1 routers (llama4) route to one expert only
+            out[key] = value * 2
+        else:
+            out[key] = value
+    return out
 
 
 def _deepen(config: dict[str, Any], factor: int) -> dict[str, Any]:

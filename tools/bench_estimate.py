@@ -72,6 +72,26 @@ for _experts in (8, 64, 128):
 MOE = ("qwen3_moe", "mixtral", *(m for m in MODELS if m.startswith("moe-")))
 FAMILY = "family:"  # a model "family:<mlx-lm module>": tests/tiny_families.py's tiny config
 DEEP = "family8:"  # the same with 8 layers (deep_config): a hybrid's attention not only last
+# the same 4 times as wide with 4 times the experts, twice the top-k (wide_config: the shape
+# tools/calibrate_families.py fits to besides the tiny one), and a shape neither fit saw (twice as
+# wide, twice the experts and top-k)
+WIDE, HELD_OUT = "familyx4:", "familyx2:"
+WIDENED = {WIDE: (4, 4), HELD_OUT: (2, 2)}
+# Real widths: a published config (tools/published_configs.json) cut to a few layers (per-layer
+# lists cut alike), a 1024-token vocabulary and at most 16 experts, so a 2-core CPU with 24 GiB
+# runs it in float32; what the tiny twins' calibration must extrapolate to (a state of
+# 128 heads x 64 x 128, not 8 x 16 x 16).
+PUBLISHED = "published:"
+PUBLISHED_CUTS: dict[str, dict[str, Any]] = {
+    "mamba2": {"num_hidden_layers": 2},  # Codestral Mamba 7B: 128 heads x 64 x state 128
+    "qwen3_next": {"num_hidden_layers": 4, "num_experts": 16},  # 3 linear layers, 1 full
+    "nemotron_h": {"num_hidden_layers": 2, "hybrid_override_pattern": "M*"},  # 56B: state 256
+    "gemma2": {"num_hidden_layers": 2},  # 9B
+    # 20B, top-4; its experts in bf16, as mlx-community's bf16 conversions hold them
+    "gpt_oss": {"num_hidden_layers": 2, "num_local_experts": 16, "quantization_config": None},
+    "deepseek_v2": {"num_hidden_layers": 3, "n_routed_experts": 16},  # Lite: MLA, 1 dense layer
+    "olmoe": {"num_hidden_layers": 2, "num_experts": 16},  # top-8
+}
 # vision-language models (tests/tiny_vlms.py: mlx-vlm's classes) with towers wide enough that the
 # encoder, not the tiny text model, sets the peak at the larger images
 VISION: dict[str, dict[str, Any]] = {
@@ -115,6 +135,7 @@ def matrix() -> list[Case]:
     for model in (m for m in MODELS if m.startswith("moe-")):
         cases.append(Case(model, "f32", 1024, 1))
     cases += family_cases()
+    cases += published_cases()
     for weights in ("bf16", "f32", "q4", "q8", "isq4", "isq8"):
         for kv in (None, 8, 4):
             cases.append(Case("llama", weights, 1024, 2, kv))
@@ -143,11 +164,27 @@ QUICK = [Case("llama", "bf16", 256, 2), Case("qwen3", "q4", 512, 1, 8),
 
 
 def family_cases() -> list[Case]:
-    """Every buildable mlx-lm family (tests/tiny_families.py) at a short and a long prompt."""
+    """Every buildable mlx-lm family (tests/tiny_families.py) at a short and a long prompt: its
+    tiny twin, 8 layers deep, 4 times as wide and twice as wide."""
     from tiny_families import UNBUILDABLE, families
 
     return [Case(f"{prefix}{f}", "f32", seq, 1) for f in families() if f not in UNBUILDABLE
-            for seq in (256, 2048) for prefix in (FAMILY, DEEP)]
+            for seq in (256, 2048) for prefix in (FAMILY, DEEP, WIDE, HELD_OUT)]
+
+
+def published_twin(family: str) -> dict[str, Any]:
+    """`family`'s published config with PUBLISHED_CUTS applied and a 1024-token vocabulary."""
+    entry = json.loads((ROOT / "tools" / "published_configs.json").read_text())[family]
+
+    config, cuts = entry["config"], PUBLISHED_CUTS[family]
+    layers, kept = config["num_hidden_layers"], cuts["num_hidden_layers"]
+    out = {k: v[:kept] if isinstance(v, list) and len(v) == layers else v for k, v in config.items()}
+    return {k: v for k, v in {**out, **cuts, "vocab_size": 1024}.items() if v is not None}
+
+
+def published_cases() -> list[Case]:
+    """The published twins at a short and a long prompt."""
+    return [Case(f"{PUBLISHED}{f}", "f32", seq, 1) for f in PUBLISHED_CUTS for seq in (256, 2048)]
 
 
 def available(cases: list[Case]) -> list[Case]:
@@ -185,6 +222,16 @@ def checkpoint(work: Path, model: str, weights: str) -> Path:
         from tiny_families import deep_config
 
         return write_random_model(work / model.replace(":", "-"), deep_config(model[len(DEEP):]))
+    prefix = model.split(":")[0] + ":"
+    if prefix == PUBLISHED:
+        return write_random_model(work / model.replace(":", "-"), published_twin(model[len(prefix):]),
+                                  dtype="float32")
+    if prefix in WIDENED:
+        from tiny_families import wide_config
+
+        factor, experts = WIDENED[prefix]
+        config = wide_config(model[len(prefix):], factor, experts)
+        return write_random_model(work / model.replace(":", "-"), config)
     if stored == "f32":
         return write_random_model(folder, MODELS[model], dtype="float32")
     bits = None if stored == "bf16" else int(stored[1:])  # q4, q8: MLX-quantized bf16 weights
@@ -442,8 +489,9 @@ def draw(results: list[dict[str, Any]], out: Path) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(child(Case(**json.loads(sys.argv[2])), Path(sys.argv[3]))))
-        return
+        print(json.dumps(child(Case(**json.loads(sys.argv[2])), Path(sys.argv[3]))), flush=True)
+        # past the preloaded OpenBLAS's exit handler, which can wait forever (unimap.preload.leave)
+        os._exit(0)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the small subset the tests run")
     parser.add_argument("--only", default="", help="cases whose name contains this (or any of a "

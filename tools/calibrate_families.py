@@ -1,18 +1,20 @@
-"""Measure every mlx-lm family the activation coefficients were not fitted on, on a tiny twin.
+"""Measure every mlx-lm family the activation coefficients were not fitted on, on tiny twins.
 
 Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...]
 
 For each family of tests/tiny_families.py whose module has no measured coefficients in
 unimap/calibration.py, a tiny random checkpoint is built through mlx-lm's own Model class,
-loaded through unimap (all on one device) and run on prompts of 160 and 600 tokens (batch 1 and 2,
-prefill chunks of 128, so several chunks follow cached tokens) and of 300, 1000 and 2049 tokens in
-one chunk each (mlx-lm's default chunk is 2048), each plus 4 decoded tokens.
+loaded through unimap (all on one device) and run on prompts of 8 to 64 tokens, of 160 and 600
+tokens (batch 1 and 2, prefill chunks of 128, so several chunks follow cached tokens) and of 252
+to 2049 tokens in one chunk each (mlx-lm's default chunk is 2048), each plus 4 decoded tokens.
+The same runs go through an 8-layer twin of families with recurrent state, and five of them
+through a twin 4 times as wide (4 times the experts, twice the top-k).
 The chunk arrays the estimate prices with the largest coefficients of every measured family
 are compared with what the run needed (measured peak minus everything else the plan counts).
-What is missing, per token of the chunk and per unit of hidden width (so it grows with the model
-as the widths do: SSM scans have one (step x step) block per head, heads grow with the width),
-becomes that family's extra coefficient: the largest over the runs, when above 0. --write
-regenerates unimap/family_calibration.py with the machine and versions.
+What is missing, per token of the chunk, is fitted in units that grow with the model as those
+arrays do (unimap.estimate.extra_units): the least extra that covers every run of every twin
+becomes that family's extra. --write regenerates unimap/family_calibration.py with the machine
+and versions (with --only, the other families keep what they had).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 # are all the plan's tokens
 RUNS = ((8, 1, 2048), (24, 1, 2048), (64, 1, 2048), (160, 1, 128), (600, 2, 128),
         (252, 1, 2048), (300, 1, 2048), (1000, 1, 2048), (2049, 1, 2048))
+# on the wide twin (slower: a mamba scan at 4 times the width takes a minute a run): a few
+# tokens, a part of a scan block, several chunks in a batch, and a whole chunk
+WIDE_RUNS = ((8, 1, 2048), (64, 1, 2048), (252, 1, 2048), (600, 2, 128), (2049, 1, 2048))
 DECODE = 4
 OUT = ROOT / "unimap" / "family_calibration.py"
 
@@ -57,11 +62,15 @@ def measure(family: str, work: Path, deep: bool = True) -> tuple[str, list[tuple
     machine = stand_in_machine()
     path = write_random_model(work / family, tiny_config(family))
     spec = unimap.inspect(path)
-    twins = [path]
+    twins = [(path, RUNS)]
     if deep and has_state(spec.arch):  # and 8 layers: a hybrid's attention is not only its last
-        twins += [p for p in [deeper(family, work)] if p is not None]
-    runs: list[tuple[int, int, float]] = []  # (chunk tokens, keys, missing bytes per chunk token)
-    for path, (tokens, batch, step) in ((p, r) for p in twins for r in RUNS):
+        twins += [(p, RUNS) for p in [deeper(family, work)] if p is not None]
+    twins += [(p, WIDE_RUNS) for p in [wider(family, work)] if p is not None]
+    if has_state(spec.arch):  # and one whose state outweighs its hidden width as real ones do
+        twins += [(p, WIDE_RUNS) for p in [wider(family, work, STATE_HEADS)] if p is not None]
+    # (the twin's architecture, chunk tokens, keys, missing bytes per chunk token)
+    runs: list[tuple[Any, int, int, float]] = []
+    for path, (tokens, batch, step) in ((p, r) for p, some in twins for r in some):
         spec = unimap.inspect(path)
         options = Options(max_seq_len=tokens + DECODE, max_batch_size=batch, prefill_step_tokens=step)
         plan = make_plan(spec, machine, options, parse_device_map("auto"))
@@ -72,10 +81,10 @@ def measure(family: str, work: Path, deep: bool = True) -> tuple[str, list[tuple
         run(model, make_cache(model), tokens, batch, step)
         missing = mx.get_peak_memory() - plan.peak_bytes
         chunk = min(step, tokens - 1)
-        runs.append((chunk, tokens + DECODE, missing / (batch * chunk)))
+        runs.append((spec.arch, chunk, tokens + DECODE, missing / (batch * chunk)))
         model._unimap.wired.release()
         del model
-    return fit(spec.arch, runs)
+    return fit(runs)
 
 
 def has_state(arch: Any) -> bool:
@@ -97,61 +106,107 @@ def deeper(family: str, work: Path) -> Path | None:
         return None
 
 
-def fit(arch: Any, runs: list[tuple[int, int, float]]) -> tuple[str, list[tuple[float, ...]]]:
+STATE_HEADS = 4  # the state-heavy twin's state heads, times the tiny twin's
+
+
+def wider(family: str, work: Path, state_heads: int = 1) -> Path | None:
+    """The family's twin 4 times as wide, with 4 times the experts and twice the experts per
+    token (tests/tiny_families.py wide_config), or None when mlx-lm cannot build it (or, with
+    `state_heads`, when the family names no state heads to multiply). A fit to the tiny twin
+    alone can put what grows with the widths on a unit that does not (a linear-attention state
+    grows as its head dim squared): fitted to both, the extra holds at other widths. With 4 times
+    the state heads too, the state outweighs the hidden width as in real models (Qwen3-Next's
+    is 256 times it): what a scan keeps per token then sets the peak, as it does there (mlx-lm's
+    gated-delta and Mamba-1 scans keep about one state per token of the chunk), where in smaller
+    twins the attention layer's scores hide it."""
+    from tiny_families import wide_config
+    from tiny_models import write_random_model
+
+    import unimap
+
+    config = wide_config(family, state_heads=state_heads)
+    if state_heads > 1 and config == wide_config(family):
+        return None
+    try:
+        path = write_random_model(work / f"{family}-wide{state_heads}", config)
+        unimap.inspect(path)
+        return path
+    except Exception:  # noqa: BLE001 - a config whose fields do not scale together
+        return None
+
+
+def fit(runs: list[tuple[Any, int, int, float]]) -> tuple[str, list[tuple[float, ...]]]:
     """The least extras that cover every run: per chunk token, coefficients times the family's
-    units (unimap.estimate.extra_units at that run's chunk and keys) x 4 bytes, each at least
-    what the run missed, with the least total over-prediction. Two fits: one with every
+    units (unimap.estimate.extra_units of that run's twin at its chunk and keys) x 4 bytes, each
+    at least what the run missed, with the least total over-prediction. Two fits: one with every
     coefficient >= 0 (right for short prompts), one whose per-width part is free (the largest
     coefficients may over-cover what does not grow with the keys while what does still needs
-    its slope: right for long ones); the estimate takes the larger, and never less than nothing.
-    Each is a small linear program: its optimum is at a vertex, and there are few."""
+    its slope: right for long ones; "hidden" basis only); the estimate takes the larger, and
+    never less than nothing. Each is a small linear program: its optimum is at a vertex."""
     from unimap.estimate import extra_units
 
-    kind = basis(arch)
+    kind = basis(runs[0][0])
     rows = [([4 * u for u in extra_units(arch, kind, chunk, keys)], missing)
-            for chunk, keys, missing in runs]
+            for arch, chunk, keys, missing in runs]
     if all(m <= 0 for _, m in rows):
         return kind, []
-    free = FREE_PART[kind]
     positive = least_cover(rows, frozenset())
+    free = FREE_PART.get(kind)
+    if free is None:
+        return kind, [positive]
     loose = least_cover(rows, frozenset({free}))
     return kind, [positive] if loose == positive else [positive, loose]
 
 
-FREE_PART = {"hidden": 0, "scan": 1}  # the coefficient the second fit lets go below zero
+# The coefficient the second fit lets go below zero. Not for "scan": its units (state per block
+# token, hidden width) grow alike from one twin to the other but apart at real sizes (a real
+# state is hundreds of times the twins' per unit of width), where a negative part on one and a
+# large one on the other would extrapolate to gigabytes.
+FREE_PART = {"hidden": 0}
 
 
 def least_cover(rows: list[tuple[list[float], float]], free: frozenset[int]) -> tuple[float, ...]:
     """min sum_i (c . u_i - m_i) subject to c . u_i >= m_i for every row and c_j >= 0 unless j is
-    in `free`: every vertex (n tight constraints among the rows and the c_j = 0) is tried."""
+    in `free`: every vertex (n tight constraints among the rows and the c_j = 0) is tried, all
+    at once as stacked n x n systems."""
     import itertools
 
     import numpy as np
 
     n = len(rows[0][0])
-    tight = [(np.array(u), m) for u, m in rows] + [
-        (np.eye(n)[j], 0.0) for j in range(n) if j not in free]
+    units = np.array([u for u, _ in rows], dtype=float)
+    missing = np.array([m for _, m in rows], dtype=float)
+    bounds = [j for j in range(n) if j not in free]
+    a_all = np.vstack([units, np.eye(n)[bounds]])
+    b_all = np.concatenate([missing, np.zeros(len(bounds))])
+    norms = np.linalg.norm(a_all, axis=1, keepdims=True)  # unit rows: one singularity test
+    a_all, b_all = a_all / np.maximum(norms, 1e-300), b_all / np.maximum(norms[:, 0], 1e-300)
     best: tuple[float, tuple[float, ...]] | None = None
-    for chosen in itertools.combinations(tight, n):
-        a = np.array([u for u, _ in chosen])
-        if abs(np.linalg.det(a)) < 1e-12 * max(1.0, float(np.abs(a).max()) ** n):
+    combos = itertools.combinations(range(len(a_all)), n)
+    while len(batch := np.array(list(itertools.islice(combos, 100_000)), dtype=int)):
+        a, b = a_all[batch], b_all[batch]
+        ok = np.abs(np.linalg.det(a)) >= 1e-10
+        if not ok.any():
             continue
-        c = np.linalg.solve(a, np.array([m for _, m in chosen]))
-        if any(c[j] < -1e-12 for j in range(n) if j not in free):
+        c = np.linalg.solve(a[ok], b[ok][..., None])[..., 0]
+        ok = np.all(c[:, bounds] >= -1e-12, axis=1) if bounds else np.ones(len(c), dtype=bool)
+        covered = c @ units.T
+        ok &= np.all(covered >= missing - 1e-9 * np.abs(missing) - 1e-6, axis=1)
+        if not ok.any():
             continue
-        if any(float(np.dot(c, u)) < m - 1e-9 * abs(m) - 1e-6 for u, m in rows):
-            continue
-        total = sum(float(np.dot(c, u)) - m for u, m in rows)
-        if best is None or total < best[0]:
-            best = (total, tuple(float(x) for x in c))
+        total = (covered - missing).sum(axis=1)
+        i = int(np.argmin(np.where(ok, total, np.inf)))
+        if best is None or total[i] < best[0]:
+            best = (float(total[i]), tuple(float(x) for x in c[i]))
     if best is None:
         raise ValueError("no extra covers every run")
     return best[1]
 
 
 def basis(arch: Any) -> str:
-    """Families with a (heads, dim, dim) recurrent state scale with its heads (SSM scans)."""
-    return "scan" if arch.state_heads else "hidden"
+    """Families whose layers keep a recurrent state (SSM, linear attention, convolution) are
+    priced in units of that state; the others in hidden width and score units."""
+    return "scan" if arch.state_elements else "hidden"
 
 
 def run(model: Any, cache: list[Any], tokens: int, batch: int, step: int) -> None:
@@ -196,9 +251,11 @@ mlx-lm {mlx_lm.__version__}, MLX's CPU backend. Do not edit by hand: rerun the t
 A family listed here needed more than the largest measured coefficients price for its chunk
 arrays. Each fit is a tuple of coefficients for the units of its basis (unimap.estimate.extra_units,
 per chunk token, times 4 bytes): "hidden" (hidden width; heads x keys) or "scan" (families with a
-(heads, dim, dim) state: state heads x block^2 / chunk, state heads x 256, heads x keys). The
-estimate adds the largest fit when it is positive (a negative part: what does not grow with the
-keys is over-covered already); families not listed needed no more.
+recurrent state: state heads x block^2, the largest layer state once and per block token, each
+over the chunk; the state per token; hidden width; heads x keys). Fitted to each family's tiny
+twin and its twin 4 times as wide. The estimate adds the largest fit when it is positive (a
+negative part: what does not grow with the keys is over-covered already); families not listed
+needed no more.
 """
 
 FAMILY_EXTRA: dict[str, tuple[str, tuple[tuple[float, ...], ...]]] = {{

@@ -1,4 +1,5 @@
-"""Which of the installed mlx-lm's architectures unimap plans, and why the others are refused.
+"""Which of the installed mlx-lm's architectures and mlx-vlm's vision-language models unimap
+plans, and why the others are refused.
 
 Usage: python tools/coverage.py [--write docs/COVERAGE.md]
 
@@ -6,6 +7,8 @@ Each mlx-lm model module (tests/tiny_families.py builds a tiny config for it) is
 `unimap plan` reads a config: through mlx-lm's own Model class (unimap/structure.py), or a
 hand-written reader where one overrides it. A family plans when its structure is read (layers,
 caches, MoE routing); the table shows what was read, or the one-line reason it was refused.
+Each mlx-vlm model module is read likewise from a config shaped like a published checkpoint's
+(tests/tiny_vlm_configs.py): it plans when its language model and its vision tower are read.
 """
 
 from __future__ import annotations
@@ -37,6 +40,79 @@ def row(family: str) -> tuple[bool, str]:
     moe = f"MoE {arch.moe.num_experts} experts, top-{arch.moe.experts_per_token}" if arch.moe else ""
     how = "hand reader" if family in READERS else "mlx-lm model"
     return True, "; ".join(x for x in (how, "/".join(kinds), moe) if x)
+
+
+def vlm_row(module: str) -> tuple[bool, str]:
+    """(plans, what was read or why not) for mlx-vlm's `module`."""
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.errors import ModelError
+    from unimap.families import READERS, read_architecture
+
+    try:
+        config = vlm_config(module)
+        arch = read_architecture(config, f"{module} config")
+    except ModelError as exc:
+        return False, _brief(str(exc), f"{module} config")
+    if arch.vision is None:
+        return False, "read without a vision tower"
+    kinds = sorted({c.kind for c in arch.caches} or set(arch.layer_kinds))
+    moe = f"MoE {arch.moe.num_experts} experts, top-{arch.moe.experts_per_token}" if arch.moe else ""
+    how = "hand reader" if config["model_type"] in READERS else "mlx-lm model"
+    v = arch.vision
+    tokens = (f"{v.tokens_per_image} tokens/image" if v.tokens_per_image
+              else f"dynamic resolution, {v.merge_size}x{v.merge_size} patches/token")
+    tower = f"vision {v.num_layers} layers x {v.hidden_size}, {tokens}"
+    return True, "; ".join(x for x in (how, "/".join(kinds), moe, tower) if x)
+
+
+# advice that ModelError messages end with: a table row keeps the reason
+ADVICE = (" (upgrade mlx-lm, or check the config)", "; unimap plans it when mlx-lm has a model for it")
+
+
+def _brief(reason: str, where: str) -> str:
+    """A ModelError's reason without the config's name and the closing advice."""
+    for text in (*ADVICE, f"{where}: "):
+        reason = reason.replace(text, "")
+    return reason.removeprefix(where).lstrip(": ")
+
+
+def vlm_table(planned_families: set[str]) -> list[str]:
+    """The mlx-vlm table's Markdown lines, with its summary; `planned_families`: the mlx-lm
+    modules that plan (the first table)."""
+    import mlx_vlm
+    from tiny_vlm_configs import language_model, vlm_modules
+
+    modules, failed = vlm_modules()
+    rows = []
+    for module in modules:
+        text_type, family = language_model(module)
+        ok, what = vlm_row(module)
+        if family is None:  # the reason says which type mlx-lm lacks
+            what = f"not an mlx-lm language model: {what}"
+        lm = " ".join(x for x in (text_type, f"(mlx-lm {family})" if family else "") if x) or "none named"
+        rows.append((module, lm, ok, what, family in planned_families))
+    planned = sum(ok for *_, ok, _, _ in rows)
+    ours = [(m, ok, what) for m, _, ok, what, in_lm in rows if in_lm]
+    missed = [f"{m} ({what})" for m, ok, what in ours if not ok]
+    verdict = ("every one of them plans" if not missed
+               else f"{len(ours) - len(missed)} of them plan; not: " + "; ".join(missed))
+    lines = [f"## mlx-vlm {mlx_vlm.__version__} vision-language models", "",
+             f"{planned} of {len(rows)} vision-language model modules (the packages of "
+             "`mlx_vlm.models` with a VisionConfig) plan. "
+             f"{len(ours)} have a language model that is a planned mlx-lm family (the table "
+             f"above): {verdict}. Each is read from a config shaped like a published checkpoint's "
+             "(`tests/tiny_vlm_configs.py`: the language model tiny, under the key checkpoints "
+             "use; the vision tower with mlx-vlm's VisionConfig defaults): the language model "
+             "through mlx-lm (the module for the VLM's own type, else for its language model's "
+             "type), the vision tower from its config's common fields. "
+             "`tests/test_vlm_coverage.py` checks each row whose language model plans."]
+    if failed:
+        lines += ["", "Not imported here: " + "; ".join(f"{m} ({why})" for m, why in failed.items())]
+    lines += ["", "| module | language model (type) | plans | read / reason |", "|---|---|---|---|"]
+    lines += [f"| {m} | {lm} | {'yes' if ok else 'no'} | {what.replace('|', '/')} |"
+              for m, lm, ok, what, _ in rows]
+    return lines
 
 
 def unimportable() -> list[str]:
@@ -75,6 +151,7 @@ def main() -> None:
              "plain mlx-lm, whole and split, peak within the plan).",
              "", "| module | plans | read / reason |", "|---|---|---|"]
     lines += [f"| {f} | {'yes' if ok else 'no'} | {what.replace('|', '/')} |" for f, ok, what in rows]
+    lines += ["", *vlm_table({f for f, ok, _ in rows if ok})]
     text = "\n".join(lines) + "\n"
     if args.write:
         args.write.write_text(text)

@@ -1222,7 +1222,10 @@ def _messages(first: str | None, console: LazyConsole) -> Any:
 
 
 def main() -> None:
-    from unimap.preload import load_openblas
+    from unimap.preload import leave, load_openblas
 
     load_openblas(sys.argv)  # `unimap run` on Linux: the fastest CPU BLAS, before MLX loads
-    cli(prog_name="unimap")
+    try:
+        cli(prog_name="unimap")  # standalone: it ends by raising SystemExit
+    except SystemExit as done:
+        leave(done.code)  # without OpenBLAS's exit handler, which can hang (unimap.preload)

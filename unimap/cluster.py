@@ -545,13 +545,12 @@ def shard_support(model_type: str) -> str | None:
     Read from mlx-lm's source (its remapping of model types, then the module), so planning
     imports neither mlx nor mlx-lm; the run checks the loaded model again."""
     import ast
-    import importlib.util
 
-    spec = importlib.util.find_spec("mlx_lm")
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    if not folders:
+    from unimap.structure import mlx_lm_folder, model_source
+
+    root = mlx_lm_folder()
+    if root is None:
         return "mlx-lm is not installed"
-    root = Path(folders[0])
     remapped = model_type
     try:
         for node in ast.parse((root / "utils.py").read_text()).body:
@@ -560,9 +559,8 @@ def shard_support(model_type: str) -> str | None:
                 remapped = ast.literal_eval(node.value).get(model_type, model_type)
     except (OSError, SyntaxError, ValueError):
         pass
-    try:
-        source = (root / "models" / f"{remapped}.py").read_text()
-    except OSError:
+    source = model_source(remapped)
+    if source is None:
         return f"mlx-lm has no model module for {model_type!r}"
     if "def shard(" not in source:
         return f"mlx-lm's {remapped} model has no shard() (tensor parallelism)"

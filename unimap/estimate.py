@@ -13,6 +13,8 @@ mx.get_peak_memory(). No I/O and no mlx here.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -464,7 +466,10 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
     coefficients measured by tools/calibrate_activations.py (unimap/calibration.py), scaled by
     what the CUDA backend measured on top of them, or what published Metal peaks need."""
     b = options.max_batch_size
-    arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits, chunk, tokens)
+    # on Metal, mlx-lm runs gated-delta and RWKV-7 scans as fused kernels that keep their state
+    # in registers: none of the states per token its op-by-op scan (CPU, CUDA) holds
+    fused = kernel == "metal" and metal_fused_scan(arch.family)
+    arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits, chunk, tokens, fused)
     if kernel == "cuda":
         arrays = int(arrays * cuda_arrays_factor(arch.family))
     elif kernel == "metal":
@@ -475,7 +480,7 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
         # two steps in flight (mlx-lm evaluates the next while the last is read): logits plus
         # their float32 logsumexp and logprobs, each over the vocabulary
         "decode/logits": 2 * b * arch.vocab_size * (d + 4 + 4),
-        "decode/arrays": chunk_array_bytes(arch, b, d, quantized, options.kv_bits),
+        "decode/arrays": chunk_array_bytes(arch, b, d, quantized, options.kv_bits, fused=fused),
     }
 
 
@@ -534,7 +539,8 @@ def metal_kind(arch: Architecture) -> str:
 
 
 def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool = False,
-                      kv_bits: int | None = None, chunk: int = 1, keys: int = 1) -> int:
+                      kv_bits: int | None = None, chunk: int = 1, keys: int = 1,
+                      fused: bool = False) -> int:
     """Every other array a chunk of `tokens` (batch x length) makes in a decoder layer, from the
     measured coefficients for the family and dtype (the largest of all families when the family
     was not measured), plus what quantized weights and a quantized cache add."""
@@ -543,7 +549,7 @@ def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool =
     q_width = arch.num_heads * arch.head_dim
     per_token = (a * arch.hidden_size * 4 + b * q_width * d + c * arch.num_kv_heads * arch.head_dim * d
                  + e * _mlp_width(arch) * d + moe_routed_bytes(arch, d))
-    per_token += family_extra_bytes(arch, chunk, keys)
+    per_token += family_extra_bytes(arch, chunk, keys, fused)
     if quantized:
         per_token += qw * arch.hidden_size * 4
     if kv_bits is not None:
@@ -573,9 +579,27 @@ def _measured_or_largest(table: Mapping[tuple[str, str], tuple[float, ...]], fam
 
 
 SCAN_STEP_TOKENS = 256  # mlx-lm's SSM scan (ssm_attn) works in blocks of this many tokens
+SCAN_STATE_UNITS = (2, 3)  # extra_units' "scan" parts for states per block token and per token
+# What marks a Metal scan kernel in prefill: mlx-lm's gated delta (in the module or one it
+# imports from), or a kernel of the module's own (RWKV-7). ssm.py's kernel serves decode steps
+# only: its prefill scan runs op by op on Metal too.
+FUSED_SCAN_MARK, OWN_KERNEL_MARK = "gated_delta", "metal_kernel"
 
 
-def family_extra_bytes(arch: Architecture, chunk: int, keys: int) -> float:
+@functools.cache
+def metal_fused_scan(module: str) -> bool:
+    """Whether mlx-lm's `module` runs its recurrent scan as a fused Metal kernel, read from its
+    source and that of the sibling modules it imports from, so planning for a Mac imports
+    neither MLX nor mlx-lm."""
+    from unimap.structure import model_source
+
+    source = model_source(module) or ""
+    siblings = re.findall(r"^from \.(?: import )?(\w+)", source, re.MULTILINE)
+    return OWN_KERNEL_MARK in source or any(
+        FUSED_SCAN_MARK in text for text in (source, *(model_source(m) or "" for m in siblings)))
+
+
+def family_extra_bytes(arch: Architecture, chunk: int, keys: int, fused: bool = False) -> float:
     """Per chunk token, what a tiny twin of a family without measured coefficients needed beyond
     them (unimap/family_calibration.py), in units that grow with the model as those arrays do
     (extra_units): per unit of hidden width, or, for families with a (heads, dim, dim) recurrent
@@ -586,6 +610,8 @@ def family_extra_bytes(arch: Architecture, chunk: int, keys: int) -> float:
         return 0.0
     basis, fits = found
     units = extra_units(arch, basis, chunk, keys)
+    if fused and basis == "scan":  # a fused scan kernel: no states per block or per token
+        units = tuple(0.0 if i in SCAN_STATE_UNITS else u for i, u in enumerate(units))
     # a fit's part may be negative (the largest coefficients over-cover what does not grow with
     # the keys, whose part still grows): the largest fit counts, and is never taken off
     return max(0.0, *(sum(c * u for c, u in zip(fit, units, strict=True)) * 4 for fit in fits))
@@ -594,16 +620,20 @@ def family_extra_bytes(arch: Architecture, chunk: int, keys: int) -> float:
 def extra_units(arch: Architecture, basis: str, chunk: int, keys: int) -> tuple[float, ...]:
     """The units a family's extra is counted in, per chunk token:
     - "hidden": the hidden width, and heads x keys;
-    - "scan" (a (heads, dim, dim) state, as SSM and linear-attention layers keep): mlx-lm's scan
-      runs in blocks of SCAN_STEP_TOKENS and keeps (block x block) arrays per state head for one
-      block at a time, so state heads x block^2 per chunk (block = the chunk, at most a step),
-      spread over the chunk's tokens; state heads x a step for what grows with the chunk; and
-      heads x keys."""
+    - "scan" (layers with a fixed-size state: SSM and linear-attention scans): mlx-lm's SSD and
+      chunked scans run in blocks of SCAN_STEP_TOKENS, one block's arrays alive at a time (block =
+      the chunk, at most a step); its per-token scans (Mamba-1, the ops path of gated delta) keep
+      state-sized arrays for every token. Per chunk token: state heads x block^2 (a block's decay
+      and score squares) and the largest layer state once and once per block token (a block
+      that follows a state broadcasts it over its tokens), each spread over the chunk; the state
+      per token; the hidden width, for what grows with the chunk; and heads x keys."""
     scores = float(arch.num_heads * keys)
     if basis == "scan":
-        block = min(max(chunk, 1), SCAN_STEP_TOKENS)
-        heads = arch.state_heads
-        return heads * block * block / max(chunk, 1), float(heads * SCAN_STEP_TOKENS), scores
+        chunk = max(chunk, 1)
+        block = min(chunk, SCAN_STEP_TOKENS)
+        state = arch.state_elements
+        return (arch.state_heads * block * block / chunk, state / chunk, state * block / chunk,
+                float(state), float(arch.hidden_size), scores)
     return float(arch.hidden_size), scores
 
 

@@ -93,6 +93,11 @@ class Architecture:
         """The most heads any layer's recurrent state has (0 without one)."""
         return max((c.state_heads for c in self.caches), default=0)
 
+    @property
+    def state_elements(self) -> int:
+        """The most elements any layer's fixed-size state holds per batch row (0 without one)."""
+        return max((c.state_elements for c in self.caches), default=0)
+
 
 def _need(cfg: Mapping[str, Any], key: str, where: str, kind: type = int) -> Any:
     if key not in cfg or cfg[key] is None:
@@ -232,8 +237,14 @@ def _qwen2_vl(cfg: Mapping[str, Any], model_type: str, where: str) -> Architectu
     vw = f"{where} vision_config"
     hidden = _opt(v, "hidden_size", vw, None) if model_type == "qwen2_5_vl" else None
     hidden = hidden or _need(v, "embed_dim", vw)
+    inter = _opt(v, "intermediate_size", vw, None)
+    if inter is None:  # the MLP as a ratio of the width (4, or 4.0 as mlx-vlm's default writes it)
+        ratio = v.get("mlp_ratio", 4)
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1e6:
+            raise ModelError(f"{vw}: 'mlp_ratio' should be a positive number, not {ratio!r}")
+        inter = int(hidden * ratio)
     vision = Vision(kind="qwen2_vl", num_layers=_need(v, "depth", vw), hidden_size=hidden,
-                    intermediate_size=_opt(v, "intermediate_size", vw, hidden * _opt(v, "mlp_ratio", vw, 4)),
+                    intermediate_size=inter,
                     num_heads=_need(v, "num_heads", vw), patch_size=_opt(v, "patch_size", vw, 14),
                     merge_size=_opt(v, "spatial_merge_size", vw, 2), image_size=None,
                     tokens_per_image=None, temporal_patch_size=_opt(v, "temporal_patch_size", vw, 2))
@@ -311,19 +322,25 @@ def read_architecture(cfg: Mapping[str, Any], where: str) -> Architecture:
 
 def _vision_language(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
     """A vision-language config without a hand reader: the language model from mlx-lm (its module
-    for this model_type builds the language model alone, or the module of text_config's type),
-    the vision tower sized from vision_config's common fields."""
+    for this model_type builds the language model alone, or the module of the type text_config,
+    llm_config or language_config names), the vision tower sized from vision_config's common
+    fields."""
     from unimap.structure import read_structure
 
     try:
         structure = read_structure(dict(cfg), where)
     except ModelError as whole:
-        text = cfg.get("text_config")
+        # the language model's own config: text_config, or where InternVL and Nemotron-H VL
+        # (llm_config) and DeepSeek-VL2 (language_config) checkpoints keep it
+        key = next((k for k in ("text_config", "llm_config", "language_config")
+                    if isinstance(cfg.get(k), dict) and "model_type" in cfg[k]), "text_config")
+        text = cfg.get(key)
         if not isinstance(text, dict) or not isinstance(text.get("model_type"), str):
             raise ModelError(f"{where}: {model_type!r} is a vision-language model whose language "
-                             f"model mlx-lm cannot build ({whole}); unimap plans it when mlx-lm "
-                             "has a model for it") from None
-        structure = read_structure(dict(text), f"{where} text_config")
+                             f"model mlx-lm cannot build ({whole}), and no text_config, llm_config "
+                             "or language_config names its model_type; unimap plans it when "
+                             "mlx-lm has a model for it") from None
+        structure = read_structure(dict(text), f"{where} {key}")
     arch = from_structure(structure, cfg, model_type)
     return _with(arch, vision=_any_vision(cfg, where))
 
@@ -348,23 +365,30 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
     spatial_merge_size); tokens per image from the config, else one per (merged) patch."""
     v = cfg["vision_config"]
     vw = f"{where} vision_config"
-    hidden = _first_of(v, ("hidden_size", "embed_dim", "width", "d_model", "hidden_dim"), vw)
+    # "vt_*": Kimi's MoonViT-3D names its tower's sizes with a prefix
+    hidden = _first_of(v, ("hidden_size", "embed_dim", "width", "d_model", "hidden_dim",
+                           "vt_hidden_size"), vw)
     ratio = v.get("mlp_ratio") if isinstance(v.get("mlp_ratio"), int | float) else 4
-    inter = _first_of(v, ("intermediate_size", "mlp_dim", "ffn_dim"), vw, int(hidden * ratio))
+    inter = _first_of(v, ("intermediate_size", "mlp_dim", "ffn_dim", "vt_intermediate_size"), vw,
+                      int(hidden * ratio))
     patch = _first_of(v, ("patch_size",), vw, 14)
     size = _first_of(v, ("image_size",), vw, 0)
     if patch == 0:
         raise ModelError(f"{vw}: 'patch_size' must be positive")
-    merge = _first_of(v, ("spatial_merge_size", "merge_size"), vw, 1) or 1
+    # patches merged (or pooled, Gemma 4) per side into one language-model token
+    merge = _first_of(v, ("spatial_merge_size", "merge_size", "merge_kernel_size",
+                          "pooling_kernel_size"), vw, 1) or 1
     tokens = _first_of(cfg, ("mm_tokens_per_image", "image_seq_length", "num_image_tokens"), where, 0)
     fixed = size > 0
     shuffle = v.get("pixel_shuffle_ratio", cfg.get("downsample_ratio"))  # Llama 4, InternVL
     if not tokens and fixed and isinstance(shuffle, int | float) and 0 < shuffle < 1:
         tokens = max(1, int((size // patch) ** 2 * shuffle * shuffle))
     return Vision(kind="fixed" if fixed else "qwen2_vl",
-                  num_layers=_first_of(v, ("num_hidden_layers", "depth", "num_layers", "layers"), vw),
+                  num_layers=_first_of(v, ("num_hidden_layers", "depth", "num_layers", "layers",
+                                           "vt_num_hidden_layers"), vw),
                   hidden_size=hidden, intermediate_size=inter,
-                  num_heads=_first_of(v, ("num_attention_heads", "num_heads", "heads", "n_heads"), vw),
+                  num_heads=_first_of(v, ("num_attention_heads", "num_heads", "heads", "n_heads",
+                                          "vt_num_attention_heads"), vw),
                   patch_size=patch, merge_size=merge, image_size=size if fixed else None,
                   tokens_per_image=(tokens or (size // patch) ** 2 // (merge * merge)) if fixed else None,
                   temporal_patch_size=_first_of(v, ("temporal_patch_size",), vw, 1), tiled=fixed)

@@ -29,6 +29,13 @@ INDEX_FILE = "model.safetensors.index.json"
 _VISION = re.compile(r"(?:^|\.)(vision_tower|visual|vision_model|vision_encoder|multi_modal_projector|"
                      r"mm_projector|image_newline)(?:\.|$)")
 _VISION_HINT = re.compile(r"vis|multi_modal|mm_proj|image_newline")
+# Other encoders and projectors mlx-vlm's checkpoints keep beside the language model, at the top
+# (or under "model."): DeepSeek-VL2's vision.blocks.N and projector, Gemma 3n's audio_tower.
+# layers.N and embed_audio/embed_vision, Idefics3's connector, Janus's aligner and gen_*,
+# InternVL's mlp1, ... Their numbered blocks are not decoder layers; they count with the tower.
+_ENCODER_ROOT = re.compile(r"^(?:model\.)?(?:vision|vision_\w+|audio_\w+|sound_\w+|embed_audio|"
+                           r"embed_vision|connector|projector|aligner|gen_\w+|mlp1|sam_model|"
+                           r"image_proj\w*|vit_\w+|patch_merge\w*)\.", re.ASCII)
 # Decoder layers under any prefix mlx-lm's families use: model.layers.N, language_model.model.
 # layers.N, backbone.layers.N, transformer.h.N, model.blocks.N, ...
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d{1,9})(?:\.|$)", re.ASCII)
@@ -515,7 +522,7 @@ def classify(h: TensorHeader, num_layers: int, eight_bit: tuple[str, ...] = ()) 
     Linear/Embedding weights whose last dimension divides by the group size)."""
     name = h.name
     isq = _isq(h, eight_bit)
-    if _VISION_HINT.search(name) and _VISION.search(name):
+    if (_VISION_HINT.search(name) and _VISION.search(name)) or _ENCODER_ROOT.match(name):
         return Tensor(name, None, "vision", "")
     found = _LAYER.search(name)  # the first "<layers|h|blocks>.<int>." on component boundaries
     if found:

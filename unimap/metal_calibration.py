@@ -1,6 +1,6 @@
 """Metal's chunk-array factors, fitted by tools/calibrate_metal.py to published Mac peaks.
 
-Generated 2026-11-29 from docs/metal/published.json (16 calibration points), replayed with
+Generated 2026-11-30 from docs/metal/published.json (16 calibration points), replayed with
 MLX 0.32.4 and mlx-lm 0.32.2. Do not edit by hand: rerun the tool with --write.
 
 MLX's Metal backend frees an array only once the command buffer that used it has completed,
@@ -15,8 +15,8 @@ only; unimap/estimate.py metal_arrays_factor).
 METAL_ARRAYS_FACTORS: dict[str, float] = {
     "gemma4": 1.37,
     "qwen3": 2.02,
-    "qwen3_5": 2.85,
-    "qwen3_5_moe": 2.73,
+    "qwen3_5": 2.71,
+    "qwen3_5_moe": 2.58,
     "qwen3_moe": 1.28,
 }
 

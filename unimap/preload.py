@@ -11,12 +11,14 @@ imported (a library mapped into a process cannot be swapped afterwards).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from unimap.host import Host
 
@@ -107,3 +109,30 @@ def load_openblas(argv: Sequence[str]) -> str | None:
         return None
     LOADED = path
     return path
+
+
+def leave(code: object) -> NoReturn:
+    """End the process with `code` (what SystemExit carries). With an OpenBLAS loaded here, the
+    library's exit handler is skipped: at exit it signals its sleeping worker threads and joins
+    them, and the Debian 12 build (0.3.21) sometimes misses its own wake-up and waits forever, a
+    finished run hanging after its last line (seen twice in one benchmark session, with its
+    default thread timeout as with ours). Python's own exit handlers run first and the streams are
+    flushed; only when no other thread of ours is still alive (else the interpreter's normal exit
+    waits for them)."""
+    import atexit
+    import threading
+
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    rc = code if isinstance(code, int) and not isinstance(code, bool) else 0 if code is None else 1
+    alive = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    # loaded here, or by LD_PRELOAD where a parent (a launcher of ranks) set it up
+    if (LOADED is None and not os.environ.get(DONE_VARIABLE)) or alive:
+        sys.exit(rc)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        # a closed pipe or stream: nothing more can be written
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(rc & 0xFF)

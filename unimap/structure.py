@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -50,6 +51,27 @@ class Structure:
     sparse_layers: tuple[bool, ...] = ()
     layer_prefixes: tuple[str, ...] = ()  # each layer's parameter path, e.g. "model.layers.0."
     matrix_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # 2-D parameters as mlx-lm builds them
+
+
+def mlx_lm_folder() -> Path | None:
+    """The installed mlx-lm package's folder, found without importing it (or None)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlx_lm")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    return Path(folders[0]) if folders else None
+
+
+def model_source(module: str) -> str | None:
+    """The source of mlx-lm's model module `module` (mlx_lm/models/<module>.py), read without
+    importing mlx or mlx-lm; None when there is none."""
+    root = mlx_lm_folder()
+    if root is None or not re.fullmatch(r"[\w-]+", module):
+        return None
+    try:
+        return (root / "models" / f"{module}.py").read_text()
+    except OSError:
+        return None
 
 
 def model_classes(config: dict[str, Any], where: str) -> tuple[Any, Any]:

@@ -1,0 +1,98 @@
+"""Predicted against measured peak for every buildable mlx-lm family's twin, in one process.
+
+Usage: python tools/sweep_families.py [--tokens 8,252,2044] [--width 1|2|4] [--experts N]
+       [--only FAMILY,...]
+
+Each family of tests/tiny_families.py is written as a random-weight checkpoint (its tiny twin,
+or wide_config's twin `--width` times as wide with `--experts` times the experts and twice the
+top-k), planned all on one device of the stand-in machine for exactly each prompt plus 4 decoded
+tokens, loaded through unimap and run as mlx-lm's generate_step runs it (one prefill chunk of
+up to 2048 tokens). The line per family gives plan / measured peak (mx.get_peak_memory()) at
+each prompt length, "UNDER" where the plan was exceeded. Faster than tools/bench_estimate.py's
+fresh process per case, so it sweeps every family at several lengths in minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def sweep(family: str, work: Path, tokens: list[int], width: int, experts: int) -> list[float]:
+    import mlx.core as mx
+    from calibrate_families import DECODE, run
+    from tiny_families import tiny_config, wide_config
+    from tiny_models import stand_in_machine, write_random_model
+
+    import unimap
+    from unimap.device_map import parse_device_map
+    from unimap.estimate import Options
+    from unimap.generate import make_cache
+    from unimap.plan import make_plan
+
+    config = wide_config(family, width, experts) if width > 1 else tiny_config(family)
+    path = write_random_model(work / family, config)
+    spec = unimap.inspect(path)
+    ratios = []
+    for n in tokens:
+        options = Options(max_seq_len=n + DECODE, max_batch_size=1)
+        plan = make_plan(spec, stand_in_machine(), options, parse_device_map("auto"))
+        model, _, _ = unimap.load(path, planned=plan)
+        gc.collect()
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        run(model, make_cache(model), n, 1, 2048)
+        ratios.append(plan.peak_bytes / mx.get_peak_memory())
+        model._unimap.wired.release()
+        del model
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", default="8,252,2044", help="prompt lengths, comma-separated")
+    parser.add_argument("--width", type=int, default=1, help="1: the tiny twin; N: N times as wide")
+    parser.add_argument("--experts", type=int, default=None, help="times the experts (default: --width)")
+    parser.add_argument("--only", default="", help="comma-separated families")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    from tiny_families import UNBUILDABLE, families
+
+    tokens = [int(t) for t in args.tokens.split(",")]
+    chosen = args.only.split(",") if args.only else [f for f in families() if f not in UNBUILDABLE]
+    experts = args.experts or args.width
+    every: list[float] = []
+    under = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in chosen:
+            start = time.perf_counter()
+            try:
+                ratios = sweep(family, Path(tmp), tokens, args.width, experts)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+                continue
+            every += ratios
+            under += sum(r < 1 for r in ratios)
+            shown = " ".join(f"{r:.3f}" for r in ratios)
+            flag = "  UNDER" if min(ratios) < 1 else ""
+            print(f"{family:24s} {shown}{flag}  ({time.perf_counter() - start:.1f} s)", flush=True)
+    if every:
+        print(f"{len(every)} cases at {tokens} tokens, width x{args.width}, experts x{experts}: "
+              f"{under} under; median {statistics.median(every):.3f}, max {max(every):.3f}, "
+              f"min {min(every):.3f}")
+
+
+if __name__ == "__main__":
+    main()
