@@ -54,7 +54,8 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench_runtime.py
 	$(MAKE) bench-estimate
 
-# Predicted against measured peak memory over the benchmark matrix (about 30 minutes on 2 cores).
+# Predicted against measured peak memory over the benchmark matrix (about 2 hours on 2 cores,
+# most of it the family twins; `python tools/bench_estimate.py --only NAME` runs a part).
 bench-estimate: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python tools/bench_estimate.py --png docs/estimate_vs_measured.png
