@@ -8,7 +8,9 @@ working set of one prefill chunk (mlx-lm prefills in chunks of 2048 and computes
 last token only): the attention scores and masks from the shapes, every other array from
 coefficients measured per model family (unimap/calibration.py, fitted by
 tools/calibrate_activations.py); tools/bench_estimate.py checks the whole peak against
-mx.get_peak_memory(). No I/O and no mlx here.
+mx.get_peak_memory(). No mlx here, and one read only: for a Metal plan of a family with a
+recurrent state, mlx-lm's source says whether its scan is a fused kernel (metal_fused_scan, once
+per family).
 """
 
 from __future__ import annotations
@@ -468,7 +470,7 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
     b = options.max_batch_size
     # on Metal, mlx-lm runs gated-delta and RWKV-7 scans as fused kernels that keep their state
     # in registers: none of the states per token its op-by-op scan (CPU, CUDA) holds
-    fused = kernel == "metal" and metal_fused_scan(arch.family)
+    fused = kernel == "metal" and arch.state_elements > 0 and metal_fused_scan(arch.family)
     arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits, chunk, tokens, fused)
     if kernel == "cuda":
         arrays = int(arrays * cuda_arrays_factor(arch.family))
