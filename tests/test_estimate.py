@@ -259,7 +259,15 @@ def test_isq_on_quantized_checkpoint_is_refused(models: Path) -> None:
 
 def test_terms_of_families_read_from_mlx_lm(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hand-computed: a layer cache read from the model, MoE routing copies, tiny-twin extras."""
-    from unimap.estimate import FAMILY_EXTRA, family_extra_bytes, layer_cache_bytes, moe_routed_bytes
+    from unimap.estimate import (
+        FAMILY_EXTRA,
+        base_array_bytes,
+        chunk_array_bytes,
+        family_extra_bytes,
+        family_scale,
+        layer_cache_bytes,
+        moe_routed_bytes,
+    )
     from unimap.families import Architecture, LayerCache, Moe
 
     opts = Options(max_seq_len=1000, max_batch_size=2)
@@ -273,21 +281,30 @@ def test_terms_of_families_read_from_mlx_lm(monkeypatch: pytest.MonkeyPatch) -> 
                      quantizable=False, state_float32=True, state_heads=8)
     assert layer_cache_bytes(ssm, 1000, 999, opts, 2) == 2 * 5000 * 4
     window = LayerCache("sliding", 64, 0, window=128, head_dim=16, quantizable=False)
-    # a window of 128 keeps 127 tokens plus a whole chunk, at most what a full cache would hold
-    assert layer_cache_bytes(window, 1000, 999, opts, 2) == 2 * min(1024, 128 - 1 + 999) * 64 * 2
+    # a window of 128 keeps 127 tokens plus a whole chunk, at most the sequence's tokens
+    assert layer_cache_bytes(window, 1000, 999, opts, 2) == 2 * 1000 * 64 * 2
     assert layer_cache_bytes(window, 1000, 100, opts, 2) == 2 * (128 - 1 + 100) * 64 * 2
+    # a window past the sequence: the first decode step after the prompt grows the cache by a
+    # step of 256 (measured: EXAONE 4's 4096-token windows held 2043 + 256 tokens at 2048)
+    wide = LayerCache("sliding", 64, 0, window=4096, head_dim=16, quantizable=False)
+    assert layer_cache_bytes(wide, 1000, 999, opts, 2) == 2 * (1000 - 1 + 256) * 64 * 2
+    assert layer_cache_bytes(wide, 4000, 2048, opts, 2) == 2 * 4096 * 64 * 2  # never past the window
     arch = Architecture(model_type="x", num_layers=2, hidden_size=64, intermediate_size=0,
                         vocab_size=100, num_heads=4, num_kv_heads=1, head_dim=16,
                         layer_kinds=("full", "recurrent"), sliding_window=None,
                         tie_word_embeddings=False, torch_dtype=None, caches=(kv, ssm), module="x",
                         moe=Moe(8, 4, 32, 0, (True, True)))
     assert moe_routed_bytes(arch, 2) == 3 * 4 * 64 * 2
-    monkeypatch.setitem(FAMILY_EXTRA, "x", ("hidden", ((-1.5, 0.25),)))
-    assert family_extra_bytes(arch, 512, 1000) == (-1.5 * 64 + 0.25 * 4 * 1000) * 4
-    assert family_extra_bytes(arch, 512, 10) == 0  # never taken off
-    monkeypatch.setitem(FAMILY_EXTRA, "x", ("hidden", ((-1.5, 0.25), (0.5, 0.1))))
-    assert family_extra_bytes(arch, 512, 10) == (0.5 * 64 + 0.1 * 4 * 10) * 4  # the larger fit
-    monkeypatch.setitem(FAMILY_EXTRA, "x", ("scan", ((2.0, 3.0, 0.5, 0.25, 1.5, 0.0),)))
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("hidden", 0.5, (1.5, 0.25, 0.5)))
+    assert family_extra_bytes(arch, 512, 1000) == (1.5 * 64 + 0.25 * 4 * 1000) * 4
+    # the scores some families keep in float32 when the model computes in half precision
+    assert family_extra_bytes(arch, 512, 1000, half=True) == (1.5 * 64 + (0.25 + 0.5) * 4 * 1000) * 4
+    # the scale takes its share of the arrays the largest coefficients price
+    assert family_scale("x") == 0.5 and family_scale("llama") == 1.0
+    full = chunk_array_bytes(arch, 512, 2, chunk=512, keys=1000)
+    assert full == int(512 * (0.5 * base_array_bytes(arch, 2) + moe_routed_bytes(arch, 2)
+                              + family_extra_bytes(arch, 512, 1000, half=True)))
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("scan", 1.0, (2.0, 3.0, 0.5, 0.25, 1.5, 0.0, 0.0)))
     # one scan block of at most 256 tokens at a time: 8 state heads x block^2, the 5000-element
     # state once and once per block token, spread over the chunk's tokens; the state per token;
     # the hidden width

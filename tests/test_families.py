@@ -239,6 +239,37 @@ def test_twice_as_wide_twins_stay_within_the_plan(tmp_path: Path, family: str) -
         del model
 
 
+def _least_shares(count: int) -> list[str]:
+    """`count` buildable families whose fits keep the least of the arrays the largest
+    coefficients price (unimap/family_calibration.py; ties in name order): where a fit that does
+    not hold elsewhere would show."""
+    from tiny_families import UNBUILDABLE
+
+    from unimap.family_calibration import FAMILY_EXTRA
+
+    return sorted((f for f in FAMILY_EXTRA if f not in UNBUILDABLE), key=lambda f: FAMILY_EXTRA[f][1])[:count]
+
+
+@pytest.mark.parametrize("family", _least_shares(8))
+def test_the_least_shares_hold_at_proportions_no_fit_ran(tmp_path: Path, family: str) -> None:
+    """Twice as wide (twice the experts and the top-k) with the MLP widths twice more, at 500
+    tokens: a shape none of the family's fitted twins had. The same tokens as plain mlx-lm and a
+    peak within the plan."""
+    from tiny_families import MLP_WIDTHS, scale_fields, wide_config
+
+    path = write_random_model(tmp_path / family, scale_fields(wide_config(family, 2, 2), MLP_WIDTHS, 2))
+    prompt = [(31 * i) % 120 + 3 for i in range(500)]
+    expected = mlx_lm_tokens(path, prompt, 3)
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=503)
+    out = [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=3)]
+    assert out == expected
+    assert 0 < mx.get_peak_memory() <= plan.peak_bytes
+    model._unimap.wired.release()
+
+
 @pytest.mark.parametrize("family", ["qwen3_next", "olmo_hybrid"])
 def test_a_state_that_outweighs_the_hidden_width_stays_within_the_plan(tmp_path: Path,
                                                                         family: str) -> None:

@@ -365,6 +365,34 @@ def wide_config(family: str, factor: int = 4, experts: int = 4, state_heads: int
     return _widen(config, factor, experts, state_heads, keys)
 
 
+# The MLP (and expert) widths among WIDTHS: mix_config scales these alone.
+MLP_WIDTHS = frozenset({
+    "intermediate_size", "moe_intermediate_size", "ffn_hidden_size", "expert_ffn_hidden_size",
+    "shared_expert_intermediate_size", "n_inner", "intermediate_size_mlp", "shared_intermediate_size",
+    "moe_shared_expert_intermediate_size", "block_ff_dim", "dense_intermediate_size",
+    "moe_hidden_size", "share_expert_dim", "routed_expert_hidden_size", "ff_intermediate_size"})
+
+
+def mix_config(family: str, factor: int = 4) -> dict[str, Any]:
+    """`tiny_config(family)` with only the MLP and expert widths `factor` times larger: the
+    arrays of a layer in other proportions than the tiny twin's (real models' MLPs are 2.7 to 8
+    times their hidden width; the tiny twin's 2), so a fit to both cannot lean on one kind of
+    array to cover another."""
+    return scale_fields(tiny_config(family), MLP_WIDTHS, factor)
+
+
+def scale_fields(config: dict[str, Any], keys: frozenset[str], factor: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out[key] = scale_fields(value, keys, factor)
+        elif key in keys and isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            out[key] = value * factor
+        else:
+            out[key] = value
+    return out
+
+
 def _names(config: dict[str, Any], keys: frozenset[str]) -> bool:
     return any(k in keys or (isinstance(v, dict) and _names(v, keys)) for k, v in config.items())
 

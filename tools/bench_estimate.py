@@ -82,15 +82,36 @@ WIDENED = {WIDE: (4, 4), HELD_OUT: (2, 2)}
 # runs it in float32; what the tiny twins' calibration must extrapolate to (a state of
 # 128 heads x 64 x 128, not 8 x 16 x 16).
 PUBLISHED = "published:"
+DROP = "<drop>"  # a cut's value that removes the key from the published config
 PUBLISHED_CUTS: dict[str, dict[str, Any]] = {
     "mamba2": {"num_hidden_layers": 2},  # Codestral Mamba 7B: 128 heads x 64 x state 128
     "qwen3_next": {"num_hidden_layers": 4, "num_experts": 16},  # 3 linear layers, 1 full
     "nemotron_h": {"num_hidden_layers": 2, "hybrid_override_pattern": "M*"},  # 56B: state 256
     "gemma2": {"num_hidden_layers": 2},  # 9B
     # 20B, top-4; its experts in bf16, as mlx-community's bf16 conversions hold them
-    "gpt_oss": {"num_hidden_layers": 2, "num_local_experts": 16, "quantization_config": None},
+    "gpt_oss": {"num_hidden_layers": 2, "num_local_experts": 16, "quantization_config": DROP},
     "deepseek_v2": {"num_hidden_layers": 3, "n_routed_experts": 16},  # Lite: MLA, 1 dense layer
     "olmoe": {"num_hidden_layers": 2, "num_experts": 16},  # top-8
+    # families priced with their own share of the largest coefficients (2026-11-30): dense ones
+    # at their real MLP proportions, sliding-window patterns kept whole, MoE cut to 16 experts
+    "granite": {"num_hidden_layers": 2},  # 3.3 8B
+    "olmo2": {"num_hidden_layers": 2},  # 7B
+    "starcoder2": {"num_hidden_layers": 2},  # 7B: MLP 4x, no gate
+    "internlm2": {"num_hidden_layers": 2},  # 2.5 7B
+    # 32B: 3 sliding layers and a global one; its published config.json lists the layer types,
+    # which transformers' config (read for the tokenizer) needs beside mlx-lm's string pattern
+    "exaone4": {"num_hidden_layers": 4,
+                "layer_types": ["sliding_attention"] * 3 + ["full_attention"]},
+    "cohere2": {"num_hidden_layers": 4},  # Command R7B: 3 sliding layers and a global one
+    "smollm3": {"num_hidden_layers": 4},  # 3B: every fourth layer without rope
+    "phimoe": {"num_hidden_layers": 2},  # Phi-3.5-MoE: 16 experts, top-2
+    # 4.5-Air: 1 dense layer, top-8 (mlx-lm's ModelArgs needs rope_scaling, given or not)
+    "glm4_moe": {"num_hidden_layers": 2, "n_routed_experts": 16, "rope_scaling": None},
+    "ernie4_5_moe": {"num_hidden_layers": 2, "moe_num_experts": 16},  # 21B-A3B
+    "minimax": {"num_hidden_layers": 2, "num_local_experts": 16,  # M2: top-8, as a bf16 copy
+                "quantization_config": DROP},
+    "qwen2_moe": {"num_hidden_layers": 2, "num_experts": 16},  # 1.5-MoE-A2.7B: top-4, shared
+    "granitemoe": {"num_hidden_layers": 2},  # 3.1 1B-A400M: 32 experts, top-8
 }
 # vision-language models (tests/tiny_vlms.py: mlx-vlm's classes) with towers wide enough that the
 # encoder, not the tiny text model, sets the peak at the larger images
@@ -179,7 +200,7 @@ def published_twin(family: str) -> dict[str, Any]:
     config, cuts = entry["config"], PUBLISHED_CUTS[family]
     layers, kept = config["num_hidden_layers"], cuts["num_hidden_layers"]
     out = {k: v[:kept] if isinstance(v, list) and len(v) == layers else v for k, v in config.items()}
-    return {k: v for k, v in {**out, **cuts, "vocab_size": 1024}.items() if v is not None}
+    return {k: v for k, v in {**out, **cuts, "vocab_size": 1024}.items() if v != DROP}
 
 
 def published_cases() -> list[Case]:

@@ -27,7 +27,7 @@ import tempfile
 import warnings
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,55 +36,93 @@ sys.path.insert(0, str(ROOT / "tests"))
 # (prompt tokens, batch, prefill chunk): prompts of a few tokens (where fixed arrays and one
 # scan block decide), several chunks after cached tokens, a batch, and prompts in one chunk each,
 # up to a whole chunk of mlx-lm's default 2048 (the chunk every long prompt runs in), whose keys
-# are all the plan's tokens
+# are all the plan's tokens, and one a few tokens short of it (2044 + 4 decoded fill a plan of
+# 2048 exactly; a chunk that is not whole can take more: minimax_m3_vl's 2043 tokens held 5 %
+# more than its 2048)
 RUNS = ((8, 1, 2048), (24, 1, 2048), (64, 1, 2048), (160, 1, 128), (600, 2, 128),
-        (252, 1, 2048), (300, 1, 2048), (1000, 1, 2048), (2049, 1, 2048))
+        (252, 1, 2048), (300, 1, 2048), (1000, 1, 2048), (2044, 1, 2048), (2049, 1, 2048))
 # on the wide twin (slower: a mamba scan at 4 times the width takes a minute a run): a few
 # tokens, a part of a scan block, several chunks in a batch, and a whole chunk
 WIDE_RUNS = ((8, 1, 2048), (64, 1, 2048), (252, 1, 2048), (600, 2, 128), (2049, 1, 2048))
+# on the twin with 4 times the MLP widths, and the tiny twin in bfloat16 (where the hidden-wide
+# float32 arrays weigh twice as much against the others as in float32)
+MIX_RUNS = ((64, 1, 2048), (252, 1, 2048), (600, 2, 128), (2049, 1, 2048))
+BF16_RUNS = ((64, 1, 2048), (252, 1, 2048), (2049, 1, 2048))
 DECODE = 4
 OUT = ROOT / "unimap" / "family_calibration.py"
 
 
-def measure(family: str, work: Path, deep: bool = True) -> tuple[str, list[tuple[float, ...]]]:
-    """(basis, fits) of what the family needed beyond the priced chunk arrays (an empty list:
-    nothing more was needed)."""
+class Run(NamedTuple):
+    """One run of a twin, per token of its chunk: the extra's units at that chunk and keys (x 4
+    bytes), what the plan without the fit missed (negative: to spare), the priced base arrays,
+    the measured peak."""
+
+    basis: str
+    twin: str
+    tokens: int
+    batch: int
+    step: int
+    units: list[float]
+    missing: float
+    base: float
+    peak: float
+
+
+def measure(family: str, work: Path, deep: bool = True) -> list[Run]:
+    """Every run of every twin of the family, measured against the plan without its fit."""
     import mlx.core as mx
     from tiny_families import tiny_config
     from tiny_models import stand_in_machine, write_random_model
 
     import unimap
     from unimap.device_map import parse_device_map
-    from unimap.estimate import Options
+    from unimap.estimate import Options, base_array_bytes, extra_units
     from unimap.generate import make_cache
+    from unimap.inspect import dtype_bytes
     from unimap.plan import make_plan
 
     machine = stand_in_machine()
     path = write_random_model(work / family, tiny_config(family))
     spec = unimap.inspect(path)
-    twins = [(path, RUNS)]
+    twins: list[tuple[Path, tuple[tuple[int, int, int], ...], bool]] = [(path, RUNS, False)]
     if deep and has_state(spec.arch):  # and 8 layers: a hybrid's attention is not only its last
-        twins += [(p, RUNS) for p in [deeper(family, work)] if p is not None]
-    twins += [(p, WIDE_RUNS) for p in [wider(family, work)] if p is not None]
+        twins += [(p, RUNS, False) for p in [deeper(family, work)] if p is not None]
+    twins += [(p, WIDE_RUNS, True) for p in [wider(family, work)] if p is not None]
     if has_state(spec.arch):  # and one whose state outweighs its hidden width as real ones do
-        twins += [(p, WIDE_RUNS) for p in [wider(family, work, STATE_HEADS)] if p is not None]
-    # (the twin's architecture, chunk tokens, keys, missing bytes per chunk token)
-    runs: list[tuple[Any, int, int, float]] = []
-    for path, (tokens, batch, step) in ((p, r) for p, some in twins for r in some):
-        spec = unimap.inspect(path)
-        options = Options(max_seq_len=tokens + DECODE, max_batch_size=batch, prefill_step_tokens=step)
-        plan = make_plan(spec, machine, options, parse_device_map("auto"))
-        model, _, _ = unimap.load(path, planned=plan)
-        gc.collect()
-        mx.clear_cache()
-        mx.reset_peak_memory()
-        run(model, make_cache(model), tokens, batch, step)
-        missing = mx.get_peak_memory() - plan.peak_bytes
-        chunk = min(step, tokens - 1)
-        runs.append((spec.arch, chunk, tokens + DECODE, missing / (batch * chunk)))
-        model._unimap.wired.release()
-        del model
-    return fit(runs)
+        twins += [(p, WIDE_RUNS, True) for p in [wider(family, work, STATE_HEADS)] if p is not None]
+    twins += [(p, MIX_RUNS, True) for p in [mixed(family, work)] if p is not None]
+    twins += [(p, BF16_RUNS, True) for p in [half(family, work)] if p is not None]
+    runs: list[Run] = []
+    for path, some, optional in twins:
+        done: list[Run] = []
+        try:
+            for tokens, batch, step in some:
+                spec = unimap.inspect(path)
+                options = Options(max_seq_len=tokens + DECODE, max_batch_size=batch,
+                                  prefill_step_tokens=step)
+                plan = make_plan(spec, machine, options, parse_device_map("auto"))
+                model, _, _ = unimap.load(path, planned=plan)
+                gc.collect()
+                mx.clear_cache()
+                mx.reset_peak_memory()
+                run(model, make_cache(model), tokens, batch, step)
+                peak = mx.get_peak_memory()
+                chunk, n = min(step, tokens - 1), batch * min(step, tokens - 1)
+                base = base_array_bytes(spec.arch, dtype_bytes(plan.estimate.dtype))
+                kind = basis(spec.arch)
+                in_half = dtype_bytes(plan.estimate.dtype) < 4
+                units = [4 * u for u in extra_units(spec.arch, kind, chunk, tokens + DECODE, in_half)]
+                done.append(Run(kind, path.name, tokens, batch, step, units, (peak - plan.peak_bytes) / n,
+                                base, peak / n))
+                model._unimap.wired.release()
+                del model
+        except Exception as exc:  # noqa: BLE001 - a twin mlx-lm cannot run: the others decide
+            if not optional:
+                raise
+            print(f"{family:24s} {path.name} skipped: {type(exc).__name__}: {str(exc)[:80]}", flush=True)
+            continue
+        runs += done
+    return runs
 
 
 def has_state(arch: Any) -> bool:
@@ -135,53 +173,100 @@ def wider(family: str, work: Path, state_heads: int = 1) -> Path | None:
         return None
 
 
-def fit(runs: list[tuple[Any, int, int, float]]) -> tuple[str, list[tuple[float, ...]]]:
-    """The least extras that cover every run: per chunk token, coefficients times the family's
-    units (unimap.estimate.extra_units of that run's twin at its chunk and keys) x 4 bytes, each
-    at least what the run missed, with the least total over-prediction. Two fits: one with every
-    coefficient >= 0 (right for short prompts), one whose per-width part is free (the largest
-    coefficients may over-cover what does not grow with the keys while what does still needs
-    its slope: right for long ones; "hidden" basis only); the estimate takes the larger, and
-    never less than nothing. Each is a small linear program: its optimum is at a vertex."""
-    from unimap.estimate import extra_units
+def mixed(family: str, work: Path) -> Path | None:
+    """The family's twin with 4 times the MLP and expert widths (tests/tiny_families.py
+    mix_config), or None when it names none or mlx-lm cannot build it."""
+    from tiny_families import mix_config, tiny_config
+    from tiny_models import write_random_model
 
-    kind = basis(runs[0][0])
-    rows = [([4 * u for u in extra_units(arch, kind, chunk, keys)], missing)
-            for arch, chunk, keys, missing in runs]
-    if all(m <= 0 for _, m in rows):
-        return kind, []
-    positive = least_cover(rows, frozenset())
-    free = FREE_PART.get(kind)
-    if free is None:
-        return kind, [positive]
-    loose = least_cover(rows, frozenset({free}))
-    return kind, [positive] if loose == positive else [positive, loose]
+    import unimap
+
+    config = mix_config(family)
+    if config == tiny_config(family):
+        return None
+    try:
+        path = write_random_model(work / f"{family}-mix", config)
+        unimap.inspect(path)
+        return path
+    except Exception:  # noqa: BLE001 - a config whose widths must agree
+        return None
 
 
-# The coefficient the second fit lets go below zero. Not for "scan": its units (state per block
-# token, hidden width) grow alike from one twin to the other but apart at real sizes (a real
-# state is hundreds of times the twins' per unit of width), where a negative part on one and a
-# large one on the other would extrapolate to gigabytes.
-FREE_PART = {"hidden": 0}
+def half(family: str, work: Path) -> Path | None:
+    """The tiny twin with bfloat16 weights, or None when mlx-lm cannot build it."""
+    from tiny_families import tiny_config
+    from tiny_models import write_random_model
+
+    import unimap
+
+    try:
+        path = write_random_model(work / f"{family}-bf16", tiny_config(family), dtype="bfloat16")
+        unimap.inspect(path)
+        return path
+    except Exception:  # noqa: BLE001 - a family mlx-lm builds in float32 only
+        return None
 
 
-def least_cover(rows: list[tuple[list[float], float]], free: frozenset[int]) -> tuple[float, ...]:
-    """min sum_i (c . u_i - m_i) subject to c . u_i >= m_i for every row and c_j >= 0 unless j is
-    in `free`: every vertex (n tight constraints among the rows and the c_j = 0) is tried, all
-    at once as stacked n x n systems."""
+# The least share of the priced arrays a family's fit may keep (the scale's floor): the most any
+# family whose own coefficients were fitted on a matrix of shapes (unimap/calibration.py) holds
+# of the largest coefficients' price at real shapes in float32 (phi3 0.77; the others 0.60 to
+# 0.74, hidden 2048-4096). Tiny twins of some families need less (gemma's 0.47 at 252 tokens),
+# which real widths did not bear out: with floors of 0.25 and 0.5, published configs cut to a
+# few layers were under (DeepSeek-V2-Lite 0.996 at 256 tokens; EXAONE 4 and Command R7B 0.998
+# and 0.997 at 2048).
+LEAST_SCALE = 0.77
+
+
+def fit(runs: list[Run]) -> tuple[str, tuple[float, ...]] | None:
+    """The family's arrays per chunk token as scale x the priced base arrays plus extras in its
+    basis's units: the least that covers every run, counted as the sum of each run's
+    over-prediction over its peak (a tiny run weighs as much as a wide one). The scale may go
+    from LEAST_SCALE up, every extra part from 0: a linear program. None without runs."""
+    if not runs:
+        return None
+    # with scale = LEAST_SCALE + t (t >= 0): t * base + c . units >= missing + (1 - LEAST_SCALE) * base
+    rows = [([r.base, *r.units], r.missing + (1 - LEAST_SCALE) * r.base) for r in runs]
+    t, *extra = least_cover(rows, [1 / r.peak for r in runs])
+    return runs[0].basis, (LEAST_SCALE + t, *extra)
+
+
+def least_cover(rows: list[tuple[list[float], float]],
+                weights: list[float] | None = None) -> tuple[float, ...]:
+    """min sum_i w_i (c . u_i - m_i) subject to c . u_i >= m_i for every row and c >= 0. By
+    scipy's linprog (HiGHS) where scipy is installed; else every vertex (n tight constraints
+    among the rows and the c_j = 0) is tried, all at once as stacked n x n systems."""
+    import numpy as np
+
+    units = np.array([u for u, _ in rows], dtype=float)
+    missing = np.array([m for _, m in rows], dtype=float)
+    w = np.ones(len(rows)) if weights is None else np.array(weights, dtype=float)
+    scale = np.maximum(np.abs(units).max(axis=0), 1e-300)  # columns of like size for the solver
+    try:
+        from scipy.optimize import linprog
+    except ImportError:
+        return tuple(float(x) for x in _vertices(units, missing, w))
+    found = linprog(w @ units / scale, A_ub=-units / scale, b_ub=-missing, bounds=(0, None),
+                    method="highs")
+    if found.status != 0:
+        raise ValueError(f"no extra covers every run: {found.message}")
+    c = found.x / scale
+    short = missing - c @ units.T  # HiGHS's tolerance: what it leaves uncovered, added back
+    if short.max() > 0:
+        c = c * (1 + max(0.0, float((short / np.maximum(c @ units.T, 1e-300)).max())))
+    return tuple(float(x) for x in c)
+
+
+def _vertices(units: Any, missing: Any, w: Any) -> Any:
     import itertools
 
     import numpy as np
 
-    n = len(rows[0][0])
-    units = np.array([u for u, _ in rows], dtype=float)
-    missing = np.array([m for _, m in rows], dtype=float)
-    bounds = [j for j in range(n) if j not in free]
-    a_all = np.vstack([units, np.eye(n)[bounds]])
-    b_all = np.concatenate([missing, np.zeros(len(bounds))])
+    n = units.shape[1]
+    a_all = np.vstack([units, np.eye(n)])
+    b_all = np.concatenate([missing, np.zeros(n)])
     norms = np.linalg.norm(a_all, axis=1, keepdims=True)  # unit rows: one singularity test
     a_all, b_all = a_all / np.maximum(norms, 1e-300), b_all / np.maximum(norms[:, 0], 1e-300)
-    best: tuple[float, tuple[float, ...]] | None = None
+    best: tuple[float, Any] | None = None
     combos = itertools.combinations(range(len(a_all)), n)
     while len(batch := np.array(list(itertools.islice(combos, 100_000)), dtype=int)):
         a, b = a_all[batch], b_all[batch]
@@ -189,15 +274,15 @@ def least_cover(rows: list[tuple[list[float], float]], free: frozenset[int]) -> 
         if not ok.any():
             continue
         c = np.linalg.solve(a[ok], b[ok][..., None])[..., 0]
-        ok = np.all(c[:, bounds] >= -1e-12, axis=1) if bounds else np.ones(len(c), dtype=bool)
+        ok = np.all(c >= -1e-12, axis=1)
         covered = c @ units.T
         ok &= np.all(covered >= missing - 1e-9 * np.abs(missing) - 1e-6, axis=1)
         if not ok.any():
             continue
-        total = (covered - missing).sum(axis=1)
+        total = ((covered - missing) * w).sum(axis=1)
         i = int(np.argmin(np.where(ok, total, np.inf)))
         if best is None or total[i] < best[0]:
-            best = (float(total[i]), tuple(float(x) for x in c[i]))
+            best = (float(total[i]), c[i])
     if best is None:
         raise ValueError("no extra covers every run")
     return best[1]
@@ -237,73 +322,90 @@ def uncalibrated() -> list[str]:
     return [f for f in families() if f not in UNBUILDABLE and f not in measured]
 
 
-def render(factors: dict[str, tuple[str, tuple[tuple[float, ...], ...]]]) -> str:
+def render(factors: dict[str, tuple[str, float, tuple[float, ...]]]) -> str:
     import mlx.core as mx
     import mlx_lm
 
     rows = "".join(f"    {name!r}: {value},\n" for name, value in sorted(factors.items()))
-    return f'''"""Chunk-array factors of mlx-lm families without measured coefficients, measured by
-tools/calibrate_families.py on tiny twins built through mlx-lm's own classes.
+    return f'''"""Chunk-array fits of mlx-lm families without measured coefficients, measured by
+tools/calibrate_families.py on twins built through mlx-lm's own classes.
 
 Generated {date.today()} on {platform.platform()} ({platform.machine()}), MLX {mx.__version__},
 mlx-lm {mlx_lm.__version__}, MLX's CPU backend. Do not edit by hand: rerun the tool with --write.
 
-A family listed here needed more than the largest measured coefficients price for its chunk
-arrays. Each fit is a tuple of coefficients for the units of its basis (unimap.estimate.extra_units,
-per chunk token, times 4 bytes): "hidden" (hidden width; heads x keys) or "scan" (families with a
+Per family: (basis, scale, extra). The chunk's hidden, query, key/value and MLP arrays are the
+largest measured coefficients' price (unimap.estimate.base_array_bytes) times the scale, plus
+the extra: coefficients (all >= 0) for the units of the basis (unimap.estimate.extra_units, per
+chunk token, times 4 bytes): "hidden" (hidden width; heads x keys) or "scan" (families with a
 recurrent state: state heads x block^2, the largest layer state once and per block token, each
-over the chunk; the state per token; hidden width; heads x keys). Fitted to each family's tiny
-twin and its twin 4 times as wide. The estimate adds the largest fit when it is positive (a
-negative part: what does not grow with the keys is over-covered already); families not listed
-needed no more.
+over the chunk; the state per token; hidden width; heads x keys), and last heads x keys again
+for a model in half precision (scores some families compute in float32). Fitted to cover every run of
+the family's tiny twin, its 8-layer twin (state families), its twins 4 times as wide (and with
+4 times the state heads), with 4 times the MLP widths and in bfloat16. Families not listed keep
+the largest coefficients.
 """
 
-FAMILY_EXTRA: dict[str, tuple[str, tuple[tuple[float, ...], ...]]] = {{
+FAMILY_EXTRA: dict[str, tuple[str, float, tuple[float, ...]]] = {{
 {rows}}}
 '''
 
 
-def _up(fit: tuple[float, ...]) -> tuple[float, ...]:
-    """5 % more (a negative part 5 % nearer zero), and a little more per key: other shapes and
-    MLX's run-to-run variation. Rounded away from under-prediction."""
+def _up(found: tuple[float, ...]) -> tuple[float, ...]:
+    """5 % more, and a little more per key (the last two parts, per head and key): other shapes
+    and MLX's run-to-run variation. Rounded up."""
     import math
 
-    *parts, score = fit
-    up = [math.ceil(c * 105) / 100 if c > 0 else math.ceil(c * 95) / 100 for c in parts]
-    return (*up, math.ceil(score * 105 + 1) / 100 if score > 0 else 0.0)
+    scale, *parts, score, half_score = found
+    return (math.ceil(scale * 105) / 100, *(math.ceil(c * 105) / 100 for c in parts),
+            *(math.ceil(c * 105 + 1) / 100 if c > 0 else 0.0 for c in (score, half_score)))
 
 
 def main() -> None:
+    import json
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help=f"regenerate {OUT.relative_to(ROOT)}")
     parser.add_argument("--only", default="", help="comma-separated families")
+    parser.add_argument("--save", type=Path, help="also write every run's measurement to this JSON file")
+    parser.add_argument("--refit", type=Path, help="fit from a --save file instead of measuring")
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)
     from unimap.family_calibration import FAMILY_EXTRA
 
     kept = dict(FAMILY_EXTRA)
-    FAMILY_EXTRA.clear()  # measure against the plan without the extras being refitted
-    families = args.only.split(",") if args.only else uncalibrated()
+    FAMILY_EXTRA.clear()  # measure against the plan without the fits
+    saved: dict[str, Any] = json.loads(args.refit.read_text()) if args.refit else {}
+    families = args.only.split(",") if args.only else (sorted(saved) if args.refit else uncalibrated())
     # with --only, the other families keep what was measured before
     factors = {k: v for k, v in kept.items() if args.only and k not in families}
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
             try:
-                try:
-                    unit, fits = measure(family, Path(tmp))
-                except Exception:  # noqa: BLE001 - a deeper twin mlx-lm or transformers refuses
-                    unit, fits = measure(family, Path(tmp), deep=False)
+                if args.refit:
+                    runs = [Run(*r) for r in saved[family]]
+                else:
+                    try:
+                        runs = measure(family, Path(tmp))
+                    except Exception:  # noqa: BLE001 - a deeper twin mlx-lm or transformers refuses
+                        runs = measure(family, Path(tmp), deep=False)
+                    saved[family] = [list(r) for r in runs]
+                found = fit(runs)
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
                 if family in kept:
                     factors[family] = kept[family]
                 continue
-            shown = " or ".join(" + ".join(f"{c:.2f}" for c in fit) for fit in fits) or "nothing"
-            print(f"{family:24s} per chunk token ({unit} units): {shown}", flush=True)
-            if fits:
-                factors[family] = (unit, tuple(_up(fit) for fit in fits))
-            else:
+            if found is None:
+                print(f"{family:24s} nothing measured", flush=True)
                 factors.pop(family, None)
+                continue
+            unit, parts = found
+            scale, *extra = _up(parts)
+            print(f"{family:24s} scale {scale:.2f}, per chunk token ({unit} units): "
+                  + " + ".join(f"{c:.2f}" for c in extra), flush=True)
+            factors[family] = (unit, scale, tuple(extra))
+            if args.save:
+                args.save.write_text(json.dumps(saved))
     if args.write:
         OUT.write_text(render(factors))
         print(f"wrote {OUT}")

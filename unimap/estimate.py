@@ -426,8 +426,11 @@ def cached_tokens(kind: str, tokens: int, chunk: int, window: int | None, option
     if chunked:  # ChunkedKVCache: grows as a KVCache up to its window; past it, the window's
         # tokens are kept and a new buffer of whole steps is concatenated for what comes next
         return full if tokens <= window else window + _round_up(max(chunk, 1), KV_STEP_TOKENS)
-    # RotatingKVCache concatenates a whole prefill chunk onto window - 1 kept tokens
-    return min(full, max(window, window - 1 + chunk))
+    # RotatingKVCache concatenates a whole prefill chunk onto window - 1 kept tokens; below its
+    # window, a decode step after a prefill grows it by a step of 256 past the prompt's tokens
+    # (up to the window): one token short of the plan's end, tokens - 1 + 256 are held
+    concat = min(tokens, window - 1 + chunk)
+    return max(concat, min(window, tokens - 1 + KV_STEP_TOKENS))
 
 
 def kv_bytes(arch: Architecture, index: int, tokens: int, chunk: int, options: Options, d: int) -> int:
@@ -471,7 +474,11 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
     # on Metal, mlx-lm runs gated-delta and RWKV-7 scans as fused kernels that keep their state
     # in registers: none of the states per token its op-by-op scan (CPU, CUDA) holds
     fused = kernel == "metal" and arch.state_elements > 0 and metal_fused_scan(arch.family)
-    arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits, chunk, tokens, fused)
+    # a family's own share of the priced arrays was fitted on MLX's CPU, whose op-by-op path CUDA
+    # shares (its factor is over the CPU's figure); Metal's factors were fitted to published Mac
+    # peaks over the whole priced arrays, and its fused kernels keep other arrays
+    own = kernel != "metal"
+    arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits, chunk, tokens, fused, own)
     if kernel == "cuda":
         arrays = int(arrays * cuda_arrays_factor(arch.family))
     elif kernel == "metal":
@@ -482,7 +489,7 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
         # two steps in flight (mlx-lm evaluates the next while the last is read): logits plus
         # their float32 logsumexp and logprobs, each over the vocabulary
         "decode/logits": 2 * b * arch.vocab_size * (d + 4 + 4),
-        "decode/arrays": chunk_array_bytes(arch, b, d, quantized, options.kv_bits, fused=fused),
+        "decode/arrays": chunk_array_bytes(arch, b, d, quantized, options.kv_bits, fused=fused, own=own),
     }
 
 
@@ -542,21 +549,31 @@ def metal_kind(arch: Architecture) -> str:
 
 def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool = False,
                       kv_bits: int | None = None, chunk: int = 1, keys: int = 1,
-                      fused: bool = False) -> int:
+                      fused: bool = False, own: bool = True) -> int:
     """Every other array a chunk of `tokens` (batch x length) makes in a decoder layer, from the
-    measured coefficients for the family and dtype (the largest of all families when the family
-    was not measured), plus what quantized weights and a quantized cache add."""
+    measured coefficients for the family and dtype (for a family not measured, its own share of
+    the largest of all families', or all of them when `own` is False), plus what quantized
+    weights and a quantized cache add."""
     dtype = "float32" if d >= 4 else "bfloat16"
-    a, b, c, e, qw, qkv = coefficients(arch.family, dtype)
+    *_, qw, qkv = coefficients(arch.family, dtype)
     q_width = arch.num_heads * arch.head_dim
-    per_token = (a * arch.hidden_size * 4 + b * q_width * d + c * arch.num_kv_heads * arch.head_dim * d
-                 + e * _mlp_width(arch) * d + moe_routed_bytes(arch, d))
-    per_token += family_extra_bytes(arch, chunk, keys, fused)
+    share = family_scale(arch.family) if own else 1.0
+    per_token = share * base_array_bytes(arch, d) + moe_routed_bytes(arch, d)
+    per_token += family_extra_bytes(arch, chunk, keys, fused, half=d < 4)
     if quantized:
         per_token += qw * arch.hidden_size * 4
     if kv_bits is not None:
         per_token += qkv * q_width * d
     return int(tokens * per_token)
+
+
+def base_array_bytes(arch: Architecture, d: int) -> float:
+    """Per chunk token, the hidden, query, key/value and MLP arrays priced with the measured
+    coefficients (the largest of every measured family for a family not measured)."""
+    a, b, c, e, *_ = coefficients(arch.family, "float32" if d >= 4 else "bfloat16")
+    q_width = arch.num_heads * arch.head_dim
+    return (a * arch.hidden_size * 4 + b * q_width * d + c * arch.num_kv_heads * arch.head_dim * d
+            + e * _mlp_width(arch) * d)
 
 
 # the mlx-lm module that runs each model type, where it is not the type itself
@@ -601,26 +618,36 @@ def metal_fused_scan(module: str) -> bool:
         FUSED_SCAN_MARK in text for text in (source, *(model_source(m) or "" for m in siblings)))
 
 
-def family_extra_bytes(arch: Architecture, chunk: int, keys: int, fused: bool = False) -> float:
-    """Per chunk token, what a tiny twin of a family without measured coefficients needed beyond
-    them (unimap/family_calibration.py), in units that grow with the model as those arrays do
-    (extra_units): per unit of hidden width, or, for families with a (heads, dim, dim) recurrent
-    state, per state head in the scan's blocks; plus per head and key for score-like arrays
-    its attention keeps beyond the priced ones."""
+def family_scale(family: str) -> float:
+    """What a family without measured coefficients holds of the arrays the largest coefficients
+    price (base_array_bytes), as its twins measured (unimap/family_calibration.py); 1 for a
+    measured family or one the calibration has not run."""
+    found = FAMILY_EXTRA.get(family)
+    return found[1] if found is not None else 1.0
+
+
+def family_extra_bytes(arch: Architecture, chunk: int, keys: int, fused: bool = False,
+                       half: bool = False) -> float:
+    """Per chunk token, what the twins of a family without measured coefficients needed beyond
+    its scaled share of the priced arrays (unimap/family_calibration.py), in units that grow
+    with the model as those arrays do (extra_units): per unit of hidden width and per head and
+    key, or, for families whose layers keep a recurrent state, per unit of that state and of
+    the scan's blocks; `half`: the model computes in half precision. Every part is >= 0."""
     found = FAMILY_EXTRA.get(arch.family)
     if found is None:
         return 0.0
-    basis, fits = found
-    units = extra_units(arch, basis, chunk, keys)
+    basis, _, fit = found
+    units = extra_units(arch, basis, chunk, keys, half)
     if fused and basis == "scan":  # a fused scan kernel: no states per block or per token
         units = tuple(0.0 if i in SCAN_STATE_UNITS else u for i, u in enumerate(units))
-    # a fit's part may be negative (the largest coefficients over-cover what does not grow with
-    # the keys, whose part still grows): the largest fit counts, and is never taken off
-    return max(0.0, *(sum(c * u for c, u in zip(fit, units, strict=True)) * 4 for fit in fits))
+    return sum(c * u for c, u in zip(fit, units, strict=True)) * 4
 
 
-def extra_units(arch: Architecture, basis: str, chunk: int, keys: int) -> tuple[float, ...]:
-    """The units a family's extra is counted in, per chunk token:
+def extra_units(arch: Architecture, basis: str, chunk: int, keys: int,
+                half: bool = False) -> tuple[float, ...]:
+    """The units a family's extra is counted in, per chunk token (the last of each basis: heads
+    x keys again in a half-precision model, whose attention some families compute in float32,
+    so its scores take 4 bytes where 2 are priced):
     - "hidden": the hidden width, and heads x keys;
     - "scan" (layers with a fixed-size state: SSM and linear-attention scans): mlx-lm's SSD and
       chunked scans run in blocks of SCAN_STEP_TOKENS, one block's arrays alive at a time (block =
@@ -635,8 +662,8 @@ def extra_units(arch: Architecture, basis: str, chunk: int, keys: int) -> tuple[
         block = min(chunk, SCAN_STEP_TOKENS)
         state = arch.state_elements
         return (arch.state_heads * block * block / chunk, state / chunk, state * block / chunk,
-                float(state), float(arch.hidden_size), scores)
-    return float(arch.hidden_size), scores
+                float(state), float(arch.hidden_size), scores, scores if half else 0.0)
+    return float(arch.hidden_size), scores, scores if half else 0.0
 
 
 MOE_ROUTED_COPIES = 3

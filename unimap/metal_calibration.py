@@ -13,10 +13,10 @@ only; unimap/estimate.py metal_arrays_factor).
 """
 
 METAL_ARRAYS_FACTORS: dict[str, float] = {
-    "gemma4": 1.37,
+    "gemma4": 1.25,
     "qwen3": 2.02,
-    "qwen3_5": 2.71,
-    "qwen3_5_moe": 2.58,
+    "qwen3_5": 2.69,
+    "qwen3_5_moe": 2.55,
     "qwen3_moe": 1.28,
 }
 
