@@ -1,20 +1,23 @@
-"""Measure every mlx-lm family the activation coefficients were not fitted on, on tiny twins.
+"""Measure every mlx-lm family the activation coefficients were not fitted on, on twins.
 
-Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...]
+Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...] [--save RUNS.json]
+       python tools/calibrate_families.py --refit RUNS.json [--write] [--only FAMILY,...]
 
 For each family of tests/tiny_families.py whose module has no measured coefficients in
 unimap/calibration.py, a tiny random checkpoint is built through mlx-lm's own Model class,
 loaded through unimap (all on one device) and run on prompts of 8 to 64 tokens, of 160 and 600
 tokens (batch 1 and 2, prefill chunks of 128, so several chunks follow cached tokens) and of 252
 to 2049 tokens in one chunk each (mlx-lm's default chunk is 2048), each plus 4 decoded tokens.
-The same runs go through an 8-layer twin of families with recurrent state, and five of them
-through a twin 4 times as wide (4 times the experts, twice the top-k).
-The chunk arrays the estimate prices with the largest coefficients of every measured family
-are compared with what the run needed (measured peak minus everything else the plan counts).
-What is missing, per token of the chunk, is fitted in units that grow with the model as those
-arrays do (unimap.estimate.extra_units): the least extra that covers every run of every twin
-becomes that family's extra. --write regenerates unimap/family_calibration.py with the machine
-and versions (with --only, the other families keep what they had).
+The same runs go through an 8-layer twin of families with recurrent state; some of them through
+twins 4 times as wide (4 times the experts, twice the top-k; and 4 times the state heads), with
+4 times the MLP widths, and in bfloat16.
+Each run is compared with the plan made with the largest coefficients of every measured family
+and no fit (measured peak against it, and the price of the chunk's hidden, query, key/value and
+MLP arrays). The family's fit is a share of that price (never under LEAST_SCALE) plus extras in
+units that grow with the model as those arrays do (unimap.estimate.extra_units): the least that
+covers every run of every twin. --write regenerates unimap/family_calibration.py with the
+machine and versions (with --only, the other families keep what they had); --save keeps every
+run's measurement so that --refit can fit again without measuring.
 """
 
 from __future__ import annotations
