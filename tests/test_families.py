@@ -185,6 +185,20 @@ def test_config_and_weights_that_disagree_name_the_first_tensor(checkpoints: Fam
         unimap.inspect(folder)
 
 
+def _generate_within_plan(path: Path, prompt: list[int], max_tokens: int, max_seq_len: int,
+                          what: str = "") -> list[int]:
+    """Plan `path` for `max_seq_len` tokens on the stand-in machine, load it through unimap and
+    generate: the tokens, with the peak (from a fresh reset) checked against the plan."""
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=max_seq_len)
+    out = [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens)]
+    assert 0 < mx.get_peak_memory() <= plan.peak_bytes, what
+    model._unimap.wired.release()
+    return out
+
+
 STATE_FAMILIES = ["mamba2", "falcon_h1", "nemotron_h", "jamba", "bailing_moe_v3", "qwen3_next",
                   "granitemoehybrid", "plamo2", "rwkv7", "mamba"]
 
@@ -201,14 +215,7 @@ def test_deeper_twins_of_state_families_stay_within_the_plan(tmp_path: Path, fam
     path = write_random_model(tmp_path / family, deep_config(family, 4))
     prompt = [(31 * i) % 120 + 3 for i in range(300)]
     expected = mlx_lm_tokens(path, prompt, 4)
-    gc.collect()
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=320)
-    out = [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=4)]
-    assert out == expected
-    assert 0 < mx.get_peak_memory() <= plan.peak_bytes
-    model._unimap.wired.release()
+    assert _generate_within_plan(path, prompt, 4, 320) == expected
 
 
 # Families whose extra was once fitted to the tiny twin alone and fell short of the plan at 4
@@ -228,15 +235,7 @@ def test_twice_as_wide_twins_stay_within_the_plan(tmp_path: Path, family: str) -
     for length in (8, 252):
         prompt = [(31 * i) % 120 + 3 for i in range(length)]
         expected = mlx_lm_tokens(path, prompt, 3)
-        gc.collect()
-        mx.clear_cache()
-        mx.reset_peak_memory()
-        model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=length + 3)
-        out = [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=3)]
-        assert out == expected
-        assert 0 < mx.get_peak_memory() <= plan.peak_bytes, f"{family} at {length} tokens"
-        model._unimap.wired.release()
-        del model
+        assert _generate_within_plan(path, prompt, 3, length + 3, f"{family} at {length} tokens") == expected
 
 
 def _least_shares(count: int) -> list[str]:
@@ -260,14 +259,7 @@ def test_the_least_shares_hold_at_proportions_no_fit_ran(tmp_path: Path, family:
     path = write_random_model(tmp_path / family, scale_fields(wide_config(family, 2, 2), MLP_WIDTHS, 2))
     prompt = [(31 * i) % 120 + 3 for i in range(500)]
     expected = mlx_lm_tokens(path, prompt, 3)
-    gc.collect()
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=503)
-    out = [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=3)]
-    assert out == expected
-    assert 0 < mx.get_peak_memory() <= plan.peak_bytes
-    model._unimap.wired.release()
+    assert _generate_within_plan(path, prompt, 3, 503) == expected
 
 
 @pytest.mark.parametrize("family", ["qwen3_next", "olmo_hybrid"])
@@ -282,14 +274,7 @@ def test_a_state_that_outweighs_the_hidden_width_stays_within_the_plan(tmp_path:
 
     path = write_random_model(tmp_path / family, wide_config(family, 2, 2, state_heads=8))
     prompt = [(31 * i) % 120 + 3 for i in range(1024)]
-    gc.collect()
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=1027)
-    out = [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=3)]
-    assert len(out) == 3
-    assert 0 < mx.get_peak_memory() <= plan.peak_bytes
-    model._unimap.wired.release()
+    assert len(_generate_within_plan(path, prompt, 3, 1027)) == 3
 
 
 SHORT_FAMILIES = [*STATE_FAMILIES, "llama4", "llama4_text", "gemma3n", "qwen3_5", "kimi_linear",

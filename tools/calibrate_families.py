@@ -111,12 +111,11 @@ def measure(family: str, work: Path, deep: bool = True) -> list[Run]:
                 run(model, make_cache(model), tokens, batch, step)
                 peak = mx.get_peak_memory()
                 chunk, n = min(step, tokens - 1), batch * min(step, tokens - 1)
-                base = base_array_bytes(spec.arch, dtype_bytes(plan.estimate.dtype))
+                d = dtype_bytes(plan.estimate.dtype)
                 kind = basis(spec.arch)
-                in_half = dtype_bytes(plan.estimate.dtype) < 4
-                units = [4 * u for u in extra_units(spec.arch, kind, chunk, tokens + DECODE, in_half)]
+                units = [4 * u for u in extra_units(spec.arch, kind, chunk, tokens + DECODE, d < 4)]
                 done.append(Run(kind, path.name, tokens, batch, step, units, (peak - plan.peak_bytes) / n,
-                                base, peak / n))
+                                base_array_bytes(spec.arch, d), peak / n))
                 model._unimap.wired.release()
                 del model
         except Exception as exc:  # noqa: BLE001 - a twin mlx-lm cannot run: the others decide
@@ -139,11 +138,28 @@ def deeper(family: str, work: Path) -> Path | None:
     whose prefill attention MLX never evaluates (only its cache is needed), so its arrays would
     never be measured."""
     from tiny_families import deep_config
-    from tiny_models import write_random_model
 
     try:
-        return write_random_model(work / f"{family}-8", deep_config(family))
+        config = deep_config(family)
     except Exception:  # noqa: BLE001 - a config whose patterns do not repeat: the 4-layer twin
+        return None
+    return built(work / f"{family}-8", config)
+
+
+def built(path: Path, config: dict[str, Any], dtype: str = "float32") -> Path | None:
+    """A random-weight twin of `config` written to `path` and read by unimap, or None when
+    mlx-lm, transformers or unimap refuses it (a config whose fields do not scale together, a
+    family mlx-lm builds in float32 only)."""
+    from tiny_models import write_random_model
+
+    import unimap
+
+    try:
+        write_random_model(path, config, dtype=dtype)
+        unimap.inspect(path)
+        return path
+    except Exception as exc:  # noqa: BLE001 - the other twins decide
+        print(f"{path.name:24s} not built: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
         return None
 
 
@@ -161,53 +177,27 @@ def wider(family: str, work: Path, state_heads: int = 1) -> Path | None:
     gated-delta and Mamba-1 scans keep about one state per token of the chunk), where in smaller
     twins the attention layer's scores hide it."""
     from tiny_families import wide_config
-    from tiny_models import write_random_model
-
-    import unimap
 
     config = wide_config(family, state_heads=state_heads)
     if state_heads > 1 and config == wide_config(family):
         return None
-    try:
-        path = write_random_model(work / f"{family}-wide{state_heads}", config)
-        unimap.inspect(path)
-        return path
-    except Exception:  # noqa: BLE001 - a config whose fields do not scale together
-        return None
+    return built(work / f"{family}-wide{state_heads}", config)
 
 
 def mixed(family: str, work: Path) -> Path | None:
     """The family's twin with 4 times the MLP and expert widths (tests/tiny_families.py
     mix_config), or None when it names none or mlx-lm cannot build it."""
     from tiny_families import mix_config, tiny_config
-    from tiny_models import write_random_model
-
-    import unimap
 
     config = mix_config(family)
-    if config == tiny_config(family):
-        return None
-    try:
-        path = write_random_model(work / f"{family}-mix", config)
-        unimap.inspect(path)
-        return path
-    except Exception:  # noqa: BLE001 - a config whose widths must agree
-        return None
+    return None if config == tiny_config(family) else built(work / f"{family}-mix", config)
 
 
 def half(family: str, work: Path) -> Path | None:
     """The tiny twin with bfloat16 weights, or None when mlx-lm cannot build it."""
     from tiny_families import tiny_config
-    from tiny_models import write_random_model
 
-    import unimap
-
-    try:
-        path = write_random_model(work / f"{family}-bf16", tiny_config(family), dtype="bfloat16")
-        unimap.inspect(path)
-        return path
-    except Exception:  # noqa: BLE001 - a family mlx-lm builds in float32 only
-        return None
+    return built(work / f"{family}-bf16", tiny_config(family), dtype="bfloat16")
 
 
 # The least share of the priced arrays a family's fit may keep (the scale's floor): the most any
