@@ -19,6 +19,9 @@ CASES = [
     bench.Case("llama", "f32", 512, 1, 8, "cpu"),  # quantized KV cache, the probed machine
     bench.Case("qwen2_vl", "f32", 256, 1, None, "split", 448),  # vision: 1024 patches, one image
     bench.Case("gemma3_vl", "bf16", 256, 1, None, "gpu", 448),  # a fixed-size SigLIP tower
+    # mlx-vlm prefills PaliGemma in one pass (2856 tokens with the image's 256), not in 2048-token
+    # chunks, and its bfloat16 language model computes in float32 with an image
+    bench.Case("paligemma", "bf16", 2600, 1, None, "gpu", 224),
     STORIES,
 ]
 PARAMS = [*CASES[:-1], pytest.param(STORIES, marks=pytest.mark.skipif(

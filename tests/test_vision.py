@@ -389,3 +389,43 @@ def test_chat_with_a_vision_model(vlms: dict[str, Path], images: list[Path]) -> 
     assert all(replies) and replies[0] != replies[1]  # the second turn saw the first
     at = result.stdout.index(replies[0])
     assert result.stdout.index(replies[1], at + len(replies[0])) > at
+
+
+# ---------------------------------------------------------------- one-pass prefill (PaliGemma)
+
+
+@pytest.fixture(scope="module")
+def paligemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_vlm(tmp_path_factory.mktemp("paligemma") / "paligemma", "paligemma")
+
+
+def test_paligemma_matches_mlx_vlm_with_and_without_an_image(paligemma: Path, images: list[Path]) -> None:
+    """mlx-vlm prefills PaliGemma in one pass (its text attends both ways); unimap's run gives
+    the same greedy tokens, and the image changes them."""
+    from mlx_vlm import generate, load
+    from mlx_vlm.prompt_utils import apply_chat_template
+
+    expected = [reference(paligemma, image) for image in images]
+    assert expected[0] != expected[1]
+    assert unimap_tokens(paligemma, images[0])[0] == expected[0]
+    model, processor = load(str(paligemma))
+    prompt = apply_chat_template(processor, model.config, PROMPT, num_images=0)
+    text_only = list(generate(model, processor, prompt, max_tokens=8, temperature=0.0).token_ids)
+    mapped, mapped_processor, _ = unimap.load(paligemma, max_seq_len=256, max_num_images=0)
+    assert [r.token for r in unimap.stream_generate(mapped, mapped_processor, PROMPT,
+                                                     max_tokens=8)] == text_only
+
+
+def test_one_pass_prefill_is_priced_and_said(paligemma: Path) -> None:
+    """The whole prompt (text and the image's 16 tokens) is the prefill chunk, with logits for
+    every row (PaliGemma's language model has no logits_to_keep) and float32 activations for a
+    bfloat16 model given an image; the plan says so."""
+    plan = unimap.plan(paligemma, max_seq_len=3000, max_image_length=56, machine=stand_in_machine())
+    est, arch = plan.estimate, plan.spec.arch
+    assert est.sequence_tokens == 3000 + 16
+    assert est.activation_terms["prefill/logits"] == 3016 * arch.vocab_size * 4
+    assert est.activation_terms["prefill/scores-and-masks"] >= arch.num_heads * 3016 * 3016 * 4
+    assert any("in one pass" in n and "3016 tokens" in n for n in plan.notes)
+    chunked = unimap.plan(paligemma, max_seq_len=3000, max_image_length=56, max_num_images=0,
+                          machine=stand_in_machine())
+    assert chunked.estimate.activation_terms["prefill/scores-and-masks"] >= arch.num_heads * 3000 ** 2 * 4

@@ -73,12 +73,12 @@ PLANNED = [m for m in MODULES if ROWS[m]["family"] not in (None, *UNBUILDABLE)]
 OTHERS = [m for m in MODULES if ROWS[m]["family"] is None]
 
 # Refused though their language model plans: what the config lacks, as the refusal names it.
-REFUSED = {
-    # FastViTHD, a convolutional tower whose depth and heads are fixed in code, not in the config
-    "fastvlm": r"vision_config: none of 'num_hidden_layers', .*; cannot size the vision tower",
-    # encoder-free: patches go straight into the language model, no tower sizes to read
-    "gemma4_unified": r"vision_config: none of 'hidden_size', .*; cannot size the vision tower",
-}
+REFUSED: dict[str, str] = {}
+# Towers sized from no common field: FastViTHD (fixed in mlx-vlm's code, priced per pixel) and
+# Gemma 4 unified's encoder-free patch embedder (no layers; num_soft_tokens patches an image).
+OWN_TOWERS = {"fastvlm": {"kind": "fixed", "num_layers": 0, "image_size": 1024, "tokens_per_image": 256},
+              "gemma4_unified": {"kind": "fixed", "num_layers": 0, "image_size": None,
+                                 "tokens_per_image": 280}}
 
 
 def test_most_vision_language_models_run_on_a_planned_language_model() -> None:
@@ -97,6 +97,9 @@ def test_vision_language_model_plans_with_its_tower(module: str) -> None:
     assert (row["layers"], row["hidden"]) == (4, 64)
     assert row["module"] in ("", row["family"])  # "": a hand reader (LLaVA, Gemma 3, Qwen2-VL)
     v = row["vision"]
+    if module in OWN_TOWERS:
+        assert v is not None and OWN_TOWERS[module].items() <= v.items()
+        return
     assert v is not None and v["num_layers"] > 0 and v["num_heads"] > 0
     # the tower's sizes come from its own config, not from defaults
     assert {v["num_layers"], v["hidden_size"], v["num_heads"]} <= set(row["vision_numbers"])
@@ -123,3 +126,130 @@ def test_language_model_under_another_key_is_found_or_named() -> None:
         assert row["error"] is None and row["layers"] == 4
     refused = ROWS["internvl_chat/renamed"]["error"]
     assert refused and "no text_config, llm_config or language_config names" in refused
+
+
+# mlx-vlm's own chunked-prefill decision for each planned model, built lazily from its config
+# (nothing evaluated), for a prompt without and with an image token: whether it would prefill in
+# chunks. Gemma 4 also with the field its published checkpoints set (image tokens attend both ways).
+POLICY_CHILD = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import mlx.core as mx
+from mlx_vlm.generate.common import _chunked_prefill_enabled
+from mlx_vlm.utils import get_model_and_args, update_module_configs
+from tiny_vlm_configs import vlm_config
+from unimap.families import read_architecture
+
+def chunked(model, config, image):
+    token = next((config[k] for k in ("image_token_index", "image_token_id")
+                  if isinstance(config.get(k), int)), 5)
+    ids = mx.array([[5, token if image else 6, 7, 8]])
+    types = mx.array([[0, 1 if image else 0, 0, 0]])
+    return bool(_chunked_prefill_enabled(model, input_ids=ids, prefill_kwargs={
+        "token_type_ids": types, "mm_token_type_ids": types}))
+
+rows = {}
+for name in sys.argv[1:]:
+    module, _, variant = name.partition("/")
+    config = vlm_config(module)
+    if variant:
+        config["text_config"]["use_bidirectional_attention"] = variant
+    v = read_architecture(config, name).vision
+    row = {"one_pass": v.one_pass, "all_logits": v.all_logits}
+    try:
+        built = json.loads(json.dumps(config))
+        model_class, _ = get_model_and_args(built)
+        built.setdefault("text_config", {})
+        model = model_class.Model(update_module_configs(
+            model_class.ModelConfig.from_dict(built), model_class, built, ["text", "vision", "projector"]))
+        row["chunked"] = [chunked(model, config, False), chunked(model, config, True)]
+    except Exception as exc:  # a config shaped for reading that mlx-vlm's classes cannot build
+        row["chunked"] = f"{type(exc).__name__}: {exc}"
+    rows[name] = row
+print(json.dumps(rows))
+"""
+
+
+def test_one_pass_prefill_is_what_mlx_vlm_decides() -> None:
+    """The plan prices a prompt in one pass exactly where mlx-vlm's own policy turns chunked
+    prefill off (PaliGemma always; Gemma 4 for prompts with images when its text attends both
+    ways over them); the models mlx-vlm's classes cannot build from these configs have no
+    switch in their code that unimap does not know."""
+    from unimap.families import ONE_PASS_POLICIES
+    from unimap.structure import vlm_source
+
+    names = [m for m in PLANNED if m not in REFUSED] + ["gemma4/vision"]
+    done = subprocess.run([sys.executable, "-c", POLICY_CHILD, *names], capture_output=True,
+                          text=True, timeout=600, cwd=HERE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = {"": [True, True], "images": [True, False], "always": [False, False]}
+    built = {name: row for name, row in rows.items() if isinstance(row["chunked"], list)}
+    assert len(built) >= 25 and {"paligemma", "gemma4", "gemma4/vision"} <= set(built)
+    for name, row in built.items():
+        assert row["chunked"] == expected[row["one_pass"]], (name, row)
+    assert rows["paligemma"]["one_pass"] == "always" and rows["paligemma"]["all_logits"]
+    assert rows["gemma4/vision"]["one_pass"] == "images" and not rows["gemma4/vision"]["all_logits"]
+    for name in set(rows) - set(built):
+        source = vlm_source(name)
+        assert source and "no_chunked_prefill" not in source and name not in ONE_PASS_POLICIES, name
+
+
+# The two towers no common field sizes, run by mlx-vlm as it runs them (bfloat16 weights,
+# float32 pixels) against what the plan prices for them: FastViTHD at a 256-pixel image_size
+# (4 times fewer pixels than the checkpoints' 1024, the tower's widths as they ship), and Gemma 4
+# unified's embedder at its checkpoints' sizes.
+TOWER_CHILD = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import mlx.core as mx
+from mlx.utils import tree_flatten
+from mlx_vlm.utils import get_model_and_args, update_module_configs
+from tiny_vlm_configs import vlm_config
+from unimap.estimate import Options, vision_activation_terms
+from unimap.families import read_architecture
+
+rows = {}
+for module in ("fastvlm", "gemma4_unified"):
+    config = vlm_config(module)
+    if module == "fastvlm":
+        config["vision_config"]["image_size"] = 256
+    arch = read_architecture(config, module)
+    built = json.loads(json.dumps(config))
+    model_class, _ = get_model_and_args(built)
+    model = model_class.Model(update_module_configs(
+        model_class.ModelConfig.from_dict(built), model_class, built, ["text", "vision", "projector"]))
+    model.set_dtype(mx.bfloat16)
+    mx.eval(model.parameters())
+    tower = model.vision_tower if module == "fastvlm" else model.vision_embedder
+    largest = max(v.size for _, v in tree_flatten(tower.parameters())) * 4
+    if module == "fastvlm":
+        pixels = mx.random.uniform(shape=(1, 3, 256, 256))
+        ids = mx.array([[5, model.config.image_token_index, 6]])
+        mx.eval(pixels, ids)
+        run = lambda: model.get_input_embeddings(ids, pixels, mask=mx.ones_like(ids)).inputs_embeds
+    else:
+        v = model.config.vision_config
+        pixels = mx.random.uniform(shape=(1, v.num_soft_tokens, v.model_patch_size ** 2 * 3))
+        side = int(v.num_soft_tokens ** 0.5) + 1
+        positions = mx.array([[[i % side, i // side] for i in range(v.num_soft_tokens)]], dtype=mx.int32)
+        mx.eval(pixels, positions)
+        run = lambda: model.get_image_features(pixels, positions)
+    mx.clear_cache()
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
+    mx.eval(run())
+    working = mx.get_peak_memory() - base
+    terms = vision_activation_terms(arch, Options(max_num_images=1), 2, None, largest)
+    rows[module] = {"working": working, "priced": terms["vision/encoder"] + terms["vision/float32-weights"]}
+print(json.dumps(rows))
+"""
+
+
+def test_towers_of_their_own_are_priced_above_their_peak() -> None:
+    done = subprocess.run([sys.executable, "-c", TOWER_CHILD], capture_output=True, text=True,
+                          timeout=600, cwd=HERE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    for module, row in rows.items():
+        assert 0 < row["working"] <= row["priced"] <= 2 * row["working"], (module, row)

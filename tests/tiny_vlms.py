@@ -1,10 +1,11 @@
 """Tiny random-weight vision-language models built from mlx-vlm's own model classes and saved as
 real checkpoints (config.json, model.safetensors written by MLX, a word-level tokenizer with the
 family's special tokens, a chat template and the image processor's config), so mlx-vlm's loader
-and processors read them offline. Three families: Qwen2-VL (dynamic resolution, merged patches),
-Qwen2.5-VL (the same with windowed attention in the tower) and Gemma 3 (a SigLIP tower at a
+and processors read them offline. Four families: Qwen2-VL (dynamic resolution, merged patches),
+Qwen2.5-VL (the same with windowed attention in the tower), Gemma 3 (a SigLIP tower at a
 fixed size, pooled to a fixed number of image tokens, a projector, a text model with
-sliding-window layers)."""
+sliding-window layers) and PaliGemma (a SigLIP tower and a Gemma text model that attends both
+ways over the prompt, so mlx-vlm prefills it in one pass, never in chunks)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ WORDS = 120  # plain words w0..w119; the rest of the vocabulary is special token
 
 QWEN2_VL_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                     "<|image_pad|>", "<|video_pad|>"]
+PALIGEMMA_SPECIAL = ["<pad>", "<eos>", "<bos>", "<image>"]
 GEMMA3_SPECIAL = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
                   "<end_of_image>", "<image_soft_token>"]
 
@@ -36,6 +38,9 @@ GEMMA3_TEMPLATE = (
     "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}"
     "<start_of_image> {% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<end_of_turn> {% endfor %}{% if add_generation_prompt %}<start_of_turn>model {% endif %}")
+
+# PaliGemma takes a plain prompt: its processor puts the image tokens and <bos> before it
+PALIGEMMA_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 def _tokenizer(folder: Path, special: list[str], eos: str, pad: str, template: str,
@@ -94,6 +99,17 @@ def gemma3_config(ids: dict[str, int]) -> dict[str, Any]:
                               "patch_size": 14, "num_channels": 3, "layer_norm_eps": 1e-6}}
 
 
+def paligemma_config(ids: dict[str, int]) -> dict[str, Any]:
+    # the image tokens: (image_size / patch_size)^2, one per patch of the SigLIP tower
+    text = {"model_type": "gemma", **TEXT, "head_dim": 16, "vocab_size": VOCAB, "num_image_tokens": 16}
+    return {"model_type": "paligemma", "vocab_size": VOCAB, "image_token_index": ids["<image>"],
+            "hidden_size": TEXT["hidden_size"], "projection_dim": TEXT["hidden_size"],
+            "pad_token_id": ids["<pad>"], "eos_token_id": [ids["<eos>"]], "text_config": text,
+            "vision_config": {"model_type": "siglip_vision_model", "num_hidden_layers": 2, "hidden_size": 64,
+                              "intermediate_size": 128, "num_attention_heads": 2, "image_size": 56,
+                              "patch_size": 14, "projection_dim": TEXT["hidden_size"]}}
+
+
 def _processor_files(folder: Path, family: str, config: dict[str, Any]) -> None:
     if family in ("qwen2_vl", "qwen2_5_vl"):
         processor = "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor"
@@ -103,6 +119,17 @@ def _processor_files(folder: Path, family: str, config: dict[str, Any]) -> None:
             "temporal_patch_size": 2, "image_mean": MEAN, "image_std": STD}))
         return
     size = config["vision_config"]["image_size"]
+    if family == "paligemma":
+        tokens = (size // config["vision_config"]["patch_size"]) ** 2
+        config["text_config"]["num_image_tokens"] = tokens
+        (folder / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "SiglipImageProcessor", "processor_class": "PaliGemmaProcessor",
+            "size": {"height": size, "width": size}, "do_resize": True, "do_normalize": True,
+            "do_rescale": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 3,
+            "image_seq_length": tokens}))
+        (folder / "processor_config.json").write_text(json.dumps({
+            "processor_class": "PaliGemmaProcessor", "image_seq_length": tokens}))
+        return
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "Gemma3ImageProcessor", "processor_class": "Gemma3Processor",
         "size": {"height": size, "width": size}, "do_resize": True, "do_normalize": True,
@@ -114,8 +141,8 @@ def _processor_files(folder: Path, family: str, config: dict[str, Any]) -> None:
 
 def write_tiny_vlm(folder: Path, family: str, seed: int = 0, dtype: str = "float32",
                    vision: dict[str, Any] | None = None) -> Path:
-    """A random `family` ("qwen2_vl", "qwen2_5_vl" or "gemma3") checkpoint mlx-vlm loads; `vision` overrides
-    fields of its vision_config (a wider or deeper tower)."""
+    """A random `family` ("qwen2_vl", "qwen2_5_vl", "gemma3" or "paligemma") checkpoint mlx-vlm
+    loads; `vision` overrides fields of its vision_config (a wider or deeper tower)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_vlm.utils import get_model_and_args, update_module_configs
@@ -130,6 +157,10 @@ def write_tiny_vlm(folder: Path, family: str, seed: int = 0, dtype: str = "float
                 "image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
                 "eoi_token": "<end_of_image>"}})
         config = gemma3_config(ids)
+    elif family == "paligemma":
+        ids = _tokenizer(folder, PALIGEMMA_SPECIAL, "<eos>", "<pad>", PALIGEMMA_TEMPLATE,
+                         {"bos_token": "<bos>"})
+        config = paligemma_config(ids)
     else:
         raise ValueError(f"no tiny {family} vision-language model")
     config["vision_config"].update(vision or {})
@@ -143,8 +174,13 @@ def write_tiny_vlm(folder: Path, family: str, seed: int = 0, dtype: str = "float
                                          ["text", "vision", "projector"])
     model = model_class.Model(model_config)
     # sharper logits than the default initialisation, so greedy tokens vary with the input
-    head = model.language_model.lm_head
-    head.weight = head.weight * 16.0
+    language = model.language_model
+    if hasattr(language, "lm_head"):
+        language.lm_head.weight = language.lm_head.weight * 16.0
+    else:  # tied (PaliGemma's Gemma): the embeddings of random width, so that a token's own
+        # embedding (scaled up by sqrt(hidden)) does not outweigh what its layers add to it
+        embed = language.model.embed_tokens
+        embed.weight = mx.random.normal(embed.weight.shape) * 0.02
     model.set_dtype(getattr(mx, dtype))
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})

@@ -121,6 +121,9 @@ VISION: dict[str, dict[str, Any]] = {
                    "fullatt_block_indexes": [3]},
     "gemma3_vl": {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512,
                   "num_hidden_layers": 4, "image_size": 448},  # fixed size: every image -> 448
+    # a prompt mlx-vlm prefills in one pass (the text attends both ways): no chunks to price
+    "paligemma": {"hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 512,
+                  "num_hidden_layers": 4, "image_size": 224},
 }
 
 
@@ -176,6 +179,11 @@ def matrix() -> list[Case]:
         cases.append(Case("qwen2_5_vl", weights, 256, 1, None, "gpu", image))
     for weights, place in (("f32", "gpu"), ("bf16", "gpu"), ("f32", "split")):
         cases.append(Case("gemma3_vl", weights, 256, 1, None, place, 448))
+    # one pass over a prompt longer than mlx-lm's 2048-token chunk, a bfloat16 model whose
+    # prompt embeddings with an image are float32, and a split
+    for weights, seq, place in (("f32", 256, "gpu"), ("f32", 2600, "gpu"), ("bf16", 2600, "gpu"),
+                                ("f32", 2600, "split")):
+        cases.append(Case("paligemma", weights, seq, 1, None, place, 224))
     return list(dict.fromkeys(cases))
 
 

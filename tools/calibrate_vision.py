@@ -1,6 +1,6 @@
 """Fit the vision-encoder working-set coefficients in unimap/vision_calibration.py.
 
-Usage: python tools/calibrate_vision.py [--write]
+Usage: python tools/calibrate_vision.py [--write] [--fixed-only]
 
 For each mlx-vlm vision family and dtype, tiny random-weight vision-language models
 (tests/tiny_vlms.py) are built in several shapes (the base tower, then twice its width, heads
@@ -16,6 +16,11 @@ images_at_once 1 for Qwen2-VL and Qwen2.5-VL (one image's attention at a time) o
 fixed-size towers (SigLIP: the images are one batch). Non-negative least squares, then scaled
 up by the largest under-prediction left, so no measured shape exceeds its fit. --write
 regenerates unimap/vision_calibration.py with the machine and versions.
+
+FastVLM's FastViTHD tower is fixed in mlx-vlm's code (no config field changes its stages), so it
+is measured as it is, at two image sizes, and priced per float32 pixel byte alone: its working
+set grows with the pixels (58.5, 234 and 936 MiB at 256, 512 and 1024 pixels a side in float32).
+--fixed-only measures just those towers and keeps the other rows.
 """
 
 from __future__ import annotations
@@ -102,6 +107,68 @@ def measure(folder: Path, side: int, images: int) -> tuple[int, int, int]:
     return int(working), pixel_bytes, patches
 
 
+# Towers whose shape mlx-vlm fixes in code (FastVLM's FastViTHD: stages, widths and depths are
+# class attributes, no config field changes them), measured as they are, per float32 pixel byte
+# of the image the processor resized (image sides in pixels; the real checkpoints take 1024)
+FIXED_TOWERS: dict[str, tuple[int, ...]] = {"fastvlm": (256, 512, 1024)}
+FASTVLM_TEXT = {"hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 160, "rms_norm_eps": 1e-6, "rope_theta": 1e6, "tie_word_embeddings": False}
+
+
+def measure_fixed(family: str, side: int, dtype: str) -> tuple[int, int, int]:
+    """(working bytes, pixel bytes, its largest tower tensor in float32) of a tower fixed in
+    code and its projector (as mlx-vlm's get_input_embeddings runs them) on one random
+    side x side float32 image."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_vlm.utils import get_model_and_args, update_module_configs
+
+    config = {"model_type": "llava_qwen2", **FASTVLM_TEXT, "mm_hidden_size": 3072,
+              "mm_projector_type": "mlp2x_gelu", "vision_config": {"image_size": side},
+              "text_config": {"model_type": "qwen2", **FASTVLM_TEXT}}
+    model_class, _ = get_model_and_args(config)
+    built = update_module_configs(model_class.ModelConfig.from_dict(dict(config)), model_class,
+                                  dict(config), ["text", "vision", "projector"])
+    model = model_class.Model(built)
+    model.set_dtype(getattr(mx, dtype))
+    mx.eval(model.parameters())
+    pixels = mx.random.uniform(shape=(1, 3, side, side))
+    ids = mx.array([[5, built.image_token_index, 6]])
+    mx.eval(pixels, ids)
+    mx.clear_cache()
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
+    out = model.get_input_embeddings(ids, pixels, mask=mx.ones_like(ids))
+    mx.eval(out.inputs_embeds)
+    working = mx.get_peak_memory() - base
+    largest = max(v.size for _, v in tree_flatten(model.vision_tower.parameters())) * 4
+    del model, out
+    gc.collect()
+    mx.clear_cache()
+    return int(working), int(pixels.nbytes), int(largest)
+
+
+def calibrate_fixed(verbose: bool = True) -> dict[tuple[str, str], tuple[float, ...]]:
+    """(family, dtype) -> (p, 0, 0, 0, 0): the most working bytes per pixel byte measured,
+    beside what the estimate prices apart for a half-precision tower (its largest tensor in
+    float32: the bfloat16 FastViTHD holds 29 MiB more at 256 pixels than its per-pixel rate)."""
+    table: dict[tuple[str, str], tuple[float, ...]] = {}
+    for family, sides in FIXED_TOWERS.items():
+        for dtype in ("bfloat16", "float32"):
+            ratios = []
+            for side in sides:
+                working, pixel_bytes, largest = measure_fixed(family, side, dtype)
+                apart = largest if dtype != "float32" else 0
+                ratios.append((working - apart) / pixel_bytes)
+                if verbose:
+                    print(f"{family:9s} {dtype:9s} {side} px: {working / 2**20:.1f} MiB, "
+                          f"{ratios[-1]:.3f} per pixel byte besides {apart / 2**20:.0f} MiB",
+                          file=sys.stderr)
+            table[(family, dtype)] = (round(max(ratios) + 0.005, 2), 0.0, 0.0, 0.0, 0.0)
+    return table
+
+
 def calibrate(verbose: bool = True) -> dict[tuple[str, str], tuple[float, ...]]:
     """(family, dtype) -> (p, h, m, s, k)."""
     from calibrate_activations import fit
@@ -156,7 +223,8 @@ def render(table: dict[tuple[str, str], tuple[float, ...]]) -> str:
         "    p * pixel bytes + h * P*width*d + m * P*mlp*d + s * heads*n*n*d * images_at_once",
         "    + k * depth*P*width*d",
         "bytes, with d the dtype's size and images_at_once 1 (Qwen2-VL, Qwen2.5-VL) or images (fixed-size",
-        "towers, one batch). Keys: (mlx-vlm family, dtype).",
+        "towers, one batch). Keys: (mlx-vlm family, dtype). A tower whose shape mlx-vlm fixes in code",
+        "(fastvlm) has only p, measured on the tower itself.",
         '"""',
         "",
         "VISION_COEFFICIENTS: dict[tuple[str, str], tuple[float, float, float, float, float]] = {",
@@ -170,8 +238,15 @@ def render(table: dict[tuple[str, str], tuple[float, ...]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help="regenerate unimap/vision_calibration.py")
+    parser.add_argument("--fixed-only", action="store_true",
+                        help="measure only the towers fixed in code; keep the other rows")
     args = parser.parse_args()
-    table = calibrate()
+    if args.fixed_only:
+        from unimap.vision_calibration import VISION_COEFFICIENTS
+
+        table = {**VISION_COEFFICIENTS, **calibrate_fixed()}
+    else:
+        table = {**calibrate(), **calibrate_fixed()}
     text = render(table)
     if args.write:
         (ROOT / "unimap" / "vision_calibration.py").write_text(text)

@@ -62,8 +62,12 @@ def vlm_row(module: str) -> tuple[bool, str]:
     v = arch.vision
     tokens = (f"{v.tokens_per_image} tokens/image" if v.tokens_per_image
               else f"dynamic resolution, {v.merge_size}x{v.merge_size} patches/token")
-    tower = f"vision {v.num_layers} layers x {v.hidden_size}, {tokens}"
-    return True, "; ".join(x for x in (how, "/".join(kinds), moe, tower) if x)
+    own = "FastViTHD (fixed in code), priced per pixel" if v.image_size else "encoder-free patch embedder"
+    tower = (f"vision {v.num_layers} layers x {v.hidden_size}, {tokens}" if v.num_layers
+             else f"vision {own} x {v.hidden_size}, {tokens}")
+    prefill = {"always": "prefilled in one pass", "images": "prompts with images prefilled in one pass"}
+    return True, "; ".join(x for x in (how, "/".join(kinds), moe, tower, prefill.get(v.one_pass, ""))
+                           if x)
 
 
 # advice that ModelError messages end with: a table row keeps the reason
@@ -105,7 +109,10 @@ def vlm_table(planned_families: set[str]) -> list[str]:
              "(`tests/tiny_vlm_configs.py`: the language model tiny, under the key checkpoints "
              "use; the vision tower with mlx-vlm's VisionConfig defaults): the language model "
              "through mlx-lm (the module for the VLM's own type, else for its language model's "
-             "type), the vision tower from its config's common fields. "
+             "type), the vision tower from its config's common fields (FastVLM's FastViTHD, "
+             "fixed in mlx-vlm's code, is priced per pixel as measured). Where mlx-vlm turns "
+             "chunked prefill off (its own policy, checked per model), the plan prices the "
+             "whole prompt in one pass. "
              "`tests/test_vlm_coverage.py` checks each row whose language model plans."]
     if failed:
         lines += ["", "Not imported here: " + "; ".join(f"{m} ({why})" for m, why in failed.items())]

@@ -24,7 +24,7 @@ from typing import Literal
 from unimap.calibration import COEFFICIENTS
 from unimap.checks import MAX_BATCH_SIZE, MAX_IMAGE_LENGTH, MAX_NUM_IMAGES, MAX_SEQ_LEN, short, whole_number
 from unimap.errors import ArgumentTypeError, ConfigError
-from unimap.families import Architecture, LayerCache, Vision
+from unimap.families import FASTVITHD_TYPES, Architecture, LayerCache, Vision
 from unimap.family_calibration import FAMILY_EXTRA
 from unimap.inspect import (
     GROUP_SIZE,
@@ -250,8 +250,14 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     trained = trained_context(spec.config)
     weights = [priced[i] for i in range(arch.num_layers)]
     non_mapped, vision = priced[NON_MAPPED_SLOT], priced[VISION_SLOT]
-    chunk = min(options.prefill_chunk_tokens, max(tokens - 1, 1))
-    kv = [kv_bytes(arch, i, tokens, chunk, options, d) for i in range(arch.num_layers)]
+    one_pass = one_pass_prefill(arch, options)
+    # mlx-vlm's one pass takes the whole prompt, its last token too
+    chunk = tokens if one_pass else min(options.prefill_chunk_tokens, max(tokens - 1, 1))
+    # a model whose language model computes in float32 with images, whatever the weights' dtype:
+    # its activations and the keys and values it caches are float32
+    wide = arch.vision is not None and arch.vision.float32_embeddings and image_tokens > 0
+    kv_d = 4 if wide else d
+    kv = [kv_bytes(arch, i, tokens, chunk, options, kv_d) for i in range(arch.num_layers)]
     experts = [(slot_bytes(s.experts, options, d), s.experts.header_bytes) if s.experts else (0, 0)
                for s in spec.slots[:arch.num_layers]]
     layers = tuple(LayerEstimate(i, kind, weights[i], kv[i], spec.slots[i].header_bytes, *experts[i])
@@ -265,28 +271,46 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     cpu_d = dtype_bytes(cpu_name)
     cpu_options = replace(options, dtype=cpu_name) if cpu_name != act_dtype else options
     cpu_layers = tuple(LayerEstimate(i, kind, cpu_slot_bytes(spec.slots[i], options, d, cpu_options, cpu_d),
-                                     kv_bytes(arch, i, tokens, chunk, options, cpu_d),
+                                     kv_bytes(arch, i, tokens, chunk, options, 4 if wide else cpu_d),
                                      spec.slots[i].header_bytes, *experts[i])
                        for i, kind in enumerate(arch.layer_kinds)) if cpu_name != act_dtype else layers
     upcast = upcast_terms(arch, options, chunk, upcast_expert_elements(spec, options))
+    act_d, act_cpu_d = (4, 4) if wide else (d, cpu_d)
     return Estimate(
         options=options, dtype=act_dtype, layers=layers, non_mapped_weight_bytes=non_mapped,
         vision_weight_bytes=vision,
         parts_source_bytes=max(spec.slots[-2].largest_bytes, spec.slots[-1].largest_bytes),
         kv_growth_bytes=growth, sequence_tokens=tokens,
         image_tokens=image_tokens,
-        activation_terms={**activation_terms(arch, options, chunk, tokens, d, "unfused", quantized),
+        activation_terms={**activation_terms(arch, options, chunk, tokens, act_d, "unfused", quantized),
                           **upcast},
-        fused_activation_terms=activation_terms(arch, options, chunk, tokens, d, "metal", quantized),
-        cuda_activation_terms=activation_terms(arch, options, chunk, tokens, d, "cuda", quantized),
-        vision_activation_terms=vision_activation_terms(arch, options, d),
+        fused_activation_terms=activation_terms(arch, options, chunk, tokens, act_d, "metal", quantized),
+        cuda_activation_terms=activation_terms(arch, options, chunk, tokens, act_d, "cuda", quantized),
+        vision_activation_terms=vision_activation_terms(arch, options, d, act_d,
+                                                        largest_float32_bytes(spec.slots[VISION_SLOT])),
         cpu_dtype=cpu_name, cpu_layers=cpu_layers,
-        cpu_activation_terms={**activation_terms(arch, options, chunk, tokens, cpu_d, "unfused",
+        cpu_activation_terms={**activation_terms(arch, options, chunk, tokens, act_cpu_d, "unfused",
                                                  quantized), **upcast},
         trained_context=trained[0] if trained else None,
         trained_context_source=trained[1] if trained else "",
         head_read_bytes=head_read_bytes(spec, arch, non_mapped, d),
     )
+
+
+def largest_float32_bytes(slot: Slot) -> int:
+    """The slot's largest tensor as float32 (its elements at the slot's mean float size)."""
+    if not slot.float_elements or not slot.float_bytes:
+        return 0
+    return slot.largest_bytes * 4 * slot.float_elements // slot.float_bytes
+
+
+def one_pass_prefill(arch: Architecture, options: Options) -> bool:
+    """Whether mlx-vlm prefills this run's prompt in one pass, not in the plan's chunks: a
+    model whose policy always does, or does for prompts with images when the plan has room for
+    images."""
+    v = arch.vision
+    return v is not None and (v.one_pass == "always" or (v.one_pass == "images"
+                                                          and options.max_num_images > 0))
 
 
 def head_read_bytes(spec: ModelSpec, arch: Architecture, non_mapped_bytes: int, d: int) -> int:
@@ -489,6 +513,10 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
         # two steps in flight (mlx-lm evaluates the next while the last is read): logits plus
         # their float32 logsumexp and logprobs, each over the vocabulary
         "decode/logits": 2 * b * arch.vocab_size * (d + 4 + 4),
+        # a one-pass prefill whose language model makes logits for every prompt row
+        **({"prefill/logits": b * chunk * arch.vocab_size * d}
+           if arch.vision is not None and arch.vision.all_logits and one_pass_prefill(arch, options)
+           else {}),
         "decode/arrays": chunk_array_bytes(arch, b, d, quantized, options.kv_bits, fused=fused, own=own),
     }
 
@@ -696,7 +724,8 @@ def _image_patches(arch: Architecture, options: Options) -> int:
     if v is None:
         return 0
     if v.kind == "fixed":
-        per_tile = (v.image_size or 0) // v.patch_size * ((v.image_size or 0) // v.patch_size)
+        side = (v.image_size or 0) // v.patch_size
+        per_tile = v.patches_per_image or side * side
         return per_tile * image_tiles(v, options)
     unit = v.patch_size * v.merge_size
     side = _round_up(options.max_image_length, unit) // v.patch_size
@@ -722,13 +751,19 @@ def _image_tokens(arch: Architecture, options: Options) -> int:
     return options.max_num_images * per_image
 
 
-def vision_activation_terms(arch: Architecture, options: Options, d: int) -> dict[str, int]:
+def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_d: int | None = None,
+                            largest_float32_bytes: int = 0) -> dict[str, int]:
     """The vision phase: the float32 pixel values and the prompt's input embeddings (alive
-    through every phase of a run with images), and the encoder's working set over all images
-    from the coefficients tools/calibrate_vision.py measured (unimap/vision_calibration.py)."""
+    through every phase of a run with images; `embed_d` bytes an element where mlx-vlm makes
+    them float32), and the encoder's working set over all images from the coefficients
+    tools/calibrate_vision.py measured (unimap/vision_calibration.py). A half-precision tower
+    not measured may be handed float32 pixels: MLX then computes its first matrix product in
+    float32, beside a float32 copy of the weight (Gemma 4 unified's patch embedder, measured),
+    so the largest tower tensor in float32 is priced too."""
     v = arch.vision
     if v is None or options.max_num_images == 0:
         return {}
+    embed_d = embed_d or d
     tiles = image_tiles(v, options)
     n = _image_patches(arch, options) // tiles  # patches one attention sees (an image or a tile)
     images = options.max_num_images * tiles
@@ -742,13 +777,32 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int) -> dic
     tokens = options.max_seq_len + _image_tokens(arch, options)
     return {
         "all/pixels": b * pixels,
-        "all/input-embeddings": b * tokens * arch.hidden_size * d,
+        "all/input-embeddings": b * tokens * arch.hidden_size * embed_d,
         "vision/encoder": b * int(encoder),
+        **({"vision/float32-weights": largest_float32_bytes}
+           if d < 4 and vision_family(arch.model_type) not in WIDTH_FITTED else {}),
     }
+
+
+# the towers tools/calibrate_vision.py fits across widths, heads, MLPs and depths; their
+# half-precision fits hold whatever their float32 copies of weights take, while every other
+# half-precision tower is priced its largest tensor in float32 apart
+WIDTH_FITTED = ("gemma3", "qwen2_vl", "qwen2_5_vl")
+
+
+def vision_family(model_type: str) -> str:
+    """The mlx-vlm package that runs a model_type (FastVLM checkpoints say llava_qwen2)."""
+    return "fastvlm" if model_type in FASTVITHD_TYPES else model_type
 
 
 def vision_coefficients(model_type: str, dtype: str) -> tuple[float, ...]:
     """The measured encoder coefficients (pixels, width, MLP, scores, depth) of an mlx-vlm
     family; for a family not measured (LLaVA's CLIP tower), the largest of each over the
     measured ones."""
-    return _measured_or_largest(VISION_COEFFICIENTS, model_type, dtype)
+    family = vision_family(model_type)
+    if (family, dtype) in VISION_COEFFICIENTS:
+        return VISION_COEFFICIENTS[(family, dtype)]
+    # the largest over the towers fitted across widths (a tower fixed in code, priced per pixel
+    # alone, says nothing of another's)
+    fitted = {k: v for k, v in VISION_COEFFICIENTS.items() if k[0] in WIDTH_FITTED}
+    return _measured_or_largest(fitted, family, dtype)

@@ -10,8 +10,9 @@ mlx-lm's defaults; a missing or mistyped key is a ModelError naming it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from unimap.errors import ModelError
@@ -45,6 +46,17 @@ class Vision:
     # fixed-size towers of families without a reader: an image larger than image_size may be cut
     # into tiles of that size plus a thumbnail (Llama 4, LLaVA-NeXT, InternVL), so price those
     tiled: bool = False
+    # patches the tower sees per image where they are not (image_size / patch_size)^2: an
+    # encoder-free embedder (Gemma 4 unified) takes up to this many patches of any image
+    patches_per_image: int | None = None
+    # mlx-vlm prefills the prompt in one pass, never in chunks: "always", or "images" (a prompt
+    # with images, whose tokens attend both ways); "" when it takes the plan's chunks
+    one_pass: str = ""
+    # that one pass makes logits for every prompt row (its language model has no logits_to_keep)
+    all_logits: bool = False
+    # with images, mlx-vlm hands the language model float32 embeddings whatever the weights'
+    # dtype, so a half-precision model's prefill computes in float32
+    float32_embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -315,7 +327,7 @@ def read_architecture(cfg: Mapping[str, Any], where: str) -> Architecture:
         return reader(cfg, model_type, where)
     from unimap.structure import read_structure
 
-    if isinstance(cfg.get("vision_config"), dict):
+    if isinstance(cfg.get("vision_config"), dict) or model_type in FASTVITHD_TYPES:
         return _vision_language(cfg, model_type, where)
     return from_structure(read_structure(dict(cfg), where), cfg, model_type)
 
@@ -335,6 +347,9 @@ def _vision_language(cfg: Mapping[str, Any], model_type: str, where: str) -> Arc
         key = next((k for k in ("text_config", "llm_config", "language_config")
                     if isinstance(cfg.get(k), dict) and "model_type" in cfg[k]), "text_config")
         text = cfg.get(key)
+        if model_type in FASTVITHD_TYPES and not isinstance(text, dict):
+            # FastVLM checkpoints keep their Qwen2 language model's fields at the top level
+            text = {k: v for k, v in cfg.items() if k != "vision_config"} | {"model_type": "qwen2"}
         if not isinstance(text, dict) or not isinstance(text.get("model_type"), str):
             raise ModelError(f"{where}: {model_type!r} is a vision-language model whose language "
                              f"model mlx-lm cannot build ({whole}), and no text_config, llm_config "
@@ -342,7 +357,44 @@ def _vision_language(cfg: Mapping[str, Any], model_type: str, where: str) -> Arc
                              "mlx-lm has a model for it") from None
         structure = read_structure(dict(text), f"{where} {key}")
     arch = from_structure(structure, cfg, model_type)
-    return _with(arch, vision=_any_vision(cfg, where))
+    return _with(arch, vision=replace(_any_vision(cfg, where), **one_pass_prefill(cfg, model_type)))
+
+
+# mlx-vlm models whose prompt embeddings with images are float32 in any dtype: PaliGemma merges
+# text and image features into mx.zeros' float32 and casts the tower's output back to the
+# float32 pixels' dtype (measured: a bfloat16 twin's prefill holds what its float32 twin does)
+FLOAT32_EMBEDDINGS = ("paligemma",)
+
+# mlx-vlm models whose chunked_prefill_policy turns chunking off by a language-model config
+# field: (the field, mlx-vlm's default for it, the value that turns chunking off or None for any
+# true value, when: "always" or "images"). PaliGemma's text attends both ways over the whole
+# prompt; Gemma 4's image tokens attend both ways among themselves.
+ONE_PASS_POLICIES: dict[str, tuple[str, Any, Any, str]] = {
+    "paligemma": ("use_bidirectional_attention", True, None, "always"),
+    "gemma4": ("use_bidirectional_attention", None, "vision", "images"),
+    "gemma4_unified": ("use_bidirectional_attention", "vision", "vision", "images"),
+}
+
+
+def one_pass_prefill(cfg: Mapping[str, Any], model_type: str) -> dict[str, Any]:
+    """When mlx-vlm prefills this model's prompt in one pass instead of the plan's chunks (its
+    policy, or a class that sets no_chunked_prefill), and whether that pass makes logits for
+    every row: Vision's one_pass and all_logits."""
+    from unimap.structure import vlm_source
+
+    source = vlm_source(model_type)
+    # a class attribute, or one set in __init__, that turns chunking off whatever the prompt
+    when = "always" if re.search(r"^\s+(?:self\.)?no_chunked_prefill\s*=\s*True\b", source,
+                                 re.MULTILINE) else ""
+    policy = ONE_PASS_POLICIES.get(model_type)
+    if policy and not when:
+        key, default, off, mode = policy
+        text = cfg.get("text_config")
+        value = (text if isinstance(text, dict) else {}).get(key, cfg.get(key))
+        value = default if value is None else value
+        when = mode if (value == off if off is not None else bool(value)) else ""
+    return {"one_pass": when, "all_logits": bool(when) and "logits_to_keep" not in source,
+            "float32_embeddings": model_type in FLOAT32_EMBEDDINGS}
 
 
 def _first_of(cfg: Mapping[str, Any], keys: tuple[str, ...], where: str, default: Any = None) -> Any:
@@ -359,12 +411,54 @@ def _first_of(cfg: Mapping[str, Any], keys: tuple[str, ...], where: str, default
     return default
 
 
+# mlx-vlm's FastViTHD (FastVLM, model_type llava_qwen2): a convolutional tower whose stages,
+# widths and depths are fixed in code (class attributes, not config fields). It resizes every
+# image to image_size and gives one token per 64 x 64 pixels; its working set grows with the
+# pixels (tools/calibrate_vision.py measures it per pixel).
+FASTVITHD_TYPES = ("fastvlm", "llava_qwen2")
+FASTVITHD_STRIDE = 64
+
+
+def _fastvithd(cfg: Mapping[str, Any], where: str) -> Vision:
+    v = cfg.get("vision_config") or {}
+    vw = f"{where} vision_config"
+    size = _opt(v, "image_size", vw, 1024)
+    if size < FASTVITHD_STRIDE:
+        raise ModelError(f"{vw}: 'image_size' {size} is smaller than FastViTHD's {FASTVITHD_STRIDE} "
+                         "pixels a token")
+    tokens = (size // FASTVITHD_STRIDE) ** 2
+    return Vision(kind="fixed", num_layers=0, hidden_size=_opt(cfg, "mm_hidden_size", where, 3072),
+                  intermediate_size=0, num_heads=0, patch_size=FASTVITHD_STRIDE, merge_size=1,
+                  image_size=size, tokens_per_image=tokens)
+
+
+def _encoder_free(v: Mapping[str, Any], vw: str) -> Vision:
+    """Gemma 4 unified: image patches of model_patch_size go through one linear embedder into
+    the language model, at most num_soft_tokens a image (mlx-vlm pads every image to that)."""
+    tokens = _first_of(v, ("num_soft_tokens", "max_soft_tokens", "default_output_length"), vw)
+    patch = _first_of(v, ("model_patch_size",), vw)
+    if patch == 0 or tokens == 0:
+        raise ModelError(f"{vw}: 'model_patch_size' and 'num_soft_tokens' must be positive")
+    return Vision(kind="fixed", num_layers=0, hidden_size=_first_of(v, ("mm_embed_dim",), vw),
+                  intermediate_size=0, num_heads=0, patch_size=patch, merge_size=1,
+                  image_size=None, tokens_per_image=tokens, patches_per_image=tokens)
+
+
+# fixed-size towers whose processor resizes every image to image_size, never cutting tiles
+# (PaliGemma's SiglipImageProcessor)
+RESIZED = ("paligemma",)
+
+
 def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
     """The vision tower from the fields most vision configs use. With no fixed image_size, the
     tower takes images at their own resolution (patches of max_image_length, merged per side by
     spatial_merge_size); tokens per image from the config, else one per (merged) patch."""
+    if cfg.get("model_type") in FASTVITHD_TYPES:
+        return _fastvithd(cfg, where)
     v = cfg["vision_config"]
     vw = f"{where} vision_config"
+    if "model_patch_size" in v and "mm_embed_dim" in v:
+        return _encoder_free(v, vw)
     # "vt_*": Kimi's MoonViT-3D names its tower's sizes with a prefix
     hidden = _first_of(v, ("hidden_size", "embed_dim", "width", "d_model", "hidden_dim",
                            "vt_hidden_size"), vw)
@@ -391,7 +485,8 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                                           "vt_num_attention_heads"), vw),
                   patch_size=patch, merge_size=merge, image_size=size if fixed else None,
                   tokens_per_image=(tokens or (size // patch) ** 2 // (merge * merge)) if fixed else None,
-                  temporal_patch_size=_first_of(v, ("temporal_patch_size",), vw, 1), tiled=fixed)
+                  temporal_patch_size=_first_of(v, ("temporal_patch_size",), vw, 1),
+                  tiled=fixed and cfg.get("model_type") not in RESIZED)
 
 
 VISION_TYPES = ("gemma3", "llava", "qwen2_5_vl", "qwen2_vl")

@@ -21,7 +21,16 @@ from unimap.bandwidth import crossing_seconds
 from unimap.checks import MAX_SEQ_LEN, short
 from unimap.device_map import DeviceMap, format_device_map
 from unimap.errors import ArgumentTypeError, ConfigError, UnimapError
-from unimap.estimate import ISQ_BITS, KV_BITS, MIN_KV_SIZE, Estimate, Kernel, Options, estimate
+from unimap.estimate import (
+    ISQ_BITS,
+    KV_BITS,
+    MIN_KV_SIZE,
+    Estimate,
+    Kernel,
+    Options,
+    estimate,
+    one_pass_prefill,
+)
 from unimap.inspect import ModelSpec
 from unimap.machine import Device, Machine
 from unimap.render import device_layers, layer_span, speed_line
@@ -310,6 +319,13 @@ def make_plan(spec: ModelSpec, machine: Machine, options: Options | None = None,
     past = _past_training(est)
     if past:
         plan = replace(plan, notes=(*plan.notes, past))
+    if one_pass_prefill(spec.arch, est.options):
+        v = spec.arch.vision
+        when = "every prompt" if v is not None and v.one_pass == "always" else "a prompt with images"
+        plan = replace(plan, notes=(*plan.notes, (
+            f"mlx-vlm prefills {when} of this model in one pass, not in chunks of "
+            f"{est.options.prefill_chunk_tokens} tokens: the plan prices all "
+            f"{est.sequence_tokens} tokens at once")))
     if not plan.fits:
         plan = replace(plan, ways_out=ways_out(spec, machine, est))
     elif not plan.all_on_gpu and gpus:

@@ -12,6 +12,7 @@ at all for a config whose structure is on disk already (unimap/cache.py).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +73,28 @@ def model_source(module: str) -> str | None:
         return (root / "models" / f"{module}.py").read_text()
     except OSError:
         return None
+
+
+@functools.cache
+def vlm_source(module: str) -> str:
+    """The model code of mlx-vlm's package `module` (mlx_vlm/models/<module>/, its processors
+    left out) and of the sibling packages it imports from (gemma4_unified runs gemma4's language
+    model), read without importing mlx or mlx-vlm; "" when there is none."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlx_vlm")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    if not folders or not re.fullmatch(r"\w+", module):
+        return ""
+    models = Path(folders[0]) / "models"
+
+    def read(package: str) -> str:
+        files = sorted((models / package).glob("*.py"))
+        return "\n".join(f.read_text() for f in files if not f.name.startswith("processing"))
+
+    own = read(module)
+    siblings = sorted(set(re.findall(r"^from \.\.(\w+)\.", own, re.MULTILINE)) - {module})
+    return "\n".join([own, *(read(s) for s in siblings if (models / s).is_dir())])
 
 
 def model_classes(config: dict[str, Any], where: str) -> tuple[Any, Any]:
