@@ -2,6 +2,7 @@
 
 Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...] [--save RUNS.json]
        python tools/calibrate_families.py --refit RUNS.json [--write] [--only FAMILY,...]
+                                          [--twins KIND,... --save RUNS.json]
 
 For each family of tests/tiny_families.py whose module has no measured coefficients in
 unimap/calibration.py, a tiny random checkpoint is built through mlx-lm's own Model class,
@@ -10,10 +11,13 @@ tokens (batch 1 and 2, prefill chunks of 128, so several chunks follow cached to
 to 2049 tokens in one chunk each (mlx-lm's default chunk is 2048), each plus 4 decoded tokens.
 The same runs go through an 8-layer twin of families with recurrent state; some of them through
 twins 4 times as wide (4 times the experts, twice the top-k; and 4 times the state heads), with
-4 times the MLP widths, and in bfloat16.
+4 times the MLP widths, in bfloat16, and 8 times as wide (REAL_WIDTH: hidden 512, head dims 128,
+widths like real models'; 252 and 2044 tokens).
 Each run is compared with the plan made with the largest coefficients of every measured family
 and no fit (measured peak against it, and the price of the chunk's hidden, query, key/value and
-MLP arrays). The family's fit is a share of that price (never under LEAST_SCALE) plus extras in
+MLP arrays). The family's fit is a share of that price (never under least_scale: for a family
+measured at real widths, what its widest twins need of the price alone, at most LEAST_SCALE;
+LEAST_SCALE for the others) plus extras in
 units that grow with the model as those arrays do (unimap.estimate.extra_units): the least that
 covers every run of every twin. --write regenerates unimap/family_calibration.py with the
 machine and versions (with --only, the other families keep what they had); --save keeps every
@@ -28,6 +32,7 @@ import platform
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -51,6 +56,12 @@ WIDE_RUNS = ((8, 1, 2048), (64, 1, 2048), (252, 1, 2048), (600, 2, 128), (2049, 
 # float32 arrays weigh twice as much against the others as in float32)
 MIX_RUNS = ((64, 1, 2048), (252, 1, 2048), (600, 2, 128), (2049, 1, 2048))
 BF16_RUNS = ((64, 1, 2048), (252, 1, 2048), (2049, 1, 2048))
+# on the twin at widths like real models' (REAL_WIDTH times the tiny twin's: hidden 512, head
+# dims 128 where the tiny twin's are 16), a part of a chunk and a whole chunk: there the arrays a
+# chunk makes, not the fixed ones, set the peak, and the share of the price a family holds is the
+# one real models hold (tiny twins hold less of it: what they make is sized by per-op minimums)
+REAL_RUNS = ((252, 1, 2048), (2044, 1, 2048))
+REAL_WIDTH, REAL_EXPERTS = 8, 2
 DECODE = 4
 OUT = ROOT / "unimap" / "family_calibration.py"
 
@@ -71,8 +82,9 @@ class Run(NamedTuple):
     peak: float
 
 
-def measure(family: str, work: Path, deep: bool = True) -> list[Run]:
-    """Every run of every twin of the family, measured against the plan without its fit."""
+def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = None) -> list[Run]:
+    """Every run of every twin of the family (of the kinds in `only`, when given), measured
+    against the plan without its fit."""
     import mlx.core as mx
     from tiny_families import tiny_config
     from tiny_models import stand_in_machine, write_random_model
@@ -87,14 +99,21 @@ def measure(family: str, work: Path, deep: bool = True) -> list[Run]:
     machine = stand_in_machine()
     path = write_random_model(work / family, tiny_config(family))
     spec = unimap.inspect(path)
-    twins: list[tuple[Path, tuple[tuple[int, int, int], ...], bool]] = [(path, RUNS, False)]
-    if deep and has_state(spec.arch):  # and 8 layers: a hybrid's attention is not only its last
-        twins += [(p, RUNS, False) for p in [deeper(family, work)] if p is not None]
-    twins += [(p, WIDE_RUNS, True) for p in [wider(family, work)] if p is not None]
-    if has_state(spec.arch):  # and one whose state outweighs its hidden width as real ones do
-        twins += [(p, WIDE_RUNS, True) for p in [wider(family, work, STATE_HEADS)] if p is not None]
-    twins += [(p, MIX_RUNS, True) for p in [mixed(family, work)] if p is not None]
-    twins += [(p, BF16_RUNS, True) for p in [half(family, work)] if p is not None]
+    state = has_state(spec.arch)
+    # (kind, how to build it, its runs, whether the family's fit may go on without it)
+    kinds: list[tuple[str, Callable[[], Path | None], tuple[tuple[int, int, int], ...], bool]] = [
+        ("tiny", lambda: path, RUNS, False),
+        # and 8 layers: a hybrid's attention is not only its last
+        ("deep", lambda: deeper(family, work) if deep and state else None, RUNS, False),
+        ("wide", lambda: wider(family, work), WIDE_RUNS, True),
+        # and one whose state outweighs its hidden width as real ones do
+        ("wide-state", lambda: wider(family, work, STATE_HEADS) if state else None, WIDE_RUNS, True),
+        ("mix", lambda: mixed(family, work), MIX_RUNS, True),
+        ("bf16", lambda: half(family, work), BF16_RUNS, True),
+        ("real", lambda: real_width(family, work), REAL_RUNS, True),
+    ]
+    twins = [(p, some, optional) for kind, make, some, optional in kinds
+             if (only is None or kind in only) and (p := make()) is not None]
     runs: list[Run] = []
     for path, some, optional in twins:
         done: list[Run] = []
@@ -184,6 +203,14 @@ def wider(family: str, work: Path, state_heads: int = 1) -> Path | None:
     return built(work / f"{family}-wide{state_heads}", config)
 
 
+def real_width(family: str, work: Path) -> Path | None:
+    """The family's twin REAL_WIDTH times as wide (tests/tiny_families.py wide_config), with
+    REAL_EXPERTS times the experts, or None when mlx-lm cannot build it."""
+    from tiny_families import wide_config
+
+    return built(work / f"{family}-real", wide_config(family, REAL_WIDTH, REAL_EXPERTS))
+
+
 def mixed(family: str, work: Path) -> Path | None:
     """The family's twin with 4 times the MLP and expert widths (tests/tiny_families.py
     mix_config), or None when it names none or mlx-lm cannot build it."""
@@ -208,19 +235,40 @@ def half(family: str, work: Path) -> Path | None:
 # few layers were under (DeepSeek-V2-Lite 0.996 at 256 tokens; EXAONE 4 and Command R7B 0.998
 # and 0.997 at 2048).
 LEAST_SCALE = 0.77
+# A family whose fit ran its twin at real widths (REAL_WIDTH) takes its own share, but never less
+# than the price alone must be for its widest twins (4 and 8 times as wide, 4 times the MLP
+# widths) at a chunk of 252 tokens or more, the extras left at zero: capped at LEAST_SCALE. A fit
+# that leans on an extra (per head and key, per unit of hidden width) where the price grows with
+# the widths holds at the twins' widths but not past them: DeepSeek-V2's fit of 0.29 plus a
+# per-head-and-key part held its twins, and a published DeepSeek-V2-Lite cut to 4 layers needed
+# 0.38 of the price (0.975 of its peak at 2048 tokens); its 4-times-MLP twin needs 0.39 alone.
+WIDEST_TWINS = ("-wide1", "-mix", "-real")
+
+
+def least_scale(runs: list[Run]) -> float:
+    """The scale's floor for a family's runs: with its twin at real widths among them, the
+    largest share of the price its widest twins need alone (at chunks of 252 tokens or more),
+    at most LEAST_SCALE; else LEAST_SCALE."""
+    if not any(r.twin.endswith("-real") for r in runs):
+        return LEAST_SCALE
+    alone = [(r.missing + r.base) / r.base for r in runs
+             if r.twin.endswith(WIDEST_TWINS) and min(r.step, r.tokens - 1) >= 252 and r.base > 0]
+    return min(LEAST_SCALE, max(alone, default=LEAST_SCALE))
 
 
 def fit(runs: list[Run]) -> tuple[str, tuple[float, ...]] | None:
     """The family's arrays per chunk token as scale x the priced base arrays plus extras in its
     basis's units: the least that covers every run, counted as the sum of each run's
     over-prediction over its peak (a tiny run weighs as much as a wide one). The scale may go
-    from LEAST_SCALE up, every extra part from 0: a linear program. None without runs."""
+    from its floor (least_scale) up, every extra part from 0: a linear program. None without
+    runs."""
     if not runs:
         return None
-    # with scale = LEAST_SCALE + t (t >= 0): t * base + c . units >= missing + (1 - LEAST_SCALE) * base
-    rows = [([r.base, *r.units], r.missing + (1 - LEAST_SCALE) * r.base) for r in runs]
+    floor = least_scale(runs)
+    # with scale = floor + t (t >= 0): t * base + c . units >= missing + (1 - floor) * base
+    rows = [([r.base, *r.units], r.missing + (1 - floor) * r.base) for r in runs]
     t, *extra = least_cover(rows, [1 / r.peak for r in runs])
-    return runs[0].basis, (LEAST_SCALE + t, *extra)
+    return runs[0].basis, (floor + t, *extra)
 
 
 def least_cover(rows: list[tuple[list[float], float]],
@@ -243,9 +291,13 @@ def least_cover(rows: list[tuple[list[float], float]],
     if found.status != 0:
         raise ValueError(f"no extra covers every run: {found.message}")
     c = found.x / scale
-    short = missing - c @ units.T  # HiGHS's tolerance: what it leaves uncovered, added back
+    covered = c @ units.T
+    # HiGHS's tolerance: what it leaves uncovered, added back (rounding-level shorts ignored: a
+    # row the floor already covers exactly asks for nothing and may get nothing)
+    short = missing - covered
+    short[short <= 1e-9 * max(1.0, float(np.abs(missing).max()))] = 0.0
     if short.max() > 0:
-        c = c * (1 + max(0.0, float((short / np.maximum(c @ units.T, 1e-300)).max())))
+        c = c * (1 + float((short / np.maximum(covered, 1e-300)).max()))
     return tuple(float(x) for x in c)
 
 
@@ -334,8 +386,10 @@ recurrent state: state heads x block^2, the largest layer state once and per blo
 over the chunk; the state per token; hidden width; heads x keys), and last heads x keys again
 for a model in half precision (scores some families compute in float32). Fitted to cover every run of
 the family's tiny twin, its 8-layer twin (state families), its twins 4 times as wide (and with
-4 times the state heads), with 4 times the MLP widths and in bfloat16. Families not listed keep
-the largest coefficients.
+4 times the state heads), with 4 times the MLP widths, in bfloat16 and, where it was measured
+(not the slowest state families), 8 times as wide: those take their own share of the price
+(never under what their widest twins need of it alone, at most 0.77), the others never under
+0.77. Families not listed keep the largest coefficients.
 """
 
 FAMILY_EXTRA: dict[str, tuple[str, float, tuple[float, ...]]] = {{
@@ -361,6 +415,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated families")
     parser.add_argument("--save", type=Path, help="also write every run's measurement to this JSON file")
     parser.add_argument("--refit", type=Path, help="fit from a --save file instead of measuring")
+    parser.add_argument("--twins", default="", help="measure only these twin kinds (comma-separated: "
+                        "tiny, deep, wide, wide-state, mix, bf16, real) and, with --refit, fit them "
+                        "beside the saved runs of the others (saved again with --save)")
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)
     from unimap.family_calibration import FAMILY_EXTRA
@@ -374,7 +431,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
             try:
-                if args.refit:
+                if args.refit and args.twins:  # the saved runs of the other kinds, and these anew
+                    only = set(args.twins.split(","))
+                    fresh = measure(family, Path(tmp), only=only)
+                    names = {r.twin for r in fresh}
+                    runs = [r for r in (Run(*r) for r in saved[family]) if r.twin not in names] + fresh
+                    saved[family] = [list(r) for r in runs]
+                elif args.refit:
                     runs = [Run(*r) for r in saved[family]]
                 else:
                     try:
