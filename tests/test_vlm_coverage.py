@@ -253,3 +253,22 @@ def test_towers_of_their_own_are_priced_above_their_peak() -> None:
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     for module, row in rows.items():
         assert 0 < row["working"] <= row["priced"] <= 2 * row["working"], (module, row)
+
+
+@pytest.mark.parametrize(("module", "section", "field", "value", "named"), [
+    ("gemma4_unified", "vision_config", "num_soft_tokens", "many", "num_soft_tokens"),
+    ("gemma4_unified", "vision_config", "model_patch_size", 0, "model_patch_size"),
+    ("fastvlm", "vision_config", "image_size", 32, "image_size"),
+    ("fastvlm", "vision_config", "image_size", "large", "image_size"),
+])
+def test_towers_of_their_own_refuse_bad_fields_by_name(module: str, section: str, field: str,
+                                                       value: Any, named: str) -> None:
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.errors import ModelError
+    from unimap.families import read_architecture
+
+    config = vlm_config(module)
+    config[section][field] = value
+    with pytest.raises(ModelError, match=named):
+        read_architecture(config, "config.json")
