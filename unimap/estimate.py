@@ -255,8 +255,8 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     chunk = tokens if one_pass else min(options.prefill_chunk_tokens, max(tokens - 1, 1))
     # a model whose language model computes in float32 with images, whatever the weights' dtype:
     # its activations and the keys and values it caches are float32
-    wide = arch.vision is not None and arch.vision.float32_embeddings and image_tokens > 0
-    kv_d = 4 if wide else d
+    float32_run = arch.vision is not None and arch.vision.float32_embeddings and image_tokens > 0
+    kv_d = 4 if float32_run else d
     kv = [kv_bytes(arch, i, tokens, chunk, options, kv_d) for i in range(arch.num_layers)]
     experts = [(slot_bytes(s.experts, options, d), s.experts.header_bytes) if s.experts else (0, 0)
                for s in spec.slots[:arch.num_layers]]
@@ -271,11 +271,11 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
     cpu_d = dtype_bytes(cpu_name)
     cpu_options = replace(options, dtype=cpu_name) if cpu_name != act_dtype else options
     cpu_layers = tuple(LayerEstimate(i, kind, cpu_slot_bytes(spec.slots[i], options, d, cpu_options, cpu_d),
-                                     kv_bytes(arch, i, tokens, chunk, options, 4 if wide else cpu_d),
+                                     kv_bytes(arch, i, tokens, chunk, options, 4 if float32_run else cpu_d),
                                      spec.slots[i].header_bytes, *experts[i])
                        for i, kind in enumerate(arch.layer_kinds)) if cpu_name != act_dtype else layers
     upcast = upcast_terms(arch, options, chunk, upcast_expert_elements(spec, options))
-    act_d, act_cpu_d = (4, 4) if wide else (d, cpu_d)
+    act_d, act_cpu_d = (4, 4) if float32_run else (d, cpu_d)
     return Estimate(
         options=options, dtype=act_dtype, layers=layers, non_mapped_weight_bytes=non_mapped,
         vision_weight_bytes=vision,
@@ -798,7 +798,7 @@ def vision_family(model_type: str) -> str:
 def vision_coefficients(model_type: str, dtype: str) -> tuple[float, ...]:
     """The measured encoder coefficients (pixels, width, MLP, scores, depth) of an mlx-vlm
     family; for a family not measured (LLaVA's CLIP tower), the largest of each over the
-    measured ones."""
+    towers fitted across widths (WIDTH_FITTED)."""
     family = vision_family(model_type)
     if (family, dtype) in VISION_COEFFICIENTS:
         return VISION_COEFFICIENTS[(family, dtype)]
