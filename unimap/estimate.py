@@ -24,7 +24,7 @@ from typing import Literal
 from unimap.calibration import COEFFICIENTS
 from unimap.checks import MAX_BATCH_SIZE, MAX_IMAGE_LENGTH, MAX_NUM_IMAGES, MAX_SEQ_LEN, short, whole_number
 from unimap.errors import ArgumentTypeError, ConfigError
-from unimap.families import FASTVITHD_TYPES, Architecture, LayerCache, Vision
+from unimap.families import Architecture, LayerCache, Vision, vlm_package
 from unimap.family_calibration import FAMILY_EXTRA
 from unimap.inspect import (
     GROUP_SIZE,
@@ -780,7 +780,7 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_
         "all/input-embeddings": b * tokens * arch.hidden_size * embed_d,
         "vision/encoder": b * int(encoder),
         **({"vision/float32-weights": largest_float32_bytes}
-           if d < 4 and vision_family(arch.model_type) not in WIDTH_FITTED else {}),
+           if d < 4 and vlm_package(arch.model_type) not in WIDTH_FITTED else {}),
     }
 
 
@@ -790,16 +790,11 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_
 WIDTH_FITTED = ("gemma3", "qwen2_vl", "qwen2_5_vl")
 
 
-def vision_family(model_type: str) -> str:
-    """The mlx-vlm package that runs a model_type (FastVLM checkpoints say llava_qwen2)."""
-    return "fastvlm" if model_type in FASTVITHD_TYPES else model_type
-
-
 def vision_coefficients(model_type: str, dtype: str) -> tuple[float, ...]:
     """The measured encoder coefficients (pixels, width, MLP, scores, depth) of an mlx-vlm
     family; for a family not measured (LLaVA's CLIP tower), the largest of each over the
     towers fitted across widths (WIDTH_FITTED)."""
-    family = vision_family(model_type)
+    family = vlm_package(model_type)
     if (family, dtype) in VISION_COEFFICIENTS:
         return VISION_COEFFICIENTS[(family, dtype)]
     # the largest over the towers fitted across widths (a tower fixed in code, priced per pixel

@@ -378,11 +378,12 @@ ONE_PASS_POLICIES: dict[str, tuple[str, Any, Any, str]] = {
 
 def one_pass_prefill(cfg: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     """When mlx-vlm prefills this model's prompt in one pass instead of the plan's chunks (its
-    policy, or a class that sets no_chunked_prefill), and whether that pass makes logits for
-    every row: Vision's one_pass and all_logits."""
+    policy, or a class that sets no_chunked_prefill), whether that pass makes logits for every
+    row, and whether its embeddings with images are float32: Vision's one_pass, all_logits and
+    float32_embeddings."""
     from unimap.structure import vlm_source
 
-    source = vlm_source(model_type)
+    source = vlm_source(vlm_package(model_type))
     # a class attribute, or one set in __init__, that turns chunking off whatever the prompt
     when = "always" if re.search(r"^\s+(?:self\.)?no_chunked_prefill\s*=\s*True\b", source,
                                  re.MULTILINE) else ""
@@ -419,6 +420,11 @@ FASTVITHD_TYPES = ("fastvlm", "llava_qwen2")
 FASTVITHD_STRIDE = 64
 
 
+def vlm_package(model_type: str) -> str:
+    """The mlx-vlm package that runs a model_type (FastVLM checkpoints say llava_qwen2)."""
+    return "fastvlm" if model_type in FASTVITHD_TYPES else model_type
+
+
 def _fastvithd(cfg: Mapping[str, Any], where: str) -> Vision:
     v = cfg.get("vision_config") or {}
     vw = f"{where} vision_config"
@@ -434,7 +440,7 @@ def _fastvithd(cfg: Mapping[str, Any], where: str) -> Vision:
 
 def _encoder_free(v: Mapping[str, Any], vw: str) -> Vision:
     """Gemma 4 unified: image patches of model_patch_size go through one linear embedder into
-    the language model, at most num_soft_tokens a image (mlx-vlm pads every image to that)."""
+    the language model, at most num_soft_tokens an image (mlx-vlm pads every image to that)."""
     tokens = _first_of(v, ("num_soft_tokens", "max_soft_tokens", "default_output_length"), vw)
     patch = _first_of(v, ("model_patch_size",), vw)
     if patch == 0 or tokens == 0:

@@ -54,13 +54,18 @@ class Structure:
     matrix_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # 2-D parameters as mlx-lm builds them
 
 
-def mlx_lm_folder() -> Path | None:
-    """The installed mlx-lm package's folder, found without importing it (or None)."""
+def package_folder(name: str) -> Path | None:
+    """An installed package's folder, found without importing it (or None)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("mlx_lm")
+    spec = importlib.util.find_spec(name)
     folders = list(spec.submodule_search_locations or []) if spec else []
     return Path(folders[0]) if folders else None
+
+
+def mlx_lm_folder() -> Path | None:
+    """The installed mlx-lm package's folder, found without importing it (or None)."""
+    return package_folder("mlx_lm")
 
 
 def model_source(module: str) -> str | None:
@@ -80,13 +85,10 @@ def vlm_source(module: str) -> str:
     """The model code of mlx-vlm's package `module` (mlx_vlm/models/<module>/, its processors
     left out) and of the sibling packages it imports from (gemma4_unified runs gemma4's language
     model), read without importing mlx or mlx-vlm; "" when there is none."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("mlx_vlm")
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    if not folders or not re.fullmatch(r"\w+", module):
+    root = package_folder("mlx_vlm")
+    if root is None or not re.fullmatch(r"\w+", module):
         return ""
-    models = Path(folders[0]) / "models"
+    models = root / "models"
 
     def read(package: str) -> str:
         files = sorted((models / package).glob("*.py"))
