@@ -246,7 +246,7 @@ def test_experts_on_the_cpu_stream_give_mlx_lm_tokens(checkpoints: FamilyCheckpo
         out = [r.token for r in stream_generate(model, tokenizer, list(PROMPT), max_tokens=6)]
         assert out == expected, (family, flags)
         assert 0 < mx.get_peak_memory() <= plan.peak_bytes, (family, flags)
-        model._unimap.wired.release()
+        model._unimap.limits.release()
         del model
 
 
@@ -261,7 +261,7 @@ def test_quantized_experts_on_the_cpu_match_the_same_quantization_on_one_device(
         model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=64, isq=4, **flags)
         tokens.append([r.token for r in stream_generate(model, tokenizer, list(PROMPT), max_tokens=6)])
         assert 0 < mx.get_peak_memory() <= plan.peak_bytes
-        model._unimap.wired.release()
+        model._unimap.limits.release()
         del model
     assert tokens[0] == tokens[1]
 
@@ -273,7 +273,7 @@ def test_usage_counts_moved_experts_on_the_cpu(checkpoints: FamilyCheckpoints) -
                           n_cpu_moe=3)
     used = {u.name: u.weight_bytes for u in device_usage(model)}
     assert used == {d.name: d.weight_bytes for d in plan.devices}
-    model._unimap.wired.release()
+    model._unimap.limits.release()
 
 
 def test_cli_run_with_expert_flags_on_a_machine_without_gpu(checkpoints: FamilyCheckpoints) -> None:

@@ -337,7 +337,7 @@ def test_cli_chat_and_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(held) == 2 and 0 < held[0] < held[1] <= 256
 
     released: list[bool] = []
-    monkeypatch.setattr("unimap.runtime.WiredLimit.release", lambda self: released.append(True))
+    monkeypatch.setattr("unimap.runtime.Limits.release", lambda self: released.append(True))
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt

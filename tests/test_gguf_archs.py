@@ -113,7 +113,7 @@ def test_gguf_architecture_plans_and_generates_like_mlx_lm(tmp_path: Path, arch:
         assert resident == plan.estimate.weight_bytes
         out = [r.token for r in stream_generate(model, tokenizer, list(PROMPT), max_tokens=6)]
         assert [t for t in out if t is not None] == expected, f"{arch} split at {split}"
-        model._unimap.wired.release()
+        model._unimap.limits.release()
 
 
 def test_byte_level_bpe_tokenizer_from_the_metadata(tmp_path: Path) -> None:
@@ -184,4 +184,4 @@ def test_gemma_gguf_files_run_like_mlx_lm(tmp_path: Path, arch: str) -> None:
         assert np.allclose(np.array(model(mx.array([PROMPT]))), logits, atol=1e-4)  # same numbers
         out = [r.token for r in stream_generate(model, tokenizer, list(PROMPT), max_tokens=6)]
         assert [t for t in out if t is not None] == expected, f"{arch} split at {split}"
-        model._unimap.wired.release()
+        model._unimap.limits.release()

@@ -15,7 +15,8 @@ from tiny_models import CONFIGS, stand_in_machine, write_tiny_model
 import unimap
 from unimap.api import load
 from unimap.generate import generate, stream_generate
-from unimap.runtime import WiredLimit
+from unimap.plan import LIMIT_HEADROOM_ARRAYS
+from unimap.runtime import Limits
 
 PROMPT = [1, 7, 12, 5, 33, 90, 41, 8, 19, 64, 3, 77]
 
@@ -336,8 +337,8 @@ def test_wired_limit_set_before_any_weight_and_restored(tiny: dict[str, Path],
     assert events[0] == f"wired {plan.wired_limit_bytes}" and "eval" in events[1:]
     list(stream_generate(model, tokenizer, list(PROMPT), max_tokens=3))
     assert metal.limit == plan.wired_limit_bytes  # generation leaves the plan's limit alone
-    model._unimap.wired.release()
-    model._unimap.wired.release()  # twice is harmless
+    model._unimap.limits.release()
+    model._unimap.limits.release()  # twice is harmless
     assert metal.limit == 1234 and events.count("wired 1234") == 1
 
 
@@ -355,9 +356,55 @@ def test_wired_limit_restored_when_loading_fails(tiny: dict[str, Path],
 
 
 def test_wired_limit_is_a_noop_off_metal() -> None:
-    held = WiredLimit()
+    held = Limits()
     held.set(10**9)
     assert held.previous is None  # nothing was changed, so nothing to restore
+
+
+def test_a_loaded_model_runs_under_its_plans_memory_limit(tiny: dict[str, Path]) -> None:
+    """MLX's memory limit is the plan's (its peak less room for its largest arrays) while a model
+    is loaded, the sum of theirs with two (and with any other model still held), and what it was
+    once both are let go of: released by hand or by the garbage collector."""
+    import gc
+
+    from unimap import runtime
+
+    gc.collect()
+    others = sum(runtime._HELD.values())
+    base = runtime._BEFORE[0] if runtime._HELD else mx.get_memory_limit()
+    before = mx.get_memory_limit()
+    first, _, plan = load(tiny["llama"], max_seq_len=64)
+    assert 0 < plan.memory_limit_bytes < plan.peak_bytes < base
+    headroom = LIMIT_HEADROOM_ARRAYS * plan.estimate.largest_array_bytes
+    assert plan.peak_bytes - plan.memory_limit_bytes == headroom
+    assert mx.get_memory_limit() == min(others + plan.memory_limit_bytes, base)
+    second, _, other = load(tiny["qwen3"], max_seq_len=128)
+    assert mx.get_memory_limit() == min(others + plan.memory_limit_bytes + other.memory_limit_bytes, base)
+    first._unimap.limits.release()
+    first._unimap.limits.release()  # once only
+    assert mx.get_memory_limit() == min(others + other.memory_limit_bytes, base)
+    del second
+    gc.collect()
+    assert mx.get_memory_limit() == before
+    del first
+
+
+def test_the_memory_limit_never_raises_mlxs() -> None:
+    """A plan's limit above the one MLX had before any model was loaded leaves MLX's."""
+    import gc
+
+    from unimap import runtime
+
+    gc.collect()
+    base = runtime._BEFORE[0] if runtime._HELD else mx.get_memory_limit()
+    before = mx.get_memory_limit()
+    held = Limits()
+    held.set(None, base * 4)
+    try:
+        assert mx.get_memory_limit() == base
+    finally:
+        held.release()
+    assert mx.get_memory_limit() == before
 
 
 # ----------------------------------------------------------------- bad input

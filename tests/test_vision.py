@@ -54,7 +54,7 @@ def unimap_tokens(path: Path, image: Any, max_tokens: int = 8, **kwargs: Any) ->
     model, processor, plan = unimap.load(path, max_seq_len=256, **kwargs)
     tokens = [r.token for r in unimap.stream_generate(model, processor, PROMPT, images=[image],
                                                        max_tokens=max_tokens)]
-    model._unimap.wired.release()
+    model._unimap.limits.release()
     return tokens, plan
 
 
@@ -119,7 +119,7 @@ def test_vision_tower_goes_to_the_gpu_before_any_layer(vlms: dict[str, Path]) ->
     model, _, plan = unimap.load(vlms["qwen2_vl"], max_seq_len=256, device_map=2,
                                  machine=stand_in_machine(),
                                  progress=lambda done, total, what: seen.append(what))
-    model._unimap.wired.release()
+    model._unimap.limits.release()
     assert plan.vision_device == plan.non_mapped_device == "gpu:0"
     assert seen[0] == "embeddings, head and vision tower" and seen[1] == "layer 0"
     assert plan.device("gpu:0").weight_bytes >= plan.estimate.vision_weight_bytes

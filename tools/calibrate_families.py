@@ -124,6 +124,7 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
                                   prefill_step_tokens=step)
                 plan = make_plan(spec, machine, options, parse_device_map("auto"))
                 model, _, _ = unimap.load(path, planned=plan)
+                model._unimap.limits.release()  # the need itself, not what MLX's limit holds it to
                 gc.collect()
                 mx.clear_cache()
                 mx.reset_peak_memory()
@@ -135,7 +136,7 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
                 units = [4 * u for u in extra_units(spec.arch, kind, chunk, tokens + DECODE, d < 4)]
                 done.append(Run(kind, path.name, tokens, batch, step, units, (peak - plan.peak_bytes) / n,
                                 base_array_bytes(spec.arch, d), peak / n))
-                model._unimap.wired.release()
+                model._unimap.limits.release()
                 del model
         except Exception as exc:  # noqa: BLE001 - a twin mlx-lm cannot run: the others decide
             if not optional:

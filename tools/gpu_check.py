@@ -62,7 +62,7 @@ def run_case(path: Path, tokens: int, **kwargs: Any) -> dict[str, Any]:
         "peak_bytes": mx.get_peak_memory(), "predicted_peak_bytes": plan.peak_bytes,
         "tokens": [r.token for r in responses],
     }
-    model._unimap.wired.release()
+    model._unimap.limits.release()
     return {**result, "_logits": logits}
 
 
@@ -100,7 +100,7 @@ def vision_checks(tmp: Path, split_args: dict[str, Any]) -> dict[str, Any]:
             runs[run] = {"tokens": tokens, "peak_bytes": mx.get_peak_memory(),
                          "predicted_peak_bytes": plan.peak_bytes,
                          "plan": {d.name: list(d.layers) for d in plan.devices}}
-            model._unimap.wired.release()
+            model._unimap.limits.release()
             del model, processor
         found[name] = runs
     return found

@@ -1,15 +1,18 @@
 """Predicted against measured peak for every buildable mlx-lm family's twin, in one process.
 
 Usage: python tools/sweep_families.py [--tokens 8,252,2044] [--width 1|2|4] [--experts N]
-       [--only FAMILY,...]
+       [--mlp N] [--repeat N] [--only FAMILY,...] [--held]
 
 Each family of tests/tiny_families.py is written as a random-weight checkpoint (its tiny twin,
 or wide_config's twin `--width` times as wide with `--experts` times the experts and twice the
-top-k), planned all on one device of the stand-in machine for exactly each prompt plus 4 decoded
-tokens, loaded through unimap and run as mlx-lm's generate_step runs it (one prefill chunk of
-up to 2048 tokens). The line per family gives plan / measured peak (mx.get_peak_memory()) at
-each prompt length, "UNDER" where the plan was exceeded. Faster than tools/bench_estimate.py's
-fresh process per case, so it sweeps every family at several lengths in minutes.
+top-k, its MLP widths `--mlp` times more), planned all on one device of the stand-in machine for
+exactly each prompt plus 4 decoded tokens, loaded through unimap and run by mlx-lm's own
+generate_step (one prefill chunk of up to 2048 tokens), `--repeat` times. The line per family
+gives plan / the largest measured peak (mx.get_peak_memory()) at each prompt length, "UNDER"
+where the plan was exceeded. MLX allocates ahead of the work in flight, so a shape's peak varies
+from run to run: runs go without the plan's MLX memory limit (the need itself) unless `--held`
+keeps it, as unimap.load leaves it. Faster than tools/bench_estimate.py's fresh process per
+case, so it sweeps every family at several lengths in minutes.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 
-def sweep(family: str, work: Path, tokens: list[int], width: int, experts: int) -> list[float]:
+def sweep(family: str, work: Path, tokens: list[int], width: int, experts: int,
+          held: bool = False, mlp: int = 1, repeat: int = 1) -> list[float]:
     import mlx.core as mx
-    from calibrate_families import DECODE, run
-    from tiny_families import tiny_config, wide_config
+    from calibrate_families import DECODE
+    from mlx_lm.generate import generate_step
+    from tiny_families import MLP_WIDTHS, scale_fields, tiny_config, wide_config
     from tiny_models import stand_in_machine, write_random_model
 
     import unimap
@@ -42,19 +47,26 @@ def sweep(family: str, work: Path, tokens: list[int], width: int, experts: int) 
     from unimap.plan import make_plan
 
     config = wide_config(family, width, experts) if width > 1 else tiny_config(family)
-    path = write_random_model(work / family, config)
+    path = write_random_model(work / family, scale_fields(config, MLP_WIDTHS, mlp))
     spec = unimap.inspect(path)
     ratios = []
     for n in tokens:
         options = Options(max_seq_len=n + DECODE, max_batch_size=1)
         plan = make_plan(spec, stand_in_machine(), options, parse_device_map("auto"))
         model, _, _ = unimap.load(path, planned=plan)
-        gc.collect()
-        mx.clear_cache()
-        mx.reset_peak_memory()
-        run(model, make_cache(model), n, 1, 2048)
-        ratios.append(plan.peak_bytes / mx.get_peak_memory())
-        model._unimap.wired.release()
+        if not held:  # the need itself, not what MLX's memory limit holds it to
+            model._unimap.limits.release()
+        prompt = mx.array([(31 * i) % 120 + 3 for i in range(n)])
+        peaks = []
+        for _ in range(repeat):
+            gc.collect()
+            mx.clear_cache()
+            mx.reset_peak_memory()
+            for _ in generate_step(prompt, model, max_tokens=DECODE, prompt_cache=make_cache(model)):
+                pass
+            peaks.append(mx.get_peak_memory())
+        ratios.append(plan.peak_bytes / max(peaks))
+        model._unimap.limits.release()
         del model
     return ratios
 
@@ -65,7 +77,11 @@ def main() -> None:
     parser.add_argument("--tokens", default="8,252,2044", help="prompt lengths, comma-separated")
     parser.add_argument("--width", type=int, default=1, help="1: the tiny twin; N: N times as wide")
     parser.add_argument("--experts", type=int, default=None, help="times the experts (default: --width)")
+    parser.add_argument("--mlp", type=int, default=1, help="times the MLP and expert widths")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per length (the largest peak counts)")
     parser.add_argument("--only", default="", help="comma-separated families")
+    parser.add_argument("--held", action="store_true",
+                        help="run under the plan's MLX memory limit, as unimap.load leaves it")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     from tiny_families import UNBUILDABLE, families
@@ -79,7 +95,8 @@ def main() -> None:
         for family in chosen:
             start = time.perf_counter()
             try:
-                ratios = sweep(family, Path(tmp), tokens, args.width, experts)
+                ratios = sweep(family, Path(tmp), tokens, args.width, experts, args.held, args.mlp,
+                               args.repeat)
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
                 continue

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -215,20 +216,21 @@ def load(
         runtime.cast_floats(loaded, dtype)
     if before_apply is not None:
         before_apply(loaded)
-    wired = runtime.WiredLimit()
+    limits = runtime.Limits()
     try:
-        placement = runtime.apply_plan(loaded, planned, wired, progress)
+        placement = runtime.apply_plan(loaded, planned, limits, progress)
     except UnimapError:
-        wired.release()
+        limits.release()
         raise
     except (ValueError, RuntimeError) as exc:  # the tensors' data cannot be read as the headers say
-        wired.release()
+        limits.release()
         raise ModelError(f"{model}: loading its weights failed ({foreign(exc)}); the files are "
                          "incomplete or corrupt: re-download them") from None
     except BaseException:
-        wired.release()
+        limits.release()
         raise
-    object.__setattr__(loaded, "_unimap", runtime.Mapped(planned, placement, wired))
+    object.__setattr__(loaded, "_unimap", runtime.Mapped(planned, placement, limits))
+    weakref.finalize(loaded, limits.release)  # a model let go of gives its limits back
     return loaded, tokenizer, planned
 
 

@@ -411,6 +411,7 @@ def _render_plan(result: Plan, console: LazyConsole) -> None:
     if result.vision_device:
         placed += f"; vision tower ({format_bytes(est.vision_weight_bytes)}) on {result.vision_device}"
     _wrapped(console, f"  {placed}; predicted peak {format_bytes(result.peak_bytes)}"
+             + f" (MLX memory limit {format_bytes(result.memory_limit_bytes)})"
              + ("" if result.wired_limit_bytes is None else
                 f"; wired limit {format_bytes(result.wired_limit_bytes)}"), 4)
     if speed_line(result):
@@ -704,7 +705,7 @@ def run_command(ctx: click.Context, /, model_arg: str | None, model: str | None,
     finally:
         state = getattr(loaded, "_unimap", None) if loaded is not None else None
         if state is not None:
-            state.wired.release()  # the previous wired limit, on every way out
+            state.limits.release()  # the previous wired and memory limits, on every way out
 
 
 @cli.command("serve")

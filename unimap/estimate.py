@@ -164,6 +164,7 @@ class Estimate:
     trained_context: int | None = None  # tokens the model was trained for, if its config says
     trained_context_source: str = ""
     head_read_bytes: int = 0  # what a decode step reads of the non-mapped parts (the head)
+    largest_array_bytes: int = 0  # the largest single array a prefill chunk makes
 
     @property
     def weight_bytes(self) -> int:
@@ -294,6 +295,7 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
         trained_context=trained[0] if trained else None,
         trained_context_source=trained[1] if trained else "",
         head_read_bytes=head_read_bytes(spec, arch, non_mapped, d),
+        largest_array_bytes=largest_array_bytes(arch, options, chunk, tokens, act_d),
     )
 
 
@@ -519,6 +521,25 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
            else {}),
         "decode/arrays": chunk_array_bytes(arch, b, d, quantized, options.kv_bits, fused=fused, own=own),
     }
+
+
+def largest_array_bytes(arch: Architecture, options: Options, chunk: int, tokens: int, d: int) -> int:
+    """The largest single array a prefill chunk makes, at most: its unfused attention scores and
+    masks, or a row per batch and chunk token of the widest thing a layer computes (any
+    projection mlx-lm builds, the MLP over the routed experts, MoE's routed copies, fused
+    q/k/v), each element counted at 4 bytes. MLX's evaluation checks its memory limit after an
+    array is allocated, so a run held to a limit can pass it by this much (unimap.plan's
+    memory_limit_bytes leaves it as headroom)."""
+    b = options.max_batch_size
+    prefixes = arch.layer_prefixes
+    projections = [shape[0] for name, shape in arch.matrix_shapes
+                   if shape[0] != arch.vocab_size and name.startswith(prefixes)] if prefixes else []
+    fused_qkv = (arch.num_heads + 2 * arch.num_kv_heads) * arch.head_dim
+    routed = arch.moe.experts_per_token * arch.hidden_size if arch.moe is not None else 0
+    logits = arch.vocab_size if (arch.vision is not None and arch.vision.all_logits
+                                 and one_pass_prefill(arch, options)) else 0
+    widest = max(arch.hidden_size, fused_qkv, 2 * _mlp_width(arch), routed, logits, *projections)
+    return max(b * chunk * widest * max(d, 4), attention_bytes(arch, options, chunk, tokens, 4))
 
 
 def attention_bytes(arch: Architecture, options: Options, chunk: int, tokens: int, d: int,

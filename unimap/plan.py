@@ -40,6 +40,10 @@ from unimap.units import MiB, format_bytes
 # loading peak measured 16 bytes above weights plus one converted layer (tools/gpu_check.py on
 # the CPU build); 64 KiB keeps the prediction above such strays with room to spare.
 SMALL_ARRAYS_BYTES = 64 * 1024
+# A run held to an MLX memory limit passed it by up to 0.87 of the largest array a prefill chunk
+# makes (falcon_h1, of 123 families' twins run 3 times each; docs/BENCHMARKS.md, "Run to run"):
+# the limit leaves room for two.
+LIMIT_HEADROOM_ARRAYS = 2
 
 
 class DoesNotFitError(UnimapError):
@@ -149,6 +153,20 @@ class Plan:
         running = weights + sum(d.kv_bytes for d in self.devices) + working
         return max(running, loading) + SMALL_ARRAYS_BYTES
 
+    @property
+    def memory_limit_bytes(self) -> int:
+        """The MLX memory limit a loaded model runs under (unimap.runtime): the peak less room
+        for the largest arrays a prefill chunk makes, never below what stays resident. MLX lets a run
+        allocate ahead of the arrays it is still computing (up to ten operations on the CPU and
+        CUDA, command buffers on Metal), so one run's peak differs from the next (by up to 3.9 %
+        over five runs of 123 families' twins, docs/BENCHMARKS.md); over its memory limit MLX
+        waits for that work to finish instead.
+        It checks the limit after each allocation, so a run passes it by what was allocated
+        before the check: the headroom (LIMIT_HEADROOM_ARRAYS)."""
+        resident = (sum(d.weight_bytes + d.kv_bytes for d in self.devices) + SMALL_ARRAYS_BYTES)
+        headroom = LIMIT_HEADROOM_ARRAYS * self.estimate.largest_array_bytes
+        return max(self.peak_bytes - headroom, resident)
+
     def room_for(self, tokens: int) -> list[str]:
         """Settings that would hold a sequence of `tokens` on this plan's machine: the longest
         --max-seq-len that fits when it reaches `tokens`, else the largest --max-kv-size
@@ -231,6 +249,7 @@ class Plan:
             "fits": self.fits,
             "all_on_gpu": self.all_on_gpu,
             "wired_limit_bytes": self.wired_limit_bytes,
+            "memory_limit_bytes": self.memory_limit_bytes,
             "cpu_dtype": self.cpu_dtype,
             "options": asdict(opts),
             "devices": [{"name": d.name, "description": d.description,

@@ -94,7 +94,8 @@ def plan_html(plan: Plan) -> str:
             f"({e(plan.machine.backend)}): {verdict}</p>"
             f"<table><thead><tr>{heads}</tr></thead><tbody>"
             + "".join(_html_row(d) for d in plan.devices) + "</tbody></table>"
-            f"<p>{placed}; predicted peak {_size(plan.peak_bytes)}{wired}</p>"
+            f"<p>{placed}; predicted peak {_size(plan.peak_bytes)} (MLX memory limit "
+            f"{_size(plan.memory_limit_bytes)}){wired}</p>"
             + (f"<p>{e(speed_line(plan))}</p>" if speed_line(plan) else "")
             + (f"<p>notes:</p><ul>{notes}</ul>" if notes else "")
             + (f"<p>ways out:</p><ul>{ways}</ul>" if ways else "") + "</div>")

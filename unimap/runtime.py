@@ -1,14 +1,16 @@
-"""apply -> a mapped MLX model: load lazily, set the plan's wired limit, materialize the GPU part
-first and the CPU part after, and pin each layer to its device's stream.
+"""apply -> a mapped MLX model: load lazily, set the plan's wired and memory limits, materialize
+the GPU part first and the CPU part after, and pin each layer to its device's stream.
 
 Pinning swaps a layer's class for a subclass whose __call__ runs under `mx.stream(...)`, so
 parameter names and attributes stay as mlx-lm made them. A plan that keeps everything on the GPU
-changes nothing: no class is swapped. The wired limit (Metal) is set before any weight is
-evaluated and held until `release()` (or process exit); the previous limit is restored on every
-path. On the CPU-only build `mx.gpu` exists but is unusable, so a plan's GPU part then runs on a
-stream of its own on the CPU (which is what the tests use to check placement). Half-precision
-routed experts of layers on a CPU stream stay as stored and are upcast call by call, only those a
-call selects (MLX's CPU gather_mm takes float32 only).
+changes nothing: no class is swapped. The wired limit (Metal) and MLX's memory limit (every
+backend: over it, MLX waits for work in flight rather than allocate ahead) are set before any
+weight is evaluated and held until `release()` (or the model's collection, or process exit); the
+previous limits are restored on every path. On the CPU-only build `mx.gpu` exists but is
+unusable, so a plan's GPU part then runs on a stream of its own on the CPU (which is what the
+tests use to check placement). Half-precision routed experts of layers on a CPU stream stay as
+stored and are upcast call by call, only those a call selects (MLX's CPU gather_mm takes float32
+only).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Mapped:
 
     plan: Plan
     placement: Placement
-    wired: WiredLimit
+    limits: Limits
 
     @property
     def parts_stream(self) -> Any:
@@ -55,21 +57,37 @@ class Placement:
     cpu_experts: tuple[int, ...] = ()  # layers on a GPU whose routed experts run on the CPU
 
 
-# ---------------------------------------------------------------- wired limit
+# ---------------------------------------------------------------- limits
 
 
-class WiredLimit:
-    """Holds the plan's wired limit on Metal and restores the previous one exactly once."""
+# the memory limits of the models loaded in this process, by holder, and MLX's limit before them
+_HELD: dict[int, int] = {}
+_BEFORE: list[int] = []
+
+
+class Limits:
+    """Holds a loaded plan's limits and restores the previous ones exactly once: the wired limit
+    (Metal) and, on every backend, MLX's memory limit at the plan's (Plan.memory_limit_bytes),
+    over which MLX's evaluation waits for the work in flight instead of allocating ahead. With
+    several models loaded, MLX's limit is the sum of theirs; never above the limit MLX had."""
 
     def __init__(self) -> None:
         self.previous: int | None = None
+        self.holding = False
 
-    def set(self, limit_bytes: int | None) -> None:
+    def set(self, wired_bytes: int | None, memory_bytes: int | None = None) -> None:
         import mlx.core as mx
 
-        if limit_bytes is None or not _metal():
+        if memory_bytes is not None and not self.holding:
+            if not _HELD:
+                _BEFORE[:] = [mx.get_memory_limit()]
+            _HELD[id(self)] = memory_bytes
+            self.holding = True
+            mx.set_memory_limit(min(sum(_HELD.values()), _BEFORE[0]))
+            atexit.register(self.release)
+        if wired_bytes is None or not _metal():
             return
-        previous = mx.set_wired_limit(limit_bytes)
+        previous = mx.set_wired_limit(wired_bytes)
         if self.previous is None:
             self.previous = previous
             atexit.register(self.release)
@@ -77,6 +95,10 @@ class WiredLimit:
     def release(self) -> None:
         import mlx.core as mx
 
+        if self.holding:
+            self.holding = False
+            _HELD.pop(id(self), None)
+            mx.set_memory_limit(min(sum(_HELD.values()), _BEFORE[0]) if _HELD else _BEFORE[0])
         if self.previous is not None:
             previous, self.previous = self.previous, None
             mx.set_wired_limit(previous)
@@ -371,7 +393,7 @@ def _values(tree: Any) -> list[Any]:
     return [value for _, value in tree_flatten(tree)]  # type: ignore[str-unpack]
 
 
-def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | None = None) -> Placement:
+def apply_plan(model: Any, plan: Plan, limits: Limits, progress: Progress | None = None) -> Placement:
     """Materialize `model`'s lazy parameters the way `plan` says, then pin layers to streams."""
     import mlx.core as mx
 
@@ -396,7 +418,8 @@ def apply_plan(model: Any, plan: Plan, wired: WiredLimit, progress: Progress | N
                          "--n-cpu-moe")
     placement.cpu_experts = tuple(sorted(experts))
     parts_stream = placement.gpu_stream if plan.non_mapped_device != "cpu" else placement.cpu_stream
-    wired.set(plan.wired_limit_bytes)  # before any weight is evaluated: GPU buffers wire first
+    # before any weight is evaluated: GPU buffers wire first, and loading stays within the plan
+    limits.set(plan.wired_limit_bytes, plan.memory_limit_bytes)
     layer_ids = {id(p) for layer in layers for p in _values(layer.parameters())}
     parts = [p for p in _values(model.parameters()) if id(p) not in layer_ids]
     order = sorted(range(len(layers)), key=lambda i: i not in on_gpu)  # GPU layers first

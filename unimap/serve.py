@@ -453,7 +453,7 @@ class Engine:
         except BaseException as exc:
             self._fail(exc)
         finally:
-            model._unimap.wired.release()  # the previous wired limit, on every way out
+            model._unimap.limits.release()  # the previous wired and memory limits, on every way out
 
     def _fail(self, exc: BaseException) -> None:
         self.failure = exc if isinstance(exc, UnimapError) else ModelError(
