@@ -20,7 +20,7 @@ import unimap
 from unimap import ConfigError, Options, inspect
 from unimap.cli import cli
 from unimap.machines import PRESETS, preset_machine
-from unimap.plan import Plan, make_plan
+from unimap.plan import LIMIT_HEADROOM_ARRAYS, Plan, make_plan
 from unimap.render import device_layers
 from unimap.settings import Reserves
 from unimap.units import GiB, format_bytes
@@ -238,8 +238,14 @@ def test_bad_manual_maps(models: Path, device_map: object, message: str) -> None
 
 
 def test_json_shape(models: Path) -> None:
-    data = json.loads(unimap.plan(models / "gemma3-4b-vl", machine="mac-16gb").to_json())
+    plan = unimap.plan(models / "gemma3-4b-vl", machine="mac-16gb")
+    data = json.loads(plan.to_json())
     assert isinstance(data["fits"], bool) and isinstance(data["wired_limit_bytes"], int)
+    # the run's MLX memory limit: below the peak by room for the chunk's largest arrays
+    resident = data["totals"]["weight_bytes"] + data["totals"]["kv_bytes"]
+    assert resident < data["memory_limit_bytes"] < data["totals"]["peak_bytes"]
+    room = LIMIT_HEADROOM_ARRAYS * plan.estimate.largest_array_bytes
+    assert data["totals"]["peak_bytes"] - data["memory_limit_bytes"] == room
     assert [set(d) >= {"name", "budget_bytes", "used_bytes", "layers"} for d in data["devices"]] == [True] * 2
     assert set(data["layers"][0]) >= {"index", "device", "weight_bytes", "kv_bytes"}
     assert set(data["non_mapped"]) == {"device", "weight_bytes"}
@@ -462,6 +468,7 @@ def test_notebook_html_shows_each_device(models: Path, family: str, machine: str
             d.weight_bytes, d.kv_bytes + d.kv_growth_bytes, d.activation_bytes, d.used_bytes,
             d.budget_bytes, d.free_bytes))]
     assert f"predicted peak {format_bytes(plan.peak_bytes)}" in page.text
+    assert f"MLX memory limit {format_bytes(plan.memory_limit_bytes)}" in page.text
     assert (plan.wired_limit_bytes is None or
             f"wired limit {format_bytes(plan.wired_limit_bytes)}" in page.text)
     assert all(w in page.text for w in plan.ways_out) and all(n in page.text for n in plan.notes)

@@ -7,9 +7,11 @@ Each family of tests/tiny_families.py is written as a random-weight checkpoint (
 or wide_config's twin `--width` times as wide with `--experts` times the experts and twice the
 top-k, its MLP widths `--mlp` times more), planned all on one device of the stand-in machine for
 exactly each prompt plus 4 decoded tokens, loaded through unimap and run by mlx-lm's own
-generate_step (one prefill chunk of up to 2048 tokens), `--repeat` times. The line per family
+stream_generate (one prefill chunk of up to 2048 tokens), `--repeat` times. The line per family
 gives plan / the largest measured peak (mx.get_peak_memory()) at each prompt length, "UNDER"
-where the plan was exceeded. MLX allocates ahead of the work in flight, so a shape's peak varies
+where the plan was exceeded, the spread of the peaks over their smallest (with --repeat) and, with
+--held, how far a run passed the plan's memory limit in units of the largest array a prefill
+chunk makes. MLX allocates ahead of the work in flight, so a shape's peak varies
 from run to run: runs go without the plan's MLX memory limit (the need itself) unless `--held`
 keeps it, as unimap.load leaves it. Faster than tools/bench_estimate.py's fresh process per
 case, so it sweeps every family at several lengths in minutes.
@@ -25,6 +27,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,43 +35,54 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 
+class Case(NamedTuple):
+    """One prompt length: plan / the largest peak, the spread of the peaks over the smallest, and
+    (held runs) how far the largest passed the plan's MLX memory limit, in units of the largest
+    array a prefill chunk makes (Estimate.largest_array_bytes)."""
+
+    ratio: float
+    spread: float
+    overshoot: float
+
+
 def sweep(family: str, work: Path, tokens: list[int], width: int, experts: int,
-          held: bool = False, mlp: int = 1, repeat: int = 1) -> list[float]:
+          held: bool = False, mlp: int = 1, repeat: int = 1) -> list[Case]:
     import mlx.core as mx
     from calibrate_families import DECODE
-    from mlx_lm.generate import generate_step
+    from mlx_lm import stream_generate
     from tiny_families import MLP_WIDTHS, scale_fields, tiny_config, wide_config
     from tiny_models import stand_in_machine, write_random_model
 
     import unimap
     from unimap.device_map import parse_device_map
     from unimap.estimate import Options
-    from unimap.generate import make_cache
     from unimap.plan import make_plan
 
     config = wide_config(family, width, experts) if width > 1 else tiny_config(family)
     path = write_random_model(work / family, scale_fields(config, MLP_WIDTHS, mlp))
     spec = unimap.inspect(path)
-    ratios = []
+    cases = []
     for n in tokens:
         options = Options(max_seq_len=n + DECODE, max_batch_size=1)
         plan = make_plan(spec, stand_in_machine(), options, parse_device_map("auto"))
-        model, _, _ = unimap.load(path, planned=plan)
+        model, tokenizer, _ = unimap.load(path, planned=plan)
         if not held:  # the need itself, not what MLX's memory limit holds it to
             model._unimap.limits.release()
-        prompt = mx.array([(31 * i) % 120 + 3 for i in range(n)])
+        prompt = [(31 * i) % 120 + 3 for i in range(n)]
         peaks = []
         for _ in range(repeat):
             gc.collect()
             mx.clear_cache()
             mx.reset_peak_memory()
-            for _ in generate_step(prompt, model, max_tokens=DECODE, prompt_cache=make_cache(model)):
+            for _ in stream_generate(model, tokenizer, prompt, max_tokens=DECODE):
                 pass
             peaks.append(mx.get_peak_memory())
-        ratios.append(plan.peak_bytes / max(peaks))
+        largest = max(plan.estimate.largest_array_bytes, 1)
+        overshoot = max(max(peaks) - plan.memory_limit_bytes, 0) / largest if held else 0.0
+        cases.append(Case(plan.peak_bytes / max(peaks), max(peaks) / min(peaks) - 1, overshoot))
         model._unimap.limits.release()
         del model
-    return ratios
+    return cases
 
 
 def main() -> None:
@@ -89,27 +103,35 @@ def main() -> None:
     tokens = [int(t) for t in args.tokens.split(",")]
     chosen = args.only.split(",") if args.only else [f for f in families() if f not in UNBUILDABLE]
     experts = args.experts or args.width
-    every: list[float] = []
-    under = 0
+    every: list[Case] = []
     with tempfile.TemporaryDirectory() as tmp:
         for family in chosen:
             start = time.perf_counter()
             try:
-                ratios = sweep(family, Path(tmp), tokens, args.width, experts, args.held, args.mlp,
-                               args.repeat)
+                cases = sweep(family, Path(tmp), tokens, args.width, experts, args.held, args.mlp,
+                              args.repeat)
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
                 continue
-            every += ratios
-            under += sum(r < 1 for r in ratios)
-            shown = " ".join(f"{r:.3f}" for r in ratios)
-            flag = "  UNDER" if min(ratios) < 1 else ""
-            print(f"{family:24s} {shown}{flag}  ({time.perf_counter() - start:.1f} s)", flush=True)
+            every += cases
+            shown = " ".join(f"{c.ratio:.3f}" for c in cases)
+            flag = "  UNDER" if min(c.ratio for c in cases) < 1 else ""
+            spread = f"  spread {100 * max(c.spread for c in cases):.2f} %" if args.repeat > 1 else ""
+            over = f"  past the limit {max(c.overshoot for c in cases):.2f}" if args.held else ""
+            print(f"{family:24s} {shown}{flag}{spread}{over}  ({time.perf_counter() - start:.1f} s)",
+                  flush=True)
     if every:
-        print(f"{len(every)} cases at {tokens} tokens, width x{args.width}, experts x{experts}: "
-              f"{under} under; median {statistics.median(every):.3f}, max {max(every):.3f}, "
-              f"min {min(every):.3f}")
-
+        ratios = [c.ratio for c in every]
+        print(f"{len(every)} cases at {tokens} tokens, width x{args.width}, experts x{experts}, "
+              f"MLP x{args.mlp}, {args.repeat} run(s) each{', held' if args.held else ''}: "
+              f"{sum(r < 1 for r in ratios)} under; median {statistics.median(ratios):.3f}, "
+              f"max {max(ratios):.3f}, min {min(ratios):.3f}")
+        if args.repeat > 1:
+            spreads = [100 * c.spread for c in every]
+            print(f"spread of the peaks over their smallest: median {statistics.median(spreads):.2f} %, "
+                  f"max {max(spreads):.2f} %")
+        if args.held:
+            print(f"past the memory limit, in largest arrays: max {max(c.overshoot for c in every):.2f}")
 
 if __name__ == "__main__":
     main()

@@ -40,9 +40,10 @@ from unimap.units import MiB, format_bytes
 # loading peak measured 16 bytes above weights plus one converted layer (tools/gpu_check.py on
 # the CPU build); 64 KiB keeps the prediction above such strays with room to spare.
 SMALL_ARRAYS_BYTES = 64 * 1024
-# A run held to an MLX memory limit passed it by up to 0.87 of the largest array a prefill chunk
-# makes (falcon_h1, of 123 families' twins run 3 times each; docs/BENCHMARKS.md, "Run to run"):
-# the limit leaves room for two.
+# Room under the peak for this many of the largest arrays a prefill chunk makes: MLX checks its
+# memory limit after an allocation. Held this way, 123 families' twins run 3 times each went past
+# the limit by up to 1.72 such arrays (mamba, whose need with nothing in flight is above it) and
+# never past their plans (tools/sweep_families.py --held; docs/BENCHMARKS.md, "Run to run").
 LIMIT_HEADROOM_ARRAYS = 2
 
 
@@ -156,13 +157,12 @@ class Plan:
     @property
     def memory_limit_bytes(self) -> int:
         """The MLX memory limit a loaded model runs under (unimap.runtime): the peak less room
-        for the largest arrays a prefill chunk makes, never below what stays resident. MLX lets a run
-        allocate ahead of the arrays it is still computing (up to ten operations on the CPU and
-        CUDA, command buffers on Metal), so one run's peak differs from the next (by up to 3.9 %
-        over five runs of 123 families' twins, docs/BENCHMARKS.md); over its memory limit MLX
-        waits for that work to finish instead.
-        It checks the limit after each allocation, so a run passes it by what was allocated
-        before the check: the headroom (LIMIT_HEADROOM_ARRAYS)."""
+        for the largest arrays a prefill chunk makes (LIMIT_HEADROOM_ARRAYS), never below what
+        stays resident. MLX lets a run allocate ahead of the arrays it is still computing (up to
+        ten operations on the CPU and CUDA, command buffers on Metal), so one run's peak differs
+        from the next (by up to 10 % over five runs of 123 families' twins, docs/BENCHMARKS.md);
+        over its memory limit MLX waits for that work to finish instead. It checks the limit
+        after each allocation, so a run passes it by what was allocated before the check."""
         resident = (sum(d.weight_bytes + d.kv_bytes for d in self.devices) + SMALL_ARRAYS_BYTES)
         headroom = LIMIT_HEADROOM_ARRAYS * self.estimate.largest_array_bytes
         return max(self.peak_bytes - headroom, resident)
