@@ -76,6 +76,9 @@ OTHERS = [m for m in MODULES if ROWS[m]["family"] is None]
 REFUSED: dict[str, str] = {}
 # Towers sized from no common field: FastViTHD (fixed in mlx-vlm's code, priced per pixel) and
 # Gemma 4 unified's encoder-free patch embedder (no layers; num_soft_tokens patches an image).
+# Towers whose processor resizes every image, up or down, to a fixed token budget (Gemma 4's
+# default_output_length), priced at that budget whatever --max-image-length says.
+BUDGETED = {"gemma4": 280}
 OWN_TOWERS = {"fastvlm": {"kind": "fixed", "num_layers": 0, "image_size": 1024, "tokens_per_image": 256},
               "gemma4_unified": {"kind": "fixed", "num_layers": 0, "image_size": None,
                                  "tokens_per_image": 280}}
@@ -103,7 +106,9 @@ def test_vision_language_model_plans_with_its_tower(module: str) -> None:
     assert v is not None and v["num_layers"] > 0 and v["num_heads"] > 0
     # the tower's sizes come from its own config, not from defaults
     assert {v["num_layers"], v["hidden_size"], v["num_heads"]} <= set(row["vision_numbers"])
-    if v["kind"] == "fixed":
+    if v["kind"] == "fixed" and module in BUDGETED:  # resized to its token budget, any size
+        assert v["image_size"] is None and v["tokens_per_image"] == BUDGETED[module]
+    elif v["kind"] == "fixed":
         assert v["image_size"] and v["tokens_per_image"] and v["tokens_per_image"] > 0
     else:  # dynamic resolution: tokens follow the image, merge_size patches a side to a token
         assert v["image_size"] is None and v["merge_size"] >= 1

@@ -47,6 +47,17 @@ LANGUAGE_MODELS: dict[str, tuple[str, str]] = {
     "smolvlm": ("llama", "HuggingFaceTB/SmolVLM2-2.2B-Instruct"),
 }
 
+# Fields published checkpoints carry beyond what mlx-vlm's ModelConfig defaults: the anyres
+# grids LLaVA-NeXT (llava-hf/llava-v1.6-mistral-7b-hf), LLaVA-OneVision
+# (llava-hf/llava-onevision-qwen2-0.5b-ov-hf, its first and last grids) and Granite Vision
+# (ibm-granite/granite-vision-3.2-2b, its first and last) fit images to
+PUBLISHED: dict[str, dict[str, Any]] = {
+    "llava_next": {"image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336],
+                                            [336, 1008]]},
+    "llava_onevision": {"image_grid_pinpoints": [[384, 384], [2304, 2304]]},
+    "granite_vision": {"image_grid_pinpoints": [[384, 384], [3840, 384]]},
+}
+
 # Checkpoints that keep the language model under another key than "text_config".
 LANGUAGE_KEYS: dict[str, str] = {
     "deepseek_vl_v2": "language_config", "internvl_chat": "llm_config",
@@ -155,6 +166,7 @@ def vlm_config(module: str) -> dict[str, Any]:
     if own is not None:  # mlx-lm's module for the VLM's own type: its tiny config, as the tests build it
         config.update(_own_config(module, own))
         config["model_type"] = model_type
+        _published_text_fields(module, config)
     else:
         config[LANGUAGE_KEYS.get(module, "text_config")] = _text_config(module)
     vision = _fields(classes.VisionConfig, none_from_small=True)
@@ -163,7 +175,21 @@ def vlm_config(module: str) -> dict[str, Any]:
     config["vision_config"] = vision
     for key, value in _fields(classes.ModelConfig, skip=("text_config", "vision_config")).items():
         config.setdefault(key, value)
+    config.update(copy.deepcopy(PUBLISHED.get(module, {})))
     return config
+
+
+def _published_text_fields(module: str, config: dict[str, Any]) -> None:
+    """Fields mlx-vlm's TextConfig requires or leaves None that published checkpoints carry
+    (Kimi-VL's n_group, Mistral-Small-3.1's rope_theta, Qwen3.5's rms_norm_eps), from SMALL,
+    where mlx-lm's tiny config lacks them."""
+    text, text_class = config.get("text_config"), getattr(_module(module), "TextConfig", None)
+    if not isinstance(text, dict) or text_class is None:
+        return
+    for f in dataclasses.fields(text_class):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name in SMALL and f.name not in text and (f.default is None or required):
+            text[f.name] = copy.deepcopy(SMALL[f.name])
 
 
 def _own_config(module: str, own: str) -> dict[str, Any]:

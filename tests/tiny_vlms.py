@@ -5,7 +5,8 @@ and processors read them offline. Four families: Qwen2-VL (dynamic resolution, m
 Qwen2.5-VL (the same with windowed attention in the tower), Gemma 3 (a SigLIP tower at a
 fixed size, pooled to a fixed number of image tokens, a projector, a text model with
 sliding-window layers) and PaliGemma (a SigLIP tower and a Gemma text model that attends both
-ways over the prompt, so mlx-vlm prefills it in one pass, never in chunks)."""
+ways over the prompt, so mlx-vlm prefills it in one pass, never in chunks). write_any_vlm builds
+any other mlx-vlm family the same way with a tower made small, for text prompts."""
 
 from __future__ import annotations
 
@@ -196,3 +197,63 @@ def write_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
     return path
+
+
+# What write_any_vlm sets a tower's sizes to, wherever its vision_config has the field: small
+# enough that every tower builds in a few MB, as the tiny language model does.
+TOWER_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "depth": 2,
+               "num_layers": 2, "num_attention_heads": 2, "num_heads": 2, "embed_dim": 64,
+               "num_key_value_heads": 2}
+MAX_TINY_BYTES = 64 << 20  # a tower whose sizes are not in those fields stays real-sized: refused
+# a chat template for any model: the text of each turn, an <image> per image placeholder
+ANY_TEMPLATE = (
+    "{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> {% elif c['type'] == 'text' %}"
+    "{{ c['text'] }}{% endif %}{% endfor %}{% endif %} {% endfor %}")
+
+
+def write_any_vlm(folder: Path, module: str) -> Path:
+    """A random checkpoint of any mlx-vlm `module`, built through its own Model class from
+    tests/tiny_vlm_configs.py's config (the tiny language model; the tower's sizes set small by
+    TOWER_SIZES) with a word-level tokenizer and a plain chat template, so mlx-vlm's loader reads
+    it offline (its processor is then the tokenizer: text prompts only). Raises what mlx-vlm
+    raises where its classes cannot build the config, and ValueError where the tower keeps its
+    real size."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_vlm.utils import get_model_and_args, update_module_configs
+    from tiny_vlm_configs import vlm_config
+
+    config = vlm_config(module)
+    tower = config["vision_config"]
+    for key, value in TOWER_SIZES.items():
+        if isinstance(tower.get(key), int) and not isinstance(tower.get(key), bool):
+            tower[key] = value
+    if isinstance(tower.get("layer_types"), list):  # one per layer (Gemma 4's tower)
+        tower["layer_types"] = tower["layer_types"][:tower.get("num_hidden_layers", 0)]
+    built = json.loads(json.dumps(config))
+    model_class, _ = get_model_and_args(built)
+    built.setdefault("text_config", {})
+    model = model_class.Model(update_module_configs(model_class.ModelConfig.from_dict(built),
+                                                    model_class, built, ["text", "vision", "projector"]))
+    weights = dict(tree_flatten(model.parameters()))
+    size = sum(w.nbytes for w in weights.values())
+    if size > MAX_TINY_BYTES:
+        largest = max(weights, key=lambda k: weights[k].nbytes)
+        raise ValueError(f"{module}: {size >> 20} MiB with its tower's sizes set small "
+                         f"(largest: {largest}); its sizes are in fields TOWER_SIZES does not set")
+    folder.mkdir(parents=True, exist_ok=True)
+    # the image marks some processors look up on the tokenizer (Gemma 3's)
+    _tokenizer(folder, ["<eos>", "<pad>", "<image>", "<boi>", "<eoi>"], "<eos>", "<pad>", ANY_TEMPLATE,
+               {"extra_special_tokens": {"image_token": "<image>", "boi_token": "<boi>",
+                                         "eoi_token": "<eoi>"}})
+    # an image processor for the family's processor class to be built with (mlx-vlm's loader
+    # requires one); the images a test gives go to the four families above, not these
+    side = tower.get("image_size") if isinstance(tower.get("image_size"), int) else 224
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "size": {"height": side, "width": side},
+        "crop_size": {"height": side, "width": side}, "do_resize": True, "do_normalize": True,
+        "do_rescale": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder

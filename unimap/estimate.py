@@ -16,6 +16,7 @@ per family).
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -758,16 +759,19 @@ def image_tiles(v: Vision, options: Options) -> int:
     tile when the family resizes, or the image is no larger than a tile)."""
     size = v.image_size or 0
     if not v.tiled or size <= 0 or options.max_image_length <= size:
-        return 1
+        return v.min_tiles if v.tiled else 1
     side = -(-options.max_image_length // size)
-    return side * side + 1
+    return max(side * side + 1, v.min_tiles)
 
 
 def _image_tokens(arch: Architecture, options: Options) -> int:
     v = arch.vision
     if v is None or options.max_num_images == 0:
         return 0
-    per_image = (v.tokens_per_image or 0) * image_tiles(v, options) if v.kind == "fixed" else (
+    tiles = image_tiles(v, options)
+    # anyres: at most a newline after each row of each tile's features
+    newlines = math.isqrt(v.tokens_per_image or 0) * tiles if v.newlines else 0
+    per_image = (v.tokens_per_image or 0) * tiles + newlines if v.kind == "fixed" else (
         _image_patches(arch, options) // (v.merge_size * v.merge_size))
     return options.max_num_images * per_image
 
@@ -796,7 +800,17 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_
                + cs * v.num_heads * n * n * d * at_once + ck * v.num_layers * p * v.hidden_size * d)
     b = options.max_batch_size
     tokens = options.max_seq_len + _image_tokens(arch, options)
+    # a one-hot position lookup (Gemma 4): the comparison (1 byte), its float32 copy and the
+    # contiguous copy the matmul with the table reads, an element each
+    one_hot = b * p * v.position_one_hot * (1 + 4 + 4)
+    # the rotary grid, per position and unit of head dim, all in one lazy graph: the angles (2
+    # bytes: float32, a quarter of the dim per axis), their cosines and sines (4), the imaginary
+    # parts and complex64 pairs (4 + 4), the stacked table and its reshaped copy (4 + 4)
+    head_dim = v.hidden_size // max(v.num_heads, 1)
+    grid = v.rope_grid * head_dim * 22
     return {
+        **({"vision/position-one-hot": one_hot} if one_hot else {}),
+        **({"vision/rope-grid": grid} if grid else {}),
         "all/pixels": b * pixels,
         "all/input-embeddings": b * tokens * arch.hidden_size * embed_d,
         "vision/encoder": b * int(encoder),

@@ -46,6 +46,17 @@ class Vision:
     # fixed-size towers of families without a reader: an image larger than image_size may be cut
     # into tiles of that size plus a thumbnail (Llama 4, LLaVA-NeXT, InternVL), so price those
     tiled: bool = False
+    # anyres towers (LLaVA-NeXT, LLaVA-OneVision: image_grid_pinpoints): the processor fits every
+    # image, however small, to a grid of tiles beside the base image, so at least this many tiles
+    # (1 + the smallest grid's), and a newline token after each row of a tile's features
+    min_tiles: int = 1
+    newlines: bool = False
+    # elements per patch of a one-hot position lookup (Gemma 4's tower: 2 x
+    # position_embedding_size, float32, matched against a table rather than indexed)
+    position_one_hot: int = 0
+    # positions of a 2D rotary table the tower computes whole on each call (MoonViT's 512 x 512,
+    # complex64, head_dim / 2 an entry), whatever the images' sizes
+    rope_grid: int = 0
     # patches the tower sees per image where they are not (image_size / patch_size)^2: an
     # encoder-free embedder (Gemma 4 unified) takes up to this many patches of any image
     patches_per_image: int | None = None
@@ -377,10 +388,11 @@ ONE_PASS_POLICIES: dict[str, tuple[str, Any, Any, str]] = {
 
 
 def one_pass_prefill(cfg: Mapping[str, Any], model_type: str) -> dict[str, Any]:
-    """When mlx-vlm prefills this model's prompt in one pass instead of the plan's chunks (its
-    policy, or a class that sets no_chunked_prefill), whether that pass makes logits for every
-    row, and whether its embeddings with images are float32: Vision's one_pass, all_logits and
-    float32_embeddings."""
+    """What mlx-vlm's code for this model decides, read from its source: when it prefills the
+    prompt in one pass instead of the plan's chunks (its policy, or a class that sets
+    no_chunked_prefill), whether that pass makes logits for every row, whether its embeddings
+    with images are float32, and the positions of a rotary grid its tower builds whole: Vision's
+    one_pass, all_logits, float32_embeddings and rope_grid."""
     from unimap.structure import vlm_source
 
     source = vlm_source(vlm_package(model_type))
@@ -394,8 +406,15 @@ def one_pass_prefill(cfg: Mapping[str, Any], model_type: str) -> dict[str, Any]:
         value = (text if isinstance(text, dict) else {}).get(key, cfg.get(key))
         value = default if value is None else value
         when = mode if (value == off if off is not None else bool(value)) else ""
+    # a tower that builds its whole 2D rotary grid on every call (MoonViT: Kimi-VL, Kimi K2.5,
+    # LocateAnything), however few patches the images have
+    grid = ROPE_GRID.search(source)
     return {"one_pass": when, "all_logits": bool(when) and "logits_to_keep" not in source,
-            "float32_embeddings": model_type in FLOAT32_EMBEDDINGS}
+            "float32_embeddings": model_type in FLOAT32_EMBEDDINGS,
+            "rope_grid": int(grid[1]) * int(grid[2]) if grid else 0}
+
+
+ROPE_GRID = re.compile(r"Rope2DPosEmb\(\s*\w+\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
 
 
 def _first_of(cfg: Mapping[str, Any], keys: tuple[str, ...], where: str, default: Any = None) -> Any:
@@ -483,6 +502,20 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
     shuffle = v.get("pixel_shuffle_ratio", cfg.get("downsample_ratio"))  # Llama 4, InternVL
     if not tokens and fixed and isinstance(shuffle, int | float) and 0 < shuffle < 1:
         tokens = max(1, int((size // patch) ** 2 * shuffle * shuffle))
+    budget = v.get("default_output_length")
+    if not fixed and isinstance(budget, int) and budget > 0 and "position_embedding_size" in v:
+        # Gemma 4: the processor resizes every image, up or down, to fill default_output_length
+        # tokens of merge x merge patches, so an image takes that many whatever its size
+        positions = _first_of(v, ("position_embedding_size",), vw)
+        return Vision(kind="fixed", num_layers=_first_of(v, ("num_hidden_layers",), vw),
+                      hidden_size=hidden, intermediate_size=inter,
+                      num_heads=_first_of(v, ("num_attention_heads",), vw), patch_size=patch,
+                      merge_size=merge, image_size=None, tokens_per_image=budget,
+                      patches_per_image=budget * merge * merge, position_one_hot=2 * positions)
+    grids = [g for g in cfg.get("image_grid_pinpoints") or () if isinstance(g, list | tuple)
+             and len(g) == 2 and all(isinstance(n, int) and n > 0 for n in g)]
+    anyres = fixed and bool(grids)
+    min_tiles = 1 + min(-(-g[0] // size) * -(-g[1] // size) for g in grids) if anyres else 1
     return Vision(kind="fixed" if fixed else "qwen2_vl",
                   num_layers=_first_of(v, ("num_hidden_layers", "depth", "num_layers", "layers",
                                            "vt_num_hidden_layers"), vw),
@@ -492,7 +525,8 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                   patch_size=patch, merge_size=merge, image_size=size if fixed else None,
                   tokens_per_image=(tokens or (size // patch) ** 2 // (merge * merge)) if fixed else None,
                   temporal_patch_size=_first_of(v, ("temporal_patch_size",), vw, 1),
-                  tiled=fixed and cfg.get("model_type") not in RESIZED)
+                  tiled=fixed and cfg.get("model_type") not in RESIZED,
+                  min_tiles=min_tiles, newlines=anyres)
 
 
 VISION_TYPES = ("gemma3", "llava", "qwen2_5_vl", "qwen2_vl")

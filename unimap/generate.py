@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from unimap import vlm
-from unimap.checks import MAX_TOKENS, check_sampling, is_utf8, short
-from unimap.errors import ArgumentTypeError, ConfigError
+from unimap.checks import MAX_TOKENS, check_sampling, foreign, is_utf8, short
+from unimap.errors import ArgumentTypeError, ConfigError, ModelError
 
 
 @dataclass(frozen=True)
@@ -390,11 +390,22 @@ def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, sam
     if stream is not None:
         ar.generation_stream = stream
     try:
-        yield from ar.generate_step(inputs.input_ids, model, inputs.pixel_values, inputs.mask,
-                                    max_tokens=max_tokens, sampler=sampler,
-                                    logits_processors=processors, prompt_cache=cache,
-                                    prefill_step_size=step_tokens,
-                                    **inputs.extra)
+        steps = ar.generate_step(inputs.input_ids, model, inputs.pixel_values, inputs.mask,
+                                 max_tokens=max_tokens, sampler=sampler,
+                                 logits_processors=processors, prompt_cache=cache,
+                                 prefill_step_size=step_tokens, **inputs.extra)
+        try:  # the prefill: the images through the tower into the prompt's image tokens
+            first = next(steps)
+        except StopIteration:
+            return
+        except ValueError as exc:
+            with_images = " and its images" if inputs.pixel_values is not None else ""
+            raise ModelError(f"mlx-vlm's model cannot take this prompt{with_images} "
+                             f"({foreign(exc)}): what the model's processor made does not fit "
+                             "the model (image tokens, patch shapes); check that the checkpoint's "
+                             "processor files are the published model's") from None
+        yield first
+        yield from steps
     finally:
         ar.generation_stream = kept
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unimap import vlm
 from unimap.checks import foreign
 from unimap.errors import ConfigError, ModelError
 from unimap.estimate import UPCAST_GROUP_BYTES
@@ -462,9 +463,9 @@ def apply_plan(model: Any, plan: Plan, limits: Limits, progress: Progress | None
     if has_state_layers(plan):  # layer by layer: see prefill_evaluated_class
         for layer in layers:
             layer.__class__ = prefill_evaluated_class(type(layer))
-    if plan.vision_device is not None and plan.vision_device != "cpu" and _cuda() and hasattr(
-            model, "vision_tower"):
-        evaluate_blockwise(model.vision_tower)  # priced so (estimate.CUDA_VISION_FACTOR)
+    tower = vlm.vision_tower(model) if plan.vision_device not in (None, "cpu") and _cuda() else None
+    if tower is not None:
+        evaluate_blockwise(tower)  # priced so (estimate.CUDA_VISION_FACTOR)
     mx.clear_cache()
     return placement
 

@@ -36,9 +36,23 @@ def require() -> None:
                           f"{INSTALL}") from None
 
 
+# what mlx-vlm's models call their vision encoder: vision_tower (LLaVA, Gemma 3, Qwen-VL's
+# "visual"), vision_model (Idefics 3, SmolVLM, Llama 4), vision_backbone (llm-jp), ...
+TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_backbone", "vision_encoder",
+               "vision", "vision_embedder")
+
+
 def is_vlm(model: Any) -> bool:
-    """Whether `model` came from mlx-vlm's loader (a vision tower beside a language model)."""
-    return hasattr(model, "vision_tower") and hasattr(model, "language_model")
+    """Whether `model` is one of mlx-vlm's vision-language models (its language model beside a
+    tower, whatever the family names the tower), as mlx-vlm's loader builds them."""
+    return type(model).__module__.startswith("mlx_vlm.models.") and hasattr(model, "language_model")
+
+
+def vision_tower(model: Any) -> Any:
+    """The vision encoder of an mlx-vlm model, under whichever name its family gives it; None
+    where it has none of TOWER_NAMES."""
+    return next((getattr(model, name) for name in TOWER_NAMES
+                 if getattr(model, name, None) is not None), None)
 
 
 def lazy_vlm(source: str) -> tuple[Any, Any]:
@@ -179,6 +193,12 @@ def prepare(model: Any, processor: Any, prompt: str | list[dict[str, Any]], imag
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"the model's processor cannot prepare this prompt and these images "
                           f"({exc})") from None
+    if images and inputs.get("pixel_values") is None:  # a processor that is only a tokenizer
+        raise ConfigError(f"the model's processor made no pixels of the {len(images)} image(s): "
+                          f"mlx-vlm loaded only a {type(processor).__name__} for it, so the "
+                          "checkpoint's processor files (preprocessor_config.json, "
+                          "processor_config.json) are missing or name no processor for this model; "
+                          "copy them from the published model, or run without images")
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
     return Inputs(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"), extra)
 
