@@ -111,15 +111,13 @@ print(json.dumps(out))
 # whose sizes are in fields of its own), with what stops them; their planning is checked by
 # tests/test_vlm_coverage.py. A family that starts to build fails here until it is moved out.
 NOT_BUILT = {
-    "deepseek_vl_v2": "Unsupported model type", "deepseekocr": "Unsupported model type",
-    "unlimited_ocr": "Unsupported model type", "deepseekocr_2": "has no attribute 'get'",
-    "gemma3n": "not subscriptable", "idefics2": "resampler_n_latents",
-    "internvl": "missing 3 required", "internvl_chat": "missing 7 required",
-    "multi_modality": "missing 1 required", "nemotron_h_nano_omni": "missing 19 required",
-    "qwen2_vl": "missing 5 required", "qwen2_5_vl": "missing 5 required",
-    "prism_hadamard_qwen35": "Hadamard packs", "fastvlm": "MiB with its tower",
-    "gemma4_unified": "MiB with its tower", "kimi_k3": "MiB with its tower",
-    "muse_glimmer": "MiB with its tower", "step3p7": "MiB with its tower",
+    "deepseekocr_2": "has no attribute 'get'",  # its tower's config wants nested widths
+    "prism_hadamard_qwen35": "Hadamard packs",  # a packed checkpoint format only
+    "gemma3n": "input_feat_size",  # its audio tower's config, which the writer leaves out
+    # towers or projectors sized in fields of their own (SAM, MobileNet, FastViTHD, ...)
+    **{m: "MiB with its tower" for m in (
+        "deepseek_vl_v2", "deepseekocr", "unlimited_ocr", "fastvlm", "gemma4_unified",
+        "kimi_k3", "muse_glimmer", "step3p7")},
 }
 
 
@@ -138,7 +136,7 @@ def rows() -> dict[str, dict[str, Any]]:
 
 def test_most_planned_families_run(rows: dict[str, dict[str, Any]]) -> None:
     ran = [m for m, row in rows.items() if row["built"]]
-    assert len(rows) >= 40 and len(ran) >= 20, ran
+    assert len(rows) >= 40 and len(ran) >= 30, ran
     for module, row in rows.items():
         if not row["built"]:
             assert module in NOT_BUILT, f"{module} no longer builds: {row['why']}"
@@ -150,7 +148,9 @@ def test_most_planned_families_run(rows: dict[str, dict[str, Any]]) -> None:
 # Families plain mlx-vlm cannot run a text prompt on, with what stops it.
 MLX_VLM_FAILS = {"plamo2vl": "Chat messages should be dicts",  # its template wants messages
                  # its rope index reduces an empty attention mask on a prompt without images
-                 "qwen3_5": "Cannot max reduce", "qwen3_5_moe": "Cannot max reduce"}
+                 "qwen3_5": "Cannot max reduce", "qwen3_5_moe": "Cannot max reduce",
+                 # transformers' InternVL processor needs torchvision (PyTorch), not installed
+                 "internvl": "requires `torchvision`"}
 
 
 def test_every_built_family_runs_through_unimap(rows: dict[str, dict[str, Any]]) -> None:
@@ -170,7 +170,7 @@ def test_an_image_the_processor_cannot_take_is_a_clear_error(rows: dict[str, dic
     image, makes no pixels (a processor that is only a tokenizer: told, not the image dropped
     unsaid) or makes pixels the model cannot take. Never a traceback from inside mlx-vlm."""
     outcomes = {m: row["image"] for m, row in rows.items() if "image" in row}
-    assert len(outcomes) >= 20
+    assert len(outcomes) >= 28
     for module, outcome in outcomes.items():
         if outcome.startswith("ran "):
             peak, planned = map(int, outcome.split()[1:])
@@ -202,4 +202,4 @@ def test_tokens_are_mlx_vlms_and_peaks_within_the_plan(rows: dict[str, dict[str,
         if placement == "split":  # the language model's layers on both devices
             assert all(run["layers"]), f"{module}: {run['layers']}"
         checked += 1
-    assert checked >= 20
+    assert checked >= 28

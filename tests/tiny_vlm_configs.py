@@ -47,7 +47,8 @@ LANGUAGE_MODELS: dict[str, tuple[str, str]] = {
     "smolvlm": ("llama", "HuggingFaceTB/SmolVLM2-2.2B-Instruct"),
 }
 
-# Fields published checkpoints carry beyond what mlx-vlm's ModelConfig defaults: the anyres
+# Fields published checkpoints carry beyond what mlx-vlm's ModelConfig defaults (a dict is merged
+# into the sub-config of that name): the anyres
 # grids LLaVA-NeXT (llava-hf/llava-v1.6-mistral-7b-hf), LLaVA-OneVision
 # (llava-hf/llava-onevision-qwen2-0.5b-ov-hf, its first and last grids) and Granite Vision
 # (ibm-granite/granite-vision-3.2-2b, its first and last) fit images to
@@ -56,6 +57,17 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                                             [336, 1008]]},
     "llava_onevision": {"image_grid_pinpoints": [[384, 384], [2304, 2304]]},
     "granite_vision": {"image_grid_pinpoints": [[384, 384], [3840, 384]]},
+    # the sub-configs mlx-vlm's classes require a model_type of (HuggingFaceM4/idefics2-8b's
+    # perceiver, deepseek-ai/Janus-Pro-7B's aligner), and Gemma 3n's MLP widths, one a layer
+    "idefics2": {"perceiver_config": {"model_type": "idefics2_perceiver", "hidden_act": "silu",
+                                      "resampler_n_latents": 64, "resampler_depth": 3,
+                                      "resampler_n_heads": 16, "resampler_head_dim": 96,
+                                      "num_key_value_heads": 4, "attention_dropout": 0.0}},
+    "multi_modality": {"aligner_config": {"cls": "MlpProjector", "model_type": "aligner",
+                                          "params": {"depth": 2, "input_dim": 1024, "n_embed": 4096,
+                                                     "projector_type": "mlp_gelu"}}},
+    "gemma3n": {"text_config": {"intermediate_size": [128] * 4}},
+    "qwen2_vl": {"vision_config": {"mlp_ratio": 4}},  # an int, as transformers' config checks
 }
 
 # Checkpoints that keep the language model under another key than "text_config".
@@ -70,6 +82,9 @@ VISION_MODEL_TYPES: dict[str, str] = {
     "internvl": "internvl_vision", "internvl_chat": "intern_vit_6b",
     "llama4": "llama4_vision_model", "llava": "clip_vision_model",
     "llava_bunny": "siglip_vision_model", "llava_next": "clip_vision_model",
+    # DeepSeek-VL2's, DeepSeek-OCR's and Janus's towers: mlx-vlm builds them only for this name
+    "deepseek_vl_v2": "vision", "deepseekocr": "vision", "unlimited_ocr": "vision",
+    "multi_modality": "vision",
 }
 
 # One plausible small value per field that mlx-vlm's config classes require (no default).
@@ -169,13 +184,20 @@ def vlm_config(module: str) -> dict[str, Any]:
         _published_text_fields(module, config)
     else:
         config[LANGUAGE_KEYS.get(module, "text_config")] = _text_config(module)
+        _published_text_fields(module, config)
     vision = _fields(classes.VisionConfig, none_from_small=True)
     if not isinstance(vision.get("model_type"), str):
         vision["model_type"] = VISION_MODEL_TYPES.get(module, f"{module}_vision")
     config["vision_config"] = vision
     for key, value in _fields(classes.ModelConfig, skip=("text_config", "vision_config")).items():
         config.setdefault(key, value)
-    config.update(copy.deepcopy(PUBLISHED.get(module, {})))
+    for key, value in copy.deepcopy(PUBLISHED.get(module, {})).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)  # fields of a sub-config
+        else:
+            config[key] = value
+    if module == "multi_modality":
+        config.pop("projector_config", None)  # mlx-vlm reads the aligner's under this name
     return config
 
 

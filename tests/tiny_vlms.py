@@ -204,6 +204,9 @@ def write_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
 TOWER_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "depth": 2,
                "num_layers": 2, "num_attention_heads": 2, "num_heads": 2, "embed_dim": 64,
                "num_key_value_heads": 2}
+# Qwen2-VL and Qwen2.5-VL checkpoints keep the language model's fields at the top level, where
+# mlx-vlm reads them
+FLAT_TEXT = ("qwen2_vl", "qwen2_5_vl")
 MAX_TINY_BYTES = 64 << 20  # a tower whose sizes are not in those fields stays real-sized: refused
 # a chat template for any model: the text of each turn, an <image> per image placeholder
 ANY_TEMPLATE = (
@@ -212,13 +215,14 @@ ANY_TEMPLATE = (
     "{{ c['text'] }}{% endif %}{% endfor %}{% endif %} {% endfor %}")
 
 
-def write_any_vlm(folder: Path, module: str) -> Path:
+def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None = None,
+                  dtype: str = "float32") -> Path:
     """A random checkpoint of any mlx-vlm `module`, built through its own Model class from
     tests/tiny_vlm_configs.py's config (the tiny language model; the tower's sizes set small by
     TOWER_SIZES) with a word-level tokenizer and a plain chat template, so mlx-vlm's loader reads
     it offline (its processor is then the tokenizer: text prompts only). Raises what mlx-vlm
     raises where its classes cannot build the config, and ValueError where the tower keeps its
-    real size."""
+    real size. `tower_sizes` sets the tower's fields instead of TOWER_SIZES (a wider tower)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_vlm.utils import get_model_and_args, update_module_configs
@@ -226,27 +230,40 @@ def write_any_vlm(folder: Path, module: str) -> Path:
 
     config = vlm_config(module)
     tower = config["vision_config"]
-    for key, value in TOWER_SIZES.items():
+    for key, value in (tower_sizes or TOWER_SIZES).items():
         if isinstance(tower.get(key), int) and not isinstance(tower.get(key), bool):
             tower[key] = value
+    for key in ("vit_hidden_size", "projector_hidden_size"):  # a projector sized at the top
+        if isinstance(config.get(key), int):
+            config[key] = (tower_sizes or TOWER_SIZES)["hidden_size"]
     if isinstance(tower.get("layer_types"), list):  # one per layer (Gemma 4's tower)
         tower["layer_types"] = tower["layer_types"][:tower.get("num_hidden_layers", 0)]
+    # built as mlx-vlm's load_model builds it: a language model under llm_config taken as the
+    # text config, and every module config it updates
+    if module in FLAT_TEXT:  # published with the language model's fields at the top level
+        config.update({k: v for k, v in config.pop("text_config").items() if k != "model_type"})
     built = json.loads(json.dumps(config))
     model_class, _ = get_model_and_args(built)
-    built.setdefault("text_config", {})
-    model = model_class.Model(update_module_configs(model_class.ModelConfig.from_dict(built),
-                                                    model_class, built, ["text", "vision", "projector"]))
+    built.setdefault("text_config", built.pop("llm_config", {}))
+    built.setdefault("vision_config", {})
+    # no audio tower: a checkpoint without its weights runs without it (mlx-vlm disables it)
+    model_config = update_module_configs(model_class.ModelConfig.from_dict(built), model_class, built,
+                                         ["text", "vision", "perceiver", "projector"])
+    model = model_class.Model(model_config)
+    model.set_dtype(getattr(mx, dtype))
     weights = dict(tree_flatten(model.parameters()))
     size = sum(w.nbytes for w in weights.values())
-    if size > MAX_TINY_BYTES:
+    if size > MAX_TINY_BYTES and tower_sizes is None:
         largest = max(weights, key=lambda k: weights[k].nbytes)
         raise ValueError(f"{module}: {size >> 20} MiB with its tower's sizes set small "
                          f"(largest: {largest}); its sizes are in fields TOWER_SIZES does not set")
     folder.mkdir(parents=True, exist_ok=True)
-    # the image marks some processors look up on the tokenizer (Gemma 3's)
-    _tokenizer(folder, ["<eos>", "<pad>", "<image>", "<boi>", "<eoi>"], "<eos>", "<pad>", ANY_TEMPLATE,
-               {"extra_special_tokens": {"image_token": "<image>", "boi_token": "<boi>",
-                                         "eoi_token": "<eoi>"}})
+    # the image marks some processors look up on the tokenizer (Gemma 3's, Idefics 2's)
+    marks = {"image_token": "<image>", "boi_token": "<boi>", "eoi_token": "<eoi>",
+             "image_boundary_token": "<fake_token_around_image>",
+             "end_of_utterance_token": "<end_of_utterance>"}
+    _tokenizer(folder, ["<eos>", "<pad>", *marks.values()], "<eos>", "<pad>", ANY_TEMPLATE,
+               {"extra_special_tokens": marks})
     # an image processor for the family's processor class to be built with (mlx-vlm's loader
     # requires one); the images a test gives go to the four families above, not these
     side = tower.get("image_size") if isinstance(tower.get("image_size"), int) else 224
@@ -255,5 +272,5 @@ def write_any_vlm(folder: Path, module: str) -> Path:
         "crop_size": {"height": side, "width": side}, "do_resize": True, "do_normalize": True,
         "do_rescale": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps({**config, "torch_dtype": dtype}))
     return folder

@@ -1,6 +1,6 @@
 """Predicted against measured peak memory over a matrix of models and settings (issue 5).
 
-Usage: python tools/bench_estimate.py [--quick] [--only SUBSTRING] [--json OUT] [--png OUT]
+Usage: python tools/bench_estimate.py [--quick] [--only SUBSTRING] [--json OUT] [--png OUT] [--free]
 
 Every case runs in a fresh process: `unimap.load` plans and loads a random-weight checkpoint
 (real safetensors written by MLX, or the shipped GGUF model), then the real workload runs through
@@ -126,6 +126,21 @@ VISION: dict[str, dict[str, Any]] = {
                   "num_hidden_layers": 4, "image_size": 224},
 }
 
+# Any mlx-vlm family (tests/tiny_vlms.py's write_any_vlm: the tiny language model, a generic image
+# processor beside the family's processor class) whose processor takes an image so: its tower at
+# its published widths, 4 layers deep. Gemma 4's processor fills its 280-token budget whatever the
+# image's size, and its tower matches positions against a one-hot table; MoonViT (Kimi-VL) keeps
+# an image's resolution and builds its whole 512 x 512 rotary grid on every call.
+ANY_VLM = "vlm:"
+FREE_ENV = "UNIMAP_BENCH_FREE"
+FREE = os.environ.get(FREE_ENV) == "1"
+TOWERS: dict[str, dict[str, int]] = {
+    "gemma4": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 4,
+               "num_attention_heads": 12, "num_key_value_heads": 12},
+    "kimi_vl": {"hidden_size": 1152, "embed_dim": 1152, "intermediate_size": 4304, "depth": 4,
+                "num_heads": 16},
+}
+
 
 @dataclass(frozen=True)
 class Case:
@@ -184,6 +199,9 @@ def matrix() -> list[Case]:
     for weights, seq, place in (("f32", 256, "gpu"), ("f32", 2600, "gpu"), ("bf16", 2600, "gpu"),
                                 ("f32", 2600, "split")):
         cases.append(Case("paligemma", weights, seq, 1, None, place, 224))
+    for module in TOWERS:  # a small image and one past the tower's own size
+        for image in (224, 896):
+            cases.append(Case(f"{ANY_VLM}{module}", "f32", 512, 1, None, "gpu", image))
     return list(dict.fromkeys(cases))
 
 
@@ -243,6 +261,12 @@ def checkpoint(work: Path, model: str, weights: str) -> Path:
         return write_tiny_vlm(folder, family, dtype=dtype, vision=VISION[model])
     from tiny_models import write_random_model
 
+    if model.startswith(ANY_VLM):
+        from tiny_vlms import write_any_vlm
+
+        module = model[len(ANY_VLM):]
+        return write_any_vlm(folder, module, TOWERS[module],
+                             dtype="float32" if stored == "f32" else "bfloat16")
     if model.startswith(FAMILY):
         from tiny_families import tiny_config
 
@@ -355,6 +379,8 @@ def child(case: Case, path: Path) -> dict[str, Any]:
     start = time.perf_counter()
     gpu = bool(mx.is_available(mx.gpu))
     model, tokenizer, plan = unimap.load(path, **load_kwargs(case, num_layers, gpu))
+    if FREE:  # the run's need, not what the plan's MLX memory limit holds it to
+        model._unimap.limits.release()
     load_peak = mx.get_peak_memory()
     weights = mx.get_active_memory()
     mx.reset_peak_memory()
@@ -530,7 +556,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep checkpoints here (default: a temp folder)")
     parser.add_argument("--results", type=Path, help="render the tables (and --png) from a --json file")
     parser.add_argument("--keep-going", action="store_true", help="report a failing case and go on")
+    parser.add_argument("--free", action="store_true", help="run without the plan's MLX memory "
+                                                            "limit (the need, not the user's run)")
     args = parser.parse_args()
+    if args.free:
+        os.environ[FREE_ENV] = "1"  # the children read it
     if args.results:
         report(json.loads(args.results.read_text()), None, args.png)
         return

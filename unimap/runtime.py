@@ -382,10 +382,14 @@ def new_streams() -> Placement:
 
 
 def decoder_layers(model: Any) -> list[Any]:
-    layers = getattr(model, "layers", None)
-    if layers is None:
-        raise ModelError("this mlx-lm model exposes no `layers`; unimap cannot map it")
-    return list(layers)
+    """The model's decoder layers: its `layers`, or its language model's (an mlx-vlm model whose
+    own `layers` property fails, as Idefics 2's reaches for a `model` its language model lacks)."""
+    for owner in (model, getattr(model, "language_model", None),
+                  getattr(getattr(model, "language_model", None), "model", None)):
+        layers = getattr(owner, "layers", None) if owner is not None else None
+        if layers is not None:
+            return list(layers)
+    raise ModelError("this mlx-lm model exposes no `layers`; unimap cannot map it")
 
 
 def _values(tree: Any) -> list[Any]:

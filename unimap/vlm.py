@@ -24,7 +24,7 @@ NO_KV_BITS = ("--kv-bits is not supported for vision-language models yet (mlx-vl
 def text_only(name: str) -> ConfigError:
     """The error for images given to a model without a vision tower."""
     return ConfigError(f"{name} is a text-only model and cannot take images: drop --image, or run a "
-                       "vision-language model (Qwen2-VL, Qwen2.5-VL, Gemma 3)")
+                       "vision-language model (Qwen2-VL, Gemma 3, LLaVA, ...)")
 
 
 def require() -> None:
