@@ -469,3 +469,43 @@ def test_a_dtype_tie_goes_to_the_first_dtype_in_the_headers(tmp_path: Path, embe
     embedding = {"model.embed_tokens.weight": ("F32", (64, 64))}  # as many bytes as the layer
     shapes = {**embedding, **layer} if embedding_first else {**layer, **embedding}
     assert inspect(fx.write_model(tmp_path / "tie", config, shapes)).dtype == dtype
+
+
+def test_hub_vision_model_brings_its_image_processor_settings(tmp_path: Path) -> None:
+    """A vision-language repo not cached: its preprocessor_config.json is downloaded beside
+    config.json, so an Idefics 3 processor that resizes every image to 3 tiles a side is
+    planned at 3 x 3 + 1 tiles; a repo without one gets the processor's defaults (4 a side)."""
+    from fake_hub import serve
+
+    build = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        sys.path.insert(0, sys.argv[2])
+        from tiny_vlms import write_any_vlm
+        folder = write_any_vlm(Path(sys.argv[1]), "idefics3")
+        side = json.loads((folder / "config.json").read_text())["vision_config"]["image_size"]
+        (folder / "preprocessor_config.json").write_text(json.dumps({
+            "size": {"longest_edge": 3 * side}, "max_image_size": {"longest_edge": side}}))
+    """)
+    made = subprocess.run([sys.executable, "-c", build, str(tmp_path / "with"), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    without = tmp_path / "without"
+    without.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (without / name).write_bytes((tmp_path / "with" / name).read_bytes())
+    tiles = textwrap.dedent("""
+        import sys, unimap
+        from unimap.estimate import Options, image_tiles
+        spec = unimap.inspect(sys.argv[1])
+        print("OK", spec.where, image_tiles(spec.arch.vision, Options(max_image_length=64)))
+    """)
+    with serve({"org/with": tmp_path / "with", "org/without": without}) as (endpoint, seen):
+        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(tmp_path / "cache"),
+               "HF_HOME": str(tmp_path / "cache"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+        env.pop("HF_HUB_OFFLINE", None)
+        for repo, expected in (("org/with", 10), ("org/without", 17)):
+            done = subprocess.run([sys.executable, "-c", tiles, repo], env=env, capture_output=True,
+                                  text=True, timeout=120)
+            assert done.stdout.strip() == f"OK hub {expected}", done.stderr[-2000:]
+    assert any("org/with/resolve" in s and "preprocessor_config.json" in s for s in seen)

@@ -277,3 +277,81 @@ def test_towers_of_their_own_refuse_bad_fields_by_name(module: str, section: str
     config[section][field] = value
     with pytest.raises(ModelError, match=named):
         read_architecture(config, "config.json")
+
+
+# ---------------------------------------------------------------- images the processor sizes
+
+
+def _arch_with_processor(module: str, processor: dict[str, Any] | None, tmp_path: Path) -> Any:
+    """The architecture inspect reads for `module`'s config with `processor` as its
+    preprocessor_config.json (none when None), through the same reading inspect does."""
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.families import read_architecture
+    from unimap.inspect import with_processor
+
+    (tmp_path / "config.json").write_text(json.dumps(vlm_config(module)))
+    if processor is not None:
+        (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
+    config = with_processor(json.loads((tmp_path / "config.json").read_text()), tmp_path)
+    return read_architecture(config, module)
+
+
+@pytest.mark.parametrize("module", ["idefics3", "smolvlm"])
+@pytest.mark.parametrize("published", [True, False])
+def test_tiles_cover_what_the_processor_cuts_whatever_the_image(module: str, published: bool,
+                                                                tmp_path: Path) -> None:
+    """Idefics 3 and SmolVLM resize every image to the processor's longest edge, up or down,
+    then cut it into tiles of the tower's size plus the whole image: a 64-px image takes as many
+    tiles as a photo. The plan counts them from preprocessor_config.json (the processor's class
+    defaults, 4 tiles a side, without one), never fewer than transformers' own processor cuts."""
+    import numpy as np
+    from PIL import Image
+    from transformers import Idefics3ImageProcessorPil, SmolVLMImageProcessorPil
+
+    from unimap.estimate import Options, image_tiles
+
+    tile = 224
+    settings = {"size": {"longest_edge": 3 * tile}, "max_image_size": {"longest_edge": tile}}
+    arch = _arch_with_processor(module, {"image_processor_type": "x", **settings} if published
+                                else None, tmp_path)
+    cls = Idefics3ImageProcessorPil if module == "idefics3" else SmolVLMImageProcessorPil
+    processor = cls(**(settings if published else {"max_image_size": {"longest_edge": tile},
+                                                   "size": {"longest_edge": 4 * tile}}))
+    assert arch.vision is not None
+    for width, height in ((64, 48), (48, 64), (1024, 1024), (3000, 500), (224, 224)):
+        image = Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8))
+        cut = processor(images=[image], return_tensors="np")["pixel_values"].shape[1]
+        planned = image_tiles(arch.vision, Options(max_num_images=1, max_image_length=max(width, height)))
+        assert planned >= cut, (module, width, height, planned, cut)
+    assert planned == (3 if published else 4) ** 2 + 1  # the square worst case, exactly
+
+
+def test_a_processor_that_does_not_split_takes_one_tile(tmp_path: Path) -> None:
+    from unimap.estimate import Options, image_tiles
+
+    arch = _arch_with_processor("idefics3", {"do_image_splitting": False}, tmp_path)
+    assert arch.vision is not None
+    assert image_tiles(arch.vision, Options(max_num_images=1, max_image_length=4096)) == 1
+
+
+def test_gemma_4_takes_its_processors_token_budget(tmp_path: Path) -> None:
+    from unimap.estimate import Options, _image_tokens
+
+    for processor, tokens in ((None, 280), ({"max_soft_tokens": 560}, 560)):
+        arch = _arch_with_processor("gemma4", processor, tmp_path)
+        for length in (64, 4096):  # resized to the budget, up or down
+            assert _image_tokens(arch, Options(max_num_images=2, max_image_length=length)) == 2 * tokens
+
+
+@pytest.mark.parametrize("processor,named", [
+    ({"size": {"longest_edge": "big"}}, "an image edge of 'big'"),
+    ({"size": {"longest_edge": -4}}, "an image edge of -4"),
+    ([1, 2], "expected a JSON object"),
+])
+def test_a_bad_processor_config_is_refused_naming_it(processor: Any, named: str,
+                                                     tmp_path: Path) -> None:
+    from unimap.errors import ModelError
+
+    with pytest.raises(ModelError, match=re.escape(named)):
+        _arch_with_processor("idefics3", processor, tmp_path)

@@ -54,6 +54,10 @@ class Vision:
     # elements per patch of a one-hot position lookup (Gemma 4's tower: 2 x
     # position_embedding_size, float32, matched against a table rather than indexed)
     position_one_hot: int = 0
+    # tiles of every image, however large or small, where the processor resizes it to its
+    # longest edge before cutting (Idefics 3, SmolVLM: a square image's, with the whole image
+    # at tile size); 0 where the image's own size decides
+    split_tiles: int = 0
     # positions of a 2D rotary table the tower computes whole on each call (MoonViT's 512 x 512,
     # complex64, head_dim / 2 an entry), whatever the images' sizes
     rope_grid: int = 0
@@ -502,7 +506,12 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
     shuffle = v.get("pixel_shuffle_ratio", cfg.get("downsample_ratio"))  # Llama 4, InternVL
     if not tokens and fixed and isinstance(shuffle, int | float) and 0 < shuffle < 1:
         tokens = max(1, int((size // patch) ** 2 * shuffle * shuffle))
+    found = cfg.get(PROCESSOR_KEY)
+    processor: Mapping[str, Any] = found if isinstance(found, dict) else {}
+    pw = f"{where} {PROCESSOR_KEY}"
     budget = v.get("default_output_length")
+    if "max_soft_tokens" in processor:  # the processor's own budget, where it sets one
+        budget = _first_of(processor, ("max_soft_tokens",), pw)
     if not fixed and isinstance(budget, int) and budget > 0 and "position_embedding_size" in v:
         # Gemma 4: the processor resizes every image, up or down, to fill default_output_length
         # tokens of merge x merge patches, so an image takes that many whatever its size
@@ -516,6 +525,13 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
              and len(g) == 2 and all(isinstance(n, int) and n > 0 for n in g)]
     anyres = fixed and bool(grids)
     min_tiles = 1 + min(-(-g[0] // size) * -(-g[1] // size) for g in grids) if anyres else 1
+    split_tiles, tiled = 0, fixed and cfg.get("model_type") not in RESIZED
+    if fixed and cfg.get("model_type") in SPLIT_AT_LONGEST_EDGE:
+        tile = _edge(processor.get("max_image_size"), pw) or size
+        # without splitting, the processor resizes the whole image to one tile
+        tiled = processor.get("do_image_splitting", True) is not False
+        side = -(-(_edge(processor.get("size"), pw) or 4 * tile) // tile)
+        split_tiles = side * side + 1 if tiled else 0
     return Vision(kind="fixed" if fixed else "qwen2_vl",
                   num_layers=_first_of(v, ("num_hidden_layers", "depth", "num_layers", "layers",
                                            "vt_num_hidden_layers"), vw),
@@ -525,8 +541,27 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                   patch_size=patch, merge_size=merge, image_size=size if fixed else None,
                   tokens_per_image=(tokens or (size // patch) ** 2 // (merge * merge)) if fixed else None,
                   temporal_patch_size=_first_of(v, ("temporal_patch_size",), vw, 1),
-                  tiled=fixed and cfg.get("model_type") not in RESIZED,
-                  min_tiles=min_tiles, newlines=anyres)
+                  tiled=tiled,
+                  min_tiles=min_tiles, newlines=anyres, split_tiles=split_tiles)
+
+
+# processors that resize every image to their longest edge (4 tiles a side by default, as
+# transformers' Idefics3 and SmolVLM image processors do), then cut it into tiles of the tower's
+# size plus the whole image at that size
+SPLIT_AT_LONGEST_EDGE = ("idefics3", "smolvlm")
+PROCESSOR_KEY = "preprocessor_config"  # where inspect puts the image processor's settings
+
+
+def _edge(size: Any, where: str) -> int:
+    """The longest edge of a processor's size setting ({"longest_edge": n}, or an int); 0 where
+    it sets none."""
+    value = size.get("longest_edge") if isinstance(size, dict) else size
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1 << 15:
+        raise ModelError(f"{where}: an image edge of {value!r} pixels is not one a processor "
+                         "has; fix or re-download the file")
+    return value
 
 
 VISION_TYPES = ("gemma3", "llava", "qwen2_5_vl", "qwen2_vl")

@@ -9,6 +9,7 @@ tower, or to the non-mapped rest. Bad input is a ModelError that says what to do
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 
 from unimap.checks import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, check_config, claimed_layers, read_json, short
 from unimap.errors import ArgumentTypeError, ModelError
-from unimap.families import Architecture, read_architecture
+from unimap.families import PROCESSOR_KEY, Architecture, read_architecture
 from unimap.headers import DTYPE_BYTES, TensorHeader, parse_header, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -258,8 +259,27 @@ def read_config(path: Path) -> dict[str, Any]:
     return check_config(config, str(config_path))
 
 
+PROCESSOR_FILE = "preprocessor_config.json"
+
+
+def with_processor(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`config` with the image processor's settings of a vision-language model beside it
+    (preprocessor_config.json, under its file name's stem): some processors size every image
+    themselves (Idefics 3's longest edge, Gemma 4's token budget), whatever its size."""
+    if "vision_config" not in config:
+        return config
+    try:
+        processor = read_json(path / PROCESSOR_FILE, MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        return config
+    if not isinstance(processor, dict):
+        raise ModelError(f"{path / PROCESSOR_FILE}: expected a JSON object, not "
+                         f"{type(processor).__name__}; fix or re-download it")
+    return {**config, PROCESSOR_KEY: processor}
+
+
 def _local(path: Path, source: str) -> ModelSpec:
-    config = read_config(path)
+    config = with_processor(read_config(path), path)
     files, weight_map = _weight_files(path)
     located: dict[str, str] = {}  # tensor name -> file
     headers: list[TensorHeader] = []
@@ -356,7 +376,12 @@ def _hub(repo_id: str) -> ModelSpec:
                          f"reached within {HUB_PROBE_SECONDS:g} s; check the network, or download "
                          "the model and pass its folder")
     try:
-        config = read_config(Path(hf.hf_hub_download(repo_id, "config.json")).parent)
+        folder = Path(hf.hf_hub_download(repo_id, "config.json")).parent
+        if "vision_config" in (config := read_config(folder)):
+            # a checkpoint without one: its processor's defaults
+            with contextlib.suppress(errors.EntryNotFoundError):
+                hf.hf_hub_download(repo_id, PROCESSOR_FILE)
+        config = with_processor(config, folder)
         meta = hf.get_safetensors_metadata(repo_id)
     except errors.GatedRepoError:
         raise ModelError(f"{repo_id}: gated on the Hugging Face Hub; accept its licence on the "
