@@ -290,6 +290,7 @@ def _arch_with_processor(module: str, processor: dict[str, Any] | None, tmp_path
     from unimap.families import read_architecture
     from unimap.inspect import with_processor
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "config.json").write_text(json.dumps(vlm_config(module)))
     if processor is not None:
         (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
@@ -355,3 +356,18 @@ def test_a_bad_processor_config_is_refused_naming_it(processor: Any, named: str,
 
     with pytest.raises(ModelError, match=re.escape(named)):
         _arch_with_processor("idefics3", processor, tmp_path)
+
+
+def test_anyres_grids_from_the_processor_count_a_tile_for_any_image(tmp_path: Path) -> None:
+    """LLaVA-NeXT's processor fits even a tiny image to its smallest grid beside the base image;
+    the grids come from config.json or, where only the processor lists them, its
+    preprocessor_config.json. Without grids, one tile."""
+    from unimap.estimate import Options, image_tiles
+
+    small = Options(max_num_images=1, max_image_length=64)
+    plain = _arch_with_processor("granite4_vision", None, tmp_path / "a")
+    size = plain.vision.image_size
+    assert image_tiles(plain.vision, small) == 1
+    grids = {"image_grid_pinpoints": [[size, 2 * size], [2 * size, 2 * size]]}
+    arch = _arch_with_processor("granite4_vision", grids, tmp_path / "b")
+    assert image_tiles(arch.vision, small) == 1 + 2  # the base image and the 1 x 2 grid

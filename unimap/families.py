@@ -521,8 +521,9 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                       num_heads=_first_of(v, ("num_attention_heads",), vw), patch_size=patch,
                       merge_size=merge, image_size=None, tokens_per_image=budget,
                       patches_per_image=budget * merge * merge, position_one_hot=2 * positions)
-    grids = [g for g in cfg.get("image_grid_pinpoints") or () if isinstance(g, list | tuple)
-             and len(g) == 2 and all(isinstance(n, int) and n > 0 for n in g)]
+    pinpoints = cfg.get("image_grid_pinpoints") or processor.get("image_grid_pinpoints") or ()
+    grids = [g for g in pinpoints if isinstance(g, list | tuple) and len(g) == 2
+             and all(isinstance(n, int) and n > 0 for n in g)]
     anyres = fixed and bool(grids)
     min_tiles = 1 + min(-(-g[0] // size) * -(-g[1] // size) for g in grids) if anyres else 1
     split_tiles, tiled = 0, fixed and cfg.get("model_type") not in RESIZED
