@@ -345,17 +345,38 @@ def test_gemma_4_takes_its_processors_token_budget(tmp_path: Path) -> None:
             assert _image_tokens(arch, Options(max_num_images=2, max_image_length=length)) == 2 * tokens
 
 
-@pytest.mark.parametrize("processor,named", [
-    ({"size": {"longest_edge": "big"}}, "an image edge of 'big'"),
-    ({"size": {"longest_edge": -4}}, "an image edge of -4"),
-    ([1, 2], "expected a JSON object"),
+@pytest.mark.parametrize("module,processor,named", [
+    ("idefics3", {"size": {"longest_edge": "big"}}, "an image edge of 'big'"),
+    ("idefics3", {"size": {"longest_edge": -4}}, "an image edge of -4"),
+    ("idefics3", {"max_image_size": {"longest_edge": 10 ** 9}}, "an image edge of 1000000000"),
+    ("idefics3", {"do_image_splitting": "no"}, "do_image_splitting is 'no', not true or false"),
+    ("idefics3", [1, 2], "expected a JSON object"),
+    ("gemma4", {"max_soft_tokens": 0}, "max_soft_tokens 0 is not a number of image tokens"),
+    ("gemma4", {"max_soft_tokens": 10 ** 12}, "max_soft_tokens 1000000000000 is not"),
+    ("gemma4", {"max_soft_tokens": "280"}, "max_soft_tokens '280' is not"),
+    ("granite4_vision", {"image_grid_pinpoints": [[0, 5]]}, "image_grid_pinpoints should be"),
+    ("granite4_vision", {"image_grid_pinpoints": "abc"}, "image_grid_pinpoints should be"),
+    ("granite4_vision", {"image_grid_pinpoints": [[384, 768, 2]]}, "image_grid_pinpoints should be"),
 ])
-def test_a_bad_processor_config_is_refused_naming_it(processor: Any, named: str,
+def test_a_bad_processor_config_is_refused_naming_it(module: str, processor: Any, named: str,
                                                      tmp_path: Path) -> None:
+    """Each refused naming the file and the field, never silently read past."""
     from unimap.errors import ModelError
 
-    with pytest.raises(ModelError, match=re.escape(named)):
-        _arch_with_processor("idefics3", processor, tmp_path)
+    with pytest.raises(ModelError, match=re.escape(named)) as refused:
+        _arch_with_processor(module, processor, tmp_path)
+    assert "preprocessor_config.json" in str(refused.value)
+
+
+def test_bad_anyres_grids_in_config_json_are_refused(tmp_path: Path) -> None:
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.errors import ModelError
+    from unimap.families import read_architecture
+
+    config = {**vlm_config("llava_next"), "image_grid_pinpoints": [[336, "672"]]}
+    with pytest.raises(ModelError, match=r"config.json: image_grid_pinpoints should be"):
+        read_architecture(config, "config.json")
 
 
 def test_anyres_grids_from_the_processor_count_a_tile_for_any_image(tmp_path: Path) -> None:

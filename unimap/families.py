@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from unimap.checks import short
 from unimap.errors import ModelError
 
 LayerKind = str  # "full" (KV cache grows), "sliding" (KV bounded by a window), "recurrent" (fixed state)
@@ -508,10 +509,15 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
         tokens = max(1, int((size // patch) ** 2 * shuffle * shuffle))
     found = cfg.get(PROCESSOR_KEY)
     processor: Mapping[str, Any] = found if isinstance(found, dict) else {}
-    pw = f"{where} {PROCESSOR_KEY}"
+    # where its settings came from: preprocessor_config.json beside config.json
+    pw = (where[:-len("config.json")] if where.endswith("config.json") else f"{where} ") + PROCESSOR_FILE
     budget = v.get("default_output_length")
     if "max_soft_tokens" in processor:  # the processor's own budget, where it sets one
-        budget = _first_of(processor, ("max_soft_tokens",), pw)
+        budget = processor["max_soft_tokens"]
+        if not isinstance(budget, int) or isinstance(budget, bool) or not 0 < budget <= MAX_IMAGE_TOKENS:
+            raise ModelError(f"{pw}: max_soft_tokens {budget!r} is not a number of image tokens "
+                             f"a processor makes (1 to {MAX_IMAGE_TOKENS}); fix or re-download "
+                             "the file")
     if not fixed and isinstance(budget, int) and budget > 0 and "position_embedding_size" in v:
         # Gemma 4: the processor resizes every image, up or down, to fill default_output_length
         # tokens of merge x merge patches, so an image takes that many whatever its size
@@ -521,16 +527,17 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                       num_heads=_first_of(v, ("num_attention_heads",), vw), patch_size=patch,
                       merge_size=merge, image_size=None, tokens_per_image=budget,
                       patches_per_image=budget * merge * merge, position_one_hot=2 * positions)
-    pinpoints = cfg.get("image_grid_pinpoints") or processor.get("image_grid_pinpoints") or ()
-    grids = [g for g in pinpoints if isinstance(g, list | tuple) and len(g) == 2
-             and all(isinstance(n, int) and n > 0 for n in g)]
+    grids = _grids(cfg, where) or _grids(processor, pw)
     anyres = fixed and bool(grids)
     min_tiles = 1 + min(-(-g[0] // size) * -(-g[1] // size) for g in grids) if anyres else 1
     split_tiles, tiled = 0, fixed and cfg.get("model_type") not in RESIZED
     if fixed and cfg.get("model_type") in SPLIT_AT_LONGEST_EDGE:
         tile = _edge(processor.get("max_image_size"), pw) or size
         # without splitting, the processor resizes the whole image to one tile
-        tiled = processor.get("do_image_splitting", True) is not False
+        tiled = processor.get("do_image_splitting", True)
+        if not isinstance(tiled, bool):
+            raise ModelError(f"{pw}: do_image_splitting is {tiled!r}, not true or false; fix or "
+                             "re-download the file")
         side = -(-(_edge(processor.get("size"), pw) or 4 * tile) // tile)
         split_tiles = side * side + 1 if tiled else 0
     return Vision(kind="fixed" if fixed else "qwen2_vl",
@@ -551,6 +558,25 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
 # size plus the whole image at that size
 SPLIT_AT_LONGEST_EDGE = ("idefics3", "smolvlm")
 PROCESSOR_KEY = "preprocessor_config"  # where inspect puts the image processor's settings
+PROCESSOR_FILE = "preprocessor_config.json"  # the file they are read from
+
+
+MAX_IMAGE_TOKENS = 1 << 16  # language-model tokens one image may take, past any processor's
+
+
+def _grids(cfg: Mapping[str, Any], where: str) -> list[tuple[int, int]]:
+    """The anyres grids ([height, width] pairs in pixels) `cfg` lists under image_grid_pinpoints;
+    a list that is not such pairs is refused, naming the field."""
+    found = cfg.get("image_grid_pinpoints")
+    if found is None:
+        return []
+    if not isinstance(found, list) or not found or not all(
+            isinstance(g, list) and len(g) == 2 and all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1 << 15 for n in g)
+            for g in found):
+        raise ModelError(f"{where}: image_grid_pinpoints should be [height, width] pairs of "
+                         f"pixels (1 to {1 << 15}), not {short(found)}; fix or re-download the file")
+    return [(g[0], g[1]) for g in found]
 
 
 def _edge(size: Any, where: str) -> int:

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from unimap.checks import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, check_config, claimed_layers, read_json, short
 from unimap.errors import ArgumentTypeError, ModelError
-from unimap.families import PROCESSOR_KEY, Architecture, read_architecture
+from unimap.families import PROCESSOR_FILE, PROCESSOR_KEY, Architecture, read_architecture
 from unimap.headers import DTYPE_BYTES, TensorHeader, parse_header, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -257,9 +257,6 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: no config.json; pass the folder of a Hugging Face or MLX "
                          "model") from None
     return check_config(config, str(config_path))
-
-
-PROCESSOR_FILE = "preprocessor_config.json"
 
 
 def with_processor(config: dict[str, Any], path: Path) -> dict[str, Any]:
