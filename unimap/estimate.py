@@ -778,6 +778,9 @@ def _image_tokens(arch: Architecture, options: Options) -> int:
     return options.max_num_images * per_image
 
 
+ONE_HOT_BYTES = 10  # per element of a tower's one-hot position lookup, all its copies
+
+
 def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_d: int | None = None,
                             largest_float32_bytes: int = 0) -> dict[str, int]:
     """The vision phase: the float32 pixel values and the prompt's input embeddings (alive
@@ -803,8 +806,13 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_
     b = options.max_batch_size
     tokens = options.max_seq_len + _image_tokens(arch, options)
     # a one-hot position lookup (Gemma 4): the comparison (1 byte), its float32 copy and the
-    # contiguous copy the matmul with the table reads, an element each
-    one_hot = b * p * v.position_one_hot * (1 + 4 + 4)
+    # contiguous copy the matmul with the table reads, an element each (9 bytes; 9.1 measured
+    # on the tiny twin, so 10 priced), beside the patch and position embeddings. It runs in the
+    # patch embedder and is freed before the encoder's layers (measured: the tower held the
+    # lookup and 12 MiB more at widths 256 and 512, 2,304 patches), so the tower takes the
+    # larger of the two phases; priced here beyond the encoder.
+    lookup = p * v.position_one_hot * ONE_HOT_BYTES + 2 * p * v.hidden_size * 4
+    one_hot = b * max(0, lookup - int(encoder)) if v.position_one_hot else 0
     # the rotary grid, per position and unit of head dim, all in one lazy graph: the angles (2
     # bytes: float32, a quarter of the dim per axis), their cosines and sines (4), the imaginary
     # parts and complex64 pairs (4 + 4), the stacked table and its reshaped copy (4 + 4)
