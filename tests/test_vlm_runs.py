@@ -114,10 +114,8 @@ NOT_BUILT = {
     "deepseekocr_2": "has no attribute 'get'",  # its tower's config wants nested widths
     "prism_hadamard_qwen35": "Hadamard packs",  # a packed checkpoint format only
     "gemma3n": "input_feat_size",  # its audio tower's config, which the writer leaves out
-    # towers or projectors sized in fields of their own (SAM, MobileNet, FastViTHD, ...)
-    **{m: "MiB with its tower" for m in (
-        "deepseek_vl_v2", "deepseekocr", "unlimited_ocr", "fastvlm", "gemma4_unified",
-        "kimi_k3", "muse_glimmer", "step3p7")},
+    # towers sized in fields of their own: DeepSeek-OCR's SAM, FastViTHD (fixed in code)
+    **{m: "MiB with its tower" for m in ("deepseekocr", "unlimited_ocr", "fastvlm")},
 }
 
 
@@ -136,7 +134,7 @@ def rows() -> dict[str, dict[str, Any]]:
 
 def test_most_planned_families_run(rows: dict[str, dict[str, Any]]) -> None:
     ran = [m for m, row in rows.items() if row["built"]]
-    assert len(rows) >= 40 and len(ran) >= 30, ran
+    assert len(rows) >= 40 and len(ran) >= 38, ran
     for module, row in rows.items():
         if not row["built"]:
             assert module in NOT_BUILT, f"{module} no longer builds: {row['why']}"
@@ -170,7 +168,7 @@ def test_an_image_the_processor_cannot_take_is_a_clear_error(rows: dict[str, dic
     image, makes no pixels (a processor that is only a tokenizer: told, not the image dropped
     unsaid) or makes pixels the model cannot take. Never a traceback from inside mlx-vlm."""
     outcomes = {m: row["image"] for m, row in rows.items() if "image" in row}
-    assert len(outcomes) >= 28
+    assert len(outcomes) >= 33
     for module, outcome in outcomes.items():
         if outcome.startswith("ran "):
             peak, planned = map(int, outcome.split()[1:])
@@ -202,4 +200,4 @@ def test_tokens_are_mlx_vlms_and_peaks_within_the_plan(rows: dict[str, dict[str,
         if placement == "split":  # the language model's layers on both devices
             assert all(run["layers"]), f"{module}: {run['layers']}"
         checked += 1
-    assert checked >= 28
+    assert checked >= 33

@@ -68,6 +68,8 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                                                      "projector_type": "mlp_gelu"}}},
     "gemma3n": {"text_config": {"intermediate_size": [128] * 4}},
     "qwen2_vl": {"vision_config": {"mlp_ratio": 4}},  # an int, as transformers' config checks
+    # deepseek-ai/deepseek-vl2-tiny routes greedily (mlx-vlm knows no group_limited_greedy)
+    "deepseek_vl_v2": {"language_config": {"topk_method": "greedy"}},
 }
 
 # Checkpoints that keep the language model under another key than "text_config".

@@ -203,10 +203,18 @@ def write_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
 # enough that every tower builds in a few MB, as the tiny language model does.
 TOWER_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "depth": 2,
                "num_layers": 2, "num_attention_heads": 2, "num_heads": 2, "embed_dim": 64,
-               "num_key_value_heads": 2}
+               "num_key_value_heads": 2,
+               # the same under other names: DeepSeek-VL2's and Step's (width, layers, heads),
+               # Kimi K3's MoonViT-3D (vt_*), Gemma 4 unified's embedder (mm_*)
+               "width": 64, "layers": 2, "heads": 2, "vt_hidden_size": 64,
+               "vt_intermediate_size": 128, "vt_num_hidden_layers": 2, "vt_num_attention_heads": 2,
+               "qkv_hidden_size": 192, "mm_hidden_size": 64, "mm_embed_dim": 64,
+               "output_proj_dims": 64}
 # Qwen2-VL and Qwen2.5-VL checkpoints keep the language model's fields at the top level, where
 # mlx-vlm reads them
 FLAT_TEXT = ("qwen2_vl", "qwen2_5_vl")
+# and Muse Glimmer's, which mlx-vlm reads from text_config (defaulting to the real sizes)
+NESTED_TEXT = ("muse_glimmer",)
 MAX_TINY_BYTES = 64 << 20  # a tower whose sizes are not in those fields stays real-sized: refused
 # a chat template for any model: the text of each turn, an <image> per image placeholder
 ANY_TEMPLATE = (
@@ -233,15 +241,27 @@ def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None 
     for key, value in (tower_sizes or TOWER_SIZES).items():
         if isinstance(tower.get(key), int) and not isinstance(tower.get(key), bool):
             tower[key] = value
+    text = config.get("text_config") or {}
+    text_hidden = text.get("hidden_size", config.get("hidden_size"))
     for key in ("vit_hidden_size", "projector_hidden_size"):  # a projector sized at the top
         if isinstance(config.get(key), int):
             config[key] = (tower_sizes or TOWER_SIZES)["hidden_size"]
+    # widths that must be the language model's: a projector's output (Muse Glimmer's
+    # out_hidden_size, Kimi K3's text_hidden_size), Gemma 4 unified's top-level hidden_size
+    for owner, key in ((config, "out_hidden_size"), (tower, "text_hidden_size"),
+                       (config, "hidden_size")):
+        if isinstance(owner.get(key), int) and isinstance(text_hidden, int) and key in owner:
+            owner[key] = text_hidden
     if isinstance(tower.get("layer_types"), list):  # one per layer (Gemma 4's tower)
         tower["layer_types"] = tower["layer_types"][:tower.get("num_hidden_layers", 0)]
     # built as mlx-vlm's load_model builds it: a language model under llm_config taken as the
     # text config, and every module config it updates
     if module in FLAT_TEXT:  # published with the language model's fields at the top level
         config.update({k: v for k, v in config.pop("text_config").items() if k != "model_type"})
+    elif not config.get("text_config") and module in NESTED_TEXT:
+        # mlx-lm reads the language model at the top level, mlx-vlm from text_config
+        config["text_config"] = {k: v for k, v in config.items()
+                                 if k not in ("vision_config", "text_config", "model_type")}
     built = json.loads(json.dumps(config))
     model_class, _ = get_model_and_args(built)
     built.setdefault("text_config", built.pop("llm_config", {}))

@@ -116,7 +116,7 @@ def vlm_table(planned_families: set[str]) -> list[str]:
              "`tests/test_vlm_coverage.py` checks each row whose language model plans. "
              "`tests/test_vlm_runs.py` builds each of them through mlx-vlm's own classes with "
              "the tower made small and runs it through unimap (text prompts, all on one device "
-             "and split): 30 give plain mlx-vlm's tokens within their plan; mlx-vlm's classes "
+             "and split): 35 give plain mlx-vlm's tokens within their plan; mlx-vlm's classes "
              "do not build the others' tiny configs, or plain mlx-vlm cannot run a text prompt "
              "on them (the test names each). `tests/test_vision.py` runs Qwen2-VL, Qwen2.5-VL, "
              "Gemma 3 and PaliGemma with images through their own processors."]
