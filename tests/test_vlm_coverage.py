@@ -392,3 +392,28 @@ def test_anyres_grids_from_the_processor_count_a_tile_for_any_image(tmp_path: Pa
     grids = {"image_grid_pinpoints": [[size, 2 * size], [2 * size, 2 * size]]}
     arch = _arch_with_processor("granite4_vision", grids, tmp_path / "b")
     assert image_tiles(arch.vision, small) == 1 + 2  # the base image and the 1 x 2 grid
+
+
+def test_lfm2_vl_rows_are_padded_and_cut_as_its_processor_does(tmp_path: Path) -> None:
+    """LFM2-VL's processor (mlx-vlm's) pads every row to the same patch count: the plan prices
+    that many patches for any image, one row up to its pixel threshold and the most tiles with a
+    thumbnail past it; the processor's own settings move both."""
+    from unimap.estimate import Options, _image_patches, _image_tokens, image_tiles
+
+    arch = _arch_with_processor("lfm2_vl", None, tmp_path / "a")
+    v = arch.vision
+    assert v is not None and v.patches_per_image == 256 * 2 * 2  # max_image_tokens x 2^2
+    threshold = 2 * 256 * (v.patch_size * 2) ** 2  # tolerance x tokens x (patch x factor)^2
+    small, large = int(threshold ** 0.5), int(threshold ** 0.5) + 1
+    assert image_tiles(v, Options(max_image_length=small)) == 1
+    assert image_tiles(v, Options(max_image_length=large)) == 10 + 1
+    options = Options(max_num_images=1, max_image_length=64)
+    assert _image_patches(arch, options) == 1024 and _image_tokens(arch, options) == 256 + 2
+    fewer = _arch_with_processor("lfm2_vl", {"max_image_tokens": 64, "max_tiles": 4}, tmp_path / "b")
+    assert fewer.vision is not None
+    assert fewer.vision.patches_per_image == max(64 * 4, (512 // v.patch_size) ** 2)
+    assert image_tiles(fewer.vision, Options(max_image_length=4096)) == 10 + 1  # mlx-vlm's 10
+    from unimap.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"preprocessor_config.json: tile_size 'big' is not"):
+        _arch_with_processor("lfm2_vl", {"tile_size": "big"}, tmp_path / "c")

@@ -99,6 +99,11 @@ for module in vlm_modules()[0]:
         for placement in PLACEMENTS:
             row[placement] = through_unimap(folder, placement)
         row["image"] = with_image(folder)
+        try:  # again with the family's own image processor and its image token
+            own = write_any_vlm(work / f"{module}-own", module, family_processor=True)
+            row["own_processor"] = with_image(own)
+        except Exception as exc:
+            row["own_processor"] = f"not built: {type(exc).__name__}: {exc}"[:300]
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         row["where"] = [f"{f.filename}:{f.lineno}" for f in traceback.extract_tb(exc.__traceback__)[-3:]]
@@ -178,6 +183,25 @@ def test_an_image_the_processor_cannot_take_is_a_clear_error(rows: dict[str, dic
     said = " ".join(outcomes.values())
     assert "made no pixels" in said and "cannot take this prompt and its images" in said
     assert any(o.startswith("ran ") for o in outcomes.values())
+
+
+def test_images_through_the_familys_own_processor_stay_within_the_plan(
+        rows: dict[str, dict[str, Any]]) -> None:
+    """With the family's own image processor (transformers' class, sized to the tower) and its
+    image token, more families take an image: their towers and image tokens within the plan,
+    the others stopped by unimap's errors as above."""
+    outcomes = {m: row["own_processor"] for m, row in rows.items() if "own_processor" in row}
+    ran = []
+    for module, outcome in outcomes.items():
+        if outcome.startswith("ran "):
+            peak, planned = map(int, outcome.split()[1:])
+            assert peak <= planned, f"{module} with its processor and an image: {peak} > {planned}"
+            ran.append(module)
+        else:
+            assert outcome.startswith(("ConfigError: ", "ModelError: ", "not built: ")), (
+                f"{module}: {outcome}")
+    # beside those the generic processor ran: LLaVA-OneVision, LFM2-VL, Idefics 2
+    assert {"llava_onevision", "lfm2_vl", "idefics2"} <= set(ran), outcomes
 
 
 def test_plans_weigh_the_files(rows: dict[str, dict[str, Any]]) -> None:

@@ -224,13 +224,16 @@ ANY_TEMPLATE = (
 
 
 def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None = None,
-                  dtype: str = "float32") -> Path:
+                  dtype: str = "float32", family_processor: bool = False) -> Path:
     """A random checkpoint of any mlx-vlm `module`, built through its own Model class from
     tests/tiny_vlm_configs.py's config (the tiny language model; the tower's sizes set small by
     TOWER_SIZES) with a word-level tokenizer and a plain chat template, so mlx-vlm's loader reads
     it offline (its processor is then the tokenizer: text prompts only). Raises what mlx-vlm
     raises where its classes cannot build the config, and ValueError where the tower keeps its
-    real size. `tower_sizes` sets the tower's fields instead of TOWER_SIZES (a wider tower)."""
+    real size. `tower_sizes` sets the tower's fields instead of TOWER_SIZES (a wider tower).
+    `family_processor`: the family's own image processor (transformers', sized to the tower)
+    where transformers has one, and the processor's image token in the tokenizer, the chat
+    template and the config, so that some families take images (use_family_processor)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_vlm.utils import get_model_and_args, update_module_configs
@@ -293,4 +296,41 @@ def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None 
         "do_rescale": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     (folder / "config.json").write_text(json.dumps({**config, "torch_dtype": dtype}))
+    if family_processor:
+        use_family_processor(folder, side, marks)
     return folder
+
+
+IMAGE_TOKEN_KEYS = ("image_token_index", "image_token_id")
+
+
+def use_family_processor(folder: Path, side: int, marks: dict[str, str]) -> None:
+    """The checkpoint in `folder` with its family's image processor (transformers' class for
+    its model type, its tiles or crops at the tower's `side`) and the processor's image token
+    in the tokenizer, the chat template and the config's image token fields."""
+    from transformers import AutoProcessor
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    config = json.loads((folder / "config.json").read_text())
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config["model_type"]) or {}
+    kind = names.get("pil") or names.get("torchvision")
+    if kind:
+        sized = ({"size": {"longest_edge": 2 * side}, "max_image_size": {"longest_edge": side}}
+                 if config["model_type"] in ("idefics3", "smolvlm") else
+                 {"size": {"height": side, "width": side}, "crop_size": {"height": side, "width": side}})
+        (folder / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": kind,
+                                                                     **sized}))
+    token = getattr(AutoProcessor.from_pretrained(str(folder)), "image_token", None)
+    if not isinstance(token, str):
+        return
+    marks = {**marks, "image_token": token}
+    ids = _tokenizer(folder, ["<eos>", "<pad>", *dict.fromkeys(marks.values())], "<eos>", "<pad>",
+                     ANY_TEMPLATE.replace("<image> ", f"{token} "), {"extra_special_tokens": marks})
+    owners = [config, config.get("text_config") or {}]
+    for key in IMAGE_TOKEN_KEYS:
+        for owner in owners:
+            if key in owner:
+                owner[key] = ids[token]
+    if not any(key in config for key in IMAGE_TOKEN_KEYS):
+        config["image_token_index"] = ids[token]
+    (folder / "config.json").write_text(json.dumps(config))

@@ -758,8 +758,8 @@ def image_tiles(v: Vision, options: Options) -> int:
     """Tiles of image_size an image of max_image_length may be cut into, plus a thumbnail (one
     tile when the family resizes, or the image is no larger than a tile)."""
     size = v.image_size or 0
-    if v.split_tiles:  # every image resized to the processor's edge first, whatever its size
-        return v.split_tiles
+    if v.split_tiles:  # cut as the processor cuts it (Idefics 3: every image, resized first)
+        return v.split_tiles if options.max_image_length ** 2 > v.split_over_pixels else 1
     if not v.tiled or size <= 0 or options.max_image_length <= size:
         return v.min_tiles if v.tiled else 1
     side = -(-options.max_image_length // size)

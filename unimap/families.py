@@ -59,6 +59,8 @@ class Vision:
     # longest edge before cutting (Idefics 3, SmolVLM: a square image's, with the whole image
     # at tile size); 0 where the image's own size decides
     split_tiles: int = 0
+    # ...once the image has more pixels than this (LFM2-VL); 0: every image (Idefics 3)
+    split_over_pixels: int = 0
     # positions of a 2D rotary table the tower computes whole on each call (MoonViT's 512 x 512,
     # complex64, head_dim / 2 an entry), whatever the images' sizes
     rope_grid: int = 0
@@ -527,6 +529,8 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                       num_heads=_first_of(v, ("num_attention_heads",), vw), patch_size=patch,
                       merge_size=merge, image_size=None, tokens_per_image=budget,
                       patches_per_image=budget * merge * merge, position_one_hot=2 * positions)
+    if cfg.get("model_type") in PADDED_ROWS:
+        return _padded_rows(cfg, processor, pw, hidden, inter, patch, vw)
     grids = _grids(cfg, where) or _grids(processor, pw)
     anyres = fixed and bool(grids)
     min_tiles = 1 + min(-(-g[0] // size) * -(-g[1] // size) for g in grids) if anyres else 1
@@ -551,6 +555,44 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                   temporal_patch_size=_first_of(v, ("temporal_patch_size",), vw, 1),
                   tiled=tiled,
                   min_tiles=min_tiles, newlines=anyres, split_tiles=split_tiles)
+
+
+# LFM2-VL: its processor pads each image, tile or thumbnail to the same patch count, so the tower
+# runs that many patches a row whatever the image; an image past a pixel count is cut into tiles
+# (up to max_tiles, and a thumbnail: mlx-vlm applies the official splitting defaults whatever the
+# checkpoint's file says)
+PADDED_ROWS = ("lfm2-vl", "lfm2_vl")
+LFM2_VL_DEFAULTS = {"max_image_tokens": 256, "downsample_factor": 2, "tile_size": 512,
+                    "max_tiles": 10, "max_pixels_tolerance": 2.0}
+ROW_MARKERS = 2  # text tokens the processor puts around each row's image tokens, at most
+
+
+def _padded_rows(cfg: Mapping[str, Any], processor: Mapping[str, Any], pw: str, hidden: int,
+                 inter: int, patch: int, vw: str) -> Vision:
+    """LFM2-VL's tower, as its processor (mlx-vlm's) feeds it: rows of max_num_patches patches
+    each (the larger of max_image_tokens x downsample^2 and a tile's patches), one row for an
+    image up to max_pixels_tolerance x max_image_tokens x (patch x downsample)^2 pixels, else
+    max_tiles tiles and a thumbnail, each row up to max_image_tokens tokens and its markers."""
+    v = cfg["vision_config"]
+    found: dict[str, float] = {}
+    for key, default in LFM2_VL_DEFAULTS.items():
+        value = processor.get(key, cfg.get(key, default) if key == "downsample_factor" else default)
+        whole = key != "max_pixels_tolerance"
+        if (isinstance(value, bool) or not isinstance(value, int if whole else int | float)
+                or not 0 < value <= 1 << 15):
+            raise ModelError(f"{pw}: {key} {value!r} is not a value the LFM2-VL processor takes; "
+                             "fix or re-download the file")
+        # mlx-vlm re-applies the official splitting defaults over the file's
+        found[key] = max(default, value) if key == "max_tiles" else value
+    patch = _edge(processor.get("encoder_patch_size"), pw) or patch
+    tokens, factor, tile = (int(found[k]) for k in ("max_image_tokens", "downsample_factor", "tile_size"))
+    per_row = max(tokens * factor * factor, (tile // patch) ** 2)
+    return Vision(kind="fixed", num_layers=_first_of(v, ("num_hidden_layers",), vw),
+                  hidden_size=hidden, intermediate_size=inter,
+                  num_heads=_first_of(v, ("num_attention_heads",), vw), patch_size=patch,
+                  merge_size=1, image_size=tile, tokens_per_image=tokens + ROW_MARKERS,
+                  patches_per_image=per_row, tiled=True, split_tiles=int(found["max_tiles"]) + 1,
+                  split_over_pixels=int(found["max_pixels_tolerance"] * tokens * (patch * factor) ** 2))
 
 
 # processors that resize every image to their longest edge (4 tiles a side by default, as
