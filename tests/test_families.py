@@ -154,8 +154,12 @@ def test_vision_language_config_plans_its_language_model_and_tower(family: str) 
     arch = unimap.families.read_architecture({**tiny_config(family), "vision_config": VISION},
                                              "config.json")
     assert arch.caches == text_only.caches and arch.num_layers == text_only.num_layers
-    assert arch.vision is not None and arch.vision.num_layers == 2 and arch.vision.image_size == 224
-    assert arch.vision.tokens_per_image == (224 // 14) ** 2
+    assert arch.vision is not None and arch.vision.num_layers == 2
+    if arch.model_type in unimap.families.PADDED_ROWS:  # sized by its processor's rows
+        assert arch.vision.patches_per_image == max(256 * 2 * 2, (512 // 14) ** 2)
+        assert arch.vision.tokens_per_image == 258
+        return
+    assert arch.vision.image_size == 224 and arch.vision.tokens_per_image == (224 // 14) ** 2
 
 
 def test_vision_language_type_mlx_lm_lacks_plans_through_its_text_config() -> None:
