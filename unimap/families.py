@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from unimap.checks import short
+from unimap.checks import MAX_IMAGE_LENGTH, short
 from unimap.errors import ModelError
 
 LayerKind = str  # "full" (KV cache grows), "sliding" (KV bounded by a window), "recurrent" (fixed state)
@@ -579,7 +579,7 @@ def _padded_rows(cfg: Mapping[str, Any], processor: Mapping[str, Any], pw: str, 
         value = processor.get(key, cfg.get(key, default) if key == "downsample_factor" else default)
         whole = key != "max_pixels_tolerance"
         if (isinstance(value, bool) or not isinstance(value, int if whole else int | float)
-                or not 0 < value <= 1 << 15):
+                or not 0 < value <= MAX_IMAGE_LENGTH):
             raise ModelError(f"{pw}: {key} {value!r} is not a value the LFM2-VL processor takes; "
                              "fix or re-download the file")
         # mlx-vlm re-applies the official splitting defaults over the file's
@@ -601,8 +601,6 @@ def _padded_rows(cfg: Mapping[str, Any], processor: Mapping[str, Any], pw: str, 
 SPLIT_AT_LONGEST_EDGE = ("idefics3", "smolvlm")
 PROCESSOR_KEY = "preprocessor_config"  # where inspect puts the image processor's settings
 PROCESSOR_FILE = "preprocessor_config.json"  # the file they are read from
-
-
 MAX_IMAGE_TOKENS = 1 << 16  # language-model tokens one image may take, past any processor's
 
 
@@ -614,10 +612,10 @@ def _grids(cfg: Mapping[str, Any], where: str) -> list[tuple[int, int]]:
         return []
     if not isinstance(found, list) or not found or not all(
             isinstance(g, list) and len(g) == 2 and all(
-                isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1 << 15 for n in g)
+                isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_IMAGE_LENGTH for n in g)
             for g in found):
         raise ModelError(f"{where}: image_grid_pinpoints should be [height, width] pairs of "
-                         f"pixels (1 to {1 << 15}), not {short(found)}; fix or re-download the file")
+                         f"pixels (1 to {MAX_IMAGE_LENGTH}), not {short(found)}; fix or re-download the file")
     return [(g[0], g[1]) for g in found]
 
 
@@ -627,7 +625,7 @@ def _edge(size: Any, where: str) -> int:
     value = size.get("longest_edge") if isinstance(size, dict) else size
     if value is None:
         return 0
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1 << 15:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_IMAGE_LENGTH:
         raise ModelError(f"{where}: an image edge of {value!r} pixels is not one a processor "
                          "has; fix or re-download the file")
     return value
