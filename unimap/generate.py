@@ -15,7 +15,7 @@ from typing import Any
 
 from unimap import vlm
 from unimap.checks import MAX_TOKENS, check_sampling, foreign, is_utf8, short
-from unimap.errors import ArgumentTypeError, ConfigError, ModelError
+from unimap.errors import ArgumentTypeError, ConfigError, ModelError, UnimapError
 
 
 @dataclass(frozen=True)
@@ -398,6 +398,8 @@ def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, sam
             first = next(steps)
         except StopIteration:
             return
+        except UnimapError:  # unimap's own (a ConfigError is a ValueError too): as it is
+            raise
         except ValueError as exc:
             with_images = " and its images" if inputs.pixel_values is not None else ""
             raise ModelError(f"mlx-vlm's model cannot take this prompt{with_images} "
