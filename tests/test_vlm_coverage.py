@@ -417,3 +417,22 @@ def test_lfm2_vl_rows_are_padded_and_cut_as_its_processor_does(tmp_path: Path) -
 
     with pytest.raises(ModelError, match=r"preprocessor_config.json: tile_size 'big' is not"):
         _arch_with_processor("lfm2_vl", {"tile_size": "big"}, tmp_path / "c")
+
+
+def test_minimax_m3_vl_keeps_an_images_resolution_up_to_its_processors_cap(tmp_path: Path) -> None:
+    """MiniMax-M3-VL's config names a 2016-px image_size, but its processor (mlx-vlm's) keeps an
+    image's own resolution in merged patches up to max_pixels (672 x 672 by default, or the
+    file's max_pixels, or its size's height x width): planned so, not as 2016-px tiles."""
+    from unimap.errors import ModelError
+    from unimap.estimate import Options, _image_patches
+
+    def patches(processor: dict[str, Any] | None, length: int, name: str) -> int:
+        arch = _arch_with_processor("minimax_m3_vl", processor, tmp_path / name)
+        return _image_patches(arch, Options(max_num_images=1, max_image_length=length))
+
+    assert patches(None, 64, "a") == (84 // 14) ** 2  # rounded up to merged patches
+    assert patches(None, 4096, "b") == 672 * 672 // 14 ** 2
+    assert patches({"max_pixels": 1024 * 1024}, 4096, "c") == 1024 * 1024 // 14 ** 2
+    assert patches({"size": {"height": 2016, "width": 2016}}, 1024, "d") == (1036 // 14) ** 2
+    with pytest.raises(ModelError, match=r"max_pixels 'many' is not a pixel count"):
+        patches({"max_pixels": "many"}, 64, "e")

@@ -741,7 +741,8 @@ def _mlp_width(arch: Architecture) -> int:
 
 def _image_patches(arch: Architecture, options: Options) -> int:
     """Encoder patches per image: fixed encoders resize; qwen2_vl keeps the resolution (square
-    image of max_image_length, rounded to whole merged patches)."""
+    image of max_image_length, rounded to whole merged patches; at most patches_per_image where
+    the processor caps an image's pixels)."""
     v = arch.vision
     if v is None:
         return 0
@@ -751,7 +752,7 @@ def _image_patches(arch: Architecture, options: Options) -> int:
         return per_tile * image_tiles(v, options)
     unit = v.patch_size * v.merge_size
     side = _round_up(options.max_image_length, unit) // v.patch_size
-    return side * side
+    return min(side * side, v.patches_per_image or side * side)
 
 
 def image_tiles(v: Vision, options: Options) -> int:

@@ -531,6 +531,22 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                       patches_per_image=budget * merge * merge, position_one_hot=2 * positions)
     if cfg.get("model_type") in PADDED_ROWS:
         return _padded_rows(cfg, processor, pw, hidden, inter, patch, vw)
+    if cfg.get("model_type") in OWN_RESOLUTION:
+        # MiniMax-M3-VL: its config's image_size is a bound, not the size: the processor keeps an
+        # image's resolution (in merged patches) up to max_pixels, as Qwen2-VL's does, and the
+        # tower attends within each image
+        default = _pixels_of(processor.get("size"), OWN_RESOLUTION[cfg["model_type"]])
+        most = processor.get("max_pixels", default)
+        if isinstance(most, bool) or not isinstance(most, int) or not 0 < most <= MAX_IMAGE_LENGTH ** 2:
+            raise ModelError(f"{pw}: max_pixels {most!r} is not a pixel count a processor takes; "
+                             "fix or re-download the file")
+        merge = _edge(processor.get("merge_size"), pw) or 2
+        return Vision(kind="qwen2_vl", num_layers=_first_of(v, ("num_hidden_layers",), vw),
+                      hidden_size=hidden, intermediate_size=inter,
+                      num_heads=_first_of(v, ("num_attention_heads",), vw), patch_size=patch,
+                      merge_size=merge, image_size=None, tokens_per_image=None,
+                      temporal_patch_size=_edge(processor.get("temporal_patch_size"), pw) or 2,
+                      patches_per_image=most // (patch * patch))
     grids = _grids(cfg, where) or _grids(processor, pw)
     anyres = fixed and bool(grids)
     min_tiles = 1 + min(-(-g[0] // size) * -(-g[1] // size) for g in grids) if anyres else 1
@@ -565,6 +581,10 @@ PADDED_ROWS = ("lfm2-vl", "lfm2_vl")
 LFM2_VL_DEFAULTS = {"max_image_tokens": 256, "downsample_factor": 2, "tile_size": 512,
                     "max_tiles": 10, "max_pixels_tolerance": 2.0}
 ROW_MARKERS = 2  # text tokens the processor puts around each row's image tokens, at most
+# towers whose processor keeps an image's own resolution though their config names an
+# image_size, with the processor's default cap on an image's pixels (mlx-vlm's MiniMax-M3-VL
+# processor: 672 x 672)
+OWN_RESOLUTION = {"minimax_m3_vl": 451584}
 
 
 def _padded_rows(cfg: Mapping[str, Any], processor: Mapping[str, Any], pw: str, hidden: int,
@@ -602,6 +622,17 @@ SPLIT_AT_LONGEST_EDGE = ("idefics3", "smolvlm")
 PROCESSOR_KEY = "preprocessor_config"  # where inspect puts the image processor's settings
 PROCESSOR_FILE = "preprocessor_config.json"  # the file they are read from
 MAX_IMAGE_TOKENS = 1 << 16  # language-model tokens one image may take, past any processor's
+
+
+def _pixels_of(size: Any, default: int) -> Any:
+    """The most pixels a processor's `size` setting allows an image, as mlx-vlm's MiniMax-M3-VL
+    processor reads it (height x width, else longest_edge as a pixel count); `default` if none."""
+    if isinstance(size, dict) and "height" in size and "width" in size:
+        height, width = size["height"], size["width"]
+        if all(isinstance(n, int) and not isinstance(n, bool) for n in (height, width)):
+            return height * width
+        return f"{height!r} x {width!r}"
+    return size.get("longest_edge", default) if isinstance(size, dict) else default
 
 
 def _grids(cfg: Mapping[str, Any], where: str) -> list[tuple[int, int]]:
