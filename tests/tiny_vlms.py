@@ -249,10 +249,10 @@ def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None 
     for key in ("vit_hidden_size", "projector_hidden_size"):  # a projector sized at the top
         if isinstance(config.get(key), int):
             config[key] = (tower_sizes or TOWER_SIZES)["hidden_size"]
-    # widths that must be the language model's: a projector's output (Muse Glimmer's
-    # out_hidden_size, Kimi K3's text_hidden_size), Gemma 4 unified's top-level hidden_size
-    for owner, key in ((config, "out_hidden_size"), (tower, "text_hidden_size"),
-                       (config, "hidden_size")):
+    # widths that must be the language model's: a projector's output (Muse Glimmer's and
+    # Qwen3-VL's out_hidden_size, Kimi K3's text_hidden_size), Gemma 4 unified's hidden_size
+    for owner, key in ((config, "out_hidden_size"), (tower, "out_hidden_size"),
+                       (tower, "text_hidden_size"), (config, "hidden_size")):
         if isinstance(owner.get(key), int) and isinstance(text_hidden, int) and key in owner:
             owner[key] = text_hidden
     if isinstance(tower.get("layer_types"), list):  # one per layer (Gemma 4's tower)
@@ -314,10 +314,16 @@ def use_family_processor(folder: Path, side: int, marks: dict[str, str]) -> None
     config = json.loads((folder / "config.json").read_text())
     names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config["model_type"]) or {}
     kind = names.get("pil") or names.get("torchvision")
+    tower = config["vision_config"]
     if kind:
-        sized = ({"size": {"longest_edge": 2 * side}, "max_image_size": {"longest_edge": side}}
-                 if config["model_type"] in ("idefics3", "smolvlm") else
-                 {"size": {"height": side, "width": side}, "crop_size": {"height": side, "width": side}})
+        if "temporal_patch_size" in tower:  # Qwen-style: an image's own resolution, in the
+            # tower's patches, merged as the tower merges them
+            sized = {"patch_size": tower["patch_size"], "temporal_patch_size": tower["temporal_patch_size"],
+                     "merge_size": tower.get("spatial_merge_size", 2)}
+        elif config["model_type"] in ("idefics3", "smolvlm"):
+            sized = {"size": {"longest_edge": 2 * side}, "max_image_size": {"longest_edge": side}}
+        else:
+            sized = {"size": {"height": side, "width": side}, "crop_size": {"height": side, "width": side}}
         (folder / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": kind,
                                                                      **sized}))
     token = getattr(AutoProcessor.from_pretrained(str(folder)), "image_token", None)

@@ -799,9 +799,15 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_
     n = _image_patches(arch, options) // tiles  # patches one attention sees (an image or a tile)
     images = options.max_num_images * tiles
     p = images * n
+    at_once = 1 if v.kind == "qwen2_vl" else images  # Qwen2-VL attends within one image at a time
+    if v.whole_image:  # or the whole image at its own resolution, one attention: the larger
+        unit = v.patch_size * v.merge_size
+        whole = (_round_up(options.max_image_length, unit) // v.patch_size) ** 2
+        if whole > n:
+            n, at_once = whole, options.max_num_images
+        p = max(p, options.max_num_images * whole)
     pixels = p * 3 * v.patch_size * v.patch_size * v.temporal_patch_size * 4
     cp, ch, cm, cs, ck = vision_coefficients(arch.model_type, "float32" if d >= 4 else "bfloat16")
-    at_once = 1 if v.kind == "qwen2_vl" else images  # Qwen2-VL attends within one image at a time
     encoder = (cp * pixels + ch * p * v.hidden_size * d + cm * p * v.intermediate_size * d
                + cs * v.num_heads * n * n * d * at_once + ck * v.num_layers * p * v.hidden_size * d)
     b = options.max_batch_size

@@ -61,6 +61,10 @@ class Vision:
     split_tiles: int = 0
     # ...once the image has more pixels than this (LFM2-VL); 0: every image (Idefics 3)
     split_over_pixels: int = 0
+    # a tower of fixed image_size whose processor may instead keep an image whole at its own
+    # resolution, one attention over all its patches (Qwen3-VL's, Kimi-VL's: a temporal patch
+    # and merged patches, as Qwen2-VL's): priced for both, the larger
+    whole_image: bool = False
     # positions of a 2D rotary table the tower computes whole on each call (MoonViT's 512 x 512,
     # complex64, head_dim / 2 an entry), whatever the images' sizes
     rope_grid: int = 0
@@ -570,7 +574,8 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                   tokens_per_image=(tokens or (size // patch) ** 2 // (merge * merge)) if fixed else None,
                   temporal_patch_size=_first_of(v, ("temporal_patch_size",), vw, 1),
                   tiled=tiled,
-                  min_tiles=min_tiles, newlines=anyres, split_tiles=split_tiles)
+                  min_tiles=min_tiles, newlines=anyres, split_tiles=split_tiles,
+                  whole_image=fixed and "temporal_patch_size" in v and "spatial_merge_size" in v)
 
 
 # LFM2-VL: its processor pads each image, tile or thumbnail to the same patch count, so the tower
