@@ -155,6 +155,10 @@ def test_vision_language_config_plans_its_language_model_and_tower(family: str) 
                                              "config.json")
     assert arch.caches == text_only.caches and arch.num_layers == text_only.num_layers
     assert arch.vision is not None and arch.vision.num_layers == 2
+    if arch.model_type in unimap.families.OWN_RESOLUTION:  # an image at its own size, capped
+        assert arch.vision.kind == "qwen2_vl" and arch.vision.image_size is None
+        assert arch.vision.patches_per_image == 672 * 672 // 14 ** 2
+        return
     if arch.model_type in unimap.families.PADDED_ROWS:  # sized by its processor's rows
         assert arch.vision.patches_per_image == max(256 * 2 * 2, (512 // 14) ** 2)
         assert arch.vision.tokens_per_image == 258
