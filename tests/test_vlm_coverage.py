@@ -434,5 +434,7 @@ def test_minimax_m3_vl_keeps_an_images_resolution_up_to_its_processors_cap(tmp_p
     assert patches(None, 4096, "b") == 672 * 672 // 14 ** 2
     assert patches({"max_pixels": 1024 * 1024}, 4096, "c") == 1024 * 1024 // 14 ** 2
     assert patches({"size": {"height": 2016, "width": 2016}}, 1024, "d") == (1036 // 14) ** 2
-    with pytest.raises(ModelError, match=r"max_pixels 'many' is not a pixel count"):
+    with pytest.raises(ModelError, match=r"max_pixels \(or size\) 'many' is not a pixel count"):
         patches({"max_pixels": "many"}, 64, "e")
+    with pytest.raises(ModelError, match=r"max_pixels \(or size\) \"'x' x 5\" is not a pixel count"):
+        patches({"size": {"height": "x", "width": 5}}, 64, "f")

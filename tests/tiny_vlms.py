@@ -248,7 +248,7 @@ def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None 
     text_hidden = text.get("hidden_size", config.get("hidden_size"))
     for key in ("vit_hidden_size", "projector_hidden_size"):  # a projector sized at the top
         if isinstance(config.get(key), int):
-            config[key] = (tower_sizes or TOWER_SIZES)["hidden_size"]
+            config[key] = (tower_sizes or TOWER_SIZES).get("hidden_size", TOWER_SIZES["hidden_size"])
     # widths that must be the language model's: a projector's output (Muse Glimmer's and
     # Qwen3-VL's out_hidden_size, Kimi K3's text_hidden_size), Gemma 4 unified's hidden_size
     for owner, key in ((config, "out_hidden_size"), (tower, "out_hidden_size"),

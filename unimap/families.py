@@ -379,7 +379,7 @@ def _vision_language(cfg: Mapping[str, Any], model_type: str, where: str) -> Arc
                              "mlx-lm has a model for it") from None
         structure = read_structure(dict(text), f"{where} {key}")
     arch = from_structure(structure, cfg, model_type)
-    return _with(arch, vision=replace(_any_vision(cfg, where), **one_pass_prefill(cfg, model_type)))
+    return _with(arch, vision=replace(_any_vision(cfg, where), **read_vlm_code(cfg, model_type)))
 
 
 # mlx-vlm models whose prompt embeddings with images are float32 in any dtype: PaliGemma merges
@@ -398,7 +398,7 @@ ONE_PASS_POLICIES: dict[str, tuple[str, Any, Any, str]] = {
 }
 
 
-def one_pass_prefill(cfg: Mapping[str, Any], model_type: str) -> dict[str, Any]:
+def read_vlm_code(cfg: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     """What mlx-vlm's code for this model decides, read from its source: when it prefills the
     prompt in one pass instead of the plan's chunks (its policy, or a class that sets
     no_chunked_prefill), whether that pass makes logits for every row, whether its embeddings
@@ -542,8 +542,8 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
         default = _pixels_of(processor.get("size"), OWN_RESOLUTION[cfg["model_type"]])
         most = processor.get("max_pixels", default)
         if isinstance(most, bool) or not isinstance(most, int) or not 0 < most <= MAX_IMAGE_LENGTH ** 2:
-            raise ModelError(f"{pw}: max_pixels {most!r} is not a pixel count a processor takes; "
-                             "fix or re-download the file")
+            raise ModelError(f"{pw}: max_pixels (or size) {most!r} is not a pixel count a "
+                             "processor takes; fix or re-download the file")
         merge = _edge(processor.get("merge_size"), pw) or 2
         return Vision(kind="qwen2_vl", num_layers=_first_of(v, ("num_hidden_layers",), vw),
                       hidden_size=hidden, intermediate_size=inter,
