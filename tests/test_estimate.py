@@ -14,7 +14,7 @@ import pytest
 
 from unimap import ConfigError, Options, estimate, inspect
 from unimap.calibration import COEFFICIENTS
-from unimap.estimate import CUDA_ARRAYS_FACTORS, quantized_bytes
+from unimap.estimate import CUDA_ARRAYS_FACTORS, IMAGE_MARKERS, quantized_bytes
 from unimap.metal_calibration import METAL_ARRAYS_FACTORS, METAL_FAMILY_KINDS
 from unimap.vision_calibration import VISION_COEFFICIENTS
 
@@ -219,9 +219,10 @@ def test_vision_tokens_and_activations(tmp_path: Path) -> None:
     config = fx.QWEN25_VL_7B
     spec = inspect(fx.write_model(tmp_path / "vl", config, fx.qwen2_5_vl(config), 5))
     est = estimate(spec, Options(max_seq_len=4096, max_num_images=2, max_image_length=1024))
-    # 1024 px -> 1036 (whole 28-px merged patches) -> 74 x 74 patches -> 1369 tokens each
-    assert est.image_tokens == 2 * 1369
-    assert est.sequence_tokens == 4096 + 2738
+    # 1024 px -> 1036 (whole 28-px merged patches) -> 74 x 74 patches -> 1369 tokens each, and
+    # the marks around each image
+    assert est.image_tokens == 2 * (1369 + IMAGE_MARKERS)
+    assert est.sequence_tokens == 4096 + 2 * (1369 + IMAGE_MARKERS)
     assert est.vision_weight_bytes == spec.slots[-1].header_bytes > 0
     cp, ch, cm, cs, ck = VISION_COEFFICIENTS[("qwen2_5_vl", "bfloat16")]  # measured for the family
     v, n = spec.arch.vision, 5476
@@ -230,7 +231,7 @@ def test_vision_tokens_and_activations(tmp_path: Path) -> None:
     pixels = 2 * n * 3 * 14 * 14 * 2 * 4  # float32, temporal patches of 2 frames
     terms = est.vision_activation_terms
     assert terms["all/pixels"] == pixels
-    assert terms["all/input-embeddings"] == (4096 + 2738) * 3584 * 2
+    assert terms["all/input-embeddings"] == est.sequence_tokens * 3584 * 2
     assert terms["vision/encoder"] == int(cp * pixels + ch * 2 * n * 1280 * 2 + cm * 2 * n * 3420 * 2
                                           + cs * 16 * n * n * 2 + ck * 32 * 2 * n * 1280 * 2)
     # the pixels and input embeddings stay alive through the language model's prefill
@@ -240,7 +241,7 @@ def test_vision_tokens_and_activations(tmp_path: Path) -> None:
     none = estimate(spec, Options(max_num_images=0))
     assert none.image_tokens == 0 and none.vision_activation_terms == {}
     gemma = inspect(fx.write_model(tmp_path / "g", fx.GEMMA3_4B_VL, fx.gemma3_vl(fx.GEMMA3_4B_VL), 2))
-    assert estimate(gemma, Options(max_image_length=4000)).image_tokens == 256  # fixed 896 px
+    assert estimate(gemma, Options(max_image_length=4000)).image_tokens == 256 + IMAGE_MARKERS  # fixed 896 px
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import unimap
 from unimap import ConfigError, Options, inspect
 from unimap.cli import cli
+from unimap.estimate import IMAGE_MARKERS
 from unimap.machines import PRESETS, preset_machine
 from unimap.plan import LIMIT_HEADROOM_ARRAYS, Plan, make_plan
 from unimap.render import device_layers
@@ -250,7 +251,7 @@ def test_json_shape(models: Path) -> None:
     assert set(data["layers"][0]) >= {"index", "device", "weight_bytes", "kv_bytes"}
     assert set(data["non_mapped"]) == {"device", "weight_bytes"}
     assert set(data["totals"]) >= {"weight_bytes", "kv_bytes", "activation_bytes", "peak_bytes"}
-    assert data["vision"]["image_tokens"] == 256
+    assert data["vision"]["image_tokens"] == 256 + IMAGE_MARKERS
     assert [d["name"] for d in data["devices"]] == ["gpu:0", "cpu"]
 
 

@@ -12,7 +12,7 @@ import fixtures
 import pytest
 
 import unimap
-from unimap.estimate import Options, estimate
+from unimap.estimate import IMAGE_MARKERS, TILE_MARKERS, Options, estimate
 
 PUBLISHED: dict[str, dict[str, Any]] = json.loads(
     (Path(fixtures.__file__).parent / "published_configs.json").read_text())
@@ -123,9 +123,10 @@ def test_llama4_vision_language_config(published: dict[str, Path]) -> None:
     assert arch.moe is not None and (arch.moe.num_experts, arch.moe.experts_per_token) == (16, 1)
     assert arch.vision is not None and arch.vision.tokens_per_image == 144
     est = estimate(spec, Options(max_seq_len=4096, max_image_length=1024))
-    assert est.image_tokens == (4 * 4 + 1) * 144  # 1024 px: up to 4 x 4 tiles and a thumbnail
+    # 1024 px: up to 4 x 4 tiles and a thumbnail, the marks around each tile and the image
+    assert est.image_tokens == (4 * 4 + 1) * (144 + TILE_MARKERS) + IMAGE_MARKERS
     v = PUBLISHED["llama4"]["config"]["vision_config"]
     assert est.vision_weight_bytes == 2 * (v["num_hidden_layers"] * v["intermediate_size"] * v["hidden_size"]
                                            + 5120 * v["vision_output_dim"])
     one_tile = estimate(spec, Options(max_seq_len=4096, max_image_length=336))
-    assert one_tile.image_tokens == 144
+    assert one_tile.image_tokens == 144 + IMAGE_MARKERS

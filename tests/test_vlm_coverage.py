@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -337,12 +338,13 @@ def test_a_processor_that_does_not_split_takes_one_tile(tmp_path: Path) -> None:
 
 
 def test_gemma_4_takes_its_processors_token_budget(tmp_path: Path) -> None:
-    from unimap.estimate import Options, _image_tokens
+    from unimap.estimate import IMAGE_MARKERS, Options, _image_tokens
 
     for processor, tokens in ((None, 280), ({"max_soft_tokens": 560}, 560)):
         arch = _arch_with_processor("gemma4", processor, tmp_path)
-        for length in (64, 4096):  # resized to the budget, up or down
-            assert _image_tokens(arch, Options(max_num_images=2, max_image_length=length)) == 2 * tokens
+        for length in (64, 4096):  # resized to the budget, up or down; and the marks around
+            assert _image_tokens(arch, Options(max_num_images=2, max_image_length=length)) == 2 * (
+                tokens + IMAGE_MARKERS)
 
 
 @pytest.mark.parametrize("module,processor,named", [
@@ -357,6 +359,10 @@ def test_gemma_4_takes_its_processors_token_budget(tmp_path: Path) -> None:
     ("granite4_vision", {"image_grid_pinpoints": [[0, 5]]}, "image_grid_pinpoints should be"),
     ("granite4_vision", {"image_grid_pinpoints": "abc"}, "image_grid_pinpoints should be"),
     ("granite4_vision", {"image_grid_pinpoints": [[384, 768, 2]]}, "image_grid_pinpoints should be"),
+    ("nemotron_h_nano_omni", {"min_num_patches": "many"}, "min_num_patches 'many' is not a patch count"),
+    ("nemotron_h_nano_omni", {"max_num_patches": -1}, "max_num_patches -1 is not a patch count"),
+    ("pixtral", {"size": {"longest_edge": -3}}, "an image edge of -3"),
+    ("internvl_chat", {"dynamic_max_num": 10 ** 6}, "dynamic_max_num 1000000 is not a number of tiles"),
 ])
 def test_a_bad_processor_config_is_refused_naming_it(module: str, processor: Any, named: str,
                                                      tmp_path: Path) -> None:
@@ -398,7 +404,7 @@ def test_lfm2_vl_rows_are_padded_and_cut_as_its_processor_does(tmp_path: Path) -
     """LFM2-VL's processor (mlx-vlm's) pads every row to the same patch count: the plan prices
     that many patches for any image, one row up to its pixel threshold and the most tiles with a
     thumbnail past it; the processor's own settings move both."""
-    from unimap.estimate import Options, _image_patches, _image_tokens, image_tiles
+    from unimap.estimate import IMAGE_MARKERS, Options, _image_patches, _image_tokens, image_tiles
 
     arch = _arch_with_processor("lfm2_vl", None, tmp_path / "a")
     v = arch.vision
@@ -408,7 +414,7 @@ def test_lfm2_vl_rows_are_padded_and_cut_as_its_processor_does(tmp_path: Path) -
     assert image_tiles(v, Options(max_image_length=small)) == 1
     assert image_tiles(v, Options(max_image_length=large)) == 10 + 1
     options = Options(max_num_images=1, max_image_length=64)
-    assert _image_patches(arch, options) == 1024 and _image_tokens(arch, options) == 256 + 2
+    assert _image_patches(arch, options) == 1024 and _image_tokens(arch, options) == 256 + 2 + IMAGE_MARKERS
     fewer = _arch_with_processor("lfm2_vl", {"max_image_tokens": 64, "max_tiles": 4}, tmp_path / "b")
     assert fewer.vision is not None
     assert fewer.vision.patches_per_image == max(64 * 4, (512 // v.patch_size) ** 2)
@@ -438,3 +444,175 @@ def test_minimax_m3_vl_keeps_an_images_resolution_up_to_its_processors_cap(tmp_p
         patches({"max_pixels": "many"}, 64, "e")
     with pytest.raises(ModelError, match=r"max_pixels \(or size\) \"'x' x 5\" is not a pixel count"):
         patches({"size": {"height": "x", "width": 5}}, 64, "f")
+
+
+@pytest.mark.parametrize("module", ["pixtral", "mistral3"])
+def test_pixtral_keeps_an_images_size_and_breaks_its_rows(module: str, tmp_path: Path) -> None:
+    """Pixtral's processor (Mistral 3's too) resizes an image down to its longest edge, never up
+    and never into tiles, and ends each row of (merged) patches with a break token. The plan
+    counts patches and tokens so, never fewer than transformers' processor makes, from the
+    processor's edge (else the tower's image_size); Mistral 3 merges 2 x 2 patches outside its
+    tower (spatial_merge_size at the top of config.json)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import PixtralImageProcessorPil
+
+    from unimap.estimate import IMAGE_MARKERS, Options, _image_patches, _image_tokens, image_tiles
+
+    arch = _arch_with_processor(module, {"size": {"longest_edge": 448}}, tmp_path)
+    v = arch.vision
+    assert v is not None and v.keeps_size and v.joint_attention and v.image_size == 448
+    merge = 2 if module == "mistral3" else 1
+    assert v.merge_size == merge
+    processor = PixtralImageProcessorPil(size={"longest_edge": 448},
+                                         patch_size={"height": v.patch_size * merge,
+                                                     "width": v.patch_size * merge})
+    for width, height in ((64, 48), (48, 64), (448, 448), (3000, 500), (1024, 1024), (300, 200)):
+        image = Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8))
+        pixels = processor(images=[image], return_tensors="np")["pixel_values"]
+        rows, cols = (side // (v.patch_size * merge) for side in pixels.shape[-2:])
+        options = Options(max_num_images=1, max_image_length=max(width, height))
+        assert image_tiles(v, options) == 1
+        assert _image_patches(arch, options) >= rows * cols * merge * merge
+        assert _image_tokens(arch, options) >= rows * (cols + 1), (width, height)
+    side = 448 // (v.patch_size * merge)  # the square worst case, exactly, and the marks
+    assert _image_tokens(arch, Options(max_num_images=2, max_image_length=4096)) == 2 * (
+        side * (side + 1) + IMAGE_MARKERS)
+
+
+def test_joint_attention_is_read_from_the_towers_code() -> None:
+    """Pixtral's and MoonViT's towers attend over every image's patches at once under a block
+    mask (mlx-vlm's code builds it), Qwen2-VL's within each image: the plan prices the scores of
+    the first over all patches together, so more images cost the square."""
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.estimate import Options, vision_activation_terms
+    from unimap.families import read_architecture
+
+    joint = {m: read_architecture(vlm_config(m), m).vision.joint_attention  # type: ignore[union-attr]
+             for m in ("pixtral", "mistral3", "kimi_vl", "qwen2_vl", "gemma3", "kimi_k25")}
+    assert joint == {"pixtral": True, "mistral3": True, "kimi_vl": True, "qwen2_vl": False,
+                     "gemma3": False, "kimi_k25": False}
+    arch = read_architecture(vlm_config("pixtral"), "pixtral")
+    assert arch.vision is not None
+    apart = replace(arch, vision=replace(arch.vision, joint_attention=False))
+
+    def more(images: int) -> int:  # what attending jointly adds
+        def encoder(a: Any) -> int:
+            terms = vision_activation_terms(a, Options(max_num_images=images, max_image_length=512), 2)
+            return terms["vision/encoder"] + terms.get("vision/block-mask", 0)
+        return encoder(arch) - encoder(apart)
+
+    # one image: the mask alone (float32, and its bfloat16 copy); four: 16 masks, and the
+    # scores of 16 image pairs where 4 were priced
+    v = arch.vision
+    patches = (min(512, v.image_size or 0) // v.patch_size) ** 2  # the tower's image_size: 336
+    assert more(1) == (4 + 2) * patches ** 2
+    assert more(4) > 16 * more(1)
+
+
+@pytest.mark.parametrize("module", ["aya_vision", "internvl"])
+def test_aspect_tiles_cover_what_the_processor_cuts_for_any_image(module: str, tmp_path: Path) -> None:
+    """Aya Vision's and InternVL's processors (transformers' GotOcr2 cropping) pick a grid of
+    tiles by an image's aspect ratio, up to max_patches, scaling even a small image up to fill
+    it, and add a thumbnail: a 64 x 48 image takes 4 x 3 tiles and one more. The plan counts
+    the most for any image, from preprocessor_config.json's max_patches (12 without one); each
+    tile's tokens are its patches pixel-shuffled (Aya Vision's downsample_factor 2, InternVL's
+    downsample_ratio 0.5)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import GotOcr2ImageProcessorPil
+
+    from unimap.estimate import IMAGE_MARKERS, TILE_MARKERS, Options, _image_tokens, image_tiles
+
+    for most in (None, 6):
+        arch = _arch_with_processor(module, {"max_patches": most} if most else None, tmp_path / str(most))
+        v = arch.vision
+        assert v is not None and v.image_size is not None
+        processor = GotOcr2ImageProcessorPil(size={"height": v.image_size, "width": v.image_size},
+                                             crop_to_patches=True, max_patches=most or 12)
+        for width, height in ((64, 48), (48, 64), (1024, 1024), (3000, 500), (224, 224), (900, 300)):
+            image = Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8))
+            cut = processor(images=[image], return_tensors="np")["pixel_values"].shape[0]
+            options = Options(max_num_images=1, max_image_length=max(width, height))
+            assert image_tiles(v, options) >= cut, (module, most, width, height, cut)
+        tiles = (most or 12) + 1
+        assert image_tiles(v, Options(max_num_images=1, max_image_length=64)) == tiles
+        per_tile = (v.image_size // v.patch_size // 2) ** 2
+        assert _image_tokens(arch, Options(max_num_images=2, max_image_length=64)) == 2 * (
+            tiles * (per_tile + TILE_MARKERS) + IMAGE_MARKERS)
+    from unimap.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"preprocessor_config.json: max_patches 0 is not a number of tiles"):
+        _arch_with_processor(module, {"max_patches": 0}, tmp_path / "bad")
+
+
+def test_radio_scales_a_small_image_up_to_its_least_patches(tmp_path: Path) -> None:
+    """Nemotron Nano Omni's processor (mlx-vlm's) sizes an image to its own patches, at most
+    max_num_patches and at least min_num_patches, scaling a small image up: the plan prices
+    at least that many, never fewer than the processor makes for any image within the plan."""
+    from mlx_vlm.models.nemotron_h_nano_omni.image_processing_nemotron_h_nano_omni import (
+        NemotronHNanoOmniImageProcessor,
+    )
+    from PIL import Image
+
+    from unimap.estimate import Options, _image_patches
+
+    settings = {"min_num_patches": 256, "max_num_patches": 2048}
+    arch = _arch_with_processor("nemotron_h_nano_omni", {"patch_size": 16, **settings}, tmp_path)
+    v = arch.vision
+    assert v is not None and v.min_patches == 256 and v.patches_per_image == 2048
+    processor = NemotronHNanoOmniImageProcessor(patch_size=16, **settings)
+    for width, height in ((64, 48), (48, 64), (1000, 16), (16, 300), (512, 512), (1024, 700), (4000, 3000)):
+        wide, high = processor._compute_target_patches(Image.new("RGB", (width, height)), 2048)
+        planned = _image_patches(arch, Options(max_num_images=1, max_image_length=max(width, height)))
+        assert planned >= wide * high, (width, height, planned, wide * high)
+    assert _image_patches(arch, Options(max_num_images=1, max_image_length=4096)) == 2048
+
+
+def test_a_projector_wider_than_the_tower_is_priced_on_the_rows_it_takes() -> None:
+    """Aya Vision's projector is a SwiGLU 28,672 wide on the pixel-shuffled patches (4 tower
+    rows in one): read from the checkpoint's headers (its widest matrix, not a decoder layer's),
+    priced on a quarter of the patches, three copies of its widest output. A tower fitted with
+    its projector (Qwen2-VL's) adds nothing. (tests/test_vlm_runs.py runs Aya Vision's tiny
+    twin with an image: 2.02 times its plan before this was priced.)"""
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.estimate import PROJECTOR_COPIES, Options, vision_activation_terms
+    from unimap.families import read_architecture
+    from unimap.headers import TensorHeader
+    from unimap.inspect import projector_shape
+
+    arch = read_architecture(vlm_config("aya_vision"), "aya")
+    v = arch.vision
+    assert v is not None
+    shapes = {"multi_modal_projector.linear_1.weight": (28672, 4 * v.hidden_size),
+              "multi_modal_projector.linear_2.weight": (64, 14336),
+              "language_model.model.layers.0.mlp.merger.weight": (99999, 8),  # a decoder layer's
+              "vision_tower.encoder.layers.0.mlp.fc1.weight": (4304, 1152)}  # the tower's
+    headers = [TensorHeader(name, "BF16", shape, 0, 0) for name, shape in shapes.items()]
+    wide, into = projector_shape(headers)
+    assert (wide, into) == (28672, 4 * v.hidden_size)
+    priced = replace(arch, vision=replace(v, projector_width=wide, projector_input=into))
+    options = Options(max_num_images=1, max_image_length=64)
+    patches = 13 * (v.image_size // v.patch_size) ** 2  # 12 tiles and a thumbnail
+    terms = vision_activation_terms(priced, options, 2)
+    assert terms["vision/projector"] == PROJECTOR_COPIES * (patches // 4) * 28672 * 2
+    assert "vision/projector" not in vision_activation_terms(arch, options, 2)  # none read
+    qwen = read_architecture(vlm_config("qwen2_5_vl"), "qwen")
+    assert qwen.vision is not None
+    fitted = replace(qwen, vision=replace(qwen.vision, projector_width=99999, projector_input=8))
+    assert "vision/projector" not in vision_activation_terms(fitted, options, 2)
+
+
+def test_the_models_mlx_vlm_takes_one_image_for_are_read_from_it() -> None:
+    """mlx-vlm refuses a second image for some models (LLaVA-NeXT, PaliGemma, ...): read from
+    its prompt_utils.py, so that a plan for more says so before loading (tests/test_vlm_runs.py
+    plans LLaVA-NeXT for 6 images)."""
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.families import read_architecture, single_image_models
+
+    assert {"llava_next", "paligemma", "multi_modality"} <= single_image_models()
+    assert read_architecture(vlm_config("llava_next"), "x").vision.single_image  # type: ignore[union-attr]
+    assert not read_architecture(vlm_config("qwen2_vl"), "x").vision.single_image  # type: ignore[union-attr]

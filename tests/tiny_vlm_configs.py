@@ -57,6 +57,9 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                                             [336, 1008]]},
     "llava_onevision": {"image_grid_pinpoints": [[384, 384], [2304, 2304]]},
     "granite_vision": {"image_grid_pinpoints": [[384, 384], [3840, 384]]},
+    # HuggingFaceTB/SmolVLM2-2.2B-Instruct's pixel shuffle: its 27 x 27 patches (384 / 14) in
+    # 3 x 3 blocks (mlx-vlm's default of 2 does not divide 27)
+    "smolvlm": {"scale_factor": 3},
     # the sub-configs mlx-vlm's classes require a model_type of (HuggingFaceM4/idefics2-8b's
     # perceiver, deepseek-ai/Janus-Pro-7B's aligner), and Gemma 3n's MLP widths, one a layer
     "idefics2": {"perceiver_config": {"model_type": "idefics2_perceiver", "hidden_act": "silu",

@@ -10,7 +10,9 @@ any other mlx-vlm family the same way with a tower made small, for text prompts.
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +205,7 @@ def write_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
 # enough that every tower builds in a few MB, as the tiny language model does.
 TOWER_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "depth": 2,
                "num_layers": 2, "num_attention_heads": 2, "num_heads": 2, "embed_dim": 64,
-               "num_key_value_heads": 2,
+               "num_key_value_heads": 2, "head_dim": 32,
                # the same under other names: DeepSeek-VL2's and Step's (width, layers, heads),
                # Kimi K3's MoonViT-3D (vt_*), Gemma 4 unified's embedder (mm_*)
                "width": 64, "layers": 2, "heads": 2, "vt_hidden_size": 64,
@@ -249,12 +251,23 @@ def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None 
     for key in ("vit_hidden_size", "projector_hidden_size"):  # a projector sized at the top
         if isinstance(config.get(key), int):
             config[key] = (tower_sizes or TOWER_SIZES).get("hidden_size", TOWER_SIZES["hidden_size"])
-    # widths that must be the language model's: a projector's output (Muse Glimmer's and
-    # Qwen3-VL's out_hidden_size, Kimi K3's text_hidden_size), Gemma 4 unified's hidden_size
-    for owner, key in ((config, "out_hidden_size"), (tower, "out_hidden_size"),
-                       (tower, "text_hidden_size"), (config, "hidden_size")):
+    projector = config.get("projector_config") or {}
+    if isinstance(projector.get("input_dim"), int):  # DeepSeek-VL2's projector: tower to text
+        projector["input_dim"] = tower.get("width", tower.get("hidden_size"))
+        projector["n_embed"] = (config.get("language_config") or text).get("hidden_size")
+    # Muse Glimmer's out_hidden_size: the tower's width over its merged patches (its adapter's input)
+    if isinstance(config.get("out_hidden_size"), int) and isinstance(tower.get("merge_size"), int):
+        config["out_hidden_size"] = tower["hidden_size"] * tower["merge_size"] ** 2
+    # widths that must be the language model's: a projector's output (Qwen3-VL's
+    # out_hidden_size, Kimi K3's text_hidden_size), Gemma 4 unified's hidden_size
+    for owner, key in ((tower, "out_hidden_size"), (tower, "text_hidden_size"), (config, "hidden_size")):
         if isinstance(owner.get(key), int) and isinstance(text_hidden, int) and key in owner:
             owner[key] = text_hidden
+    if isinstance(tower.get("pixel_shuffle_ratio"), float):  # Llama 4: its projector MLP takes
+        # the pixel-shuffled patches, hidden_size / ratio^2 wide, as intermediate_size (Scout's
+        # 5632 = 1408 / 0.5^2), and keeps its width (projector_input_dim = projector_output_dim)
+        tower["intermediate_size"] = round(tower["hidden_size"] / tower["pixel_shuffle_ratio"] ** 2)
+        tower["projector_input_dim"] = tower["projector_output_dim"]
     if isinstance(tower.get("layer_types"), list):  # one per layer (Gemma 4's tower)
         tower["layer_types"] = tower["layer_types"][:tower.get("num_hidden_layers", 0)]
     # built as mlx-vlm's load_model builds it: a language model under llm_config taken as the
@@ -303,6 +316,38 @@ def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None 
 
 IMAGE_TOKEN_KEYS = ("image_token_index", "image_token_id")
 
+# Families whose processor is mlx-vlm's own: the processor_config.json / preprocessor_config.json
+# its from_pretrained reads, as the published checkpoint has them but sized to the tiny tower;
+# config.json and tokenizer_config.json fields it needs; the chat template's image placeholder
+# where the processor expands another text than its image token
+MLX_PROCESSORS: dict[str, dict[str, Any]] = {
+    # LiquidAI's d1 is published as LFM2-VL with its own model class: mlx-vlm loads it as d1
+    # and builds LFM2-VL's processor for it
+    "d1": {"config": {"model_type": "lfm2_vl", "auto_map": {"AutoModel": "modeling_d1.D1Model"}}},
+    # deepseek-ai/deepseek-vl2-tiny: tiles of the tower's side, up to 3 x 3 of them; its
+    # processor puts the tokenizer's bos before the prompt
+    "deepseek_vl_v2": {"processor_config": lambda tower, side: {
+        "processor_class": "DeepseekVLV2Processor", "patch_size": tower["patch_size"],
+        "candidate_resolutions": [[side * h, side * w] for h in (1, 2, 3) for w in (1, 2, 3)],
+        "downsample_ratio": 2, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "normalize": True,
+        "image_token": "<image>", "pad_token": "<pad>", "add_special_token": False,
+        "sft_format": "deepseek", "mask_prompt": False, "ignore_id": -100},
+        "tokenizer": {"bos_token": "<eos>"}},
+    # its chat template writes <image-N>, which the processor expands to <img>, the image's
+    # <IMG_CONTEXT> tokens, </img>
+    "locateanything": {"processor_config": lambda tower, side: {
+        "processor_class": "LocateAnythingProcessor", "patch_size": tower["patch_size"],
+        "merge_kernel_size": tower["merge_kernel_size"], "image_token": "<IMG_CONTEXT>",
+        "image_start_token": "<img>", "image_end_token": "</img>"},
+        "placeholder": "<image-{{ loop.index }}>"},
+    # its image processor reads CLIP's normalisation and the tower's patch budget here
+    "nemotron_h_nano_omni": {"preprocessor_config": lambda tower, side: {
+        "norm_mean": MEAN, "norm_std": STD, "patch_size": tower["patch_size"],
+        "downsample_ratio": 0.5, "min_num_patches": tower["dynamic_image_min_num_patches"],
+        "max_num_patches": tower["dynamic_image_max_num_patches"]},
+        "image_token_keys": ("img_context_token_id",)},  # the model's name for the image token
+}
+
 
 def use_family_processor(folder: Path, side: int, marks: dict[str, str]) -> None:
     """The checkpoint in `folder` with its family's image processor (transformers' class for
@@ -315,28 +360,88 @@ def use_family_processor(folder: Path, side: int, marks: dict[str, str]) -> None
     names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config["model_type"]) or {}
     kind = names.get("pil") or names.get("torchvision")
     tower = config["vision_config"]
+    if not kind and "temporal_patch_size" in tower:  # Qwen3-VL-MoE ships Qwen2-VL's
+        kind = "Qwen2VLImageProcessorPil"
     if kind:
         if "temporal_patch_size" in tower:  # Qwen-style: an image's own resolution, in the
             # tower's patches, merged as the tower merges them
             sized = {"patch_size": tower["patch_size"], "temporal_patch_size": tower["temporal_patch_size"],
                      "merge_size": tower.get("spatial_merge_size", 2)}
+        elif kind.startswith("PixtralImageProcessor"):  # an image's own size, up to the edge
+            sized = {"size": {"longest_edge": side},
+                     "patch_size": {"height": tower["patch_size"], "width": tower["patch_size"]}}
+            (folder / "processor_config.json").write_text(json.dumps({
+                "patch_size": tower["patch_size"], "image_token": "[IMG]",
+                "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]",
+                "spatial_merge_size": config.get("spatial_merge_size", 1)}))
         elif config["model_type"] in ("idefics3", "smolvlm"):
             sized = {"size": {"longest_edge": 2 * side}, "max_image_size": {"longest_edge": side}}
+            # the image tokens a tile takes: its patches, pixel-shuffled by scale_factor
+            # (Idefics3-8B's processor_config.json: (364 / 14)^2 / 2^2 = 169)
+            seq_len = (side // tower["patch_size"]) ** 2 // config["scale_factor"] ** 2
+            (folder / "processor_config.json").write_text(json.dumps({"image_seq_len": seq_len}))
         else:
             sized = {"size": {"height": side, "width": side}, "crop_size": {"height": side, "width": side}}
+        if "image_grid_pinpoints" in config:  # anyres: the grids the model unpads to, as published
+            sized["image_grid_pinpoints"] = config["image_grid_pinpoints"]
+        elif kind.startswith("LlavaNextImageProcessor"):  # Granite 4 Vision: grids of tiles of
+            # the tower's side in its processor's file alone (it cannot tile without them)
+            sized["image_grid_pinpoints"] = [[side, side], [10 * side, side]]
         (folder / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": kind,
                                                                      **sized}))
-    token = getattr(AutoProcessor.from_pretrained(str(folder)), "image_token", None)
+    own = MLX_PROCESSORS.get(config["model_type"], {})
+    if "config" in own:  # the published config.json's own fields
+        config.update(own["config"])
+        (folder / "config.json").write_text(json.dumps(config))
+    for name in ("processor_config", "preprocessor_config"):  # mlx-vlm's own processor's files
+        if name in own:
+            (folder / f"{name}.json").write_text(json.dumps(own[name](tower, side)))
+    processor = AutoProcessor.from_pretrained(str(folder))
+    # processor_config.json as published (llava-hf's, Aya Vision's): the fields of these names the
+    # processor takes, from the tower and the config (+1 token where the tower has a class token)
+    import mlx.core as mx
+
+    with_class = any(k.endswith("class_embedding") for k in mx.load(str(folder / "model.safetensors")))
+    known = {"patch_size": tower.get("patch_size"), "img_size": tower.get("image_size"),
+             "vision_feature_select_strategy": config.get("vision_feature_select_strategy"),
+             "downsample_factor": config.get("downsample_factor"),
+             "num_additional_image_tokens": int(with_class)}
+    takes = inspect.signature(type(processor).__init__).parameters
+    fields = {k: v for k, v in known.items() if k in takes and v is not None}
+    written = folder / "processor_config.json"
+    if fields:
+        old = json.loads(written.read_text()) if written.exists() else {}
+        written.write_text(json.dumps({**fields, **old}))
+    constants = vars(sys.modules[type(processor).__module__])
+    token = getattr(processor, "image_token", None)  # what a prompt marks an image with
+    # the token whose places the features take: most processors' image token; Llama 4's
+    # <|patch|> (Scout's image_token_index, 200092), not the <|image|> that marks the image;
+    # InternVL-chat's <IMG_CONTEXT>, a constant of its processor's module, for a prompt's <image>
+    feature = getattr(processor, "img_patch_token", token)
+    if token is None and isinstance(constants.get("IMG_CONTEXT_TOKEN"), str):
+        token, feature = "<image>", constants["IMG_CONTEXT_TOKEN"]
     if not isinstance(token, str):
         return
-    marks = {**marks, "image_token": token}
+    # the image token, and any other mark the processor writes around it (Pixtral's row breaks,
+    # Llama 4's tile separators, InternVL-chat's <img>: constants of its module); not the empty
+    # ones of a tower left out (Gemma 4's audio_token)
+    marks = {**marks, **{k.lower(): v for k, v in [*vars(processor).items(), *constants.items()]
+                         if k.lower().endswith("_token") and isinstance(v, str) and v.strip()},
+             "image_token": token}
     ids = _tokenizer(folder, ["<eos>", "<pad>", *dict.fromkeys(marks.values())], "<eos>", "<pad>",
-                     ANY_TEMPLATE.replace("<image> ", f"{token} "), {"extra_special_tokens": marks})
+                     ANY_TEMPLATE.replace("<image> ", f"{own.get('placeholder', token)} "),
+                     {"extra_special_tokens": marks, **own.get("tokenizer", {})})
+    # the id the processor expands an image into (Aya Vision's <|IMG_PATCH|>, not its <image>):
+    # its image_token_id, now that the tokenizer has its marks
+    image_id = getattr(AutoProcessor.from_pretrained(str(folder)), "image_token_id", None)
+    image_id = image_id if isinstance(image_id, int) and image_id in ids.values() else ids[feature]
     owners = [config, config.get("text_config") or {}]
     for key in IMAGE_TOKEN_KEYS:
         for owner in owners:
             if key in owner:
-                owner[key] = ids[token]
+                owner[key] = image_id
+    for key in own.get("image_token_keys", ()):
+        config[key] = image_id
     if not any(key in config for key in IMAGE_TOKEN_KEYS):
-        config["image_token_index"] = ids[token]
+        config["image_token_index"] = image_id
     (folder / "config.json").write_text(json.dumps(config))

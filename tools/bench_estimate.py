@@ -139,7 +139,17 @@ TOWERS: dict[str, dict[str, int]] = {
                "num_attention_heads": 12, "num_key_value_heads": 12},
     "kimi_vl": {"hidden_size": 1152, "embed_dim": 1152, "intermediate_size": 4304, "depth": 4,
                 "num_heads": 16},
+    # Mistral Small 3.1's Pixtral tower: every image's patches in one attention
+    "mistral3": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 4,
+                 "num_attention_heads": 16, "head_dim": 64},
+    # Aya Vision 8B's SigLIP at 364 px: 12 tiles and a thumbnail for any image, and a
+    # 28,672-wide projector on every image token
+    "aya_vision": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 4,
+                   "num_attention_heads": 16, "image_size": 364},
 }
+# through the family's own processor (tests/tiny_vlms.py's use_family_processor), which cuts tiles
+# or keeps sizes as the published one does
+OWN_PROCESSOR = ("mistral3", "aya_vision")
 
 
 @dataclass(frozen=True)
@@ -151,11 +161,15 @@ class Case:
     kv_bits: int | None = None
     place: str = "gpu"  # gpu: all on one device; split: half the layers on the CPU; cpu
     image: int = 0  # vision models: one square image of this many pixels a side
+    images: int = 1  # ...or this many
+    wide: bool = False  # 4:3 images (the side is their width), where a processor cuts more tiles
 
     @property
     def name(self) -> str:
         kv = f"kv{self.kv_bits}" if self.kv_bits else "kv16"
         image = f"/image{self.image}" if self.image else ""
+        image += f"x{self.images}" if self.images > 1 else ""
+        image += "wide" if self.wide else ""
         return f"{self.model}/{self.weights}/{self.seq}x{self.batch}/{kv}/{self.place}{image}"
 
 
@@ -199,9 +213,13 @@ def matrix() -> list[Case]:
     for weights, seq, place in (("f32", 256, "gpu"), ("f32", 2600, "gpu"), ("bf16", 2600, "gpu"),
                                 ("f32", 2600, "split")):
         cases.append(Case("paligemma", weights, seq, 1, None, place, 224))
-    for module in TOWERS:  # a small image and one past the tower's own size
+    for module in ("gemma4", "kimi_vl"):  # a small image and one past the tower's own size
         for image in (224, 896):
             cases.append(Case(f"{ANY_VLM}{module}", "f32", 512, 1, None, "gpu", image))
+    for images in (1, 4):  # Pixtral's tower attends over all images' patches at once
+        cases.append(Case(f"{ANY_VLM}mistral3", "f32", 512, 1, None, "gpu", 448, images))
+    for image in (224, 896):  # a 4:3 image takes 4 x 3 tiles and a thumbnail, however small
+        cases.append(Case(f"{ANY_VLM}aya_vision", "f32", 512, 1, None, "gpu", image, wide=True))
     return list(dict.fromkeys(cases))
 
 
@@ -266,7 +284,8 @@ def checkpoint(work: Path, model: str, weights: str) -> Path:
 
         module = model[len(ANY_VLM):]
         return write_any_vlm(folder, module, TOWERS[module],
-                             dtype="float32" if stored == "f32" else "bfloat16")
+                             dtype="float32" if stored == "f32" else "bfloat16",
+                             family_processor=module in OWN_PROCESSOR)
     if model.startswith(FAMILY):
         from tiny_families import tiny_config
 
@@ -302,7 +321,7 @@ def load_kwargs(case: Case, num_layers: int, gpu: bool = False) -> dict[str, Any
     kwargs: dict[str, Any] = {"max_seq_len": case.seq, "max_batch_size": case.batch,
                               "kv_bits": case.kv_bits}
     if case.image:
-        kwargs.update(max_num_images=1, max_image_length=case.image)
+        kwargs.update(max_num_images=case.images, max_image_length=case.image)
     if case.weights.startswith("isq"):
         kwargs["isq"] = int(case.weights[3:])
     if gpu:
@@ -393,10 +412,12 @@ def child(case: Case, path: Path) -> dict[str, Any]:
     if case.image:  # words w0..w119 (one token each), the chat template's few tokens, the image
         from tiny_vlms import write_image
 
-        image = write_image(path.parent / f"image{case.image}.png", case.image, case.image)
+        height = case.image * 3 // 4 if case.wide else case.image
+        images = [write_image(path.parent / f"image{case.image}-{i}.png", case.image, height, seed=i)
+                  for i in range(case.images)]
         words = " ".join(f"w{(31 * i) % 120}" for i in range(prompt_len - VISION_TEMPLATE_TOKENS))
         for _ in unimap.stream_generate(model, tokenizer, words, max_tokens=DECODE_TOKENS,
-                                        prompt_cache=cache, images=[image]):
+                                        prompt_cache=cache, images=images):
             pass
     elif case.batch == 1:
         for _ in unimap.stream_generate(model, tokenizer, rows[0], max_tokens=DECODE_TOKENS,

@@ -65,6 +65,16 @@ def vlm_row(module: str) -> tuple[bool, str]:
     own = "FastViTHD (fixed in code), priced per pixel" if v.image_size else "encoder-free patch embedder"
     tower = (f"vision {v.num_layers} layers x {v.hidden_size}, {tokens}" if v.num_layers
              else f"vision {own} x {v.hidden_size}, {tokens}")
+    # how its processor sizes images and how its tower attends, where the plan reads it so
+    traits = [("one attention over all images" if v.joint_attention else ""),
+              (f"up to {v.split_tiles} tiles for " + (f"images past {v.split_over_pixels} pixels"
+                                                       if v.split_over_pixels else "any image")
+               if v.split_tiles else ""),
+              (f"at least {v.min_patches} patches an image" if v.min_patches else ""),
+              ("image size kept, row breaks" if v.keeps_size else ""),
+              ("perceiver resampler" if v.resampler[0] else ""),
+              ("one image a prompt" if v.single_image else "")]
+    tower += "".join(f", {t}" for t in traits if t)
     prefill = {"always": "prefilled in one pass", "images": "prompts with images prefilled in one pass"}
     return True, "; ".join(x for x in (how, "/".join(kinds), moe, tower, prefill.get(v.one_pass, ""))
                            if x)
@@ -118,7 +128,9 @@ def vlm_table(planned_families: set[str]) -> list[str]:
              "the tower made small and runs it through unimap (text prompts, all on one device "
              "and split): 35 give plain mlx-vlm's tokens within their plan; mlx-vlm's classes "
              "do not build the others' tiny configs, or plain mlx-vlm cannot run a text prompt "
-             "on them (the test names each). `tests/test_vision.py` runs Qwen2-VL, Qwen2.5-VL, "
+             "on them (the test names each); 30 of the 35 also take images through their own "
+             "processors (a 4:3 image, a 1024-px one and six), each peak and image-token count "
+             "within its plan. `tests/test_vision.py` runs Qwen2-VL, Qwen2.5-VL, "
              "Gemma 3 and PaliGemma with images through their own processors."]
     if failed:
         lines += ["", "Not imported here: " + "; ".join(f"{m} ({why})" for m, why in failed.items())]

@@ -243,6 +243,9 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
                           "--isq applies to bf16/fp16/fp32 checkpoints: drop --isq")
     if options.kv_bits is not None:
         _check_kv_bits(spec)
+    if spec.arch.vision is not None and spec.arch.vision.single_image and options.max_num_images > 1:
+        raise ConfigError(f"{spec.arch.model_type} takes one image a prompt (mlx-vlm refuses more "
+                          f"for it), not {options.max_num_images}: plan --max-num-images 1")
     act_dtype = options.dtype or spec.dtype
     d = dtype_bytes(act_dtype)
     arch = spec.arch if options.max_kv_size is None else rotating(spec, options.max_kv_size)
@@ -746,13 +749,27 @@ def _image_patches(arch: Architecture, options: Options) -> int:
     v = arch.vision
     if v is None:
         return 0
+    if v.keeps_size:  # as large as the image, at most image_size, in whole merged patches
+        side = _round_up(_kept_edge(v, options), v.patch_size * v.merge_size) // v.patch_size
+        return side * side
     if v.kind == "fixed":
         side = (v.image_size or 0) // v.patch_size
         per_tile = v.patches_per_image or side * side
         return per_tile * image_tiles(v, options)
     unit = v.patch_size * v.merge_size
     side = _round_up(options.max_image_length, unit) // v.patch_size
-    return min(side * side, v.patches_per_image or side * side)
+    patches = min(side * side, v.patches_per_image or side * side)
+    if v.min_patches and patches < v.min_patches:
+        # scaled up to at least min_patches, each side rounded up (and to whole merged patches):
+        # at most up * (h + w) + 1 more, and as much again, where up = sqrt(min / (h * w)); a
+        # one-patch-high image of side patches is the worst within the plan
+        slack = math.isqrt(v.min_patches * (side + 1) ** 2 // side) + 2
+        patches = v.min_patches + 2 * slack
+    return patches
+
+
+def _kept_edge(v: Vision, options: Options) -> int:
+    return min(v.image_size or options.max_image_length, options.max_image_length)
 
 
 def image_tiles(v: Vision, options: Options) -> int:
@@ -776,9 +793,48 @@ def _image_tokens(arch: Architecture, options: Options) -> int:
     newlines = math.isqrt(v.tokens_per_image or 0) * tiles if v.newlines else 0
     per_image = (v.tokens_per_image or 0) * tiles + newlines if v.kind == "fixed" else (
         _image_patches(arch, options) // (v.merge_size * v.merge_size))
-    return options.max_num_images * per_image
+    if v.keeps_size:  # rows of merged patches, each ended by a break (the last: an end) token
+        rows = math.isqrt(_image_patches(arch, options)) // v.merge_size
+        per_image = rows * (rows + 1)
+    # the text the processor and the chat template put around an image and its tiles
+    marks = IMAGE_MARKERS + (TILE_MARKERS * tiles if tiles > 1 else 0)
+    return options.max_num_images * (per_image + marks)
 
 
+# Text tokens around an image's tokens, at most: its start and end marks (Qwen2-VL's
+# <|vision_start|> and <|vision_end|>, Llama 4's <|image_start|>, <|image|> and <|image_end|>,
+# MiniMax-M3-VL's, Idefics 2's <fake_token_around_image>, Gemma 3's blank lines around
+# <start_of_image>) and around each tile of a cut image (Aya Vision's "TILE_12", a few tokens in a
+# BPE vocabulary; Llama 4's separators)
+IMAGE_MARKERS = 8
+TILE_MARKERS = 4
+
+
+def projector_bytes(arch: Architecture, options: Options, patches: int, d: int) -> int:
+    """What a tower not measured with its projector (vision_calibration.py's towers were) adds
+    beyond its encoder's terms: a projector wider than the tower's MLP, its widest output on each
+    row it takes (the tower's outputs, merged or pixel-shuffled to its input width: Aya Vision's
+    SwiGLU on a quarter of the patches was 2.02 times its plan on a tiny twin before this), and a
+    perceiver's attention of its latents over each image's patches (Idefics 2's, 1.28 times)."""
+    v = arch.vision
+    if v is None or (vlm_package(arch.model_type), "float32") in VISION_COEFFICIENTS:
+        return 0
+    total = 0
+    if v.projector_width > max(v.intermediate_size, v.hidden_size):
+        rows = -(-patches * v.hidden_size // v.projector_input) if v.projector_input else patches
+        total += PROJECTOR_COPIES * rows * v.projector_width * d
+    latents, heads, kv_heads, head_dim = v.resampler
+    if latents:  # per image: queries, their copies and the output (6), keys and values with
+        # their copies (4), the scores, softmax and the fallback's copy (3)
+        images = options.max_num_images * image_tiles(v, options)
+        context = patches // max(images, 1) + latents
+        total += images * d * (6 * latents * heads * head_dim + 4 * context * kv_heads * head_dim
+                               + 3 * heads * latents * context)
+    return total
+
+
+# a gated MLP's two projections and the activation of one, alive together
+PROJECTOR_COPIES = 3
 ONE_HOT_BYTES = 10  # per element of a tower's one-hot position lookup, all its copies
 
 
@@ -799,13 +855,20 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_
     n = _image_patches(arch, options) // tiles  # patches one attention sees (an image or a tile)
     images = options.max_num_images * tiles
     p = images * n
-    at_once = 1 if v.kind == "qwen2_vl" else images  # Qwen2-VL attends within one image at a time
+    # Qwen2-VL attends within one image at a time; RADIO takes same-sized images as a batch
+    at_once = 1 if v.kind == "qwen2_vl" and not v.min_patches else images
     if v.whole_image:  # or the whole image at its own resolution, one attention: the larger
         unit = v.patch_size * v.merge_size
         whole = (_round_up(options.max_image_length, unit) // v.patch_size) ** 2
         if whole > n:
             n, at_once = whole, options.max_num_images
         p = max(p, options.max_num_images * whole)
+    # every image's patches in one attention (Pixtral, MoonViT): scores over all of them, and
+    # the block mask beside them: float32, and its copy in the tower's dtype. A tower whose
+    # processor keeps each image whole (MoonViT's) attends over whole images, not tiles
+    if v.joint_attention:
+        n, at_once = options.max_num_images * whole if v.whole_image else p, 1
+    mask = (4 + (d if d < 4 else 0)) * n * n if v.joint_attention else 0
     pixels = p * 3 * v.patch_size * v.patch_size * v.temporal_patch_size * 4
     cp, ch, cm, cs, ck = vision_coefficients(arch.model_type, "float32" if d >= 4 else "bfloat16")
     encoder = (cp * pixels + ch * p * v.hidden_size * d + cm * p * v.intermediate_size * d
@@ -825,12 +888,15 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_
     # parts and complex64 pairs (4 + 4), the stacked table and its reshaped copy (4 + 4)
     head_dim = v.hidden_size // max(v.num_heads, 1)
     grid = v.rope_grid * head_dim * 22
+    projector = projector_bytes(arch, options, p, d)
     return {
         **({"vision/position-one-hot": one_hot} if one_hot else {}),
         **({"vision/rope-grid": grid} if grid else {}),
         "all/pixels": b * pixels,
         "all/input-embeddings": b * tokens * arch.hidden_size * embed_d,
         "vision/encoder": b * int(encoder),
+        **({"vision/block-mask": b * mask} if mask else {}),
+        **({"vision/projector": b * projector} if projector else {}),
         **({"vision/float32-weights": largest_float32_bytes}
            if d < 4 and vlm_package(arch.model_type) not in WIDTH_FITTED else {}),
     }

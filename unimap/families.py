@@ -10,6 +10,7 @@ mlx-lm's defaults; a missing or mistyped key is a ModelError naming it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -79,6 +80,26 @@ class Vision:
     # with images, mlx-vlm hands the language model float32 embeddings whatever the weights'
     # dtype, so a half-precision model's prefill computes in float32
     float32_embeddings: bool = False
+    # the tower attends over all images' patches at once, as one sequence under a block mask
+    # (Pixtral's, MoonViT's in Kimi-VL): scores and mask grow with the square of all patches
+    joint_attention: bool = False
+    # an image no larger than image_size keeps its own size (Pixtral's processor resizes only
+    # down), and each row of its merged patches ends in a break or end token
+    keeps_size: bool = False
+    # the projector's widest matrix, from the checkpoint's headers: its outputs (Aya Vision's
+    # 28,672-wide SwiGLU, Idefics 2's projection to the text model's MLP width) and inputs (the
+    # tower's width times the patches merged into one row; 0 where not known)
+    projector_width: int = 0
+    projector_input: int = 0
+    # a perceiver resampler between tower and language model (Idefics 2): its latents, heads,
+    # key/value heads and head dim, attending over each image's patches and the latents
+    resampler: tuple[int, int, int, int] = (0, 0, 0, 0)
+    # an image's own resolution, but never fewer patches than this: the processor scales a small
+    # image up (RADIO in Nemotron Nano Omni: 1,024), and same-sized images go through the tower
+    # as one batch
+    min_patches: int = 0
+    # mlx-vlm takes one image per prompt for this model (its prompt_utils' single-image list)
+    single_image: bool = False
 
 
 @dataclass(frozen=True)
@@ -422,10 +443,30 @@ def read_vlm_code(cfg: Mapping[str, Any], model_type: str) -> dict[str, Any]:
     grid = ROPE_GRID.search(source)
     return {"one_pass": when, "all_logits": bool(when) and "logits_to_keep" not in source,
             "float32_embeddings": model_type in FLOAT32_EMBEDDINGS,
-            "rope_grid": int(grid[1]) * int(grid[2]) if grid else 0}
+            "rope_grid": int(grid[1]) * int(grid[2]) if grid else 0,
+            "joint_attention": BLOCK_MASK.search(source) is not None,
+            "single_image": model_type.lower() in single_image_models()}
+
+
+@functools.cache
+def single_image_models() -> frozenset[str]:
+    """The model types mlx-vlm refuses more than one image a prompt for, read from its
+    prompt_utils.py (SINGLE_IMAGE_ONLY_MODELS) without importing it."""
+    from unimap.structure import package_folder
+
+    root = package_folder("mlx_vlm")
+    path = root / "prompt_utils.py" if root is not None else None
+    found = SINGLE_IMAGE_SET.search(path.read_text()) if path is not None and path.is_file() else None
+    return frozenset(re.findall(r"[\"']([^\"']+)[\"']", found[1])) if found else frozenset()
+
+
+SINGLE_IMAGE_SET = re.compile(r"^SINGLE_IMAGE_ONLY_MODELS\s*=\s*\{([^}]*)\}", re.MULTILINE)
 
 
 ROPE_GRID = re.compile(r"Rope2DPosEmb\(\s*\w+\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
+# a tower that concatenates every image's patches and builds one patches x patches block mask
+# for them (Pixtral's generate_block_attention_mask, MoonViT's make_block_attention_mask)
+BLOCK_MASK = re.compile(r"^def \w*block_attention_mask\(", re.MULTILINE)
 
 
 def _first_of(cfg: Mapping[str, Any], keys: tuple[str, ...], where: str, default: Any = None) -> Any:
@@ -483,6 +524,10 @@ def _encoder_free(v: Mapping[str, Any], vw: str) -> Vision:
 # fixed-size towers whose processor resizes every image to image_size, never cutting tiles
 # (PaliGemma's SiglipImageProcessor)
 RESIZED = ("paligemma",)
+# towers (vision_config model_type) whose processor keeps an image's aspect, resized down to
+# its longest edge, never tiled, and ends each row of (merged) patches with a break token, the
+# last with an end token: Pixtral's, in Pixtral and Mistral 3 (Mistral Small 3.1)
+ROW_BREAKS = ("pixtral",)
 
 
 def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
@@ -507,16 +552,33 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
         raise ModelError(f"{vw}: 'patch_size' must be positive")
     # patches merged (or pooled, Gemma 4) per side into one language-model token
     merge = _first_of(v, ("spatial_merge_size", "merge_size", "merge_kernel_size",
-                          "pooling_kernel_size"), vw, 1) or 1
+                          "pooling_kernel_size"), vw, 0) or _first_of(
+        cfg, ("spatial_merge_size",), where, 1) or 1  # Mistral 3 merges outside its tower
     tokens = _first_of(cfg, ("mm_tokens_per_image", "image_seq_length", "num_image_tokens"), where, 0)
     fixed = size > 0
     shuffle = v.get("pixel_shuffle_ratio", cfg.get("downsample_ratio"))  # Llama 4, InternVL
     if not tokens and fixed and isinstance(shuffle, int | float) and 0 < shuffle < 1:
         tokens = max(1, int((size // patch) ** 2 * shuffle * shuffle))
+    perceiver = cfg.get("perceiver_config")  # Idefics 2: a perceiver's latents stand for an image
+    resampler = (0, 0, 0, 0)
+    if fixed and isinstance(perceiver, dict) and "resampler_n_latents" in perceiver:
+        where_p = f"{where} perceiver_config"
+        resampler = (_first_of(perceiver, ("resampler_n_latents",), where_p),
+                     _first_of(perceiver, ("resampler_n_heads",), where_p, 16),
+                     _first_of(perceiver, ("num_key_value_heads",), where_p, 4),
+                     _first_of(perceiver, ("resampler_head_dim",), where_p, 96))
+        tokens = tokens or resampler[0]
+    factor = cfg.get("downsample_factor")  # Aya Vision: patches pixel-shuffled factor x factor
+    if not tokens and fixed and isinstance(factor, int) and not isinstance(factor, bool) and factor > 1:
+        tokens = max(1, (size // patch // factor) ** 2)
     found = cfg.get(PROCESSOR_KEY)
     processor: Mapping[str, Any] = found if isinstance(found, dict) else {}
     # where its settings came from: preprocessor_config.json beside config.json
     pw = (where[:-len("config.json")] if where.endswith("config.json") else f"{where} ") + PROCESSOR_FILE
+    row_breaks = v.get("model_type") in ROW_BREAKS
+    if row_breaks:  # resized to the processor's longest edge, else the tower's image_size
+        size = _edge(processor.get("size"), pw) or size
+        fixed = size > 0
     budget = v.get("default_output_length")
     if "max_soft_tokens" in processor:  # the processor's own budget, where it sets one
         budget = processor["max_soft_tokens"]
@@ -551,10 +613,28 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                       merge_size=merge, image_size=None, tokens_per_image=None,
                       temporal_patch_size=_edge(processor.get("temporal_patch_size"), pw) or 2,
                       patches_per_image=most // (patch * patch))
+    low = processor.get("min_num_patches", v.get("dynamic_image_min_num_patches"))
+    high = processor.get("max_num_patches", v.get("dynamic_image_max_num_patches"))
+    if low is not None or high is not None:
+        # RADIO (Nemotron Nano Omni): its processor sizes each image to its own patches, at most
+        # max_num_patches and, however small, at least min_num_patches (either may be unset)
+        for name, value in (("min_num_patches", low), ("max_num_patches", high)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 < value <= MAX_IMAGE_TOKENS):
+                raise ModelError(f"{pw} (or {vw}): {name} {value!r} is not a patch count a "
+                                 f"processor takes (1 to {MAX_IMAGE_TOKENS}); fix or re-download the file")
+        ratio = cfg.get("downsample_ratio")  # pixel shuffle: 0.5 merges 2 x 2 patches
+        merge = round(1 / ratio) if isinstance(ratio, int | float) and 0 < ratio < 1 else merge
+        return Vision(kind="qwen2_vl", num_layers=_first_of(v, ("num_hidden_layers",), vw),
+                      hidden_size=hidden, intermediate_size=inter,
+                      num_heads=_first_of(v, ("num_attention_heads",), vw), patch_size=patch,
+                      merge_size=merge, image_size=None, tokens_per_image=None,
+                      patches_per_image=max(low or 0, high or 0) if high else None,
+                      min_patches=low or 0)
     grids = _grids(cfg, where) or _grids(processor, pw)
     anyres = fixed and bool(grids)
     min_tiles = 1 + min(-(-g[0] // size) * -(-g[1] // size) for g in grids) if anyres else 1
-    split_tiles, tiled = 0, fixed and cfg.get("model_type") not in RESIZED
+    split_tiles, tiled = 0, fixed and cfg.get("model_type") not in RESIZED and not row_breaks
     if fixed and cfg.get("model_type") in SPLIT_AT_LONGEST_EDGE:
         tile = _edge(processor.get("max_image_size"), pw) or size
         # without splitting, the processor resizes the whole image to one tile
@@ -564,6 +644,14 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                              "re-download the file")
         side = -(-(_edge(processor.get("size"), pw) or 4 * tile) // tile)
         split_tiles = side * side + 1 if tiled else 0
+    if fixed and cfg.get("model_type") in ASPECT_TILES:
+        key = ASPECT_TILES[cfg["model_type"]]
+        most = processor.get(key, DEFAULT_ASPECT_TILES)
+        if isinstance(most, bool) or not isinstance(most, int) or not 0 < most <= MAX_ASPECT_TILES:
+            raise ModelError(f"{pw}: {key} {most!r} is not a number of tiles the processor cuts "
+                             f"(1 to {MAX_ASPECT_TILES}); fix or re-download the file")
+        # the most tiles, and a thumbnail beside more than one, whatever the image's size
+        split_tiles, tiled = most + (most > 1), True
     return Vision(kind="fixed" if fixed else "qwen2_vl",
                   num_layers=_first_of(v, ("num_hidden_layers", "depth", "num_layers", "layers",
                                            "vt_num_hidden_layers"), vw),
@@ -574,7 +662,8 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                   tokens_per_image=(tokens or (size // patch) ** 2 // (merge * merge)) if fixed else None,
                   temporal_patch_size=_first_of(v, ("temporal_patch_size",), vw, 1),
                   tiled=tiled,
-                  min_tiles=min_tiles, newlines=anyres, split_tiles=split_tiles,
+                  min_tiles=min_tiles, newlines=anyres, split_tiles=split_tiles, keeps_size=row_breaks,
+                  resampler=resampler,
                   whole_image=fixed and "temporal_patch_size" in v and "spatial_merge_size" in v)
 
 
@@ -619,6 +708,15 @@ def _padded_rows(cfg: Mapping[str, Any], processor: Mapping[str, Any], pw: str, 
                   patches_per_image=per_row, tiled=True, split_tiles=int(found["max_tiles"]) + 1,
                   split_over_pixels=int(found["max_pixels_tolerance"] * tokens * (patch * factor) ** 2))
 
+
+# processors that choose a grid of tiles by an image's aspect ratio, up to a most, scaling even a
+# small image up to fill it (a 64 x 48 image: 4 x 3 tiles), and add a thumbnail: transformers'
+# GotOcr2 cropping (Aya Vision, InternVL) and mlx-vlm's InternVL-chat processor; model type ->
+# the processor's field for the most tiles (12 by default in each)
+ASPECT_TILES = {"aya_vision": "max_patches", "internvl": "max_patches",
+                "internvl_chat": "dynamic_max_num"}
+DEFAULT_ASPECT_TILES = 12
+MAX_ASPECT_TILES = 1024
 
 # processors that resize every image to their longest edge (4 tiles a side by default, as
 # transformers' Idefics3 and SmolVLM image processors do), then cut it into tiles of the tower's

@@ -400,7 +400,10 @@ def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, sam
             return
         except UnimapError:  # unimap's own (a ConfigError is a ValueError too): as it is
             raise
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, TypeError) and inputs.pixel_values is None:
+                raise  # not the images' path: not the checkpoint's to answer for
+            # a TypeError with images: a config that names no image token (Pixtral's None)
             with_images = " and its images" if inputs.pixel_values is not None else ""
             raise ModelError(f"mlx-vlm's model cannot take this prompt{with_images} "
                              f"({foreign(exc)}): what the model's processor made does not fit "

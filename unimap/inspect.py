@@ -16,7 +16,7 @@ import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -457,6 +457,10 @@ def build_spec(source: str, where: str, config: dict[str, Any], headers: list[Te
     layered = _layered(headers, EIGHT_BIT_MODULES.get(str(config.get("model_type")), ()))
     _check_layer_count(config, layered, config_where)
     arch = read_architecture(config, config_where)
+    if arch.vision is not None:
+        wide, into = projector_shape(layered.others)
+        if wide:
+            arch = replace(arch, vision=replace(arch.vision, projector_width=wide, projector_input=into))
     quant = _quantization(config, config_where)
     if not headers:
         raise ModelError(f"{source}: the safetensors files hold no tensors")
@@ -469,6 +473,23 @@ def build_spec(source: str, where: str, config: dict[str, Any], headers: list[Te
                          f"no tensors for layer(s) {_ranges(empty)}; config and weights disagree")
     return ModelSpec(source, where, arch, tuple(headers), _dtype(arch, dtype_bytes_used), quant,
                      config, slots)
+
+
+# the projector between the tower and the language model, under any name mlx-vlm's checkpoints
+# give it (LLaVA's multi_modal_projector, Idefics 3's connector, Janus's aligner, InternVL's
+# mlp1, Qwen2-VL's merger)
+_PROJECTOR = re.compile(r"(?:^|\.)(?:multi_modal_projector|mm_projector|projector|connector|aligner|"
+                        r"mlp1|merger)\.")
+
+
+def projector_shape(others: list[TensorHeader]) -> tuple[int, int]:
+    """(outputs, inputs) of the projector's widest matrix (a Linear's weight, as MLX and
+    transformers store it: outputs first; an MLX-quantized one's inputs packed, so not read);
+    (0, 0) where the checkpoint has none."""
+    shapes = [(h.shape[0], 0 if h.dtype == "U32" else h.shape[1]) for h in others
+              if len(h.shape) == 2 and (m := _PROJECTOR.search(h.name))
+              and "layers." not in h.name[:m.start()]]  # not a decoder layer's part
+    return max(shapes, default=(0, 0))
 
 
 def _check_layer_count(config: dict[str, Any], layered: Layered, config_where: str) -> None:

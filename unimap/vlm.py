@@ -185,8 +185,8 @@ def prepare(model: Any, processor: Any, prompt: str | list[dict[str, Any]], imag
     from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
 
     config = model.config
-    text = apply_chat_template(processor, config, prompt, num_images=len(images))
     try:
+        text = apply_chat_template(processor, config, prompt, num_images=len(images))
         inputs = prepare_inputs(processor, images=images or None, prompts=text,
                                 image_token_index=getattr(config, "image_token_index", None),
                                 add_special_tokens=should_add_special_tokens(config.model_type, processor))
