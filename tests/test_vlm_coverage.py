@@ -616,3 +616,46 @@ def test_the_models_mlx_vlm_takes_one_image_for_are_read_from_it() -> None:
     assert {"llava_next", "paligemma", "multi_modality"} <= single_image_models()
     assert read_architecture(vlm_config("llava_next"), "x").vision.single_image  # type: ignore[union-attr]
     assert not read_architecture(vlm_config("qwen2_vl"), "x").vision.single_image  # type: ignore[union-attr]
+
+
+# every preprocessor_config.json field a plan reads, and the families whose reading takes it
+PROCESSOR_FIELDS = ("size", "max_image_size", "do_image_splitting", "max_soft_tokens", "max_patches",
+                    "dynamic_max_num", "min_num_patches", "max_num_patches", "max_pixels", "merge_size",
+                    "temporal_patch_size", "image_grid_pinpoints", "encoder_patch_size",
+                    "max_image_tokens", "downsample_factor", "tile_size", "max_tiles",
+                    "max_pixels_tolerance")
+ODD_VALUES = (None, True, -1, 0, 10 ** 12, "x", [], {}, 1.5, [[0, 1]], {"longest_edge": "x"},
+              {"height": None, "width": 3}, {"longest_edge": 10 ** 9})
+
+
+@pytest.mark.parametrize("module", ["aya_vision", "internvl_chat", "pixtral", "mistral3", "idefics3",
+                                    "nemotron_h_nano_omni", "lfm2_vl", "gemma4", "minimax_m3_vl",
+                                    "granite4_vision", "idefics2", "kimi_vl"])
+def test_any_processor_setting_plans_or_is_refused_by_name(module: str) -> None:
+    """Every field the plan reads from preprocessor_config.json, set to values no processor has
+    (absent, a bool, negative, zero, huge, a string, a list, a dict, a fraction, nested nonsense):
+    the tower plans (its tokens, patches and working set whole non-negative numbers) or the
+    reading stops with a ModelError that names preprocessor_config.json, never another error."""
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.errors import ModelError
+    from unimap.estimate import Options, _image_patches, _image_tokens, vision_activation_terms
+    from unimap.families import read_architecture
+
+    config = vlm_config(module)
+    options = Options(max_num_images=2, max_image_length=1024)
+    refused = 0
+    for key in PROCESSOR_FIELDS:
+        for value in ODD_VALUES:
+            processor = {} if value is None else {key: value}
+            try:
+                arch = read_architecture({**config, "preprocessor_config": processor},
+                                         "m/config.json")
+            except ModelError as exc:
+                assert "preprocessor_config.json" in str(exc), (key, value, str(exc))
+                refused += 1
+                continue
+            terms = vision_activation_terms(arch, options, 2)
+            numbers = [_image_tokens(arch, options), _image_patches(arch, options), *terms.values()]
+            assert all(isinstance(n, int) and n >= 0 for n in numbers), (key, value, numbers)
+    assert refused > 0  # each family reads some of these fields
