@@ -228,7 +228,8 @@ def test_images_through_the_familys_own_processor_stay_within_the_plan(
     assert {"llava_onevision", "lfm2_vl", "qwen3_vl", "qwen3_vl at 1024 px", "qwen3_vl_moe",
             "pixtral, 6 images", "mistral3, 6 images", "idefics2, 6 images", "aya_vision",
             "nemotron_h_nano_omni", "nemotron_h_nano_omni at 1024 px", "internvl_chat",
-            "llama4", "idefics3", "smolvlm", "llava_next", "granite4_vision", "deepseek_vl_v2",
+            "llama4", "idefics3", "smolvlm", "llava_next", "granite4_vision", "granite_vision",
+            "deepseek_vl_v2",
             "d1", "locateanything", "mage_vl", "muse_glimmer"} <= set(ran), outcomes
     # more images than mlx-vlm takes for the model: refused by the plan, before loading
     assert "takes one image a prompt" in outcomes["llava_next, 6 images"]

@@ -362,6 +362,8 @@ def use_family_processor(folder: Path, side: int, marks: dict[str, str]) -> None
     tower = config["vision_config"]
     if not kind and "temporal_patch_size" in tower:  # Qwen3-VL-MoE ships Qwen2-VL's
         kind = "Qwen2VLImageProcessorPil"
+    if not kind and "image_grid_pinpoints" in config:  # Granite Vision 3 ships LLaVA-NeXT's
+        kind = "LlavaNextImageProcessorPil"
     if kind:
         if "temporal_patch_size" in tower:  # Qwen-style: an image's own resolution, in the
             # tower's patches, merged as the tower merges them
