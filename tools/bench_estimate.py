@@ -146,10 +146,29 @@ TOWERS: dict[str, dict[str, int]] = {
     # 28,672-wide projector on every image token
     "aya_vision": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 4,
                    "num_attention_heads": 16, "image_size": 364},
+    # InternVL3's InternViT-300M at 448 px: 12 tiles and a thumbnail for a 4:3 image
+    "internvl_chat": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 4,
+                      "num_attention_heads": 16, "image_size": 448},
+    # Llama 4 Scout's tower: 336-px tiles, pixel shuffle 0.5
+    "llama4": {"hidden_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 16,
+               "image_size": 336},
+    # Idefics3-8B's SigLIP at 364 px: the image resized to its longest edge, then 4 x 4 tiles
+    "idefics3": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 4,
+                 "num_attention_heads": 16, "image_size": 364},
+    # Nemotron Nano Omni's RADIO: an image's own patches, at least 1,024
+    "nemotron_h_nano_omni": {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 4,
+                             "num_attention_heads": 16},
+    # LLaVA-NeXT's CLIP-L at 336 px, anyres tiles
+    "llava_next": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 4,
+                   "num_attention_heads": 16, "image_size": 336},
+    # Qwen3-VL-8B's tower: an image whole at its own resolution, 16-px patches merged 2 x 2
+    "qwen3_vl": {"hidden_size": 1152, "intermediate_size": 4304, "depth": 4, "num_heads": 16,
+                 "patch_size": 16},
 }
 # through the family's own processor (tests/tiny_vlms.py's use_family_processor), which cuts tiles
 # or keeps sizes as the published one does
-OWN_PROCESSOR = ("mistral3", "aya_vision")
+OWN_PROCESSOR = ("mistral3", "aya_vision", "internvl_chat", "llama4", "idefics3",
+                 "nemotron_h_nano_omni", "llava_next", "qwen3_vl")
 
 
 @dataclass(frozen=True)
@@ -220,6 +239,9 @@ def matrix() -> list[Case]:
         cases.append(Case(f"{ANY_VLM}mistral3", "f32", 512, 1, None, "gpu", 448, images))
     for image in (224, 896):  # a 4:3 image takes 4 x 3 tiles and a thumbnail, however small
         cases.append(Case(f"{ANY_VLM}aya_vision", "f32", 512, 1, None, "gpu", image, wide=True))
+    for module in ("internvl_chat", "llama4", "idefics3", "nemotron_h_nano_omni", "llava_next",
+                   "qwen3_vl"):  # a photo-sized 4:3 image through each processor
+        cases.append(Case(f"{ANY_VLM}{module}", "f32", 512, 1, None, "gpu", 896, wide=True))
     return list(dict.fromkeys(cases))
 
 
