@@ -10,6 +10,7 @@ with their plans."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -659,3 +660,64 @@ def test_any_processor_setting_plans_or_is_refused_by_name(module: str) -> None:
             numbers = [_image_tokens(arch, options), _image_patches(arch, options), *terms.values()]
             assert all(isinstance(n, int) and n >= 0 for n in numbers), (key, value, numbers)
     assert refused > 0  # each family reads some of these fields
+
+
+@pytest.mark.parametrize("grids", [[[384, 384], [2304, 2304]],  # the tiny config's first and last
+                                   [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+                                   [[384 * h, 384 * w] for h in range(1, 7) for w in range(1, 7)]])
+def test_anyres_tiles_cover_the_grid_the_processor_picks(grids: list[list[int]]) -> None:
+    """An anyres processor takes the smallest grid that holds the image whole, scaling the image
+    up to it (LLaVA-OneVision's 2304-px grid, 36 tiles, for a 1024-px image where no smaller grid
+    holds it: the tower ran 3.7 times the tiles planned, 1.6 times the plan unheld), else the grid
+    that keeps most of it. The plan's tiles are never fewer than the grid transformers' own
+    select_best_resolution picks for any image within --max-image-length, plus the base image."""
+    from tiny_vlm_configs import vlm_config
+    from transformers.image_processing_utils import select_best_resolution
+
+    from unimap.estimate import Options, image_tiles
+    from unimap.families import read_architecture
+
+    arch = read_architecture({**vlm_config("llava_onevision"), "image_grid_pinpoints": grids}, "x")
+    v = arch.vision
+    assert v is not None and v.image_size is not None and v.grids
+    size = v.image_size
+    for length in (64, 300, 384, 700, 1024, 2000, 4096):
+        planned = image_tiles(v, Options(max_num_images=1, max_image_length=length))
+        for height, width in ((length, length), (length, length // 3 or 1), (length // 2 or 1, length)):
+            h, w = select_best_resolution((height, width), [tuple(g) for g in grids])
+            assert planned >= 1 + -(-h // size) * -(-w // size), (length, height, width, (h, w))
+
+
+def test_llava_onevision_pools_a_large_grid_to_its_anyres_max(tmp_path: Path) -> None:
+    """LLaVA-OneVision's tower sees every tile of the grid, but its features are pooled to
+    vision_aspect_ratio's anyres_max_9 tiles (and the base image): the tower priced for all,
+    the image tokens for at most 10 tiles."""
+    from unimap.estimate import IMAGE_MARKERS, TILE_MARKERS, Options, _image_tokens, image_tiles
+
+    arch = _arch_with_processor("llava_onevision", {"image_grid_pinpoints": [[384, 384], [2304, 2304]]},
+                                tmp_path)
+    v = arch.vision
+    assert v is not None and v.pooled_tiles == 10 and v.tokens_per_image
+    options = Options(max_num_images=1, max_image_length=1024)
+    assert image_tiles(v, options) == 1 + 36
+    newlines = math.isqrt(v.tokens_per_image) * 10
+    assert _image_tokens(arch, options) == 10 * (v.tokens_per_image + TILE_MARKERS) + newlines + IMAGE_MARKERS
+
+
+def test_features_put_in_place_of_image_tokens_are_counted_as_the_model_makes_them() -> None:
+    """mlx-vlm's LLaVA-NeXT and Granite Vision put all of an image's features between the text
+    around its tokens, with a newline row beside each feature (twice the tiles' patches); Janus
+    without one. The language model sees that many, whatever the processor wrote: LLaVA-NeXT's
+    1024-px image made 2,931 prompt tokens and a 5,763-row sequence, 1.23 times its plan."""
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.estimate import Options, _image_patches, _image_tokens
+    from unimap.families import read_architecture
+
+    read = {m: read_architecture(vlm_config(m), m) for m in ("llava_next", "granite_vision",
+                                                             "multi_modality", "llava_onevision")}
+    assert {m: a.vision.features_per_patch for m, a in read.items()} == {  # type: ignore[union-attr]
+        "llava_next": 2, "granite_vision": 2, "multi_modality": 1, "llava_onevision": 0}
+    options = Options(max_num_images=1, max_image_length=1024)
+    arch = read["llava_next"]
+    assert _image_tokens(arch, options) >= 2 * _image_patches(arch, options)

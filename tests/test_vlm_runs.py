@@ -32,6 +32,8 @@ from tiny_vlms import write_any_vlm
 import unimap
 
 PROMPT, TOKENS = "w1 w2 w3", 6
+# run in bfloat16 too: towers fitted per dtype, and one whose anyres grid upscales a photo
+HALF = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "idefics2")
 PLACEMENTS = {"whole": {}, "split": {"device_map": 2}}
 
 def reference(folder):
@@ -114,6 +116,11 @@ for module in vlm_modules()[0]:
             if row["own_processor"].startswith("ran "):  # and a photo's size, and several
                 row["own_processor_large"] = with_image(own, 1024)
                 row["own_processor_images"] = with_image(own, 224, count=6)
+            if module in HALF:  # a bfloat16 checkpoint: its tower casts the float32 pixels
+                half = write_any_vlm(work / f"{module}-bf16", module, dtype="bfloat16",
+                                     family_processor=True)
+                row["bfloat16_images"] = with_image(half, 224, count=6)
+                row["bfloat16_large"] = with_image(half, 1024)
         except Exception as exc:
             row["own_processor"] = f"not built: {type(exc).__name__}: {exc}"[:300]
     except Exception as exc:
@@ -208,6 +215,8 @@ def test_images_through_the_familys_own_processor_stay_within_the_plan(
                      if "own_processor_large" in row})
     outcomes.update({f"{m}, 6 images": row["own_processor_images"] for m, row in rows.items()
                      if "own_processor_images" in row})
+    for key, name in (("bfloat16_images", "6 images in bfloat16"), ("bfloat16_large", "1024 px in bfloat16")):
+        outcomes.update({f"{m}, {name}": row[key] for m, row in rows.items() if key in row})
     ran = []
     for module, outcome in outcomes.items():
         if outcome.startswith("ran "):
@@ -225,6 +234,10 @@ def test_images_through_the_familys_own_processor_stay_within_the_plan(
     # for a 64-px image and a 28,672-wide projector: 2.02 times); Nemotron Nano Omni (a small
     # image scaled up to 1,024 patches: 1.22 times); InternVL-chat (13 tiles: refused at 3,330
     # tokens against 768 planned)
+    # in bfloat16: Qwen2-VL's six images were 1.37 times the plan (its patch embedding's float32
+    # copies unpriced); LLaVA-OneVision's 1024-px image, upscaled to its 6 x 6 grid, 1.48
+    assert {"qwen2_vl, 6 images in bfloat16", "qwen2_5_vl, 6 images in bfloat16",
+            "llava_onevision, 1024 px in bfloat16", "idefics2, 6 images in bfloat16"} <= set(ran), outcomes
     assert {"llava_onevision", "lfm2_vl", "qwen3_vl", "qwen3_vl at 1024 px", "qwen3_vl_moe",
             "pixtral, 6 images", "mistral3, 6 images", "idefics2, 6 images", "aya_vision",
             "nemotron_h_nano_omni", "nemotron_h_nano_omni at 1024 px", "internvl_chat",

@@ -778,6 +778,13 @@ def image_tiles(v: Vision, options: Options) -> int:
     size = v.image_size or 0
     if v.split_tiles:  # cut as the processor cuts it (Idefics 3: every image, resized first)
         return v.split_tiles if options.max_image_length ** 2 > v.split_over_pixels else 1
+    if v.grids:  # anyres: the smallest grid that holds a square image of max_image_length
+        # whole (a smaller or thinner image takes no larger one), else the grid of most tiles
+        def tiles(g: tuple[int, int]) -> int:
+            return -(-g[0] // size) * -(-g[1] // size)
+        side = options.max_image_length
+        holding = [g for g in v.grids if g[0] >= side and g[1] >= side]
+        return 1 + (min(tiles(g) for g in holding) if holding else max(tiles(g) for g in v.grids))
     if not v.tiled or size <= 0 or options.max_image_length <= size:
         return v.min_tiles if v.tiled else 1
     side = -(-options.max_image_length // size)
@@ -789,6 +796,8 @@ def _image_tokens(arch: Architecture, options: Options) -> int:
     if v is None or options.max_num_images == 0:
         return 0
     tiles = image_tiles(v, options)
+    if v.pooled_tiles:  # LLaVA-OneVision pools a larger grid's features to so many tiles'
+        tiles = min(tiles, v.pooled_tiles)
     # anyres: at most a newline after each row of each tile's features
     newlines = math.isqrt(v.tokens_per_image or 0) * tiles if v.newlines else 0
     per_image = (v.tokens_per_image or 0) * tiles + newlines if v.kind == "fixed" else (
@@ -796,6 +805,8 @@ def _image_tokens(arch: Architecture, options: Options) -> int:
     if v.keeps_size:  # rows of merged patches, each ended by a break (the last: an end) token
         rows = math.isqrt(_image_patches(arch, options)) // v.merge_size
         per_image = rows * (rows + 1)
+    if v.features_per_patch:  # the features in place of the tokens: the tower's every patch
+        per_image = max(per_image, v.features_per_patch * _image_patches(arch, options))
     # the text the processor and the chat template put around an image and its tiles
     marks = IMAGE_MARKERS + (TILE_MARKERS * tiles if tiles > 1 else 0)
     return options.max_num_images * (per_image + marks)
@@ -835,6 +846,7 @@ def projector_bytes(arch: Architecture, options: Options, patches: int, d: int) 
 
 # a gated MLP's two projections and the activation of one, alive together
 PROJECTOR_COPIES = 3
+PIXEL_CAST_BYTES = 9  # per pixel element in a half-precision tower's patch embedding (8.5 measured)
 ONE_HOT_BYTES = 10  # per element of a tower's one-hot position lookup, all its copies
 
 
@@ -889,6 +901,11 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_
     head_dim = v.hidden_size // max(v.num_heads, 1)
     grid = v.rope_grid * head_dim * 22
     projector = projector_bytes(arch, options, p, d)
+    # a half-precision tower casts the processor's float32 pixels to its dtype, and the CPU's
+    # convolution works on float32 copies of them: 8.5 bytes a pixel element measured (Qwen2-VL's
+    # tiny bfloat16 twin, six images: 1.37 times its plan before this); at real widths a few
+    # percent of the encoder, which fits across widths did not tell apart
+    cast = PIXEL_CAST_BYTES * pixels // 4 if d < 4 else 0
     return {
         **({"vision/position-one-hot": one_hot} if one_hot else {}),
         **({"vision/rope-grid": grid} if grid else {}),
@@ -897,6 +914,7 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_
         "vision/encoder": b * int(encoder),
         **({"vision/block-mask": b * mask} if mask else {}),
         **({"vision/projector": b * projector} if projector else {}),
+        **({"vision/pixels-cast": b * cast} if cast else {}),
         **({"vision/float32-weights": largest_float32_bytes}
            if d < 4 and vlm_package(arch.model_type) not in WIDTH_FITTED else {}),
     }

@@ -53,6 +53,18 @@ class Vision:
     # (1 + the smallest grid's), and a newline token after each row of a tile's features
     min_tiles: int = 1
     newlines: bool = False
+    # ...and the grids themselves ([height, width] in pixels): the processor takes the smallest
+    # grid that holds the image whole, upscaling it (LLaVA-OneVision's 2304-px grid for a 1024-px
+    # image when no smaller one holds it: 36 tiles and the base image), else the one keeping most
+    grids: tuple[tuple[int, int], ...] = ()
+    # image tokens of at most this many tiles however many the tower sees: LLaVA-OneVision pools
+    # the features of a larger grid down to vision_aspect_ratio's "anyres_max_9" (and the base)
+    pooled_tiles: int = 0
+    # mlx-vlm puts the image's features in place of the prompt's image tokens however many the
+    # processor wrote (LLaVA-NeXT, Granite Vision, Janus: text around, all features between), so
+    # the language model sees the features' count; where it appends a newline row to each
+    # feature first, twice the tiles' patches (features_per_patch 2)
+    features_per_patch: int = 0
     # elements per patch of a one-hot position lookup (Gemma 4's tower: 2 x
     # position_embedding_size, float32, matched against a table rather than indexed)
     position_one_hot: int = 0
@@ -445,6 +457,8 @@ def read_vlm_code(cfg: Mapping[str, Any], model_type: str) -> dict[str, Any]:
             "float32_embeddings": model_type in FLOAT32_EMBEDDINGS,
             "rope_grid": int(grid[1]) * int(grid[2]) if grid else 0,
             "joint_attention": BLOCK_MASK.search(source) is not None,
+            "features_per_patch": (2 if NEWLINE_PER_FEATURE.search(source) else 1)
+            if INSERTED_FEATURES.search(source) else 0,
             "single_image": model_type.lower() in single_image_models()}
 
 
@@ -464,6 +478,11 @@ SINGLE_IMAGE_SET = re.compile(r"^SINGLE_IMAGE_ONLY_MODELS\s*=\s*\{([^}]*)\}", re
 
 
 ROPE_GRID = re.compile(r"Rope2DPosEmb\(\s*\w+\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
+# a merge that splits the prompt's embeddings at its image tokens and concatenates the text
+# segments with every image's features (mlx-vlm's LLaVA-NeXT, Granite Vision, Janus, Bunny)
+INSERTED_FEATURES = re.compile(r"^\s+text_segments\.append\(", re.MULTILINE)
+# ...after a newline embedding of the features' own shape is stacked beside them
+NEWLINE_PER_FEATURE = re.compile(r"broadcast_to\([^()]{0,80}?newline[^()]{0,80}?image_features\.shape")
 # a tower that concatenates every image's patches and builds one patches x patches block mask
 # for them (Pixtral's generate_block_attention_mask, MoonViT's make_block_attention_mask)
 BLOCK_MASK = re.compile(r"^def \w*block_attention_mask\(", re.MULTILINE)
@@ -524,6 +543,7 @@ def _encoder_free(v: Mapping[str, Any], vw: str) -> Vision:
 # fixed-size towers whose processor resizes every image to image_size, never cutting tiles
 # (PaliGemma's SiglipImageProcessor)
 RESIZED = ("paligemma",)
+ANYRES_MAX = re.compile(r"anyres_max_(\d{1,4})")  # LLaVA-OneVision's pooling of a large grid
 # towers (vision_config model_type) whose processor keeps an image's aspect, resized down to
 # its longest edge, never tiled, and ends each row of (merged) patches with a break token, the
 # last with an end token: Pixtral's, in Pixtral and Mistral 3 (Mistral Small 3.1)
@@ -634,6 +654,7 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
     grids = _grids(cfg, where) or _grids(processor, pw)
     anyres = fixed and bool(grids)
     min_tiles = 1 + min(-(-g[0] // size) * -(-g[1] // size) for g in grids) if anyres else 1
+    pooled = ANYRES_MAX.fullmatch(str(cfg.get("vision_aspect_ratio", "")))
     split_tiles, tiled = 0, fixed and cfg.get("model_type") not in RESIZED and not row_breaks
     if fixed and cfg.get("model_type") in SPLIT_AT_LONGEST_EDGE:
         tile = _edge(processor.get("max_image_size"), pw) or size
@@ -663,6 +684,8 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                   temporal_patch_size=_first_of(v, ("temporal_patch_size",), vw, 1),
                   tiled=tiled,
                   min_tiles=min_tiles, newlines=anyres, split_tiles=split_tiles, keeps_size=row_breaks,
+                  grids=tuple(grids) if anyres else (),
+                  pooled_tiles=1 + int(pooled[1]) if pooled and anyres else 0,
                   resampler=resampler,
                   whole_image=fixed and "temporal_patch_size" in v and "spatial_merge_size" in v)
 
