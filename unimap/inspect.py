@@ -487,9 +487,14 @@ def projector_shape(others: list[TensorHeader]) -> tuple[int, int]:
     transformers store it: outputs first; an MLX-quantized one's inputs packed, so not read);
     (0, 0) where the checkpoint has none."""
     shapes = [(h.shape[0], 0 if h.dtype == "U32" else h.shape[1]) for h in others
-              if len(h.shape) == 2 and (m := _PROJECTOR.search(h.name))
+              # the language model's tensors (most of a large checkpoint's) are skipped first
+              if not h.name.startswith(_LANGUAGE_ROOTS) and len(h.shape) == 2
+              and (m := _PROJECTOR.search(h.name))
               and "layers." not in h.name[:m.start()]]  # not a decoder layer's part
     return max(shapes, default=(0, 0))
+
+
+_LANGUAGE_ROOTS = ("language_model.", "model.language_model.", "text_model.", "llm.", "model.layers.")
 
 
 def _check_layer_count(config: dict[str, Any], layered: Layered, config_where: str) -> None:
