@@ -4,8 +4,11 @@ the tiny language model, the tower made small), planned from its headers, loaded
 device and split across the GPU and the CPU, and generated from with a text prompt. Each gives
 plain mlx-vlm's greedy tokens and a peak within its plan; the plan's weights are the file's.
 
-tests/test_vision.py runs four families with images through their own processors; a family here
-has a tokenizer and a generic image processor only, so its prompts are text. The models run in
+Each is then given images: through a generic image processor (most cannot take its pixels: a
+clear error), and through the family's own processor files as its published checkpoint has them
+(tests/tiny_vlms.py's use_family_processor): a 4:3 image, a 1024-px one and six, some families in
+bfloat16 too, each peak and the image tokens the processor made within the plan.
+tests/test_vision.py runs four families with images through their own writer. The models run in
 one child process, so that the peaks are this run's alone."""
 
 from __future__ import annotations

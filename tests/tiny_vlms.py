@@ -6,7 +6,9 @@ Qwen2.5-VL (the same with windowed attention in the tower), Gemma 3 (a SigLIP to
 fixed size, pooled to a fixed number of image tokens, a projector, a text model with
 sliding-window layers) and PaliGemma (a SigLIP tower and a Gemma text model that attends both
 ways over the prompt, so mlx-vlm prefills it in one pass, never in chunks). write_any_vlm builds
-any other mlx-vlm family the same way with a tower made small, for text prompts."""
+any other mlx-vlm family the same way with a tower made small, for text prompts, or with the
+family's own processor files as its published checkpoint has them (use_family_processor), for
+images."""
 
 from __future__ import annotations
 
