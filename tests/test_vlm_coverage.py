@@ -721,3 +721,35 @@ def test_features_put_in_place_of_image_tokens_are_counted_as_the_model_makes_th
     options = Options(max_num_images=1, max_image_length=1024)
     arch = read["llava_next"]
     assert _image_tokens(arch, options) >= 2 * _image_patches(arch, options)
+
+
+@pytest.mark.parametrize("min_pixels", [None, 56 * 56, 65536])
+def test_qwen_style_towers_take_the_whole_image_and_its_least_pixels(min_pixels: int | None,
+                                                                    tmp_path: Path) -> None:
+    """Qwen3-VL's processor keeps an image whole at its own resolution (never the config's
+    384-px tiles: priced for both before, 2.1 times a published-width tower's peak), scaling a
+    small one up to min_pixels (the file's min_pixels or size's shortest_edge; 128 x 128 by
+    default, the larger of mlx-vlm's and transformers' defaults). The plan's patches are never
+    fewer than transformers' smart_resize (the one mlx-vlm's Qwen3-VL processor calls) makes of
+    any image within --max-image-length."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from unimap.estimate import Options, _image_patches, image_tiles
+
+    processor = {} if min_pixels is None else {"size": {"shortest_edge": min_pixels}}
+    arch = _arch_with_processor("qwen3_vl", processor, tmp_path)
+    v = arch.vision
+    assert v is not None and v.whole_image and v.min_pixels == (min_pixels or 128 * 128)
+    unit = v.patch_size * v.merge_size
+    for length in (64, 300, 1024, 2048):
+        options = Options(max_num_images=1, max_image_length=length)
+        assert image_tiles(v, options) == 1
+        planned = _image_patches(arch, options)
+        for height, width in ((length, length), (length, length // 4), (unit, length), (length, unit)):
+            h, w = smart_resize(height, width, factor=unit, min_pixels=v.min_pixels,
+                                max_pixels=1 << 40)
+            assert planned >= (h // v.patch_size) * (w // v.patch_size), (length, height, width)
+    from unimap.errors import ModelError
+
+    with pytest.raises(ModelError, match="min_pixels .or size's shortest_edge. 'x' is not a pixel count"):
+        _arch_with_processor("qwen3_vl", {"min_pixels": "x"}, tmp_path / "bad")

@@ -749,6 +749,18 @@ def _image_patches(arch: Architecture, options: Options) -> int:
     v = arch.vision
     if v is None:
         return 0
+    if v.whole_image:  # an image whole at its own resolution, in whole merged patches
+        unit = v.patch_size * v.merge_size
+        patches = (_round_up(options.max_image_length, unit) // v.patch_size) ** 2
+        if v.min_pixels:
+            # a small image scaled up to min_pixels, each side then rounded up to whole merged
+            # patches: at most unit x (h + w) + unit^2 more pixels, h + w the largest for the
+            # thinnest image the plan admits (1 x max_image_length)
+            length = options.max_image_length
+            sides = math.isqrt(v.min_pixels // length) + math.isqrt(v.min_pixels * length) + 2
+            least = (v.min_pixels + unit * sides + unit * unit) // (v.patch_size * v.patch_size) + 1
+            patches = max(patches, least)
+        return patches
     if v.keeps_size:  # as large as the image, at most image_size, in whole merged patches
         side = _round_up(_kept_edge(v, options), v.patch_size * v.merge_size) // v.patch_size
         return side * side
@@ -776,6 +788,8 @@ def image_tiles(v: Vision, options: Options) -> int:
     """Tiles of image_size an image of max_image_length may be cut into, plus a thumbnail (one
     tile when the family resizes, or the image is no larger than a tile)."""
     size = v.image_size or 0
+    if v.whole_image:  # never cut
+        return 1
     if v.split_tiles:  # cut as the processor cuts it (Idefics 3: every image, resized first)
         return v.split_tiles if options.max_image_length ** 2 > v.split_over_pixels else 1
     if v.grids:  # anyres: the smallest grid that holds a square image of max_image_length
@@ -805,6 +819,8 @@ def _image_tokens(arch: Architecture, options: Options) -> int:
     if v.keeps_size:  # rows of merged patches, each ended by a break (the last: an end) token
         rows = math.isqrt(_image_patches(arch, options)) // v.merge_size
         per_image = rows * (rows + 1)
+    if v.whole_image:  # a token per merged patch
+        per_image = -(-_image_patches(arch, options) // (v.merge_size * v.merge_size))
     if v.features_per_patch:  # the features in place of the tokens: the tower's every patch
         per_image = max(per_image, v.features_per_patch * _image_patches(arch, options))
     # the text the processor and the chat template put around an image and its tiles
@@ -869,17 +885,10 @@ def vision_activation_terms(arch: Architecture, options: Options, d: int, embed_
     p = images * n
     # Qwen2-VL attends within one image at a time; RADIO takes same-sized images as a batch
     at_once = 1 if v.kind == "qwen2_vl" and not v.min_patches else images
-    if v.whole_image:  # or the whole image at its own resolution, one attention: the larger
-        unit = v.patch_size * v.merge_size
-        whole = (_round_up(options.max_image_length, unit) // v.patch_size) ** 2
-        if whole > n:
-            n, at_once = whole, options.max_num_images
-        p = max(p, options.max_num_images * whole)
     # every image's patches in one attention (Pixtral, MoonViT): scores over all of them, and
-    # the block mask beside them: float32, and its copy in the tower's dtype. A tower whose
-    # processor keeps each image whole (MoonViT's) attends over whole images, not tiles
+    # the block mask beside them: float32, and its copy in the tower's dtype
     if v.joint_attention:
-        n, at_once = options.max_num_images * whole if v.whole_image else p, 1
+        n, at_once = p, 1
     mask = (4 + (d if d < 4 else 0)) * n * n if v.joint_attention else 0
     pixels = p * 3 * v.patch_size * v.patch_size * v.temporal_patch_size * 4
     cp, ch, cm, cs, ck = vision_coefficients(arch.model_type, "float32" if d >= 4 else "bfloat16")

@@ -78,6 +78,9 @@ class Vision:
     # resolution, one attention over all its patches (Qwen3-VL's, Kimi-VL's: a temporal patch
     # and merged patches, as Qwen2-VL's): priced for both, the larger
     whole_image: bool = False
+    # ...scaling a smaller image up to this many pixels (the processor's min_pixels, or its
+    # size's shortest_edge, a pixel count in Qwen-style processors)
+    min_pixels: int = 0
     # positions of a 2D rotary table the tower computes whole on each call (MoonViT's 512 x 512,
     # complex64, head_dim / 2 an entry), whatever the images' sizes
     rope_grid: int = 0
@@ -651,6 +654,9 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                       merge_size=merge, image_size=None, tokens_per_image=None,
                       patches_per_image=max(low or 0, high or 0) if high else None,
                       min_patches=low or 0)
+    # a tower of fixed image_size whose processor keeps each image whole at its own resolution,
+    # as Qwen2-VL's (a temporal patch and merged patches): Qwen3-VL, Qwen3.5, Kimi-VL
+    whole = fixed and "temporal_patch_size" in v and "spatial_merge_size" in v
     grids = _grids(cfg, where) or _grids(processor, pw)
     anyres = fixed and bool(grids)
     min_tiles = 1 + min(-(-g[0] // size) * -(-g[1] // size) for g in grids) if anyres else 1
@@ -687,7 +693,7 @@ def _any_vision(cfg: Mapping[str, Any], where: str) -> Vision:
                   grids=tuple(grids) if anyres else (),
                   pooled_tiles=1 + int(pooled[1]) if pooled and anyres else 0,
                   resampler=resampler,
-                  whole_image=fixed and "temporal_patch_size" in v and "spatial_merge_size" in v)
+                  whole_image=whole, min_pixels=_min_pixels(processor, pw) if whole else 0)
 
 
 # LFM2-VL: its processor pads each image, tile or thumbnail to the same patch count, so the tower
@@ -748,6 +754,23 @@ SPLIT_AT_LONGEST_EDGE = ("idefics3", "smolvlm")
 PROCESSOR_KEY = "preprocessor_config"  # where inspect puts the image processor's settings
 PROCESSOR_FILE = "preprocessor_config.json"  # the file they are read from
 MAX_IMAGE_TOKENS = 1 << 16  # language-model tokens one image may take, past any processor's
+
+
+# the least pixels a Qwen-style processor scales an image up to where its file sets none: the
+# larger of the defaults (mlx-vlm's Qwen3-VL processor: 128 x 128; transformers': 56 x 56)
+QWEN_MIN_PIXELS = 128 * 128
+
+
+def _min_pixels(processor: Mapping[str, Any], pw: str) -> int:
+    """A Qwen-style processor's min_pixels (or its size's shortest_edge, a pixel count there)."""
+    size = processor.get("size")
+    value = processor.get("min_pixels", size.get("shortest_edge") if isinstance(size, dict) else None)
+    if value is None:
+        return QWEN_MIN_PIXELS
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_IMAGE_LENGTH ** 2:
+        raise ModelError(f"{pw}: min_pixels (or size's shortest_edge) {value!r} is not a pixel "
+                         "count a processor takes; fix or re-download the file")
+    return value
 
 
 def _pixels_of(size: Any, default: int) -> Any:
