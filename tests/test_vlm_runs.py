@@ -56,6 +56,26 @@ def through_unimap(folder, placement):
     return {"tokens": tokens, "peak": peak, "plan": plan.peak_bytes,
             "layers": [list(d.layers) for d in plan.devices]}
 
+def kv_run(folder, words=1000):
+    # the caches a prompt that fills the plan leaves, as allocated, against the plan's KV
+    from unimap.generate import make_cache
+    from unimap.structure import state_arrays
+    model, processor, plan = unimap.load(folder, max_seq_len=words + 16, max_num_images=0,
+                                         machine=stand_in_machine())
+    cache = make_cache(model)
+    from unimap import vlm
+    prompt = " ".join(f"w{i % 120}" for i in range(words))
+    # fewer words where the chat template adds more than the plan's 16 tokens of room
+    extra = vlm.prepare(model, processor, prompt, []).num_tokens + 4 - (words + 16)
+    prompt = " ".join(f"w{i % 120}" for i in range(words - max(extra, 0)))
+    try:
+        list(unimap.stream_generate(model, processor, prompt, max_tokens=4, prompt_cache=cache))
+    finally:
+        model._unimap.limits.release()
+    held = sum(a.nbytes for c in cache for a in (
+        [c.keys, c.values] if getattr(c, "keys", None) is not None else state_arrays(c.state)))
+    return [held, plan.estimate.kv_bytes]
+
 def with_image(folder, side=64, count=1):
     # the generic image processor makes pixels some families' processors cannot take; what
     # unimap says then, or "ran"; `count` square images, else one 4:3 (a photo's 1024 x 1024)
@@ -112,6 +132,7 @@ for module in vlm_modules()[0]:
             raise
         for placement in PLACEMENTS:
             row[placement] = through_unimap(folder, placement)
+        row["kv"] = kv_run(folder)
         row["image"] = with_image(folder)
         try:  # again with the family's own image processor and its image token
             own = write_any_vlm(work / f"{module}-own", module, family_processor=True)
@@ -249,6 +270,30 @@ def test_images_through_the_familys_own_processor_stay_within_the_plan(
             "d1", "locateanything", "mage_vl", "muse_glimmer"} <= set(ran), outcomes
     # more images than mlx-vlm takes for the model: refused by the plan, before loading
     assert "takes one image a prompt" in outcomes["llava_next, 6 images"]
+
+
+# mlx-vlm's own language model caches more than mlx-lm's model of the same type, which the plan
+# reads its caches from: measured / planned KV after 1,004 tokens. Kimi-VL keeps the full keys and
+# values of its attention where mlx-lm's DeepSeek V3 keeps the compressed latent; Granite 4
+# Vision and MiniMax-M3-VL cache layers that mlx-lm's models do not (or wider). Found this
+# session and not yet fixed: the plan should read the caches of the language model that runs.
+KV_UNDER = {"kimi_vl": 4.0, "granite4_vision": 3.58, "minimax_m3_vl": 1.16}
+
+
+def test_the_caches_a_run_fills_are_the_plans(rows: dict[str, dict[str, Any]]) -> None:
+    """A prompt that fills the plan leaves caches no larger than the plan's KV, for every family
+    but the ones named in KV_UNDER, which must stay as named until the plan reads them right."""
+    checked = 0
+    for module, row in rows.items():
+        if "kv" not in row:
+            continue
+        held, planned = row["kv"]
+        if module in KV_UNDER:
+            assert held / planned >= KV_UNDER[module], f"{module}: fixed? {held} / {planned}"
+        else:
+            assert held <= planned, f"{module}: {held} bytes held > {planned} planned"
+        checked += 1
+    assert checked >= 33
 
 
 def test_plans_weigh_the_files(rows: dict[str, dict[str, Any]]) -> None:
