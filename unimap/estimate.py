@@ -752,17 +752,13 @@ def _image_patches(arch: Architecture, options: Options) -> int:
     if v.whole_image:  # an image whole at its own resolution, in whole merged patches
         unit = v.patch_size * v.merge_size
         patches = (_round_up(options.max_image_length, unit) // v.patch_size) ** 2
-        if v.min_pixels:
-            # a small image scaled up to min_pixels, each side then rounded up to whole merged
-            # patches: at most unit x (h + w) + unit^2 more pixels, h + w the largest for the
-            # thinnest image the plan admits (1 x max_image_length)
-            length = options.max_image_length
-            sides = math.isqrt(v.min_pixels // length) + math.isqrt(v.min_pixels * length) + 2
-            least = (v.min_pixels + unit * sides + unit * unit) // (v.patch_size * v.patch_size) + 1
-            patches = max(patches, least)
+        if v.min_pixels:  # a small image scaled up to min_pixels, in pixels
+            least = _scaled_up(v.min_pixels, options.max_image_length, unit)
+            patches = max(patches, least // (v.patch_size * v.patch_size) + 1)
         return patches
     if v.keeps_size:  # as large as the image, at most image_size, in whole merged patches
-        side = _round_up(_kept_edge(v, options), v.patch_size * v.merge_size) // v.patch_size
+        edge = min(v.image_size or options.max_image_length, options.max_image_length)
+        side = _round_up(edge, v.patch_size * v.merge_size) // v.patch_size
         return side * side
     if v.kind == "fixed":
         side = (v.image_size or 0) // v.patch_size
@@ -771,17 +767,18 @@ def _image_patches(arch: Architecture, options: Options) -> int:
     unit = v.patch_size * v.merge_size
     side = _round_up(options.max_image_length, unit) // v.patch_size
     patches = min(side * side, v.patches_per_image or side * side)
-    if v.min_patches and patches < v.min_patches:
-        # scaled up to at least min_patches, each side rounded up (and to whole merged patches):
-        # at most up * (h + w) + 1 more, and as much again, where up = sqrt(min / (h * w)); a
-        # one-patch-high image of side patches is the worst within the plan
-        slack = math.isqrt(v.min_patches * (side + 1) ** 2 // side) + 2
-        patches = v.min_patches + 2 * slack
+    if v.min_patches and patches < v.min_patches:  # scaled up to min_patches, in patches
+        patches = _scaled_up(v.min_patches, side, max(v.merge_size, 2))
     return patches
 
 
-def _kept_edge(v: Vision, options: Options) -> int:
-    return min(v.image_size or options.max_image_length, options.max_image_length)
+def _scaled_up(least: int, longest: int, unit: int) -> int:
+    """The most area (in squared units of `longest`) an image takes once a processor scales it
+    up to `least` and rounds each side up to a multiple of `unit` (less than `unit` more a side):
+    least + unit x (h + w) + unit^2, h + w the largest for the thinnest image a side of `longest`
+    admits (h x w = least with w / h = longest)."""
+    sides = math.isqrt(least // max(longest, 1)) + math.isqrt(least * longest) + 2
+    return least + unit * sides + unit * unit
 
 
 def image_tiles(v: Vision, options: Options) -> int:
@@ -810,7 +807,7 @@ def _image_tokens(arch: Architecture, options: Options) -> int:
     if v is None or options.max_num_images == 0:
         return 0
     tiles = image_tiles(v, options)
-    if v.pooled_tiles:  # LLaVA-OneVision pools a larger grid's features to so many tiles'
+    if v.pooled_tiles:  # LLaVA-OneVision pools a larger grid's features to so many tiles
         tiles = min(tiles, v.pooled_tiles)
     # anyres: at most a newline after each row of each tile's features
     newlines = math.isqrt(v.tokens_per_image or 0) * tiles if v.newlines else 0
