@@ -152,3 +152,31 @@ def test_unimap_plan_imports_no_mlx_once_the_structure_is_cached(model: Path, fo
              "print(code, sorted({m.split('.')[0] for m in sys.modules} & {'mlx', 'mlx_lm'}))")
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert found.stdout.splitlines()[-1] == "0 []", found.stdout + found.stderr
+
+
+def test_a_vision_language_model_planned_again_is_read_from_the_cache(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mistral 3's config, which mlx-lm's from_dict changes when it builds the model: the plan
+    keys its entries on the config as given, so the second read finds both (the language
+    model's, and its caches as mlx-vlm's language model makes them) and builds nothing."""
+    import copy
+
+    from tiny_vlm_configs import vlm_config
+
+    from unimap import structure
+    from unimap.families import read_architecture
+
+    config = vlm_config("mistral3")
+    given = copy.deepcopy(config)
+    first = read_architecture(config, "mistral3")
+    assert config == given
+    written = entries(folder)
+    assert len(written) == 2
+
+    def built(*args: Any) -> None:
+        raise AssertionError("read again")
+
+    monkeypatch.setattr(structure, "_read_structure", built)
+    monkeypatch.setattr(structure, "_build_vlm", built)
+    assert read_architecture(copy.deepcopy(given), "mistral3") == first
+    assert entries(folder) == written

@@ -202,6 +202,94 @@ def test_one_pass_prefill_is_what_mlx_vlm_decides() -> None:
         assert source and "no_chunked_prefill" not in source and name not in ONE_PASS_POLICIES, name
 
 
+# The caches the language model mlx-vlm builds for each planned config fills in an evaluated
+# forward of 3 and of 5 tokens (random weights, float32): elements one token adds and elements
+# held whatever the length, against the plan's caches (the hand-read families, whose caches the
+# plan prices from the config, have none: tests/test_vlm_runs.py checks them in runs).
+KV_CHILD = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import mlx.core as mx
+from mlx_vlm.models.cache import make_prompt_cache
+from mlx_vlm.utils import get_model_and_args, update_module_configs
+from tiny_vlm_configs import vlm_config
+from unimap.families import read_architecture
+
+def elements(state):
+    if isinstance(state, mx.array):
+        return state.size
+    return sum(elements(s) for s in state) if isinstance(state, list | tuple) else 0
+
+rows = {}
+for module in sys.argv[1:]:
+    config = vlm_config(module)
+    arch = read_architecture(config, module)
+    if not arch.caches:
+        continue
+    built = json.loads(json.dumps(config))
+    model_class, _ = get_model_and_args(built)
+    built.setdefault("text_config", built.pop("llm_config", {}))
+    language = model_class.Model(update_module_configs(
+        model_class.ModelConfig.from_dict(built), model_class, built,
+        ["text", "vision", "perceiver", "projector", "audio"])).language_model
+    held = []
+    for tokens in (3, 5):
+        cache = make_prompt_cache(language)
+        mx.eval(language(mx.arange(tokens, dtype=mx.int32)[None] + 1, cache=cache))
+        held.append(sum(elements(c.state) for c in cache))
+    per_token = (held[1] - held[0]) // 2
+    rows[module] = {"run": [per_token, held[0] - 3 * per_token],
+                    "plan": [sum(c.token_elements for c in arch.caches),
+                             sum(c.state_elements for c in arch.caches)]}
+print(json.dumps(rows))
+"""
+
+
+def test_the_plans_caches_are_those_mlx_vlms_language_model_fills() -> None:
+    """mlx-vlm runs its own language model classes, whose caches may not be mlx-lm's (Kimi-VL's
+    keeps full keys and values where mlx-lm's keeps DeepSeek V3's latent; Granite 4 Vision's
+    attends in every layer; MiniMax-M3-VL's keeps indexer keys): every planned model's caches,
+    per token and fixed, are what that language model fills."""
+    names = [m for m in PLANNED if m not in REFUSED]
+    done = subprocess.run([sys.executable, "-c", KV_CHILD, *names], capture_output=True,
+                          text=True, timeout=600, cwd=HERE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(rows) >= 38 and {"kimi_vl", "granite4_vision", "minimax_m3_vl"} <= set(rows)
+    for module, row in rows.items():
+        assert row["run"] == row["plan"], (module, row)
+
+
+def test_a_config_mlx_vlm_cannot_build_is_refused_naming_mlx_vlm() -> None:
+    """A text-only Hadamard pack (schema 1, which mlx-lm runs) under a vision tower: mlx-vlm,
+    which would load it, refuses it; so does the plan, with mlx-vlm's reason."""
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.errors import ModelError
+    from unimap.families import read_architecture
+
+    config = json.loads(json.dumps(vlm_config("prism_hadamard_qwen35")))
+    config.update(schema_version=1, tensor_namespace="mlx-lm-text")
+    with pytest.raises(ModelError, match="mlx-vlm cannot build this model from its config "
+                                         r"\(ValueError: Only schema 2"):
+        read_architecture(config, "pack")
+
+
+def test_language_models_that_disagree_on_their_layers_are_refused() -> None:
+    """Muse Glimmer's language model without its text_config: mlx-lm reads 4 layers from the top
+    level, mlx-vlm its real model's 52 from its defaults; the plan says so instead of guessing."""
+    from tiny_vlm_configs import vlm_config
+
+    from unimap.errors import ModelError
+    from unimap.families import read_architecture
+
+    config = json.loads(json.dumps(vlm_config("muse_glimmer")))
+    del config["text_config"]
+    with pytest.raises(ModelError, match="mlx-vlm's language model has 52 decoder layers and "
+                                         "mlx-lm's 4"):
+        read_architecture(config, "glimmer")
+
+
 # The two towers no common field sizes, run by mlx-vlm as it runs them (bfloat16 weights,
 # float32 pixels) against what the plan prices for them: FastViTHD at a 256-pixel image_size
 # (4 times fewer pixels than the checkpoints' 1024, the tower's widths as they ship), and Gemma 4

@@ -71,9 +71,24 @@ PUBLISHED: dict[str, dict[str, Any]] = {
                                                      "projector_type": "mlp_gelu"}}},
     "gemma3n": {"text_config": {"intermediate_size": [128] * 4}},
     "qwen2_vl": {"vision_config": {"mlp_ratio": 4}},  # an int, as transformers' config checks
-    # deepseek-ai/deepseek-vl2-tiny routes greedily (mlx-vlm knows no group_limited_greedy)
+    # deepseek-ai/deepseek-vl2-tiny routes greedily (mlx-vlm knows no group_limited_greedy), as
+    # do DeepSeek-OCR and its offspring (mlx-vlm's TextConfig default)
     "deepseek_vl_v2": {"language_config": {"topk_method": "greedy"}},
+    "deepseekocr": {"text_config": {"topk_method": "greedy"}},
+    "deepseekocr_2": {"text_config": {"topk_method": "greedy"},
+                      # deepseek-ai/DeepSeek-OCR-2's two encoders, keyed by name under width
+                      "vision_config": {"width": {"qwen2-0-5b": {"dim": 896},
+                                                  "sam_vit_b": {"width": 768, "layers": 12}}}},
+    "unlimited_ocr": {"text_config": {"topk_method": "greedy"}},
+    # a vision-language Hadamard pack: schema 2, keyed like mlx-vlm's qwen3_5 (schema 1 is
+    # mlx-lm's text-only pack, which mlx-vlm refuses)
+    "prism_hadamard_qwen35": {"schema_version": 2, "tensor_namespace": "mlx-vlm-qwen3_5",
+                              "base_model_type": "qwen3_5"},
 }
+
+# Checkpoints whose language model's fields are both at the top level (where mlx-lm reads them)
+# and under text_config (where mlx-vlm does, defaulting to the real model's sizes without it)
+NESTED_TEXT = ("muse_glimmer",)
 
 # Checkpoints that keep the language model under another key than "text_config".
 LANGUAGE_KEYS: dict[str, str] = {
@@ -88,7 +103,8 @@ VISION_MODEL_TYPES: dict[str, str] = {
     "llama4": "llama4_vision_model", "llava": "clip_vision_model",
     "llava_bunny": "siglip_vision_model", "llava_next": "clip_vision_model",
     # DeepSeek-VL2's, DeepSeek-OCR's and Janus's towers: mlx-vlm builds them only for this name
-    "deepseek_vl_v2": "vision", "deepseekocr": "vision", "unlimited_ocr": "vision",
+    "deepseek_vl_v2": "vision", "deepseekocr": "vision", "deepseekocr_2": "vision",
+    "unlimited_ocr": "vision",
     "multi_modality": "vision",
 }
 
@@ -203,6 +219,9 @@ def vlm_config(module: str) -> dict[str, Any]:
             config[key] = value
     if module == "multi_modality":
         config.pop("projector_config", None)  # mlx-vlm reads the aligner's under this name
+    if module in NESTED_TEXT and not config.get("text_config"):
+        config["text_config"] = {k: copy.deepcopy(v) for k, v in config.items()
+                                 if k not in ("vision_config", "text_config", "model_type")}
     return config
 
 

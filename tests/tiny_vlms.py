@@ -217,8 +217,6 @@ TOWER_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers":
 # Qwen2-VL and Qwen2.5-VL checkpoints keep the language model's fields at the top level, where
 # mlx-vlm reads them
 FLAT_TEXT = ("qwen2_vl", "qwen2_5_vl")
-# and Muse Glimmer's, which mlx-vlm reads from text_config (defaulting to the real sizes)
-NESTED_TEXT = ("muse_glimmer",)
 MAX_TINY_BYTES = 64 << 20  # a tower whose sizes are not in those fields stays real-sized: refused
 # a chat template for any model: the text of each turn, an <image> per image placeholder
 ANY_TEMPLATE = (
@@ -243,7 +241,7 @@ def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None 
     from mlx_vlm.utils import get_model_and_args, update_module_configs
     from tiny_vlm_configs import vlm_config
 
-    config = vlm_config(module)
+    config = json.loads(json.dumps(vlm_config(module)))  # the cached dict stays as it is
     tower = config["vision_config"]
     for key, value in (tower_sizes or TOWER_SIZES).items():
         if isinstance(tower.get(key), int) and not isinstance(tower.get(key), bool):
@@ -255,7 +253,8 @@ def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None 
             config[key] = (tower_sizes or TOWER_SIZES).get("hidden_size", TOWER_SIZES["hidden_size"])
     projector = config.get("projector_config") or {}
     if isinstance(projector.get("input_dim"), int):  # DeepSeek-VL2's projector: tower to text
-        projector["input_dim"] = tower.get("width", tower.get("hidden_size"))
+        width = tower.get("width")  # DeepSeek-OCR-2 keys its encoders' widths by name
+        projector["input_dim"] = width if isinstance(width, int) else tower.get("hidden_size")
         projector["n_embed"] = (config.get("language_config") or text).get("hidden_size")
     # Muse Glimmer's out_hidden_size: the tower's width over its merged patches (its adapter's input)
     if isinstance(config.get("out_hidden_size"), int) and isinstance(tower.get("merge_size"), int):
@@ -276,10 +275,6 @@ def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None 
     # text config, and every module config it updates
     if module in FLAT_TEXT:  # published with the language model's fields at the top level
         config.update({k: v for k, v in config.pop("text_config").items() if k != "model_type"})
-    elif not config.get("text_config") and module in NESTED_TEXT:
-        # mlx-lm reads the language model at the top level, mlx-vlm from text_config
-        config["text_config"] = {k: v for k, v in config.items()
-                                 if k not in ("vision_config", "text_config", "model_type")}
     built = json.loads(json.dumps(config))
     model_class, _ = get_model_and_args(built)
     built.setdefault("text_config", built.pop("llm_config", {}))

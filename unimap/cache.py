@@ -1,7 +1,7 @@
 """A cache on disk of the structures read from mlx-lm's models (unimap/structure.py), so that
 planning a model again imports neither mlx nor mlx-lm (about 0.7 s of a 1 s `unimap plan`).
 
-An entry is keyed by the config's content, the installed mlx and mlx-lm, unimap's version and
+An entry is keyed by the config's content, the installed mlx, mlx-lm and mlx-vlm, unimap's version and
 the reader's own source: a structure is never trusted across versions. Each is one JSON file,
 written atomically, with a checksum of its content. A missing, unreadable, stale or malformed
 entry is a miss (and is written anew), never an error: the cache only saves time. Only what was
@@ -41,11 +41,12 @@ def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def structure_key(config: Mapping[str, Any]) -> str:
-    """The entry for `config` read by this unimap with the installed mlx and mlx-lm."""
+    """The entry for `config` read by this unimap with the installed mlx, mlx-lm and mlx-vlm."""
     from unimap import __version__
 
     stamp = {"format": FORMAT, "config": config, "unimap": __version__, "reader": _reader(),
-             "mlx": _version("mlx"), "mlx-lm": _version("mlx-lm")}
+             "mlx": _version("mlx"), "mlx-lm": _version("mlx-lm"),
+             "mlx-vlm": _version("mlx-vlm")}
     return hashlib.sha256(_canonical(stamp)).hexdigest()
 
 

@@ -393,12 +393,14 @@ def read_architecture(cfg: Mapping[str, Any], where: str) -> Architecture:
 def _vision_language(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
     """A vision-language config without a hand reader: the language model from mlx-lm (its module
     for this model_type builds the language model alone, or the module of the type text_config,
-    llm_config or language_config names), the vision tower sized from vision_config's common
-    fields."""
-    from unimap.structure import read_structure
+    llm_config or language_config names) with the caches of the language model mlx-vlm runs,
+    the vision tower sized from vision_config's common fields."""
+    from unimap.structure import read_structure, read_vlm_structure
 
+    text: Any = dict(cfg)
+    text_where = where
     try:
-        structure = read_structure(dict(cfg), where)
+        read_structure(text, where)  # mlx-lm's module for this model_type builds it
     except ModelError as whole:
         # the language model's own config: text_config, or where InternVL and Nemotron-H VL
         # (llm_config) and DeepSeek-VL2 (language_config) checkpoints keep it
@@ -413,7 +415,8 @@ def _vision_language(cfg: Mapping[str, Any], model_type: str, where: str) -> Arc
                              f"model mlx-lm cannot build ({whole}), and no text_config, llm_config "
                              "or language_config names its model_type; unimap plans it when "
                              "mlx-lm has a model for it") from None
-        structure = read_structure(dict(text), f"{where} {key}")
+        text, text_where = dict(text), f"{where} {key}"
+    structure = read_vlm_structure(text, dict(cfg), where, text_where)
     arch = from_structure(structure, cfg, model_type)
     return _with(arch, vision=replace(_any_vision(cfg, where), **read_vlm_code(cfg, model_type)))
 

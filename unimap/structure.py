@@ -12,12 +12,13 @@ at all for a config whose structure is on disk already (unimap/cache.py).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -146,16 +147,31 @@ def _unbuildable(where: str, exc: Exception) -> ModelError:
 def read_structure(config: dict[str, Any], where: str) -> Structure:
     """Build `config`'s model lazily and read its structure (see the module docstring), or take
     it from the disk cache (unimap/cache.py) where the same config was read before by the same
-    unimap, mlx and mlx-lm: then neither is imported."""
+    unimap, mlx, mlx-lm and mlx-vlm: then none is imported. `config` is left as it was (mlx-lm's
+    from_dict changes some configs it is given, Mistral 3's text_config among them: a caller that
+    keyed anything on it after a read would key on what it never read again)."""
+    return _cached(config, lambda: _read_structure(copy.deepcopy(config), where))
+
+
+def read_vlm_structure(text: dict[str, Any], config: dict[str, Any], where: str,
+                       text_where: str) -> Structure:
+    """The structure of the vision-language model `config`'s language model: read from mlx-lm's
+    model for `text` (the whole config, or its language model's), its caches from the language
+    model mlx-vlm builds for `config` (read_vlm_caches); cached as read_structure is."""
+    return _cached({"language model": text, "mlx-vlm": config},
+                   lambda: read_vlm_caches(read_structure(text, text_where), config, where))
+
+
+def _cached(config: dict[str, Any], read: Callable[[], Structure]) -> Structure:
     from unimap.cache import load_structure, store_structure, structure_key
 
     try:
         key = structure_key(config)
     except (TypeError, ValueError):  # a value JSON cannot hold (not from a config.json)
-        return _read_structure(config, where)
+        return read()
     found = load_structure(key)
     if found is None:
-        found = _read_structure(config, where)
+        found = read()
         store_structure(key, found)
     return found
 
@@ -188,6 +204,60 @@ def _read_structure(config: dict[str, Any], where: str) -> Structure:
         matrix_shapes=tuple((name, tuple(p.shape)) for name, p in flat if p.ndim == 2), **moe)
 
 
+def read_vlm_caches(structure: Structure, config: dict[str, Any], where: str) -> Structure:
+    """`structure` with its caches read from the language model mlx-vlm builds for the
+    vision-language `config`: that one runs, and its caches may not be mlx-lm's (measured:
+    Kimi-VL's keeps full keys and values where mlx-lm's keeps DeepSeek V3's compressed latent,
+    4.0 times the bytes; Granite 4 Vision's attends in every layer where mlx-lm's granitemoehybrid
+    has Mamba layers, 3.6 times; MiniMax-M3-VL's keeps an indexer's keys in more layers, 1.17
+    times). Read as mlx-lm's are: a lazy forward through the caches the model makes. Without
+    mlx-vlm nothing loads the model with its tower (unimap.load asks for mlx-vlm), and the
+    structure stays mlx-lm's."""
+    try:
+        from mlx_vlm.models.cache import make_prompt_cache
+    except ImportError:
+        return structure
+    model = _build_vlm(config, where)
+    language = getattr(model, "language_model", None)
+    if language is None:
+        raise ModelError(f"{where}: mlx-vlm's model has no language_model; unimap cannot size "
+                         "the caches it makes")
+    layers = _layers(language, where)
+    _weightless(language)
+    probes = [_probe(language, layers, [], tokens, where, make_prompt_cache)
+              for tokens in PROBE_TOKENS]
+    per_cache = [_cache_reading(a, b) for a, b in zip(probes[0].caches, probes[1].caches,
+                                                       strict=True)]
+    caches = _assign(per_cache, len(layers), probes[1].handed)
+    if len(caches) != structure.num_layers:
+        raise ModelError(f"{where}: mlx-vlm's language model has {len(caches)} decoder layers "
+                         f"and mlx-lm's {structure.num_layers}; unimap cannot tell which runs "
+                         "where (check the config's layer counts)")
+    return replace(structure, caches=tuple(caches))
+
+
+def _build_vlm(config: dict[str, Any], where: str) -> Any:
+    """mlx-vlm's Model for `config`, built as its loader builds it, parameters not evaluated."""
+    import mlx.core as mx
+    from mlx_vlm.utils import get_model_and_args, update_module_configs
+
+    config = copy.deepcopy(config)
+    try:
+        model_class, _ = get_model_and_args(config=config)
+        config.setdefault("text_config", config.pop("llm_config", {}))
+        config.setdefault("vision_config", {})
+        config.setdefault("audio_config", {})
+        model_config = update_module_configs(
+            model_class.ModelConfig.from_dict(config), model_class, config,
+            ["text", "vision", "perceiver", "projector", "audio"])
+        model = model_class.Model(model_config)
+        mx.eval(mx.random.state)  # as in build_lazy: cut the initialisers' key graph
+        return model
+    except Exception as exc:  # mlx-vlm raises anything from a config it cannot build
+        raise ModelError(f"{where}: mlx-vlm cannot build this model from its config "
+                         f"({foreign(exc)}); check the config's fields") from None
+
+
 def _weightless(model: Any) -> None:
     """Give every parameter the value 0 broadcast to its shape, float ones in float16 (the caches
     then show which arrays follow the model's dtype). Shapes are all the probe reads; and should a
@@ -207,7 +277,7 @@ def _layers(model: Any, where: str) -> list[Any]:
     try:
         layers = list(model.layers)
     except (AttributeError, TypeError):
-        raise ModelError(f"{where}: mlx-lm's model exposes no list of decoder layers; unimap "
+        raise ModelError(f"{where}: {_runner(model)}'s model exposes no list of decoder layers; unimap "
                          "cannot map it layer by layer") from None
     if not layers:
         raise ModelError(f"{where}: the model has no decoder layers")
@@ -277,13 +347,16 @@ class _Probe:
     top_k: dict[int, int]  # id of a switch block -> experts each token was routed to
 
 
-def _probe(model: Any, layers: list[Any], blocks: list[Any], tokens: int, where: str) -> _Probe:
-    """A lazy forward of `tokens` tokens through the model's own caches, noting which caches
-    each layer is handed and how many experts each MoE block routes every token to."""
+def _probe(model: Any, layers: list[Any], blocks: list[Any], tokens: int, where: str,
+           make_cache: Callable[[Any], list[Any]] | None = None) -> _Probe:
+    """A lazy forward of `tokens` tokens through the model's own caches (mlx-lm's
+    make_prompt_cache, or the given one), noting which caches each layer is handed and how many
+    experts each MoE block routes every token to."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
-    found = _Probe(make_prompt_cache(model), {}, {})
+    make = make_cache or make_prompt_cache
+    found = _Probe(make(model), {}, {})
     positions = {id(c): j for j, c in enumerate(found.caches)}
 
     def on_layer(index: int, values: tuple[Any, ...]) -> None:
@@ -305,16 +378,16 @@ def _probe(model: Any, layers: list[Any], blocks: list[Any], tokens: int, where:
             mx.compile(lambda x: (model(x, cache=found.caches), x)[1])(prompt)
         except ValueError as exc:
             if "eval" not in str(exc):
-                raise _fails(where, tokens, exc) from None
+                raise _fails(model, where, tokens, exc) from None
             _evaluates(model, where)
-            found = _Probe(make_prompt_cache(model), {}, {})
+            found = _Probe(make(model), {}, {})
             positions.update({id(c): j for j, c in enumerate(found.caches)})
             try:
                 model(prompt, cache=found.caches)
             except Exception as again:  # noqa: BLE001 - any failure of a foreign forward pass
-                raise _fails(where, tokens, again) from None
+                raise _fails(model, where, tokens, again) from None
         except Exception as exc:  # noqa: BLE001 - any failure of a foreign forward pass
-            raise _fails(where, tokens, exc) from None
+            raise _fails(model, where, tokens, exc) from None
     found.caches = list(found.caches)
     return found
 
@@ -330,14 +403,19 @@ def _evaluates(model: Any, where: str) -> None:
     flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
     size = sum(p.size * p.dtype.size for _, p in flat)
     if size > EAGER_PROBE_BYTES:
-        raise ModelError(f"{where}: mlx-lm's {type(model).__module__} evaluates arrays inside its "
+        raise ModelError(f"{where}: {_runner(model)}'s {type(model).__module__} evaluates arrays inside its "
                          "forward pass, so unimap cannot read its caches without computing through "
                          f"{size / 2**30:.0f} GiB of weights; plan it with a manual map (-n)")
 
 
-def _fails(where: str, tokens: int, exc: Exception) -> ModelError:
-    return ModelError(f"{where}: mlx-lm's model fails on a {tokens}-token prompt "
+def _fails(model: Any, where: str, tokens: int, exc: Exception) -> ModelError:
+    return ModelError(f"{where}: {_runner(model)}'s model fails on a {tokens}-token prompt "
                       f"({type(exc).__name__}: {exc}); unimap cannot read its caches")
+
+
+def _runner(model: Any) -> str:
+    """The package whose class `model` is, as users install it: mlx-lm or mlx-vlm."""
+    return type(model).__module__.split(".", 1)[0].replace("_", "-")
 
 
 @contextmanager
