@@ -88,7 +88,9 @@ def test_unknown_vision_family_is_a_clear_error(vlms: dict[str, Path], tmp_path:
 
     shutil.copy(vlms["qwen2_vl"] / "model.safetensors", tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "idefics3", "vision_config": {"hidden_size": 64}, "text_config": {}}))
+        "model_type": "idefics3", "vision_config": {"hidden_size": 64, "num_hidden_layers": 2,
+                                                "num_attention_heads": 2},
+        "text_config": {}}))
     with pytest.raises(ModelError, match="'idefics3' is a vision-language model whose language "
                        "model mlx-lm cannot build .*not an architecture the installed mlx-lm runs"):
         unimap.inspect(tmp_path)
@@ -338,9 +340,20 @@ def test_blockwise_evaluation_was_measured_to_pay_on_cuda() -> None:
 
 
 def test_kv_bits_with_a_vision_model_is_refused_before_loading(vlms: dict[str, Path]) -> None:
-    """The plan can price a quantized cache, but mlx-vlm's run would not match it. (The tiny
-    models' head dim of 16 cannot take --kv-bits at all, so the option is set on a plan.)"""
+    """mlx-vlm's run would not match a quantized cache's price: the plan refuses --kv-bits for a
+    vision-language model, and so does load, given a plan made with it another way."""
     path = vlms["qwen2_vl"]
+    with pytest.raises(ConfigError, match="--kv-bits is not supported for vision-language models"):
+        unimap.plan(path, max_seq_len=256, kv_bits=8)
+    # nor is a rotating window, which mlx-vlm's cache would not keep; and neither is offered as
+    # a way out of a plan that does not fit
+    with pytest.raises(ConfigError, match="--max-kv-size is for text models"):
+        unimap.plan(path, max_seq_len=256, max_kv_size=128)
+    machine = stand_in_machine("mac-16gb")
+    small = replace(machine, devices=tuple(replace(d, budget_bytes=700 << 20) for d in machine.devices))
+    tight = unimap.plan(path, max_seq_len=32768, machine=small)
+    assert not tight.fits and tight.ways_out
+    assert not any(w.startswith(("--kv-bits", "--max-kv-size")) for w in tight.ways_out), tight.ways_out
     plan = unimap.plan(path, max_seq_len=256)
     with pytest.raises(ConfigError, match="--kv-bits is not supported for vision-language models"):
         unimap.load(path, planned=replace(plan, estimate=replace(

@@ -58,7 +58,8 @@ def vlm_row(module: str) -> tuple[bool, str]:
         return False, "read without a vision tower"
     kinds = sorted({c.kind for c in arch.caches} or set(arch.layer_kinds))
     moe = f"MoE {arch.moe.num_experts} experts, top-{arch.moe.experts_per_token}" if arch.moe else ""
-    how = "hand reader" if config["model_type"] in READERS else "mlx-lm model"
+    how = ("hand reader" if config["model_type"] in READERS
+           else "mlx-vlm's language model" if "." in arch.module else "mlx-lm model")
     v = arch.vision
     tokens = (f"{v.tokens_per_image} tokens/image" if v.tokens_per_image
               else f"dynamic resolution, {v.merge_size}x{v.merge_size} patches/token")
@@ -81,7 +82,8 @@ def vlm_row(module: str) -> tuple[bool, str]:
 
 
 # advice that ModelError messages end with: a table row keeps the reason
-ADVICE = (" (upgrade mlx-lm, or check the config)", "; unimap plans it when mlx-lm has a model for it")
+ADVICE = (" (upgrade mlx-lm, or check the config)", "; unimap plans it when mlx-lm has a model for it",
+          "; unimap plans it when mlx-lm or mlx-vlm has a model it can read")
 
 
 def _brief(reason: str, where: str) -> str:
@@ -102,7 +104,7 @@ def vlm_table(planned_families: set[str]) -> list[str]:
     for module in modules:
         text_type, family = language_model(module)
         ok, what = vlm_row(module)
-        if family is None:  # the reason says which type mlx-lm lacks
+        if family is None and not ok:  # the reason says which type mlx-lm lacks
             what = f"not an mlx-lm language model: {what}"
         lm = " ".join(x for x in (text_type, f"(mlx-lm {family})" if family else "") if x) or "none named"
         rows.append((module, lm, ok, what, family in planned_families))
@@ -111,11 +113,15 @@ def vlm_table(planned_families: set[str]) -> list[str]:
     missed = [f"{m} ({what})" for m, ok, what in ours if not ok]
     verdict = ("every one of them plans" if not missed
                else f"{len(ours) - len(missed)} of them plan; not: " + "; ".join(missed))
+    own = [m for m, _, ok, what, in_lm in rows if ok and not in_lm]
     lines = [f"## mlx-vlm {mlx_vlm.__version__} vision-language models", "",
              f"{planned} of {len(rows)} vision-language model modules (the packages of "
              "`mlx_vlm.models` with a VisionConfig) plan. "
              f"{len(ours)} have a language model that is a planned mlx-lm family (the table "
-             f"above): {verdict}. Each is read from a config shaped like a published checkpoint's "
+             f"above): {verdict}. {len(own)} more plan from the language model mlx-vlm "
+             f"builds, of its own, which mlx-lm has no class for ({', '.join(own)}); the others "
+             "are refused naming why mlx-lm and mlx-vlm's model could not be read. "
+             "Each is read from a config shaped like a published checkpoint's "
              "(`tests/tiny_vlm_configs.py`: the language model tiny, under the key checkpoints "
              "use; the vision tower with mlx-vlm's VisionConfig defaults): the language model "
              "through mlx-lm (the module for the VLM's own type, else for its language model's "
@@ -127,9 +133,9 @@ def vlm_table(planned_families: set[str]) -> list[str]:
              "`tests/test_vlm_coverage.py` checks each row whose language model plans. "
              "`tests/test_vlm_runs.py` builds each of them through mlx-vlm's own classes with "
              "the tower made small and runs it through unimap (text prompts, all on one device "
-             "and split): 36 give plain mlx-vlm's tokens within their plan; mlx-vlm's classes "
+             "and split): 39 give plain mlx-vlm's tokens within their plan; mlx-vlm's classes "
              "do not build the others' tiny configs, or plain mlx-vlm cannot run a text prompt "
-             "on them (the test names each); 32 of the 36 also take images through their own "
+             "on them (the test names each); 32 of the 39 also take images through their own "
              "processors (a 4:3 image, a 1024-px one and six), each peak and image-token count "
              "within its plan. `tests/test_vision.py` runs Qwen2-VL, Qwen2.5-VL, "
              "Gemma 3 and PaliGemma with images through their own processors."]

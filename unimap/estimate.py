@@ -332,8 +332,13 @@ def head_read_bytes(spec: ModelSpec, arch: Architecture, non_mapped_bytes: int, 
 def rotating(spec: ModelSpec, window: int) -> Architecture:
     """The architecture with every layer's cache a rotating window of `window` tokens, as
     --max-kv-size makes it; only for models whose every cache is a plain KVCache (mlx-lm's own
-    flag does nothing to models that make their own caches)."""
+    flag does nothing to models that make their own caches); not for a vision-language model,
+    whose cache mlx-vlm makes (unimap.generate refuses it there)."""
+    from unimap.vlm import NO_MAX_KV_SIZE
+
     arch = spec.arch
+    if arch.vision is not None:
+        raise ConfigError(NO_MAX_KV_SIZE)
     plain = all(c.kind == "full" and c.quantizable and not c.state_elements for c in arch.caches) \
         if arch.caches else all(k == "full" for k in arch.layer_kinds)
     if not plain:
@@ -346,8 +351,13 @@ def rotating(spec: ModelSpec, window: int) -> Architecture:
 
 
 def _check_kv_bits(spec: ModelSpec) -> None:
-    """mlx-lm quantizes plain KV caches in groups of 64 along the head dimension."""
+    """mlx-lm quantizes plain KV caches in groups of 64 along the head dimension; mlx-vlm's
+    caches are not quantized as the plan would price them (unimap.vlm.NO_KV_BITS)."""
+    from unimap.vlm import NO_KV_BITS
+
     arch = spec.arch
+    if arch.vision is not None:
+        raise ConfigError(NO_KV_BITS)
     dims = {c.head_dim for c in arch.caches if c.quantizable} if arch.caches else {arch.head_dim}
     if arch.caches and not dims:
         raise ConfigError(f"--kv-bits: {spec.source} has no plain KV cache for mlx-lm to quantize "

@@ -393,11 +393,18 @@ def read_architecture(cfg: Mapping[str, Any], where: str) -> Architecture:
 def _vision_language(cfg: Mapping[str, Any], model_type: str, where: str) -> Architecture:
     """A vision-language config without a hand reader: the language model from mlx-lm (its module
     for this model_type builds the language model alone, or the module of the type text_config,
-    llm_config or language_config names) with the caches of the language model mlx-vlm runs,
-    the vision tower sized from vision_config's common fields."""
-    from unimap.structure import read_structure, read_vlm_structure
+    llm_config or language_config names) with the caches of the language model mlx-vlm runs, or,
+    where mlx-lm has no class for that type, from mlx-vlm's own language model; the vision tower
+    sized from vision_config's common fields."""
+    from unimap.structure import UnknownArchitecture, read_structure, read_vlm_language, read_vlm_structure
 
-    text: Any = dict(cfg)
+    # the tower first: its fields are checked by name before mlx-vlm builds the model from them
+    vision = replace(_any_vision(cfg, where), **read_vlm_code(cfg, model_type))
+    # what mlx-lm and mlx-vlm build their models from: config.json (not the image processor's
+    # settings that inspect adds, which no model class reads: a plan for another processor reads
+    # no model again)
+    model_cfg = {k: v for k, v in cfg.items() if k != PROCESSOR_KEY}
+    text: Any = dict(model_cfg)
     text_where = where
     try:
         read_structure(text, where)  # mlx-lm's module for this model_type builds it
@@ -409,16 +416,27 @@ def _vision_language(cfg: Mapping[str, Any], model_type: str, where: str) -> Arc
         text = cfg.get(key)
         if model_type in FASTVITHD_TYPES and not isinstance(text, dict):
             # FastVLM checkpoints keep their Qwen2 language model's fields at the top level
-            text = {k: v for k, v in cfg.items() if k != "vision_config"} | {"model_type": "qwen2"}
-        if not isinstance(text, dict) or not isinstance(text.get("model_type"), str):
-            raise ModelError(f"{where}: {model_type!r} is a vision-language model whose language "
-                             f"model mlx-lm cannot build ({whole}), and no text_config, llm_config "
-                             "or language_config names its model_type; unimap plans it when "
-                             "mlx-lm has a model for it") from None
-        text, text_where = dict(text), f"{where} {key}"
-    structure = read_vlm_structure(text, dict(cfg), where, text_where)
-    arch = from_structure(structure, cfg, model_type)
-    return _with(arch, vision=replace(_any_vision(cfg, where), **read_vlm_code(cfg, model_type)))
+            text = {k: v for k, v in model_cfg.items() if k != "vision_config"} | {"model_type": "qwen2"}
+        unnamed = not isinstance(text, dict) or not isinstance(text.get("model_type"), str)
+        why = (f"{whole}, and no text_config, llm_config or language_config names its model_type"
+               if unnamed else "")
+        if not unnamed:
+            text, text_where = dict(text), f"{where} {key}"
+            try:
+                read_structure(text, text_where)
+            except UnknownArchitecture as unknown:
+                why = str(unknown)
+        if why:  # mlx-lm has no class for it: the language model mlx-vlm builds, if it can
+            try:
+                structure = read_vlm_language(model_cfg, where)
+            except ModelError as own:
+                raise ModelError(f"{where}: {model_type!r} is a vision-language model whose language "
+                                 f"model mlx-lm cannot build ({why}) and mlx-vlm's cannot be read "
+                                 f"({own}); unimap plans it when mlx-lm or mlx-vlm has a model "
+                                 "it can read") from None
+            return _with(from_structure(structure, cfg, model_type), vision=vision)
+    structure = read_vlm_structure(text, model_cfg, where, text_where)
+    return _with(from_structure(structure, cfg, model_type), vision=vision)
 
 
 # mlx-vlm models whose prompt embeddings with images are float32 in any dtype: PaliGemma merges

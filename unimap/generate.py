@@ -170,7 +170,7 @@ def make_cache(model: Any) -> list[Any]:
         if bits:
             raise ConfigError(vlm.NO_KV_BITS)
         if window:
-            raise ConfigError("--max-kv-size is for text models: drop it for a vision-language model")
+            raise ConfigError(vlm.NO_MAX_KV_SIZE)
         return list(make_vlm_cache(model.language_model))
     if window:
         return rotating_cache(model, window)

@@ -100,6 +100,11 @@ def vlm_source(module: str) -> str:
     return "\n".join([own, *(read(s) for s in siblings if (models / s).is_dir())])
 
 
+class UnknownArchitecture(ModelError):
+    """mlx-lm has no model for a config's model_type (a vision-language model's language model
+    may still be mlx-vlm's own: read_vlm_language)."""
+
+
 def model_classes(config: dict[str, Any], where: str) -> tuple[Any, Any]:
     """mlx-lm's (Model, ModelArgs) for `config`, or a ModelError saying why there are none."""
     from mlx_lm.utils import _get_classes
@@ -107,7 +112,7 @@ def model_classes(config: dict[str, Any], where: str) -> tuple[Any, Any]:
     try:
         return _get_classes(config)  # type: ignore[no-any-return]
     except (ValueError, AttributeError):  # no such module, or a module that is not a model
-        raise ModelError(f"{where}: model_type {config.get('model_type')!r} is not an architecture "
+        raise UnknownArchitecture(f"{where}: model_type {config.get('model_type')!r} is not an architecture "
                          "the installed mlx-lm runs (upgrade mlx-lm, or check the config)") from None
     except (ImportError, SystemExit) as exc:
         raise ModelError(f"{where}: mlx-lm's module for {config.get('model_type')!r} cannot be "
@@ -162,6 +167,31 @@ def read_vlm_structure(text: dict[str, Any], config: dict[str, Any], where: str,
                    lambda: read_vlm_caches(read_structure(text, text_where), config, where))
 
 
+def read_vlm_language(config: dict[str, Any], where: str) -> Structure:
+    """The structure of the language model mlx-vlm builds for the vision-language `config`,
+    read from it as read_structure reads mlx-lm's model: for models whose language model is
+    mlx-vlm's own (Llama 3.2 Vision, Mistral Large 3, Phi-4 multimodal, ...), which mlx-lm has no
+    class for. Its parameter paths are the whole model's ("language_model.model.layers.0."), as
+    mlx-vlm's checkpoints name them. Cached as read_structure is."""
+    def read() -> Structure:
+        try:
+            from mlx_vlm.models.cache import make_prompt_cache
+        except ImportError:
+            raise ModelError(f"{where}: its language model is mlx-vlm's own, and mlx-vlm is not "
+                             "installed: pip install 'unimap[vision]'") from None
+        model = _build_vlm(config, where)
+        language = _language_model(model, where)
+        try:
+            return _read_model(language, model, {}, where, make_prompt_cache)
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a foreign model unlike any mlx-lm builds
+            raise ModelError(f"{where}: mlx-vlm's language model cannot be read as a decoder "
+                             f"({foreign(exc)}); unimap cannot map it layer by layer") from None
+
+    return _cached({"mlx-vlm language model": config}, read)
+
+
 def _cached(config: dict[str, Any], read: Callable[[], Structure]) -> Structure:
     from unimap.cache import load_structure, store_structure, structure_key
 
@@ -177,31 +207,61 @@ def _cached(config: dict[str, Any], read: Callable[[], Structure]) -> Structure:
 
 
 def _read_structure(config: dict[str, Any], where: str) -> Structure:
+    model = build_lazy(config, where)
+    return _read_model(model, model, config, where)
+
+
+def _read_model(model: Any, root: Any, config: dict[str, Any], where: str,
+                make_cache: Callable[[Any], list[Any]] | None = None) -> Structure:
+    """The structure of `model` (a language model, built lazily), through the caches
+    `make_cache` makes (mlx-lm's make_prompt_cache by default). `root` is the model whose
+    parameter tree names the checkpoint's tensors: `model` itself, or the vision-language model
+    it sits in."""
     from mlx.utils import tree_flatten
 
-
-    model = build_lazy(config, where)
     layers = _layers(model, where)
     args = _text_args(model, config)
     vocab, hidden = _embedding(model, args, where)
     _weightless(model)
     inside = [list(layer.named_modules()) for layer in layers]  # (path, module) of each layer
     blocks = _switch_blocks(inside)
-    probes = [_probe(model, layers, blocks, tokens, where) for tokens in PROBE_TOKENS]
-    caches = [probe.caches for probe in probes]
-    per_cache = [_cache_reading(a, b) for a, b in zip(caches[0], caches[1], strict=True)]
-    layer_caches = _assign(per_cache, len(layers), probes[1].handed)
-    kv_heads, head_dim = _kv_shape(caches[1])
+    probes = [_probe(model, layers, blocks, tokens, where, make_cache) for tokens in PROBE_TOKENS]
+    kv_heads, head_dim = _kv_shape(probes[1].caches)
     heads = _heads(inside) or _first_int(args, HEAD_NAMES) or kv_heads
     moe = _moe(layers, inside, blocks, probes[1].top_k, args, hidden)
-    flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    flat: list[tuple[str, Any]] = tree_flatten(root.parameters())  # type: ignore[assignment]
     experts = moe.get("num_experts", 0)
     return Structure(
-        module=type(model).__module__.rsplit(".", 1)[-1], num_layers=len(layers),
+        module=_module_name(model), num_layers=len(layers),
         hidden_size=hidden, vocab_size=vocab, num_heads=heads, num_kv_heads=kv_heads,
         head_dim=head_dim, mlp_widths=tuple(_mlp_width(modules, hidden, experts) for modules in inside),
-        caches=tuple(layer_caches), layer_prefixes=_prefixes(flat, layers),
+        caches=tuple(_layer_caches(probes, len(layers))), layer_prefixes=_prefixes(flat, layers),
         matrix_shapes=tuple((name, tuple(p.shape)) for name, p in flat if p.ndim == 2), **moe)
+
+
+def _module_name(model: Any) -> str:
+    """The module whose class `model` is: mlx-lm's model module ("llama"), or mlx-vlm's package
+    and module ("mllama.language"), a family no mlx-lm module's name can be."""
+    module: str = type(model).__module__
+    vlm = "mlx_vlm.models."
+    return module[len(vlm):] if module.startswith(vlm) else module.rsplit(".", 1)[-1]
+
+
+def _layer_caches(probes: list[_Probe], num_layers: int) -> list[LayerCache]:
+    """Each layer's cache, from the caches of the two probes (PROBE_TOKENS)."""
+    per_cache = [_cache_reading(a, b) for a, b in zip(probes[0].caches, probes[1].caches,
+                                                       strict=True)]
+    return _assign(per_cache, num_layers, probes[1].handed)
+
+
+def _language_model(model: Any, where: str) -> Any:
+    import mlx.nn as nn
+
+    language = getattr(model, "language_model", None)
+    if not isinstance(language, nn.Module):  # type: ignore[attr-defined]
+        raise ModelError(f"{where}: mlx-vlm's model has no language_model; unimap plans "
+                         "models that generate text")
+    return language
 
 
 def read_vlm_caches(structure: Structure, config: dict[str, Any], where: str) -> Structure:
@@ -217,18 +277,12 @@ def read_vlm_caches(structure: Structure, config: dict[str, Any], where: str) ->
         from mlx_vlm.models.cache import make_prompt_cache
     except ImportError:
         return structure
-    model = _build_vlm(config, where)
-    language = getattr(model, "language_model", None)
-    if language is None:
-        raise ModelError(f"{where}: mlx-vlm's model has no language_model; unimap cannot size "
-                         "the caches it makes")
+    language = _language_model(_build_vlm(config, where), where)
     layers = _layers(language, where)
     _weightless(language)
     probes = [_probe(language, layers, [], tokens, where, make_prompt_cache)
               for tokens in PROBE_TOKENS]
-    per_cache = [_cache_reading(a, b) for a, b in zip(probes[0].caches, probes[1].caches,
-                                                       strict=True)]
-    caches = _assign(per_cache, len(layers), probes[1].handed)
+    caches = _layer_caches(probes, len(layers))
     if len(caches) != structure.num_layers:
         raise ModelError(f"{where}: mlx-vlm's language model has {len(caches)} decoder layers "
                          f"and mlx-lm's {structure.num_layers}; unimap cannot tell which runs "
@@ -319,7 +373,8 @@ def _embedding(model: Any, args: Any, where: str) -> tuple[int, int]:
     kinds = (nn.Embedding, nn.QuantizedEmbedding)  # type: ignore[attr-defined]
     found = [(p, m) for p, m in model.named_modules() if isinstance(m, kinds) and m.weight.ndim == 2]
     if not found:
-        raise ModelError(f"{where}: mlx-lm's model has no token embedding; unimap cannot size it")
+        raise ModelError(f"{where}: {_runner(model)}'s model has no token embedding; unimap cannot "
+                         "size it")
     vocab = _first_int(args, ("vocab_size", "n_vocab", "padded_vocab_size"))
     named = [m for p, m in found if p.rsplit(".", 1)[-1] in TOKEN_EMBEDDINGS]
     sized = [m for _, m in found if m.weight.shape[0] == vocab]

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unimap.checks import foreign
 from unimap.errors import ConfigError, ModelError
 
 INSTALL = "pip install 'unimap[vision]'"
+NO_MAX_KV_SIZE = "--max-kv-size is for text models: drop it for a vision-language model"
 NO_KV_BITS = ("--kv-bits is not supported for vision-language models yet (mlx-vlm quantizes its "
               "cache after filling it at full precision, which the plan does not price): drop --kv-bits")
 
@@ -63,8 +65,9 @@ def lazy_vlm(source: str) -> tuple[Any, Any]:
 
     try:
         model, processor = load(source, lazy=True)
-    except (ValueError, FileNotFoundError, OSError, KeyError) as exc:
-        raise ModelError(f"{source}: mlx-vlm cannot load it ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - mlx-vlm's loader and the transformers classes it
+        # hands the checkpoint's files to raise anything from files they cannot take
+        raise ModelError(f"{source}: mlx-vlm cannot load it ({foreign(exc)})") from None
     return model, processor
 
 
