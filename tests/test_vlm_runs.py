@@ -37,7 +37,9 @@ from tiny_vlms import write_any_vlm
 import unimap
 
 PROMPT, TOKENS = "w1 w2 w3", 6
-# run in bfloat16 too: towers fitted per dtype, and one whose anyres grid upscales a photo
+# run in bfloat16 too: towers fitted per dtype, and one whose anyres grid upscales a photo; their
+# 1024-px image and six images run in bfloat16 only, for the suite's time (in float32 too, each
+# was within its plan in the last run that had them, 2026-11-30)
 HALF = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "idefics2")
 PLACEMENTS = {"whole": {}, "split": {"device_map": 1}}  # one layer on the GPU, the rest on the CPU
 
@@ -145,8 +147,9 @@ for module in vlm_modules()[0]:
             own = write_any_vlm(work / f"{module}-own", module, family_processor=True)
             row["own_processor"] = with_image(own)
             if row["own_processor"].startswith("ran "):  # and a photo's size, and several
-                row["own_processor_large"] = with_image(own, 1024)
-                row["own_processor_images"] = with_image(own, 224, count=6)
+                if module not in HALF:  # those run both in bfloat16 below (CI time)
+                    row["own_processor_large"] = with_image(own, 1024)
+                    row["own_processor_images"] = with_image(own, 224, count=6)
             if module in HALF:  # a bfloat16 checkpoint: its tower casts the float32 pixels
                 half = write_any_vlm(work / f"{module}-bf16", module, dtype="bfloat16",
                                      family_processor=True)
@@ -275,7 +278,7 @@ def test_images_through_the_familys_own_processor_stay_within_the_plan(
     assert {"qwen2_vl, 6 images in bfloat16", "qwen2_5_vl, 6 images in bfloat16",
             "llava_onevision, 1024 px in bfloat16", "idefics2, 6 images in bfloat16"} <= set(ran), outcomes
     assert {"llava_onevision", "lfm2_vl", "qwen3_vl", "qwen3_vl at 1024 px", "qwen3_vl_moe",
-            "pixtral, 6 images", "mistral3, 6 images", "idefics2, 6 images", "aya_vision",
+            "pixtral, 6 images", "mistral3, 6 images", "aya_vision",
             "nemotron_h_nano_omni", "nemotron_h_nano_omni at 1024 px", "internvl_chat",
             "llama4", "idefics3", "smolvlm", "llava_next", "granite4_vision", "granite_vision",
             "deepseek_vl_v2",

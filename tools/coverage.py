@@ -136,7 +136,8 @@ def vlm_table(planned_families: set[str]) -> list[str]:
              "and split): 39 give plain mlx-vlm's tokens within their plan; mlx-vlm's classes "
              "do not build the others' tiny configs, or plain mlx-vlm cannot run a text prompt "
              "on them (the test names each); 32 of the 39 also take images through their own "
-             "processors (a 4:3 image, a 1024-px one and six), each peak and image-token count "
+             "processors (a 4:3 image, a 1024-px one and six, the last two in bfloat16 for "
+             "four families), each peak and image-token count "
              "within its plan. `tests/test_vision.py` runs Qwen2-VL, Qwen2.5-VL, "
              "Gemma 3 and PaliGemma with images through their own processors."]
     if failed:
