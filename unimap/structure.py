@@ -6,7 +6,9 @@ needs for any architecture mlx-lm runs: the decoder layers, each layer's cache (
 the model makes, and the elements one token adds to each, measured from what they hold after 4 and
 6 tokens), the MoE routing (experts from the switch layers' weights, top-k from what the router
 hands the experts) and the widths of the layers as mlx-lm builds them. A config mlx-lm cannot build is a
-ModelError naming the field or the reason. This module imports mlx and mlx-lm, lazily, and not
+ModelError naming the field or the reason. For a vision-language model the caches are read the same
+way from the language model mlx-vlm builds (the one that runs), and the whole structure from it
+where mlx-lm has no class for the language model's type. This module imports mlx and mlx-lm, lazily, and not
 at all for a config whose structure is on disk already (unimap/cache.py).
 """
 
