@@ -6,10 +6,11 @@ plain mlx-vlm's greedy tokens and a peak within its plan; the plan's weights are
 
 Each is then given images: through a generic image processor (most cannot take its pixels: a
 clear error), and through the family's own processor files as its published checkpoint has them
-(tests/tiny_vlms.py's use_family_processor): a 4:3 image, a 1024-px one and six, some families in
-bfloat16 too, each peak and the image tokens the processor made within the plan.
+(tests/tiny_vlms.py's use_family_processor): a 4:3 image, and for one family of each kind of
+processor a 1024-px one and six (IN_TEST), some in bfloat16, each peak and the image tokens the
+processor made within the plan. tools/bench_vlm_images.py runs every family's larger images.
 tests/test_vision.py runs four families with images through their own writer. The models run in
-one child process, so that the peaks are this run's alone."""
+one child process (tests/vlm_runs.py), so that the peaks are this run's alone."""
 
 from __future__ import annotations
 
@@ -23,145 +24,34 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 
+# The larger image cases each family runs here (tests/vlm_runs.py's CASES): one of each kind of
+# processor whose image tokens grow with the image, and the cases that once went over the plan
+# (the comments in the test below). tools/bench_vlm_images.py runs every family at 1024 px and
+# with six images, in float32 and bfloat16 (results in docs/BENCHMARKS.md).
+IN_TEST = {
+    "qwen3_vl": ("own_processor_large",),  # dynamic resolution: one attention over the patches
+    "nemotron_h_nano_omni": ("own_processor_large",),  # tiles, a small image scaled up
+    "internvl_chat": ("own_processor_large", "own_processor_images"),  # tiles, a thumbnail
+    "idefics3": ("own_processor_large", "own_processor_images"),  # the image split, a global one
+    "llama4": ("own_processor_large", "own_processor_images"),  # tiles and a global tile
+    "pixtral": ("own_processor_large", "own_processor_images"),  # native size, rows of patches
+    "mistral3": ("own_processor_images",),  # six images in one attention
+    "llava_next": ("own_processor_images",),  # mlx-vlm takes one image a prompt: refused
+    # bfloat16 checkpoints: their towers cast the float32 pixels
+    "qwen2_vl": ("bfloat16_images",), "qwen2_5_vl": ("bfloat16_images",),
+    "idefics2": ("bfloat16_images",),  # its perceiver
+    "llava_onevision": ("bfloat16_large",),  # anyres: a photo upscaled to its 6 x 6 grid
+}
+
 CHILD = r"""
-import gc, json, sys, tempfile, traceback, warnings
+import json, tempfile, warnings
 from pathlib import Path
 warnings.simplefilter("ignore")
-import mlx.core as mx
-from tiny_families import UNBUILDABLE
-from tiny_models import stand_in_machine
-from tiny_vlm_configs import language_model, vlm_config, vlm_modules
-from unimap.errors import ModelError
-from unimap.families import read_architecture
-from tiny_vlms import write_any_vlm
-import unimap
-
-PROMPT, TOKENS = "w1 w2 w3", 6
-# run in bfloat16 too: towers fitted per dtype, and one whose anyres grid upscales a photo; their
-# 1024-px image and six images run in bfloat16 only, for the suite's time (in float32 too, each
-# was within its plan in the last run that had them, 2026-11-30)
-HALF = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "idefics2")
-PLACEMENTS = {"whole": {}, "split": {"device_map": 1}}  # one layer on the GPU, the rest on the CPU
-
-def reference(folder):
-    from mlx_vlm import generate, load
-    from mlx_vlm.prompt_utils import apply_chat_template
-    model, processor = load(str(folder))
-    prompt = apply_chat_template(processor, model.config, PROMPT, num_images=0)
-    return list(generate(model, processor, prompt, max_tokens=TOKENS, temperature=0.0).token_ids)
-
-def through_unimap(folder, placement):
-    gc.collect(); mx.clear_cache(); mx.reset_peak_memory()
-    model, processor, plan = unimap.load(folder, max_seq_len=64, max_num_images=0,
-                                         machine=stand_in_machine(), **PLACEMENTS[placement])
-    tokens = [r.token for r in unimap.stream_generate(model, processor, PROMPT, max_tokens=TOKENS)]
-    peak = mx.get_peak_memory()
-    model._unimap.limits.release()
-    return {"tokens": tokens, "peak": peak, "plan": plan.peak_bytes,
-            "layers": [list(d.layers) for d in plan.devices]}
-
-def kv_run(folder, words=1000):
-    # the caches a prompt that fills the plan leaves, as allocated, against the plan's KV
-    from unimap.generate import make_cache
-    from unimap.structure import state_arrays
-    model, processor, plan = unimap.load(folder, max_seq_len=words + 16, max_num_images=0,
-                                         machine=stand_in_machine())
-    cache = make_cache(model)
-    from unimap import vlm
-    prompt = " ".join(f"w{i % 120}" for i in range(words))
-    # fewer words where the chat template adds more than the plan's 16 tokens of room
-    extra = vlm.prepare(model, processor, prompt, []).num_tokens + 4 - (words + 16)
-    prompt = " ".join(f"w{i % 120}" for i in range(words - max(extra, 0)))
-    try:
-        list(unimap.stream_generate(model, processor, prompt, max_tokens=4, prompt_cache=cache))
-    finally:
-        model._unimap.limits.release()
-    held = sum(a.nbytes for c in cache for a in (
-        [c.keys, c.values] if getattr(c, "keys", None) is not None else state_arrays(c.state)))
-    return [held, plan.estimate.kv_bytes]
-
-def with_image(folder, side=64, count=1):
-    # the generic image processor makes pixels some families' processors cannot take; what
-    # unimap says then, or "ran"; `count` square images, else one 4:3 (a photo's 1024 x 1024)
-    from tiny_vlms import write_image
-    from unimap import vlm
-    images = [write_image(folder / f"image{i}.png", side, side * 3 // 4 if side < 1024 and count == 1
-                          else side, seed=i) for i in range(count)]
-    gc.collect(); mx.clear_cache(); mx.reset_peak_memory()
-    model = None
-    try:  # a plan may refuse the images (a model mlx-vlm takes one image a prompt for)
-        model, processor, plan = unimap.load(folder, max_seq_len=512, max_num_images=count,
-                                             max_image_length=side, machine=stand_in_machine())
-        list(unimap.stream_generate(model, processor, PROMPT, images=images, max_tokens=2))
-        peak = mx.get_peak_memory()
-        # the tokens the processor made for the images, against the plan's
-        read = vlm.read_images(images, count, side).images
-        tokens = (vlm.prepare(model, processor, PROMPT, read).num_tokens
-                  - vlm.prepare(model, processor, PROMPT, []).num_tokens)
-        return f"ran {peak} {plan.peak_bytes} {tokens} {plan.estimate.image_tokens}"
-    except unimap.UnimapError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    except Exception as exc:
-        return f"raised {type(exc).__name__}: {exc}"[:300]
-    finally:
-        if model is not None:
-            model._unimap.limits.release()
-
-def file_bytes(folder):
-    import struct
-    with open(folder / "model.safetensors", "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-    return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
-
-out = {}
+from tiny_vlm_configs import vlm_modules
+from vlm_runs import run_family, runnable
+IN_TEST = json.loads(%r)
 work = Path(tempfile.mkdtemp())
-for module in vlm_modules()[0]:
-    family = language_model(module)[1]
-    if family in UNBUILDABLE:
-        continue
-    if family is None:  # a language model of mlx-vlm's own: run where the plan reads it
-        try:
-            read_architecture(vlm_config(module), module)
-        except ModelError:
-            continue
-    try:
-        folder = write_any_vlm(work / module, module)
-    except Exception as exc:
-        out[module] = {"built": False, "why": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
-        continue
-    row = {"built": True}
-    try:
-        spec = unimap.inspect(folder)
-        row["weights"] = [sum(h.nbytes for h in spec.headers), file_bytes(folder)]
-        try:
-            row["reference"] = reference(folder)
-        except Exception as exc:
-            row["reference_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            raise
-        for placement in PLACEMENTS:
-            row[placement] = through_unimap(folder, placement)
-        row["kv"] = kv_run(folder)
-        row["image"] = with_image(folder)
-        try:  # again with the family's own image processor and its image token
-            own = write_any_vlm(work / f"{module}-own", module, family_processor=True)
-            row["own_processor"] = with_image(own)
-            if row["own_processor"].startswith("ran "):  # and a photo's size, and several
-                if module not in HALF:  # those run both in bfloat16 below (CI time)
-                    row["own_processor_large"] = with_image(own, 1024)
-                    row["own_processor_images"] = with_image(own, 224, count=6)
-            if module in HALF:  # a bfloat16 checkpoint: its tower casts the float32 pixels
-                half = write_any_vlm(work / f"{module}-bf16", module, dtype="bfloat16",
-                                     family_processor=True)
-                row["bfloat16_images"] = with_image(half, 224, count=6)
-                row["bfloat16_large"] = with_image(half, 1024)
-        except Exception as exc:
-            row["own_processor"] = f"not built: {type(exc).__name__}: {exc}"[:300]
-    except Exception as exc:
-        row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        row["where"] = [f"{f.filename}:{f.lineno}" for f in traceback.extract_tb(exc.__traceback__)[-3:]]
-    out[module] = row
-    gc.collect(); mx.clear_cache()
+out = {m: run_family(m, work, tuple(IN_TEST.get(m, ()))) for m in vlm_modules()[0] if runnable(m)}
 print(json.dumps(out))
 """
 
@@ -181,7 +71,8 @@ NOT_BUILT = {
 
 
 def _rows() -> dict[str, dict[str, Any]]:
-    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", CHILD % json.dumps(IN_TEST)],
+                          capture_output=True, text=True,
                           timeout=1200, cwd=HERE)
     if done.returncode != 0:
         raise RuntimeError(f"running mlx-vlm's models failed:\n{done.stderr[-3000:]}")
@@ -282,7 +173,8 @@ def test_images_through_the_familys_own_processor_stay_within_the_plan(
             "nemotron_h_nano_omni", "nemotron_h_nano_omni at 1024 px", "internvl_chat",
             "llama4", "idefics3", "smolvlm", "llava_next", "granite4_vision", "granite_vision",
             "deepseek_vl_v2",
-            "d1", "locateanything", "mage_vl", "muse_glimmer", "prism_hadamard_qwen35"} <= set(ran), outcomes
+            "d1", "locateanything", "mage_vl", "muse_glimmer", "prism_hadamard_qwen35",
+            "gemma3", "paligemma"} <= set(ran), outcomes
     # more images than mlx-vlm takes for the model: refused by the plan, before loading
     assert "takes one image a prompt" in outcomes["llava_next, 6 images"]
 

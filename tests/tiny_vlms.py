@@ -264,6 +264,10 @@ def write_any_vlm(folder: Path, module: str, tower_sizes: dict[str, int] | None 
     for owner, key in ((tower, "out_hidden_size"), (tower, "text_hidden_size"), (config, "hidden_size")):
         if isinstance(owner.get(key), int) and isinstance(text_hidden, int) and key in owner:
             owner[key] = text_hidden
+    if config.get("model_type") == "paligemma" and isinstance(text_hidden, int):
+        # PaliGemma's projector maps the tower to the language model's width: projection_dim
+        for owner in (config, tower):
+            owner["projection_dim"] = text_hidden
     if isinstance(tower.get("pixel_shuffle_ratio"), float):  # Llama 4: its projector MLP takes
         # the pixel-shuffled patches, hidden_size / ratio^2 wide, as intermediate_size (Scout's
         # 5632 = 1408 / 0.5^2), and keeps its width (projector_input_dim = projector_output_dim)
@@ -337,6 +341,17 @@ MLX_PROCESSORS: dict[str, dict[str, Any]] = {
         "merge_kernel_size": tower["merge_kernel_size"], "image_token": "<IMG_CONTEXT>",
         "image_start_token": "<img>", "image_end_token": "</img>"},
         "placeholder": "<image-{{ loop.index }}>"},
+    # google/gemma-3-4b-it's tokenizer marks an image with <start_of_image> (mlx-vlm's prompt
+    # writes it), which the processor expands to <image_soft_token>s and <end_of_image>
+    "gemma3": {"marks": {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
+                         "eoi_token": "<end_of_image>"}},
+    # google/paligemma-3b-mix-224's: SigLIP's processor, with the image tokens the processor
+    # writes (a token per patch) in its file
+    "paligemma": {"preprocessor_config": lambda tower, side: {
+        "image_processor_type": "SiglipImageProcessor", "size": {"height": side, "width": side},
+        "do_resize": True, "do_normalize": True, "do_rescale": True, "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3, "image_seq_length": (side // tower["patch_size"]) ** 2},
+        "tokenizer": {"bos_token": "<eos>"}},  # its prompt: the image tokens, bos, the text
     # its image processor reads CLIP's normalisation and the tower's patch budget here
     "nemotron_h_nano_omni": {"preprocessor_config": lambda tower, side: {
         "norm_mean": MEAN, "norm_std": STD, "patch_size": tower["patch_size"],
@@ -389,6 +404,10 @@ def use_family_processor(folder: Path, side: int, marks: dict[str, str]) -> None
         (folder / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": kind,
                                                                      **sized}))
     own = MLX_PROCESSORS.get(config["model_type"], {})
+    if "marks" in own:  # the published tokenizer's image marks, which mlx-vlm's prompt writes
+        marks = {**marks, **own["marks"]}
+        _tokenizer(folder, ["<eos>", "<pad>", *dict.fromkeys(marks.values())], "<eos>", "<pad>",
+                   ANY_TEMPLATE, {"extra_special_tokens": marks})
     if "config" in own:  # the published config.json's own fields
         config.update(own["config"])
         (folder / "config.json").write_text(json.dumps(config))
@@ -404,7 +423,8 @@ def use_family_processor(folder: Path, side: int, marks: dict[str, str]) -> None
     known = {"patch_size": tower.get("patch_size"), "img_size": tower.get("image_size"),
              "vision_feature_select_strategy": config.get("vision_feature_select_strategy"),
              "downsample_factor": config.get("downsample_factor"),
-             "num_additional_image_tokens": int(with_class)}
+             "num_additional_image_tokens": int(with_class),
+             "image_seq_length": config.get("mm_tokens_per_image")}  # Gemma 3's, from its config
     takes = inspect.signature(type(processor).__init__).parameters
     fields = {k: v for k, v in known.items() if k in takes and v is not None}
     written = folder / "processor_config.json"
