@@ -186,13 +186,15 @@ def test_images_through_the_familys_own_processor_stay_within_the_plan(
 # every layer) and MiniMax-M3-VL's 1.17 times (indexer keys in more layers).
 def test_the_caches_a_run_fills_are_the_plans(rows: dict[str, dict[str, Any]]) -> None:
     """A prompt that fills the plan leaves caches no larger than the plan's KV, for every family
-    (the plan reads the caches of the language model mlx-vlm runs)."""
+    (the plan reads the caches of the language model mlx-vlm runs), and peaks within the plan."""
     checked = 0
     for module, row in rows.items():
         if "kv" not in row:
             continue
-        held, planned = row["kv"]
+        held, planned, peak, plan = row["kv"]
         assert held <= planned, f"{module}: {held} bytes held > {planned} planned"
+        # and the run's peak, at 16 times the tokens of the other text runs
+        assert peak <= plan, f"{module}, 1,000 words: peak {peak} > {plan} planned"
         checked += 1
     assert checked >= 33
 

@@ -10,9 +10,11 @@ may run many families; run it in a child so that the peaks are the run's alone.
 - weights: [bytes the plan weighs, bytes the file stores];
 - reference, reference_error: plain mlx-vlm's greedy tokens, or what stopped it;
 - whole, split: {tokens, peak, plan, layers} through unimap;
-- kv: [bytes the caches hold after a prompt that fills the plan, bytes the plan's KV];
+- kv: [bytes the caches hold after a prompt that fills the plan (about 1,000 tokens), bytes the
+  plan's KV, the run's peak, the plan's peak];
 - image, own_processor, and one entry per larger image case asked for: "ran PEAK PLAN TOKENS
-  PLANNED_TOKENS" or unimap's error ("ConfigError: ...", "ModelError: ...")."""
+  PLANNED_TOKENS" or unimap's error ("ConfigError: ...", "ModelError: ...");
+- long_whole, long_split, where asked for: a long text prompt, "ran PEAK PLAN" or the error."""
 
 from __future__ import annotations
 
@@ -65,12 +67,16 @@ def through_unimap(folder: Path, placement: str) -> dict[str, Any]:
 
 
 def kv_run(folder: Path, words: int = 1000) -> list[int]:
-    """The caches a prompt that fills the plan leaves, as allocated, against the plan's KV."""
+    """The caches a prompt that fills the plan leaves, as allocated, against the plan's KV; and
+    the run's peak against the plan's."""
     from tiny_models import stand_in_machine
 
     from unimap import vlm
     from unimap.generate import make_cache
     from unimap.structure import state_arrays
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
     model, processor, plan = unimap.load(folder, max_seq_len=words + 16, max_num_images=0,
                                          machine=stand_in_machine())
     cache = make_cache(model)
@@ -84,7 +90,35 @@ def kv_run(folder: Path, words: int = 1000) -> list[int]:
         model._unimap.limits.release()
     held = sum(a.nbytes for c in cache for a in (
         [c.keys, c.values] if getattr(c, "keys", None) is not None else state_arrays(c.state)))
-    return [held, plan.estimate.kv_bytes]
+    return [held, plan.estimate.kv_bytes, mx.get_peak_memory(), plan.peak_bytes]
+
+
+def long_text(folder: Path, words: int, placement: str) -> str:
+    """A text prompt of about `words` tokens that fills a plan of words + 16 tokens, with 4
+    tokens decoded: "ran PEAK PLAN", or unimap's error."""
+    from tiny_models import stand_in_machine
+
+    from unimap import vlm
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    model = None
+    try:
+        model, processor, plan = unimap.load(folder, max_seq_len=words + 16, max_num_images=0,
+                                             machine=stand_in_machine(), **PLACEMENTS[placement])
+        prompt = " ".join(f"w{i % 120}" for i in range(words))
+        # fewer words where the chat template adds more than the plan's 16 tokens of room
+        extra = vlm.prepare(model, processor, prompt, []).num_tokens + 4 - (words + 16)
+        prompt = " ".join(f"w{i % 120}" for i in range(words - max(extra, 0)))
+        list(unimap.stream_generate(model, processor, prompt, max_tokens=4))
+        return f"ran {mx.get_peak_memory()} {plan.peak_bytes}"
+    except unimap.UnimapError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
+        return f"raised {type(exc).__name__}: {exc}"[:300]
+    finally:
+        if model is not None:
+            model._unimap.limits.release()
 
 
 def with_image(folder: Path, side: int = 64, count: int = 1) -> str:
@@ -145,9 +179,10 @@ def runnable(module: str) -> bool:
 
 
 def run_family(module: str, work: Path, cases: tuple[str, ...] = (), *,
-               text: bool = True) -> dict[str, Any]:
+               text: bool = True, long_words: int = 0) -> dict[str, Any]:
     """One family's row. `cases` names the larger image cases (keys of CASES) to run through the
-    family's own processor, where its small image ran; `text=False` skips the text runs."""
+    family's own processor, where its small image ran; `text=False` skips the text runs;
+    `long_words` adds "long_whole" and "long_split": a prompt of that many words (long_text)."""
     from tiny_vlms import write_any_vlm
     try:
         folder = write_any_vlm(work / module, module)
@@ -155,6 +190,9 @@ def run_family(module: str, work: Path, cases: tuple[str, ...] = (), *,
         return {"built": False, "why": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
     row: dict[str, Any] = {"built": True}
     try:
+        if long_words:
+            for placement in PLACEMENTS:
+                row[f"long_{placement}"] = long_text(folder, long_words, placement)
         if text:
             spec = unimap.inspect(folder)
             row["weights"] = [sum(h.nbytes for h in spec.headers), file_bytes(folder)]

@@ -1,7 +1,7 @@
 """Every planned mlx-vlm family given larger images through its own image processor, predicted
 against measured peak (issue 11).
 
-Usage: python tools/bench_vlm_images.py [--only SUBSTRING[,SUBSTRING...]] [--json OUT]
+Usage: python tools/bench_vlm_images.py [--only SUBSTRING[,SUBSTRING...]] [--json OUT] [--long WORDS]
 
 Each family runs in a fresh process (tests/vlm_runs.py's run_family): a random checkpoint built
 through the family's own mlx-vlm classes with its published image processor settings, planned for
@@ -12,7 +12,10 @@ and in bfloat16 (a bfloat16 tower casts the float32 pixels). A case either runs,
 by unimap before loading with an error that says why.
 
 tests/test_vlm_runs.py runs the small image for every family and the larger ones for one family
-of each kind of processor; this runs them all. Prints Markdown (the table in docs/BENCHMARKS.md): each case's
+of each kind of processor; this runs them all. `--long WORDS` runs a text prompt of about WORDS
+tokens instead, filling a plan of WORDS + 16 tokens, all on one device and split (one layer on
+the GPU): the language model mlx-vlm runs, at a length tests/test_vlm_runs.py's 64-token plans
+do not reach. Prints Markdown (the table in docs/BENCHMARKS.md): each case's
 planned / measured peak, and the image tokens the processor made / the plan's.
 Exits 1 when a case went over its plan or raised something other than unimap's errors.
 """
@@ -44,7 +47,9 @@ from pathlib import Path
 warnings.simplefilter("ignore")
 from vlm_runs import run_family
 work = Path(tempfile.mkdtemp())
-print(json.dumps(run_family(sys.argv[1], work, tuple(sys.argv[2:]), text=False)))
+words = int(sys.argv[2])
+print(json.dumps(run_family(sys.argv[1], work, () if words else tuple(sys.argv[3:]), text=False,
+                            long_words=words)))
 """
 
 
@@ -54,9 +59,9 @@ def families() -> list[str]:
     return [m for m in vlm_modules()[0] if runnable(m)]
 
 
-def run(module: str) -> dict[str, Any]:
+def run(module: str, words: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, module, *CASES], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", CHILD, module, str(words), *CASES], capture_output=True,
                           text=True, cwd=ROOT / "tests", timeout=1800)
     if done.returncode != 0:
         return {"built": False, "why": f"the child failed: {done.stderr.strip()[-300:]}",
@@ -69,10 +74,11 @@ def run(module: str) -> dict[str, Any]:
 def outcome(text: str) -> tuple[str, float | None, bool]:
     """(cell, plan / peak where it ran, whether the case is wrong: over the plan, or raised)."""
     if text.startswith("ran "):
-        peak, planned, tokens, planned_tokens = map(int, text.split()[1:])
+        peak, planned, *made = map(int, text.split()[1:])
         ratio = planned / peak
-        wrong = peak > planned or tokens > planned_tokens
-        cell = f"{ratio:.3f} ({tokens}/{planned_tokens})" + (" **OVER**" if wrong else "")
+        wrong = peak > planned or (bool(made) and made[0] > made[1])
+        cell = f"{ratio:.3f}" + (f" ({made[0]}/{made[1]})" if made else "") + (
+            " **OVER**" if wrong else "")
         return cell, ratio, wrong
     kind = text.split(":", 1)[0]
     if kind in ("ConfigError", "ModelError"):
@@ -83,17 +89,20 @@ def outcome(text: str) -> tuple[str, float | None, bool]:
 
 
 def render(rows: dict[str, dict[str, Any]]) -> tuple[str, bool]:
-    lines = ["| family | " + " | ".join(COLUMNS.values()) + " | s |",
-             "|---|" + "---|" * (len(COLUMNS) + 1)]
-    ratios: dict[str, list[float]] = {key: [] for key in COLUMNS}
+    columns = COLUMNS
+    if any("long_whole" in row for row in rows.values()):
+        columns = {"long_whole": "long prompt, one device", "long_split": "long prompt, split"}
+    lines = ["| family | " + " | ".join(columns.values()) + " | s |",
+             "|---|" + "---|" * (len(columns) + 1)]
+    ratios: dict[str, list[float]] = {key: [] for key in columns}
     refused: dict[str, list[str]] = {}
     failed = False
     for module, row in rows.items():
         if not row.get("built"):
-            lines.append(f"| {module} | not built: {row.get('why', '')[:80]} |" + " |" * len(COLUMNS))
+            lines.append(f"| {module} | not built: {row.get('why', '')[:80]} |" + " |" * len(columns))
             continue
         cells = []
-        for key in COLUMNS:
+        for key in columns:
             if key not in row:
                 cells.append("-")
                 continue
@@ -103,10 +112,10 @@ def render(rows: dict[str, dict[str, Any]]) -> tuple[str, bool]:
             if ratio is not None:
                 ratios[key].append(ratio)
             elif not row[key].startswith("not built"):
-                refused.setdefault(f"{module}, {COLUMNS[key]}", []).append(row[key])
+                refused.setdefault(f"{module}, {columns[key]}", []).append(row[key])
         lines.append(f"| {module} | " + " | ".join(cells) + f" | {row['seconds']:.0f} |")
     lines += ["", "| case | ran | min | median | max | over the plan |", "|---|---|---|---|---|---|"]
-    for key, name in COLUMNS.items():
+    for key, name in columns.items():
         got = ratios[key]
         if got:
             lines.append(f"| {name} | {len(got)} | {min(got):.3f} | {statistics.median(got):.3f} | "
@@ -128,6 +137,8 @@ def main() -> int:
                         "(or any of a comma-separated list)")
     parser.add_argument("--json", type=Path, help="write the raw rows here")
     parser.add_argument("--results", type=Path, help="render the table from a --json file")
+    parser.add_argument("--long", type=int, default=0, metavar="WORDS",
+                        help="a text prompt of about WORDS tokens instead of the images")
     args = parser.parse_args()
     if args.results:
         rows = json.loads(args.results.read_text())
@@ -137,7 +148,7 @@ def main() -> int:
         for module in families():
             if wanted and not any(w in module for w in wanted):
                 continue
-            rows[module] = run(module)
+            rows[module] = run(module, args.long)
             print(f"{module}: {rows[module]['seconds']:.0f} s", file=sys.stderr, flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))

@@ -135,10 +135,12 @@ def vlm_table(planned_families: set[str]) -> list[str]:
              "the tower made small and runs it through unimap (text prompts, all on one device "
              "and split): 39 give plain mlx-vlm's tokens within their plan; mlx-vlm's classes "
              "do not build the others' tiny configs, or plain mlx-vlm cannot run a text prompt "
-             "on them (the test names each); 32 of the 39 also take images through their own "
-             "processors (a 4:3 image, a 1024-px one and six, the last two in bfloat16 for "
-             "four families), each peak and image-token count "
-             "within its plan. `tests/test_vision.py` runs Qwen2-VL, Qwen2.5-VL, "
+             "on them (the test names each); 34 of the 39 also take a 4:3 image through their "
+             "own processors, and one family of each kind of processor a 1024-px image and "
+             "six, each peak and image-token count within its plan "
+             "(`tools/bench_vlm_images.py` gives every family those, in float32 and bfloat16: "
+             "171 cases over 36 families, none over its plan). "
+             "`tests/test_vision.py` runs Qwen2-VL, Qwen2.5-VL, "
              "Gemma 3 and PaliGemma with images through their own processors."]
     if failed:
         lines += ["", "Not imported here: " + "; ".join(f"{m} ({why})" for m, why in failed.items())]
