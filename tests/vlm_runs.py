@@ -22,6 +22,7 @@ import gc
 import json
 import struct
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,40 @@ def reference(folder: Path) -> list[int]:
     return list(generate(model, processor, prompt, max_tokens=TOKENS, temperature=0.0).token_ids)
 
 
-def through_unimap(folder: Path, placement: str) -> dict[str, Any]:
-    from tiny_models import stand_in_machine
+def _fresh() -> None:
+    """Free what earlier runs left and start the peak from here."""
     gc.collect()
     mx.clear_cache()
     mx.reset_peak_memory()
-    model, processor, plan = unimap.load(folder, max_seq_len=64, max_num_images=0,
-                                         machine=stand_in_machine(), **PLACEMENTS[placement])
+
+
+def _said(run: Callable[[], str]) -> str:
+    """What `run` returns, or unimap's error ("ConfigError: ..."), or what else it raised."""
+    try:
+        return run()
+    except unimap.UnimapError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
+        return f"raised {type(exc).__name__}: {exc}"[:300]
+
+
+def _load(folder: Path, **options: Any) -> tuple[Any, Any, Any]:
+    from tiny_models import stand_in_machine
+    return unimap.load(folder, machine=stand_in_machine(), **options)
+
+
+def _filling_prompt(model: Any, processor: Any, words: int) -> str:
+    """About `words` words that, with 4 decoded tokens, fill a plan of words + 16 tokens: fewer
+    where the chat template adds more than the plan's 16 tokens of room."""
+    from unimap import vlm
+    prompt = " ".join(f"w{i % 120}" for i in range(words))
+    extra = vlm.prepare(model, processor, prompt, []).num_tokens + 4 - (words + 16)
+    return " ".join(f"w{i % 120}" for i in range(words - max(extra, 0)))
+
+
+def through_unimap(folder: Path, placement: str) -> dict[str, Any]:
+    _fresh()
+    model, processor, plan = _load(folder, max_seq_len=64, max_num_images=0, **PLACEMENTS[placement])
     tokens = [r.token for r in unimap.stream_generate(model, processor, PROMPT, max_tokens=TOKENS)]
     peak = mx.get_peak_memory()
     model._unimap.limits.release()
@@ -69,23 +97,14 @@ def through_unimap(folder: Path, placement: str) -> dict[str, Any]:
 def kv_run(folder: Path, words: int = 1000) -> list[int]:
     """The caches a prompt that fills the plan leaves, as allocated, against the plan's KV; and
     the run's peak against the plan's."""
-    from tiny_models import stand_in_machine
-
-    from unimap import vlm
     from unimap.generate import make_cache
     from unimap.structure import state_arrays
-    gc.collect()
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    model, processor, plan = unimap.load(folder, max_seq_len=words + 16, max_num_images=0,
-                                         machine=stand_in_machine())
+    _fresh()
+    model, processor, plan = _load(folder, max_seq_len=words + 16, max_num_images=0)
     cache = make_cache(model)
-    prompt = " ".join(f"w{i % 120}" for i in range(words))
-    # fewer words where the chat template adds more than the plan's 16 tokens of room
-    extra = vlm.prepare(model, processor, prompt, []).num_tokens + 4 - (words + 16)
-    prompt = " ".join(f"w{i % 120}" for i in range(words - max(extra, 0)))
     try:
-        list(unimap.stream_generate(model, processor, prompt, max_tokens=4, prompt_cache=cache))
+        list(unimap.stream_generate(model, processor, _filling_prompt(model, processor, words),
+                                    max_tokens=4, prompt_cache=cache))
     finally:
         model._unimap.limits.release()
     held = sum(a.nbytes for c in cache for a in (
@@ -94,63 +113,46 @@ def kv_run(folder: Path, words: int = 1000) -> list[int]:
 
 
 def long_text(folder: Path, words: int, placement: str) -> str:
-    """A text prompt of about `words` tokens that fills a plan of words + 16 tokens, with 4
-    tokens decoded: "ran PEAK PLAN", or unimap's error."""
-    from tiny_models import stand_in_machine
-
-    from unimap import vlm
-    gc.collect()
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    model = None
-    try:
-        model, processor, plan = unimap.load(folder, max_seq_len=words + 16, max_num_images=0,
-                                             machine=stand_in_machine(), **PLACEMENTS[placement])
-        prompt = " ".join(f"w{i % 120}" for i in range(words))
-        # fewer words where the chat template adds more than the plan's 16 tokens of room
-        extra = vlm.prepare(model, processor, prompt, []).num_tokens + 4 - (words + 16)
-        prompt = " ".join(f"w{i % 120}" for i in range(words - max(extra, 0)))
-        list(unimap.stream_generate(model, processor, prompt, max_tokens=4))
-        return f"ran {mx.get_peak_memory()} {plan.peak_bytes}"
-    except unimap.UnimapError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    except Exception as exc:
-        return f"raised {type(exc).__name__}: {exc}"[:300]
-    finally:
-        if model is not None:
+    """A text prompt that fills a plan of words + 16 tokens, with 4 tokens decoded: "ran PEAK
+    PLAN", or unimap's error."""
+    def run() -> str:
+        model, processor, plan = _load(folder, max_seq_len=words + 16, max_num_images=0,
+                                       **PLACEMENTS[placement])
+        try:
+            list(unimap.stream_generate(model, processor, _filling_prompt(model, processor, words),
+                                        max_tokens=4))
+        finally:
             model._unimap.limits.release()
+        return f"ran {mx.get_peak_memory()} {plan.peak_bytes}"
+    _fresh()
+    return _said(run)
 
 
 def with_image(folder: Path, side: int = 64, count: int = 1) -> str:
     """What unimap says for `count` square images of `side` px (one 4:3 below 1024 px), or
     "ran PEAK PLAN TOKENS PLANNED_TOKENS": the peak and the image tokens the processor made,
-    against the plan's."""
-    from tiny_models import stand_in_machine
+    against the plan's. A plan may refuse the images (a model mlx-vlm takes one image a prompt
+    for)."""
     from tiny_vlms import write_image
 
     from unimap import vlm
     images = [write_image(folder / f"image{i}.png", side, side * 3 // 4 if side < 1024 and count == 1
                           else side, seed=i) for i in range(count)]
-    gc.collect()
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    model = None
-    try:  # a plan may refuse the images (a model mlx-vlm takes one image a prompt for)
-        model, processor, plan = unimap.load(folder, max_seq_len=512, max_num_images=count,
-                                             max_image_length=side, machine=stand_in_machine())
-        list(unimap.stream_generate(model, processor, PROMPT, images=images, max_tokens=2))
+
+    def run() -> str:
+        model, processor, plan = _load(folder, max_seq_len=512, max_num_images=count,
+                                       max_image_length=side)
+        try:
+            list(unimap.stream_generate(model, processor, PROMPT, images=images, max_tokens=2))
+        finally:
+            model._unimap.limits.release()
         peak = mx.get_peak_memory()
         read = vlm.read_images(images, count, side).images
         tokens = (vlm.prepare(model, processor, PROMPT, read).num_tokens
                   - vlm.prepare(model, processor, PROMPT, []).num_tokens)
         return f"ran {peak} {plan.peak_bytes} {tokens} {plan.estimate.image_tokens}"
-    except unimap.UnimapError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    except Exception as exc:
-        return f"raised {type(exc).__name__}: {exc}"[:300]
-    finally:
-        if model is not None:
-            model._unimap.limits.release()
+    _fresh()
+    return _said(run)
 
 
 def file_bytes(folder: Path) -> int:

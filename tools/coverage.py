@@ -44,7 +44,7 @@ def row(family: str) -> tuple[bool, str]:
 
 def vlm_row(module: str) -> tuple[bool, str]:
     """(plans, what was read or why not) for mlx-vlm's `module`."""
-    from tiny_vlm_configs import vlm_config
+    from tiny_vlm_configs import language_model, vlm_config
 
     from unimap.errors import ModelError
     from unimap.families import READERS, read_architecture
@@ -58,8 +58,12 @@ def vlm_row(module: str) -> tuple[bool, str]:
         return False, "read without a vision tower"
     kinds = sorted({c.kind for c in arch.caches} or set(arch.layer_kinds))
     moe = f"MoE {arch.moe.num_experts} experts, top-{arch.moe.experts_per_token}" if arch.moe else ""
+    # mlx-vlm's own language model: mlx-lm has no class for its type; a port of an mlx-lm module
+    # (Mistral Large 3's deepseek_v3) is priced as that family
+    own_language = language_model(module)[1] is None
     how = ("hand reader" if config["model_type"] in READERS
-           else "mlx-vlm's language model" if "." in arch.module else "mlx-lm model")
+           else "mlx-vlm's language model" + ("" if "." in arch.module else f", priced as {arch.module}")
+           if own_language else "mlx-lm model")
     v = arch.vision
     tokens = (f"{v.tokens_per_image} tokens/image" if v.tokens_per_image
               else f"dynamic resolution, {v.merge_size}x{v.merge_size} patches/token")

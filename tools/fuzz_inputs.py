@@ -4,7 +4,8 @@ Usage: python tools/fuzz_inputs.py [--count 100000] [--seed 0] [--kinds config,s
            [--jobs N] [--out /tmp/fuzz-findings] [--json FILE] [--shrink-steps 200] [--replay I]
 
 Inputs of four kinds grow from valid seeds: config.json of real configs (tools/fixtures.py and
-some of tools/published_configs.json) beside sparse safetensors headers, the safetensors files
+some of tools/published_configs.json, and tiny vision-language checkpoints of ten mlx-vlm
+families, VLM_SEEDS) beside sparse safetensors headers, the safetensors files
 themselves, model.safetensors.index.json of sharded models, and GGUF files (the real stories260K
 from ../shared, and small quantized llama/qwen3 ones). Each is mutated structurally (fields
 dropped, duplicated, retyped, nested deep, sizes made absurd, counts and lengths that lie) and byte
@@ -66,6 +67,12 @@ FOLDER_SEEDS = ("llama3.2-1b", "qwen3-8b", "qwen3-30b-a3b", "gemma3-1b", "phi3-m
                 "lfm2-1.2b", "qwen2.5-vl-7b", "gemma3-4b-vl")
 PUBLISHED_SEEDS = ("gemma2", "deepseek_v2", "qwen3_next", "llama4", "gpt_oss", "mamba2", "falcon_h1",
                    "nemotron_h")
+# vision-language checkpoints written by tests/tiny_vlms.py through mlx-vlm's own classes (the
+# language model tiny, the tower small; headers only): language models mlx-lm runs and mlx-vlm's
+# own, towers sized each family's way, processor files beside config.json. Read through mlx-vlm's
+# model too, so a worker needs the `vision` extra for them (skipped without it).
+VLM_SEEDS = ("mistral_large3", "dots_ocr", "kimi_vl", "idefics2", "llava_next", "internvl_chat",
+             "minimax_m3_vl", "nemotron_h_nano_omni", "pixtral", "lfm2_vl")
 SHARDS = {"llama3.2-1b": 3, "qwen3-8b": 5, "phi3-mini": 2, "gemma3-4b-vl": 2, "qwen2.5-vl-7b": 4}
 MANY_TENSORS = ("qwen3-30b-a3b",)  # 18k tensors: too slow to re-encode for every header mutation
 
@@ -873,7 +880,7 @@ class Seeds:
         for name in PUBLISHED_SEEDS:
             config = {k: v for k, v in published[name]["config"].items() if k != "quantization_config"}
             sources.append((name, config, fixtures.from_model))
-        self.folders = [self._folder(*source) for source in sources]
+        self.folders = [self._folder(*source) for source in sources] + self._vlm_folders()
         self.single = [s for s in self.folders if s.name not in MANY_TENSORS]
         self.sharded = [s for s in self.folders if s.sharded]
         self.ggufs = [synthetic_gguf("llama", "llama", 2), synthetic_gguf("qwen3", "gpt2", 8),
@@ -891,6 +898,28 @@ class Seeds:
             if name in SHARDS else {}
         index = json.loads(sharded[INDEX][0]) if sharded else {}
         return FolderSeed(name, config, make, files, sharded, st_header(*files["model.safetensors"]), index)
+
+    def _vlm_folders(self) -> list[FolderSeed]:
+        try:
+            import mlx_vlm  # noqa: F401
+        except ImportError:
+            return []
+        sys.path.insert(0, str(ROOT / "tests"))
+        from tiny_vlms import write_any_vlm
+
+        def no_headers(config: dict[str, Any]) -> Any:  # fewer_layers keeps the seed's headers
+            raise ValueError("headers of a vision-language seed are written once")
+
+        seeds = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for module in VLM_SEEDS:
+                folder = write_any_vlm(self.work / f"vlm-{module}", module)
+                files = snapshot(folder)
+                config = json.loads(files["config.json"][0])
+                seeds.append(FolderSeed(f"vlm {module}", config, no_headers, files, {},
+                                        st_header(*files["model.safetensors"]), {}))
+        return seeds
 
     def fewer_layers(self, seed: FolderSeed, config: dict[str, Any], rng: random.Random) -> tuple[
             dict[str, File], str]:

@@ -242,11 +242,19 @@ def _read_model(model: Any, root: Any, config: dict[str, Any], where: str,
 
 
 def _module_name(model: Any) -> str:
-    """The module whose class `model` is: mlx-lm's model module ("llama"), or mlx-vlm's package
-    and module ("mllama.language"), a family no mlx-lm module's name can be."""
+    """The module whose class `model` is: mlx-lm's model module ("llama"); for mlx-vlm's
+    language model of a package named as an mlx-lm module, that module: mlx-vlm's port of it,
+    whose arrays its fits price (Mistral Large 3 runs mlx-vlm's deepseek_v3, MLA's score arrays
+    and all: priced as no family's, it held 1.13 times its plan at 8,000 tokens); else mlx-vlm's
+    package and module ("mllama.language"), a family no mlx-lm module's name can be."""
     module: str = type(model).__module__
     vlm = "mlx_vlm.models."
-    return module[len(vlm):] if module.startswith(vlm) else module.rsplit(".", 1)[-1]
+    if not module.startswith(vlm):
+        return module.rsplit(".", 1)[-1]
+    package, _, inner = module[len(vlm):].partition(".")
+    if inner == "language" and model_source(package) is not None:
+        return package
+    return module[len(vlm):]
 
 
 def _layer_caches(probes: list[_Probe], num_layers: int) -> list[LayerCache]:
