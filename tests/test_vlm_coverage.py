@@ -126,9 +126,11 @@ OWN_LANGUAGE = {"mllama", "mistral_large3", "phi4_siglip", "dots_ocr", "moondrea
 def test_a_port_of_an_mlx_lm_module_is_priced_as_that_family() -> None:
     """Mistral Large 3's language model is mlx-vlm's deepseek_v3 package, a port of mlx-lm's
     deepseek_v3: it takes that family's fit (MLA's score arrays; priced as no family's, a run of
-    8,000 tokens held 1.13 times its plan). A language model mlx-lm has no module for keeps
-    mlx-vlm's name, and the largest coefficients."""
+    8,000 tokens held 1.13 times its plan). Youtu-VL's is its own, on mlx-vlm's MLA helpers:
+    DeepSeek V3's too. Another language model mlx-lm has no module for keeps mlx-vlm's name, and
+    the largest coefficients."""
     assert ROWS["mistral_large3"]["module"] == "deepseek_v3"
+    assert ROWS["youtu_vl"]["module"] == "deepseek_v3"
     assert ROWS["mllama"]["module"] == "mllama.language"
     assert ROWS["dots_ocr"]["module"] == "llava_bunny.language"
 

@@ -63,10 +63,9 @@ NOT_BUILT = {
     # towers sized in fields of their own: DeepSeek-OCR's SAM, DeepSeek-OCR-2's Qwen2 encoder
     # (24 layers, fixed in mlx-vlm's code), FastViTHD (fixed in code), Moondream 2's projector;
     # and language models of mlx-vlm's own that read their sizes from fields the tiny config
-    # does not set (Phi-4 multimodal, Youtu-VL, ZAYA1-VL: built at their real sizes)
+    # does not set (Phi-4 multimodal, ZAYA1-VL: built at their real sizes)
     **{m: "MiB with its tower" for m in ("deepseekocr", "deepseekocr_2", "unlimited_ocr",
-                                         "fastvlm", "moondream2", "phi4mm", "youtu_vl",
-                                         "zaya1_vl")},
+                                         "fastvlm", "moondream2", "phi4mm", "zaya1_vl")},
 }
 
 

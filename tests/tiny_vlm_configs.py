@@ -53,6 +53,10 @@ LANGUAGE_MODELS: dict[str, tuple[str, str]] = {
 # (llava-hf/llava-onevision-qwen2-0.5b-ov-hf, its first and last grids) and Granite Vision
 # (ibm-granite/granite-vision-3.2-2b, its first and last) fit images to
 PUBLISHED: dict[str, dict[str, Any]] = {
+    # Youtu-VL's language model is MLA (its own module): the latent and head widths of mlx-lm's
+    # tiny deepseek_v3, where mlx-vlm's defaults are the published 512-wide latent
+    "youtu_vl": {"text_config": {"kv_lora_rank": 32, "q_lora_rank": 32, "qk_rope_head_dim": 8,
+                                 "v_head_dim": 16, "qk_nope_head_dim": 16}},
     "llava_next": {"image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336],
                                             [336, 1008]]},
     "llava_onevision": {"image_grid_pinpoints": [[384, 384], [2304, 2304]]},

@@ -18,6 +18,7 @@ import copy
 import functools
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -241,12 +242,19 @@ def _read_model(model: Any, root: Any, config: dict[str, Any], where: str,
         matrix_shapes=tuple((name, tuple(p.shape)) for name, p in flat if p.ndim == 2), **moe)
 
 
+# mlx-vlm's shared MLA attention helpers, imported by the language models that attend as
+# DeepSeek V3 does (a rotary score array beside the attention's own), and that family
+MLA_IMPORT = re.compile(r"^from \.\.mla import", re.MULTILINE)
+MLA_FAMILY = "deepseek_v3"
+
+
 def _module_name(model: Any) -> str:
-    """The module whose class `model` is: mlx-lm's model module ("llama"); for mlx-vlm's
-    language model of a package named as an mlx-lm module, that module: mlx-vlm's port of it,
-    whose arrays its fits price (Mistral Large 3 runs mlx-vlm's deepseek_v3, MLA's score arrays
-    and all: priced as no family's, it held 1.13 times its plan at 8,000 tokens); else mlx-vlm's
-    package and module ("mllama.language"), a family no mlx-lm module's name can be."""
+    """The module whose class `model` is, whose family's fit prices its arrays: mlx-lm's model
+    module ("llama"); for mlx-vlm's language model of a package named as an mlx-lm module, that
+    module (mlx-vlm's port of it: Mistral Large 3 runs mlx-vlm's deepseek_v3, MLA's score arrays
+    and all; priced as no family's, it held 1.13 times its plan at 8,000 tokens); for one of
+    mlx-vlm's own built on its MLA helpers (Youtu-VL), DeepSeek V3's; else mlx-vlm's package and
+    module ("mllama.language"), a family no mlx-lm module's name can be."""
     module: str = type(model).__module__
     vlm = "mlx_vlm.models."
     if not module.startswith(vlm):
@@ -254,7 +262,12 @@ def _module_name(model: Any) -> str:
     package, _, inner = module[len(vlm):].partition(".")
     if inner == "language" and model_source(package) is not None:
         return package
-    return module[len(vlm):]
+    path = getattr(sys.modules.get(module), "__file__", None)
+    try:
+        source = Path(path).read_text() if path else ""
+    except OSError:
+        source = ""
+    return MLA_FAMILY if MLA_IMPORT.search(source) else module[len(vlm):]
 
 
 def _layer_caches(probes: list[_Probe], num_layers: int) -> list[LayerCache]:
