@@ -57,6 +57,9 @@ PUBLISHED: dict[str, dict[str, Any]] = {
     # tiny deepseek_v3, where mlx-vlm's defaults are the published 512-wide latent
     "youtu_vl": {"text_config": {"kv_lora_rank": 32, "q_lora_rank": 32, "qk_rope_head_dim": 8,
                                  "v_head_dim": 16, "qk_nope_head_dim": 16}},
+    # ZAYA1-VL's language model (its own, CCA attention and MoE): widths in names of its own
+    "zaya1_vl": {"text_config": {"ffn_hidden_size": 128, "num_experts": 4, "head_dim": 32,
+                                 "zaya_mlp_expansion": 32}},
     "llava_next": {"image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336],
                                             [336, 1008]]},
     "llava_onevision": {"image_grid_pinpoints": [[384, 384], [2304, 2304]]},

@@ -217,7 +217,7 @@ TOWER_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers":
 # Qwen2-VL and Qwen2.5-VL checkpoints keep the language model's fields at the top level, where
 # mlx-vlm reads them
 # Youtu-VL's mlx-vlm config takes its language model's fields from the top level only
-FLAT_TEXT = ("qwen2_vl", "qwen2_5_vl", "youtu_vl")
+FLAT_TEXT = ("qwen2_vl", "qwen2_5_vl", "youtu_vl", "zaya1_vl")
 MAX_TINY_BYTES = 64 << 20  # a tower whose sizes are not in those fields stays real-sized: refused
 # a chat template for any model: the text of each turn, an <image> per image placeholder
 ANY_TEMPLATE = (

@@ -8,7 +8,8 @@ may run many families; run it in a child so that the peaks are the run's alone.
 `run_family` returns one family's row (JSON-able):
 - built, why: whether the writer could build the family, and what stopped it;
 - weights: [bytes the plan weighs, bytes the file stores];
-- reference, reference_error: plain mlx-vlm's greedy tokens, or what stopped it;
+- reference, reference_error: plain mlx-vlm's greedy tokens, or what stopped it, and then
+  unimap_text: what unimap says for a short text prompt (long_text);
 - whole, split: {tokens, peak, plan, layers} through unimap;
 - kv: [bytes the caches hold after a prompt that fills the plan (about 1,000 tokens), bytes the
   plan's KV, the run's peak, the plan's peak];
@@ -202,6 +203,8 @@ def run_family(module: str, work: Path, cases: tuple[str, ...] = (), *,
                 row["reference"] = reference(folder)
             except Exception as exc:
                 row["reference_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                # where plain mlx-vlm fails, what unimap says for a short prompt
+                row["unimap_text"] = long_text(folder, 8, "whole")
                 raise
             for placement in PLACEMENTS:
                 row[placement] = through_unimap(folder, placement)

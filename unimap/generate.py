@@ -402,7 +402,15 @@ def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, sam
             raise
         except (ValueError, TypeError) as exc:
             if isinstance(exc, TypeError) and inputs.pixel_values is None:
-                raise  # not the images' path: not the checkpoint's to answer for
+                where = _mlx_vlm_frame(exc)
+                if where is None:
+                    raise  # not the images' path, nor mlx-vlm's code: a bug to see whole
+                # mlx-vlm's own model code failing on a text prompt (ZAYA1-VL's language model
+                # is called without its input ids): said in a line, not mlx-vlm's traceback
+                raise ModelError(f"mlx-vlm's model failed on this text prompt ({foreign(exc)}), "
+                                 f"in mlx-vlm's own code ({where}), not in unimap's plan; check "
+                                 "whether plain mlx-vlm generates with the model, and update "
+                                 "mlx-vlm or report it there") from None
             # a TypeError with images: a config that names no image token (Pixtral's None)
             with_images = " and its images" if inputs.pixel_values is not None else ""
             raise ModelError(f"mlx-vlm's model cannot take this prompt{with_images} "
@@ -413,6 +421,21 @@ def _on_stream(stream: Any, inputs: vlm.Inputs, model: Any, max_tokens: int, sam
         yield from steps
     finally:
         ar.generation_stream = kept
+
+
+def _mlx_vlm_frame(exc: BaseException) -> str | None:
+    """Where in mlx-vlm's package `exc` was raised ("generate/dispatch.py:1268"), or None when
+    its innermost frame is not mlx-vlm's."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return None
+    path = Path(tb.tb_frame.f_code.co_filename)
+    if "mlx_vlm" not in path.parts:
+        return None
+    inside = path.parts[path.parts.index("mlx_vlm") + 1:]
+    return f"{'/'.join(inside)}:{tb.tb_lineno}"
 
 
 def generate(model: Any, tokenizer: Any, prompt: str | list[int], **kwargs: Any) -> str:
