@@ -216,7 +216,8 @@ TOWER_SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers":
                "output_proj_dims": 64}
 # Qwen2-VL and Qwen2.5-VL checkpoints keep the language model's fields at the top level, where
 # mlx-vlm reads them
-# Youtu-VL's mlx-vlm config takes its language model's fields from the top level only
+# Youtu-VL's and ZAYA1-VL's mlx-vlm configs take their language model's fields from the top
+# level only
 FLAT_TEXT = ("qwen2_vl", "qwen2_5_vl", "youtu_vl", "zaya1_vl")
 MAX_TINY_BYTES = 64 << 20  # a tower whose sizes are not in those fields stays real-sized: refused
 # a chat template for any model: the text of each turn, an <image> per image placeholder
