@@ -263,14 +263,74 @@ def test_isq_on_quantized_checkpoint_is_refused(models: Path) -> None:
         estimate(inspect(models / "llama3.2-1b-mlx-4bit"), Options(isq=4))
 
 
+def test_a_hybrid_peaks_in_its_scores_or_its_scan_not_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hybrid whose recurrent states live in layers without attention: the chunk's arrays with
+    the scores (prefill) or with the scan's state parts (scan), whichever is larger. A layer that
+    keeps both (Falcon-H1's parallel attention and Mamba) adds them."""
+    from unimap.estimate import (
+        FAMILY_EXTRA,
+        activation_terms,
+        attention_bytes,
+        chunk_array_bytes,
+        state_apart,
+    )
+    from unimap.families import Architecture, LayerCache
+
+    kv = LayerCache("full", token_elements=64, state_elements=0, window=None, head_dim=16, quantizable=True)
+    ssm = LayerCache("recurrent", 0, state_elements=5000, window=None, head_dim=0, quantizable=False,
+                     state_float32=True, state_heads=8)
+    both = LayerCache("full", token_elements=64, state_elements=5000, window=None, head_dim=16,
+                      quantizable=False, state_heads=8)
+
+    def arch(kinds: tuple[str, ...], caches: tuple[LayerCache, ...]) -> Architecture:
+        return Architecture(model_type="x", num_layers=len(kinds), hidden_size=64, intermediate_size=128,
+                            vocab_size=100, num_heads=4, num_kv_heads=2, head_dim=16, layer_kinds=kinds,
+                            sliding_window=None, tie_word_embeddings=False, torch_dtype=None,
+                            caches=caches, module="x")
+
+    opts = Options(max_seq_len=300)
+    hybrid = arch(("recurrent", "full", "recurrent"), (ssm, kv, ssm))
+    assert state_apart(hybrid)
+    # a fit made to the sum of the two keeps the sum
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("scan", 0.5, (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)))
+    summed = activation_terms(hybrid, opts, 299, 300, 4)
+    assert "scan/arrays" not in summed
+    assert summed["prefill/arrays"] == chunk_array_bytes(hybrid, 299, 4, chunk=299, keys=300)
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("scan-apart", 0.5, (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)))
+    t = activation_terms(hybrid, opts, 299, 300, 4)
+    without = chunk_array_bytes(hybrid, 299, 4, chunk=299, keys=300, state=False)
+    with_state = chunk_array_bytes(hybrid, 299, 4, chunk=299, keys=300)
+    assert with_state - without == 299 * 5000 * 4  # one state per chunk token, priced at 1.0
+    assert t["prefill/arrays"] == without and t["scan/arrays"] == with_state
+    scores = attention_bytes(hybrid, opts, 299, 300, 4)
+    assert t["prefill/scores-and-masks"] == scores
+    est = estimate_of_terms(t)
+    assert est == max(scores + without, with_state)
+    # both in one layer, or no attention at all: one phase with everything
+    for other in (arch(("full", "full"), (both, both)), arch(("recurrent", "recurrent"), (ssm, ssm))):
+        assert not state_apart(other)
+        t = activation_terms(other, opts, 299, 300, 4)
+        assert "scan/arrays" not in t
+        assert t["prefill/arrays"] == chunk_array_bytes(other, 299, 4, chunk=299, keys=300)
+
+
+def estimate_of_terms(terms: dict[str, int]) -> int:
+    """The larger of the prefill phases (unimap.estimate's phase peak, decode left out)."""
+    from unimap.estimate import _phase_peak
+
+    return _phase_peak({k: v for k, v in terms.items() if not k.startswith("decode/")})
+
+
 def test_terms_of_families_read_from_mlx_lm(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hand-computed: a layer cache read from the model, MoE routing copies, tiny-twin extras."""
     from unimap.estimate import (
         FAMILY_EXTRA,
         base_array_bytes,
+        base_array_parts,
         chunk_array_bytes,
+        family_base_bytes,
         family_extra_bytes,
-        family_scale,
+        family_shares,
         layer_cache_bytes,
         moe_routed_bytes,
     )
@@ -306,10 +366,17 @@ def test_terms_of_families_read_from_mlx_lm(monkeypatch: pytest.MonkeyPatch) -> 
     # the scores some families keep in float32 when the model computes in half precision
     assert family_extra_bytes(arch, 512, 1000, half=True) == (1.5 * 64 + (0.25 + 0.5) * 4 * 1000) * 4
     # the scale takes its share of the arrays the largest coefficients price
-    assert family_scale("x") == 0.5 and family_scale("llama") == 1.0
+    assert family_shares("x") == (0.5, 0.5) and family_shares("llama") == (1.0, 1.0)
     full = chunk_array_bytes(arch, 512, 2, chunk=512, keys=1000)
     assert full == int(512 * (0.5 * base_array_bytes(arch, 2) + moe_routed_bytes(arch, 2)
                               + family_extra_bytes(arch, 512, 1000, half=True)))
+    # two shares: of the hidden, query and key/value arrays, and of the MLP arrays
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("hidden", (0.25, 1.5), (0.0, 0.0, 0.0)))
+    hidden, query, kv, mlp = base_array_parts(arch, 2)
+    assert mlp > 0 and hidden > 0
+    assert family_base_bytes(arch, 2) == 0.25 * (hidden + query + kv) + 1.5 * mlp
+    assert chunk_array_bytes(arch, 512, 2, chunk=512, keys=1000) == int(
+        512 * (0.25 * (hidden + query + kv) + 1.5 * mlp + moe_routed_bytes(arch, 2)))
     monkeypatch.setitem(FAMILY_EXTRA, "x", ("scan", 1.0, (2.0, 3.0, 0.5, 0.25, 1.5, 0.0, 0.0)))
     # one scan block of at most 256 tokens at a time: 8 state heads x block^2, the 5000-element
     # state once and once per block token, spread over the chunk's tokens; the state per token;

@@ -1,8 +1,11 @@
 """Measure every mlx-lm family the activation coefficients were not fitted on, on twins.
 
-Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...] [--save RUNS.json]
-       python tools/calibrate_families.py --refit RUNS.json [--write] [--only FAMILY,...]
-                                          [--twins KIND,... --save RUNS.json]
+Usage: python tools/calibrate_families.py [--write] [--only FAMILY,...] [--save RUNS.json[.gz]]
+       python tools/calibrate_families.py --refit RUNS.json[.gz] [--write] [--only FAMILY,...]
+                                          [--twins KIND,... --save RUNS.json[.gz]]
+
+The runs behind unimap/family_calibration.py are kept in tools/family_runs.json.gz, so
+`--refit tools/family_runs.json.gz --write` redoes the fits without measuring.
 
 For each family of tests/tiny_families.py whose module has no measured coefficients in
 unimap/calibration.py, a tiny random checkpoint is built through mlx-lm's own Model class,
@@ -14,14 +17,16 @@ twins 4 times as wide (4 times the experts, twice the top-k; and 4 times the sta
 4 times the MLP widths, in bfloat16, and 8 times as wide (REAL_WIDTH: hidden 512, head dims 128,
 widths like real models'; 252 and 2044 tokens).
 Each run is compared with the plan made with the largest coefficients of every measured family
-and no fit (measured peak against it, and the price of the chunk's hidden, query, key/value and
-MLP arrays). The family's fit is a share of that price (never under least_scale: for a family
-measured at real widths, what its widest twins need of the price alone, at most LEAST_SCALE;
-LEAST_SCALE for the others) plus extras in
-units that grow with the model as those arrays do (unimap.estimate.extra_units): the least that
-covers every run of every twin. --write regenerates unimap/family_calibration.py with the
-machine and versions (with --only, the other families keep what they had); --save keeps every
-run's measurement so that --refit can fit again without measuring.
+and no fit (measured peak against it, the price of the chunk's hidden, query, key/value and MLP
+arrays by kind, and the exact scores). The family's fit is its shares of that price (of the
+hidden, query and key/value arrays; of the MLP arrays: twins with 4 times the MLP widths tell
+them apart) plus extras in units that grow with the model as those arrays do
+(unimap.estimate.extra_units): the least that covers every run of every twin (see fit for the
+shares' floor). A hybrid whose recurrent states live in layers without attention is fitted
+with its scan's states and its scores in phases apart (fit_apart). --write regenerates
+unimap/family_calibration.py with the machine and versions (with --only, the other families
+keep what they had); --save keeps every run's measurement so that --refit can fit again
+without measuring.
 """
 
 from __future__ import annotations
@@ -80,6 +85,10 @@ class Run(NamedTuple):
     missing: float
     base: float
     peak: float
+    # the plan's exact scores and masks per chunk token, and the base by kind of array (hidden,
+    # query, key/value, MLP; unimap.estimate.base_array_parts); empty in runs saved before
+    scores: float = 0.0
+    parts: tuple[float, ...] = ()
 
 
 def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = None) -> list[Run]:
@@ -91,7 +100,7 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
 
     import unimap
     from unimap.device_map import parse_device_map
-    from unimap.estimate import Options, base_array_bytes, extra_units
+    from unimap.estimate import Options, base_array_bytes, base_array_parts, extra_units
     from unimap.generate import make_cache
     from unimap.inspect import dtype_bytes
     from unimap.plan import make_plan
@@ -134,8 +143,10 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
                 d = dtype_bytes(plan.estimate.dtype)
                 kind = basis(spec.arch)
                 units = [4 * u for u in extra_units(spec.arch, kind, chunk, tokens + DECODE, d < 4)]
+                scores = plan.estimate.activation_terms["prefill/scores-and-masks"] / n
                 done.append(Run(kind, path.name, tokens, batch, step, units, (peak - plan.peak_bytes) / n,
-                                base_array_bytes(spec.arch, d), peak / n))
+                                base_array_bytes(spec.arch, d), peak / n, scores,
+                                base_array_parts(spec.arch, d)))
                 model._unimap.limits.release()
                 del model
         except Exception as exc:  # noqa: BLE001 - a twin mlx-lm cannot run: the others decide
@@ -145,6 +156,18 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
             continue
         runs += done
     return runs
+
+
+def state_apart_family(family: str, work: Path) -> bool:
+    """Whether the family's tiny twin keeps its recurrent states in layers without attention
+    (unimap.estimate.state_apart), read from the twin as unimap inspects it."""
+    from tiny_families import tiny_config
+    from tiny_models import write_random_model
+
+    import unimap
+    from unimap.estimate import state_apart
+
+    return state_apart(unimap.inspect(write_random_model(work / f"{family}-apart", tiny_config(family))).arch)
 
 
 def has_state(arch: Any) -> bool:
@@ -257,19 +280,134 @@ def least_scale(runs: list[Run]) -> float:
     return min(LEAST_SCALE, max(alone, default=LEAST_SCALE))
 
 
-def fit(runs: list[Run]) -> tuple[str, tuple[float, ...]] | None:
-    """The family's arrays per chunk token as scale x the priced base arrays plus extras in its
-    basis's units: the least that covers every run, counted as the sum of each run's
-    over-prediction over its peak (a tiny run weighs as much as a wide one). The scale may go
-    from its floor (least_scale) up, every extra part from 0: a linear program. None without
-    runs."""
+def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], tuple[float, ...]] | None:
+    """The family's arrays per chunk token as its shares of the priced base arrays plus extras
+    in its basis's units: the least that covers every run, counted as the sum of each run's
+    over-prediction over its peak (a tiny run weighs as much as a wide one); a linear program.
+    Two shares where the runs recorded the price by kind of array (unimap.estimate.family_shares:
+    of the hidden, query and key/value arrays, and of the MLP arrays), else one of the whole.
+    The shares' floor, where one of the whole is least_scale: with a twin at real widths, the
+    shares alone (extras at zero) cover each of the widest twins' runs at chunks of 252 tokens
+    or more, up to LEAST_SCALE of its price; without one, each share is at least LEAST_SCALE.
+    `apart`: a hybrid whose recurrent states live in layers of their own
+    (unimap.estimate.state_apart), priced with its scan's state parts in a phase apart from the
+    scores (fit_apart). None without runs."""
+    from unimap.estimate import SCAN_APART
+
     if not runs:
         return None
-    floor = least_scale(runs)
-    # with scale = floor + t (t >= 0): t * base + c . units >= missing + (1 - floor) * base
-    rows = [([r.base, *r.units], r.missing + (1 - floor) * r.base) for r in runs]
-    t, *extra = least_cover(rows, [1 / r.peak for r in runs])
-    return runs[0].basis, (floor + t, *extra)
+    if not all(r.parts for r in runs):  # runs saved before the price by kind was recorded
+        floor = least_scale(runs)
+        # with scale = floor + t (t >= 0): t * base + c . units >= missing + (1 - floor) * base
+        old = [([r.base, *r.units], r.missing + (1 - floor) * r.base + in_flight(r)) for r in runs]
+        t, *extra = least_cover(old, [1 / r.peak for r in runs])
+        return runs[0].basis, (floor + t,), tuple(extra)
+    n = len(runs[0].units)
+
+    def shares(r: Run) -> list[float]:
+        hidden, query, kv, mlp = r.parts
+        return [hidden + query + kv, mlp]
+
+    rows = [([*shares(r), *r.units], r.missing + r.base + in_flight(r)) for r in runs]
+    if any(r.twin.endswith("-real") for r in runs):
+        guard = [([*shares(r), *[0.0] * n], min(r.missing + r.base, LEAST_SCALE * r.base))
+                 for r in runs if r.twin.endswith(WIDEST_TWINS) and min(r.step, r.tokens - 1) >= 252]
+    else:
+        guard = [([1.0, 0.0, *[0.0] * n], LEAST_SCALE), ([0.0, 1.0, *[0.0] * n], LEAST_SCALE)]
+    # neither share under 1/SHARE_SPREAD of the other (the twins never vary the query and
+    # key/value widths against the hidden width, so they cannot tell the two apart further)
+    guard += [([1.0, -1 / SHARE_SPREAD, *[0.0] * n], 0.0), ([-1 / SHARE_SPREAD, 1.0, *[0.0] * n], 0.0)]
+    def solve(rows: list[tuple[list[float], float]]) -> tuple[float, ...]:
+        if apart:
+            return fit_apart(runs, rows, guard)
+        return least_cover(rows + guard, [1 / r.peak for r in runs] + [0.0] * len(guard))
+
+    found = solve(rows)
+    # a per-key part the program left at a trace (its vertex, not the runs, chose it) would be
+    # rounded up to 0.02 of a float32 score per key by _up, which at long contexts on a backend
+    # with fused attention prices hundreds of MB: solved again without it, until none is left
+    dropped: set[int] = set()
+    while trace := {2 + i for i in (n - 2, n - 1) if 0 < found[2 + i] < SCORE_TRACE} - dropped:
+        dropped |= trace
+        rows = [([0.0 if j in dropped else c for j, c in enumerate(cols)], m) for cols, m in rows]
+        found = tuple(0.0 if j in dropped else c for j, c in enumerate(solve(rows)))
+    return SCAN_APART if apart else runs[0].basis, tuple(found[:2]), tuple(found[2:])
+
+
+# How far apart the two shares may be: left free, the program put all of a family's price on
+# one kind (gpt_oss's hidden, query and key/value arrays at 0), and gpt-oss-20b's published
+# config, whose query is 1.42 times its hidden width where every twin's is 1, was planned at
+# 1.000 of its peak.
+SHARE_SPREAD = 2.0
+SCORE_TRACE = 0.005  # a per-key part under this is a trace of the program's vertex, not a need
+
+
+def in_flight(run: Run) -> float:
+    """Per chunk token, one hidden-wide float32 array: what MLX's evaluation can hold more than a
+    run measured, by how far its allocations ran ahead of the work in flight (docs/BENCHMARKS.md,
+    "Run to run"). The same tiny twins run through mlx-lm's stream_generate measured up to that
+    much over the calibration's own runs (Klear, granite, gemma2, mimo at 252 tokens: 62-64 kB, a
+    252 x 64 x 4-byte array), where a fit without it left Klear's plan under its peak (0.998)."""
+    return run.units[0] if run.basis == "hidden" else run.units[4]  # extra_units' hidden width, x 4
+
+
+def fit_apart(runs: list[Run], rows: list[tuple[list[float], float]],
+              guard: list[tuple[list[float], float]]) -> tuple[float, ...]:
+    """The least cover of a hybrid whose scan states and attention scores come from different
+    layers: a run's prefill then needs its arrays plus the larger of its scores (exact, S) and
+    its scan's state parts (Es: the extra's SCAN_LAYER_UNITS), not their sum. Each run is covered
+    one way or the other, arrays >= need or arrays + Es >= need + S, which a mixed-integer
+    program picks per run (scipy's HiGHS) while it minimizes the over-prediction
+    sum_r (arrays + max(S, Es) - need - S) / peak, plus the state parts once more: where the
+    scores hide them on the CPU nothing else would keep them small, and a backend with fused
+    attention (no scores) pays them in full. `rows` are fit's ([shares..., units...], need)
+    rows, `guard` its floor rows."""
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp  # the mixed-integer program needs scipy
+
+    from unimap.estimate import SCAN_LAYER_UNITS
+
+    k, n = len(rows[0][0]), len(runs)
+    state = [i + 2 for i in SCAN_LAYER_UNITS]  # columns of the scan's state parts
+    cols = np.array([c for c, _ in rows], dtype=float)
+    st = np.zeros_like(cols)
+    st[:, state] = cols[:, state]
+    common = cols - st
+    peak = np.array([r.peak for r in runs])
+    need = np.array([m for _, m in rows]) / peak
+    scores = np.array([r.scores for r in runs]) / peak
+    common, st = common / peak[:, None], st / peak[:, None]
+    g = np.array([c for c, _ in guard], dtype=float).reshape(-1, k)
+    scale = np.maximum(np.abs(np.vstack([common, st, g])).max(axis=0), 1e-300)
+    common, st, g = common / scale, st / scale, g / scale
+    big = 4.0  # in units of a run's peak: more than any need
+    eye, zero = np.eye(n), np.zeros((n, n))
+    # variables: x (k), P (n: max(S, Es) per run), y (n: 1 where the scan's states decide)
+    a = np.vstack([np.hstack([st, -eye, zero]),  # Es - P <= 0
+                   np.hstack([common, zero, big * eye]),  # arrays + big y >= need
+                   np.hstack([common + st, zero, -big * eye]),  # arrays + Es - big y >= need + S - big
+                   np.hstack([g, np.zeros((len(g), 2 * n))])])
+    low = np.concatenate([np.full(n, -np.inf), need, need + scores - big,
+                          np.array([m for _, m in guard], dtype=float)])
+    high = np.concatenate([np.zeros(n), np.full(2 * n + len(g), np.inf)])
+    objective = np.concatenate([(common + st).sum(axis=0), np.ones(n), np.zeros(n)])
+    bounds = Bounds(np.concatenate([np.zeros(k), scores, np.zeros(n)]),
+                    np.concatenate([np.full(k + n, np.inf), np.ones(n)]))
+    found = milp(objective, constraints=LinearConstraint(a, low, high), bounds=bounds,
+                 integrality=np.concatenate([np.zeros(k + n), np.ones(n)]))
+    if found.status != 0:
+        raise ValueError(f"no fit covers every run: {found.message}")
+    x = found.x[:k] / scale
+    # HiGHS's tolerance: a run left short is covered by scaling the fit up
+    cols_all = np.array([c for c, _ in rows], dtype=float)
+    st_all = np.zeros_like(cols_all)
+    st_all[:, state] = cols_all[:, state]
+    prices = (cols_all - st_all) @ x + np.maximum(st_all @ x, scores * peak)
+    wanted = need * peak + scores * peak
+    short = (wanted - prices) / np.maximum(prices, 1e-300)
+    if short.max() > 1e-9:
+        x = x * (1 + float(short.max()))
+    return tuple(float(v) for v in x)
 
 
 def least_cover(rows: list[tuple[list[float], float]],
@@ -368,7 +506,7 @@ def uncalibrated() -> list[str]:
     return [f for f in families() if f not in UNBUILDABLE and f not in measured]
 
 
-def render(factors: dict[str, tuple[str, float, tuple[float, ...]]]) -> str:
+def render(factors: dict[str, tuple[str, Any, tuple[float, ...]]]) -> str:
     import mlx.core as mx
     import mlx_lm
 
@@ -379,37 +517,69 @@ tools/calibrate_families.py on twins built through mlx-lm's own classes.
 Generated {date.today()} on {platform.platform()} ({platform.machine()}), MLX {mx.__version__},
 mlx-lm {mlx_lm.__version__}, MLX's CPU backend. Do not edit by hand: rerun the tool with --write.
 
-Per family: (basis, scale, extra). The chunk's hidden, query, key/value and MLP arrays are the
-largest measured coefficients' price (unimap.estimate.base_array_bytes) times the scale, plus
-the extra: coefficients (all >= 0) for the units of the basis (unimap.estimate.extra_units, per
-chunk token, times 4 bytes): "hidden" (hidden width; heads x keys) or "scan" (families with a
-recurrent state: state heads x block^2, the largest layer state once and per block token, each
-over the chunk; the state per token; hidden width; heads x keys), and last heads x keys again
-for a model in half precision (scores some families compute in float32). Fitted to cover every run of
-the family's tiny twin, its 8-layer twin (state families), its twins 4 times as wide (and with
-4 times the state heads), with 4 times the MLP widths, in bfloat16 and, where it was measured
-(not the slowest state families), 8 times as wide: those take their own share of the price
-(never under what their widest twins need of it alone, at most 0.77), the others never under
-0.77. Families not listed keep the largest coefficients.
+Per family: (basis, share, extra). The chunk's hidden, query, key/value and MLP arrays are
+priced with the largest measured coefficients (unimap.estimate.base_array_parts); the family
+holds its share of that price: one share of the whole, or two (of the hidden, query and
+key/value arrays; of the MLP arrays; unimap.estimate.family_shares), where its runs recorded
+the price by kind of array. Plus the extra: coefficients (all >= 0) for the units of the basis
+(unimap.estimate.extra_units, per chunk token, times 4 bytes): "hidden" (hidden width; heads x
+keys) or "scan" (families with a recurrent state: state heads x block^2, the largest layer
+state once and per block token, each over the chunk; the state per token; hidden width; heads x
+keys), and last heads x keys again for a model in half precision (scores some families compute
+in float32); "scan-apart": "scan" units for a hybrid whose states live in layers without
+attention, fitted with the chunk's scan states in a phase apart from its scores (the prefill
+needs the larger of the two, unimap.estimate.priced_apart). Fitted to cover every run of the
+family's tiny twin, its 8-layer twin (state
+families), its twins 4 times as wide (and with 4 times the state heads), with 4 times the MLP
+widths, in bfloat16 and, where it was measured (not the slowest state families), 8 times as
+wide: those take their own shares (the shares alone never under what the widest twins' runs
+need, up to 0.77 of their price), the others never under 0.77. Families not listed keep the
+largest coefficients.
 """
 
-FAMILY_EXTRA: dict[str, tuple[str, float, tuple[float, ...]]] = {{
+FAMILY_EXTRA: dict[str, tuple[str, float | tuple[float, float], tuple[float, ...]]] = {{
 {rows}}}
 '''
 
 
-def _up(found: tuple[float, ...]) -> tuple[float, ...]:
+def _up(shares: tuple[float, ...], extra: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """5 % more, and a little more per key (the last two parts, per head and key): other shapes
     and MLX's run-to-run variation. Rounded up."""
     import math
 
-    scale, *parts, score, half_score = found
-    return (math.ceil(scale * 105) / 100, *(math.ceil(c * 105) / 100 for c in parts),
-            *(math.ceil(c * 105 + 1) / 100 if c > 0 else 0.0 for c in (score, half_score)))
+    *parts, score, half_score = extra
+    return (tuple(math.ceil(s * 105) / 100 for s in shares),
+            (*(math.ceil(c * 105) / 100 for c in parts),
+             *(math.ceil(c * 105 + 1) / 100 if c > 0 else 0.0 for c in (score, half_score))))
+
+
+# every run of the fits in unimap/family_calibration.py (--refit RUNS fits them again)
+RUNS_FILE = ROOT / "tools" / "family_runs.json.gz"
+
+
+def read_runs(path: Path) -> dict[str, Any]:
+    """Saved runs by family (gzip-compressed where the name ends in .gz)."""
+    import gzip
+    import json
+
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    found: dict[str, Any] = json.loads(data)
+    return found
+
+
+def write_runs(path: Path, runs: dict[str, Any]) -> None:
+    """Save runs by family, keys sorted, gzip-compressed where the name ends in .gz; written to
+    a temporary file first so an interrupted save leaves the old one whole."""
+    import gzip
+    import json
+
+    data = json.dumps(runs, sort_keys=True).encode()
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+    tmp.replace(path)
 
 
 def main() -> None:
-    import json
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help=f"regenerate {OUT.relative_to(ROOT)}")
@@ -419,16 +589,21 @@ def main() -> None:
     parser.add_argument("--twins", default="", help="measure only these twin kinds (comma-separated: "
                         "tiny, deep, wide, wide-state, mix, bf16, real) and, with --refit, fit them "
                         "beside the saved runs of the others (saved again with --save)")
+    parser.add_argument("--apart", action="store_true", help="fit a hybrid whose recurrent states live in "
+                        "layers without attention with its scan's states and its scores in phases apart "
+                        "(fit_apart; measured and not used: docs/BENCHMARKS.md)")
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)
     from unimap.family_calibration import FAMILY_EXTRA
 
     kept = dict(FAMILY_EXTRA)
     FAMILY_EXTRA.clear()  # measure against the plan without the fits
-    saved: dict[str, Any] = json.loads(args.refit.read_text()) if args.refit else {}
+    saved: dict[str, Any] = read_runs(args.refit) if args.refit else {}
     families = args.only.split(",") if args.only else (sorted(saved) if args.refit else uncalibrated())
-    # with --only, the other families keep what was measured before
-    factors = {k: v for k, v in kept.items() if args.only and k not in families}
+    # the families not fitted now keep what was measured before (--only; a refit from runs
+    # that lack some: jamba's twin at real widths takes an hour, so its runs are not saved)
+    factors: dict[str, tuple[str, Any, tuple[float, ...]]] = {
+        k: v for k, v in kept.items() if k not in families}
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
             try:
@@ -446,7 +621,7 @@ def main() -> None:
                     except Exception:  # noqa: BLE001 - a deeper twin mlx-lm or transformers refuses
                         runs = measure(family, Path(tmp), deep=False)
                     saved[family] = [list(r) for r in runs]
-                found = fit(runs)
+                found = fit(runs, apart=args.apart and state_apart_family(family, Path(tmp)))
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
                 if family in kept:
@@ -456,13 +631,14 @@ def main() -> None:
                 print(f"{family:24s} nothing measured", flush=True)
                 factors.pop(family, None)
                 continue
-            unit, parts = found
-            scale, *extra = _up(parts)
-            print(f"{family:24s} scale {scale:.2f}, per chunk token ({unit} units): "
-                  + " + ".join(f"{c:.2f}" for c in extra), flush=True)
-            factors[family] = (unit, scale, tuple(extra))
+            unit = found[0]
+            shares, extra = _up(found[1], found[2])
+            share: float | tuple[float, ...] = shares[0] if len(shares) == 1 else shares
+            print(f"{family:24s} shares {' and '.join(f'{s:.2f}' for s in shares)}, per chunk token "
+                  f"({unit} units): " + " + ".join(f"{c:.2f}" for c in extra), flush=True)
+            factors[family] = (unit, share, tuple(extra))
             if args.save:
-                args.save.write_text(json.dumps(saved))
+                write_runs(args.save, saved)
     if args.write:
         OUT.write_text(render(factors))
         print(f"wrote {OUT}")

@@ -287,20 +287,28 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
         parts_source_bytes=max(spec.slots[-2].largest_bytes, spec.slots[-1].largest_bytes),
         kv_growth_bytes=growth, sequence_tokens=tokens,
         image_tokens=image_tokens,
-        activation_terms={**activation_terms(arch, options, chunk, tokens, act_d, "unfused", quantized),
-                          **upcast},
+        activation_terms=with_upcast(
+            activation_terms(arch, options, chunk, tokens, act_d, "unfused", quantized), upcast),
         fused_activation_terms=activation_terms(arch, options, chunk, tokens, act_d, "metal", quantized),
         cuda_activation_terms=activation_terms(arch, options, chunk, tokens, act_d, "cuda", quantized),
         vision_activation_terms=vision_activation_terms(arch, options, d, act_d,
                                                         largest_float32_bytes(spec.slots[VISION_SLOT])),
         cpu_dtype=cpu_name, cpu_layers=cpu_layers,
-        cpu_activation_terms={**activation_terms(arch, options, chunk, tokens, act_cpu_d, "unfused",
-                                                 quantized), **upcast},
+        cpu_activation_terms=with_upcast(activation_terms(arch, options, chunk, tokens, act_cpu_d, "unfused",
+                                                          quantized), upcast),
         trained_context=trained[0] if trained else None,
         trained_context_source=trained[1] if trained else "",
         head_read_bytes=head_read_bytes(spec, arch, non_mapped, d),
         largest_array_bytes=largest_array_bytes(arch, options, chunk, tokens, act_d),
     )
+
+
+def with_upcast(terms: dict[str, int], upcast: dict[str, int]) -> dict[str, int]:
+    """Activation terms with the CPU's expert upcasts (upcast_terms), in a hybrid's scan phase
+    too: its MoE layers follow either kind of layer."""
+    scan = ({"scan/experts-upcast": upcast["prefill/experts-upcast"]}
+            if "scan/arrays" in terms and "prefill/experts-upcast" in upcast else {})
+    return {**terms, **upcast, **scan}
 
 
 def largest_float32_bytes(slot: Slot) -> int:
@@ -505,9 +513,10 @@ def _round_up(n: int, step: int) -> int:
 
 def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: int, d: int,
                      kernel: Kernel = "unfused", quantized: bool = False) -> dict[str, int]:
-    """The working set of the two phases that can peak: one prefill chunk through the worst
-    decoder layer (the last chunk, which attends to every cached token), and a decode step's
-    logits. Scores and masks are exact shapes; every other array of the chunk is priced with the
+    """The working set of the phases that can peak: one prefill chunk through the worst
+    decoder layer (the last chunk, which attends to every cached token), through a hybrid's
+    layers with a recurrent state ("scan", where those keep it apart from attention), and a
+    decode step's logits. Scores and masks are exact shapes; every other array of the chunk is priced with the
     coefficients measured by tools/calibrate_activations.py (unimap/calibration.py), scaled by
     what the CUDA backend measured on top of them, or what published Metal peaks need."""
     b = options.max_batch_size
@@ -518,14 +527,19 @@ def activation_terms(arch: Architecture, options: Options, chunk: int, tokens: i
     # shares (its factor is over the CPU's figure); Metal's factors were fitted to published Mac
     # peaks over the whole priced arrays, and its fused kernels keep other arrays
     own = kernel != "metal"
-    arrays = chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits, chunk, tokens, fused, own)
-    if kernel == "cuda":
-        arrays = int(arrays * cuda_arrays_factor(arch.family))
-    elif kernel == "metal":
-        arrays = int(arrays * metal_arrays_factor(arch))
+    factor = {"cuda": cuda_arrays_factor(arch.family), "metal": metal_arrays_factor(arch)}.get(kernel, 1.0)
+    # a hybrid whose recurrent state lives in layers of its own: the chunk's scan states and its
+    # scores are made by different layers, so the prefill peaks in one or the other ("scan")
+    apart = priced_apart(arch)
+
+    def arrays(state: bool) -> int:
+        return int(chunk_array_bytes(arch, b * chunk, d, quantized, options.kv_bits, chunk, tokens,
+                                     fused, own, state) * factor)
+
     return {
         "prefill/scores-and-masks": attention_bytes(arch, options, chunk, tokens, d, kernel),
-        "prefill/arrays": arrays,
+        "prefill/arrays": arrays(state=not apart),
+        **({"scan/arrays": arrays(state=True)} if apart else {}),
         # two steps in flight (mlx-lm evaluates the next while the last is read): logits plus
         # their float32 logsumexp and logprobs, each over the vocabulary
         "decode/logits": 2 * b * arch.vocab_size * (d + 4 + 4),
@@ -612,17 +626,18 @@ def metal_kind(arch: Architecture) -> str:
 
 def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool = False,
                       kv_bits: int | None = None, chunk: int = 1, keys: int = 1,
-                      fused: bool = False, own: bool = True) -> int:
+                      fused: bool = False, own: bool = True, state: bool = True) -> int:
     """Every other array a chunk of `tokens` (batch x length) makes in a decoder layer, from the
     measured coefficients for the family and dtype (for a family not measured, its own share of
     the largest of all families', or all of them when `own` is False), plus what quantized
-    weights and a quantized cache add."""
+    weights and a quantized cache add; `state`: with the scan's state arrays of a family whose
+    layers keep a recurrent state (family_extra_bytes)."""
     dtype = "float32" if d >= 4 else "bfloat16"
     *_, qw, qkv = coefficients(arch.family, dtype)
     q_width = arch.num_heads * arch.head_dim
-    share = family_scale(arch.family) if own else 1.0
-    per_token = share * base_array_bytes(arch, d) + moe_routed_bytes(arch, d)
-    per_token += family_extra_bytes(arch, chunk, keys, fused, half=d < 4)
+    base = family_base_bytes(arch, d) if own else base_array_bytes(arch, d)
+    per_token = base + moe_routed_bytes(arch, d)
+    per_token += family_extra_bytes(arch, chunk, keys, fused, half=d < 4, state=state)
     if quantized:
         per_token += qw * arch.hidden_size * 4
     if kv_bits is not None:
@@ -633,10 +648,15 @@ def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool =
 def base_array_bytes(arch: Architecture, d: int) -> float:
     """Per chunk token, the hidden, query, key/value and MLP arrays priced with the measured
     coefficients (the largest of every measured family for a family not measured)."""
+    return sum(base_array_parts(arch, d))
+
+
+def base_array_parts(arch: Architecture, d: int) -> tuple[float, float, float, float]:
+    """base_array_bytes by kind of array: hidden, query, key/value, MLP."""
     a, b, c, e, *_ = coefficients(arch.family, "float32" if d >= 4 else "bfloat16")
     q_width = arch.num_heads * arch.head_dim
-    return (a * arch.hidden_size * 4 + b * q_width * d + c * arch.num_kv_heads * arch.head_dim * d
-            + e * _mlp_width(arch) * d)
+    return (a * arch.hidden_size * 4, b * q_width * d, c * arch.num_kv_heads * arch.head_dim * d,
+            e * _mlp_width(arch) * d)
 
 
 # the mlx-lm module that runs each model type, where it is not the type itself
@@ -662,6 +682,7 @@ def _measured_or_largest(table: Mapping[tuple[str, str], tuple[float, ...]], fam
 
 SCAN_STEP_TOKENS = 256  # mlx-lm's SSM scan (ssm_attn) works in blocks of this many tokens
 SCAN_STATE_UNITS = (2, 3)  # extra_units' "scan" parts for states per block token and per token
+SCAN_LAYER_UNITS = (0, 1, 2, 3)  # the "scan" parts a layer with a recurrent state makes
 # What marks a Metal scan kernel in prefill: mlx-lm's gated delta (in the module or one it
 # imports from), or a kernel of the module's own (RWKV-7). ssm.py's kernel serves decode steps
 # only: its prefill scan runs op by op on Metal too.
@@ -681,16 +702,54 @@ def metal_fused_scan(module: str) -> bool:
         FUSED_SCAN_MARK in text for text in (source, *(model_source(m) or "" for m in siblings)))
 
 
-def family_scale(family: str) -> float:
+def family_shares(family: str) -> tuple[float, float]:
     """What a family without measured coefficients holds of the arrays the largest coefficients
-    price (base_array_bytes), as its twins measured (unimap/family_calibration.py); 1 for a
-    measured family or one the calibration has not run."""
+    price (base_array_parts), as its twins measured (unimap/family_calibration.py): of the
+    hidden, query and key/value arrays, and of the MLP arrays. A fit of one share holds it of
+    both; (1, 1) for a measured family or one the calibration has not run."""
     found = FAMILY_EXTRA.get(family)
-    return found[1] if found is not None else 1.0
+    if found is None:
+        return 1.0, 1.0
+    share = found[1]
+    if isinstance(share, tuple):
+        return share[0], share[1]
+    return share, share
+
+
+def family_base_bytes(arch: Architecture, d: int) -> float:
+    """Per chunk token, the family's shares of the priced arrays (family_shares): the MLP's
+    share of its width, the other's of the hidden, query and key/value widths. Twins with 4
+    times the MLP widths tell the two apart; the query and key/value widths keep the hidden
+    width's proportions in every twin, so they share its share."""
+    attention, mlp = family_shares(arch.family)
+    hidden, query, kv, mlp_bytes = base_array_parts(arch, d)
+    return attention * (hidden + query + kv) + mlp * mlp_bytes
+
+
+SCAN_APART = "scan-apart"  # a "scan" fit made with the scan's states in a phase of their own
+
+
+def priced_apart(arch: Architecture) -> bool:
+    """Whether the chunk's scan states are priced in a phase apart from its scores: a hybrid
+    that keeps them in layers of their own (state_apart) whose family's fit was made so
+    (unimap/family_calibration.py basis SCAN_APART; one fitted to their sum keeps the sum)."""
+    found = FAMILY_EXTRA.get(arch.family)
+    return found is not None and found[0] == SCAN_APART and state_apart(arch)
+
+
+def state_apart(arch: Architecture) -> bool:
+    """A hybrid whose recurrent states live only in layers without attention (Qwen3-Next's
+    gated-delta layers, Nemotron-H's Mamba layers beside attention layers): a chunk's scan
+    states and its attention scores are made by different layers."""
+    kinds = arch.layer_kinds
+    return (arch.state_elements > 0 and len(arch.caches) == len(kinds)
+            and any(k != "recurrent" for k in kinds)
+            and all(c.state_elements == 0
+                    for c, k in zip(arch.caches, kinds, strict=True) if k != "recurrent"))
 
 
 def family_extra_bytes(arch: Architecture, chunk: int, keys: int, fused: bool = False,
-                       half: bool = False) -> float:
+                       half: bool = False, state: bool = True) -> float:
     """Per chunk token, what the twins of a family without measured coefficients needed beyond
     its scaled share of the priced arrays (unimap/family_calibration.py), in units that grow
     with the model as those arrays do (extra_units): per unit of hidden width and per head and
@@ -700,9 +759,12 @@ def family_extra_bytes(arch: Architecture, chunk: int, keys: int, fused: bool = 
     if found is None:
         return 0.0
     basis, _, fit = found
+    basis = "scan" if basis == SCAN_APART else basis
     units = extra_units(arch, basis, chunk, keys, half)
     if fused and basis == "scan":  # a fused scan kernel: no states per block or per token
         units = tuple(0.0 if i in SCAN_STATE_UNITS else u for i, u in enumerate(units))
+    if not state and basis == "scan":  # the chunk in a layer without a recurrent state
+        units = tuple(0.0 if i in SCAN_LAYER_UNITS else u for i, u in enumerate(units))
     return sum(c * u for c, u in zip(fit, units, strict=True)) * 4
 
 
