@@ -299,16 +299,16 @@ def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], t
     if not all(r.parts for r in runs):  # runs saved before the price by kind was recorded
         floor = least_scale(runs)
         # with scale = floor + t (t >= 0): t * base + c . units >= missing + (1 - floor) * base
-        old = [([r.base, *r.units], r.missing + (1 - floor) * r.base + in_flight(r)) for r in runs]
+        old = [([r.base, *r.units], r.missing + (1 - floor) * r.base) for r in runs]
         t, *extra = least_cover(old, [1 / r.peak for r in runs])
-        return runs[0].basis, (floor + t,), tuple(extra)
+        return runs[0].basis, (floor + t,), with_in_flight(runs[0], tuple(extra))
     n = len(runs[0].units)
 
     def shares(r: Run) -> list[float]:
         hidden, query, kv, mlp = r.parts
         return [hidden + query + kv, mlp]
 
-    rows = [([*shares(r), *r.units], r.missing + r.base + in_flight(r)) for r in runs]
+    rows = [([*shares(r), *r.units], r.missing + r.base) for r in runs]
     if any(r.twin.endswith("-real") for r in runs):
         guard = [([*shares(r), *[0.0] * n], min(r.missing + r.base, LEAST_SCALE * r.base))
                  for r in runs if r.twin.endswith(WIDEST_TWINS) and min(r.step, r.tokens - 1) >= 252]
@@ -331,7 +331,7 @@ def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], t
         dropped |= trace
         rows = [([0.0 if j in dropped else c for j, c in enumerate(cols)], m) for cols, m in rows]
         found = tuple(0.0 if j in dropped else c for j, c in enumerate(solve(rows)))
-    return SCAN_APART if apart else runs[0].basis, tuple(found[:2]), tuple(found[2:])
+    return SCAN_APART if apart else runs[0].basis, tuple(found[:2]), with_in_flight(runs[0], tuple(found[2:]))
 
 
 # How far apart the two shares may be: left free, the program put all of a family's price on
@@ -342,13 +342,20 @@ SHARE_SPREAD = 2.0
 SCORE_TRACE = 0.005  # a per-key part under this is a trace of the program's vertex, not a need
 
 
-def in_flight(run: Run) -> float:
-    """Per chunk token, one hidden-wide float32 array: what MLX's evaluation can hold more than a
-    run measured, by how far its allocations ran ahead of the work in flight (docs/BENCHMARKS.md,
-    "Run to run"). The same tiny twins run through mlx-lm's stream_generate measured up to that
-    much over the calibration's own runs (Klear, granite, gemma2, mimo at 252 tokens: 62-64 kB, a
-    252 x 64 x 4-byte array), where a fit without it left Klear's plan under its peak (0.998)."""
-    return run.units[0] if run.basis == "hidden" else run.units[4]  # extra_units' hidden width, x 4
+IN_FLIGHT_ARRAYS = 1.0
+
+
+def with_in_flight(run: Run, extra: tuple[float, ...]) -> tuple[float, ...]:
+    """The extra with IN_FLIGHT_ARRAYS more hidden-wide float32 arrays per chunk token (its
+    hidden-width part, in units of 4 bytes): what MLX's evaluation can hold beyond a run it
+    measured, by how far its allocations ran ahead of the work in flight (docs/BENCHMARKS.md,
+    "Run to run"). The tiny twins run through mlx-lm's stream_generate measured up to that much
+    over the calibration's own runs (Klear, granite, gemma2, mimo at 252 tokens: 62-64 kB, one
+    252 x 64 x 4-byte array), where a fit without it left Klear's plan under its peak (0.998).
+    Added after the fit, not inside it: a program asked to cover it put it on the per-key part,
+    which _up's rounding then made four times larger at 2,048 keys."""
+    hidden = 0 if run.basis == "hidden" else 4  # extra_units' hidden width
+    return tuple(c + IN_FLIGHT_ARRAYS if i == hidden else c for i, c in enumerate(extra))
 
 
 def fit_apart(runs: list[Run], rows: list[tuple[list[float], float]],

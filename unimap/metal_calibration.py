@@ -13,10 +13,10 @@ only; unimap/estimate.py metal_arrays_factor).
 """
 
 METAL_ARRAYS_FACTORS: dict[str, float] = {
-    "gemma4": 1.25,
+    "gemma4": 1.22,
     "qwen3": 2.02,
-    "qwen3_5": 2.69,
-    "qwen3_5_moe": 2.55,
+    "qwen3_5": 2.6,
+    "qwen3_5_moe": 2.49,
     "qwen3_moe": 1.28,
 }
 
