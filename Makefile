@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run serve doctor test lint bench bench-estimate calibrate clean
+.PHONY: run serve doctor test lint bench bench-estimate calibrate refit-families clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,12 +61,17 @@ bench-estimate: $(STAMP)
 	$(BIN)/python tools/bench_estimate.py --png docs/estimate_vs_measured.png
 
 # Refit unimap/calibration.py, unimap/vision_calibration.py and unimap/family_calibration.py from
-# measurements on this machine (about 12 + 3 + 8 minutes on 2 cores), then Metal's factors over
-# them from the published Mac peaks in docs/metal (seconds).
+# measurements on this machine (about 12 + 3 + 120 minutes on 2 cores; the family runs are kept
+# in tools/family_runs.json.gz), then Metal's factors over them from the published Mac peaks in
+# docs/metal (seconds). `make refit-families` redoes the family fits from the kept runs (seconds).
 calibrate: $(STAMP)
 	$(BIN)/python tools/calibrate_activations.py --write
 	$(BIN)/python tools/calibrate_vision.py --write
-	$(BIN)/python tools/calibrate_families.py --write
+	$(BIN)/python tools/calibrate_families.py --write --save tools/family_runs.json.gz
+	$(BIN)/python tools/calibrate_metal.py --write
+
+refit-families: $(STAMP)
+	$(BIN)/python tools/calibrate_families.py --refit tools/family_runs.json.gz --write
 	$(BIN)/python tools/calibrate_metal.py --write
 
 clean:

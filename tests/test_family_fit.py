@@ -171,6 +171,7 @@ def test_the_fits_are_what_the_saved_runs_need() -> None:
     its family's runs."""
     from calibrate_families import RUNS_FILE, _up, read_runs
 
+    from unimap.estimate import SCAN_LAYER_UNITS
     from unimap.family_calibration import FAMILY_EXTRA
 
     saved = read_runs(RUNS_FILE)
@@ -187,7 +188,7 @@ def test_the_fits_are_what_the_saved_runs_need() -> None:
             hidden, query, kv, mlp = run.parts
             arrays = shares[0] * (hidden + query + kv) + shares[-1] * mlp
             parts = [c * u for c, u in zip(extra, run.units, strict=True)]
-            scan = sum(parts[:4]) if basis == "scan-apart" else 0.0
+            scan = sum(parts[i] for i in SCAN_LAYER_UNITS) if basis == "scan-apart" else 0.0
             need = run.missing + run.base
             priced = arrays + sum(parts) - scan + (max(run.scores, scan) - run.scores)
             assert priced >= need - 1e-9 * run.peak, (family, run.twin, run.tokens)
