@@ -1,6 +1,7 @@
 """Predicted against measured peak memory over a matrix of models and settings (issue 5).
 
 Usage: python tools/bench_estimate.py [--quick] [--only SUBSTRING] [--json OUT] [--png OUT] [--free]
+       python tools/bench_estimate.py --results JSON [--reprice] [--json OUT] [--png OUT]
 
 Every case runs in a fresh process: `unimap.load` plans and loads a random-weight checkpoint
 (real safetensors written by MLX, or the shipped GGUF model), then the real workload runs through
@@ -451,7 +452,7 @@ def child(case: Case, path: Path) -> dict[str, Any]:
     est = plan.estimate
     return {
         "case": asdict(case), "name": case.name, "seconds": time.perf_counter() - start,
-        "predicted": plan.peak_bytes, "measured": max(load_peak, run_peak),
+        "predicted": plan.peak_bytes, "measured": max(load_peak, run_peak), "free": FREE,
         "load_peak": load_peak, "run_peak": run_peak,
         "weights_predicted": sum(d.weight_bytes for d in plan.devices), "weights_measured": weights,
         "kv_predicted": sum(d.kv_bytes for d in plan.devices), "kv_measured": cache_bytes(cache),
@@ -601,12 +602,21 @@ def main() -> None:
     parser.add_argument("--keep-going", action="store_true", help="report a failing case and go on")
     parser.add_argument("--free", action="store_true", help="run without the plan's MLX memory "
                                                             "limit (the need, not the user's run)")
+    parser.add_argument("--reprice", action="store_true", help="with --results: plan every case again "
+                        "with this checkout (its fits) before rendering; for --free runs only, whose "
+                        "measured peaks do not depend on the plan")
     args = parser.parse_args()
     if args.free:
         os.environ[FREE_ENV] = "1"  # the children read it
     if args.results:
-        report(json.loads(args.results.read_text()), None, args.png)
+        results = json.loads(args.results.read_text())
+        if args.reprice:
+            with tempfile.TemporaryDirectory() as tmp:
+                results = reprice(results, args.work or Path(tmp))
+        report(results, args.json, args.png)
         return
+    if args.reprice:
+        parser.error("--reprice needs --results FILE")
     import mlx.core as mx
 
     wanted = args.only.split(",")
@@ -625,6 +635,32 @@ def main() -> None:
             if args.json:  # kept as it grows, so a run cut short still leaves its cases
                 args.json.write_text(json.dumps(results, indent=1))
     report(results, args.json, args.png)
+
+
+def reprice(results: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
+    """The results with every case planned again by this checkout (`unimap.plan` on the same
+    checkpoint and options), so a change to the estimate or its fits is measured against peaks
+    already taken. Only runs made with --free qualify: a held run's peak follows its plan's
+    memory limit."""
+    import unimap
+
+    held = [r["name"] for r in results if r.get("free") is False]
+    if held:
+        raise SystemExit(f"--reprice: {len(held)} results were held to their plan's memory limit "
+                         f"(first: {held[0]}); rerun them with --free")
+    out = []
+    for r in results:
+        if not r.get("measured"):
+            out.append(r)
+            continue
+        case = Case(**r["case"])
+        path = checkpoint(work, case.model, case.weights)
+        plan = unimap.plan(path, **load_kwargs(case, unimap.inspect(path).num_layers))
+        weights = sum(d.weight_bytes for d in plan.devices)
+        kv = sum(d.kv_bytes for d in plan.devices)
+        out.append({**r, "predicted": plan.peak_bytes, "weights_predicted": weights, "kv_predicted": kv,
+                    "working_predicted": plan.peak_bytes - weights - kv})
+    return out
 
 
 def report(results: list[dict[str, Any]], json_out: Path | None, png: Path | None) -> None:
