@@ -73,3 +73,18 @@ def test_the_baseline_prices_what_mistralrs_documents(tmp_path: Path) -> None:
     # 8-bit ISQ gets no credit from a bf16 checkpoint: Q8_0's pack factor is 2 * 32 // 34 = 1
     isq8 = bench.mistralrs_bytes(spec, Options(max_seq_len=2048, max_batch_size=2, isq=8), "bfloat16")
     assert isq8 == got
+
+
+def test_reprice_plans_a_saved_case_as_the_bench_did(results: dict[str, dict[str, Any]],
+                                                     tmp_path: Path) -> None:
+    """`--results --reprice` plans a saved case again with this checkout: with the same code and
+    fits, the same plan as the run it was saved from. A run held to its plan's memory limit
+    (these are: free is False) is refused, since its peak followed the plan."""
+    saved = [results[CASES[0].name], results[CASES[1].name]]
+    assert all(r["free"] is False for r in saved)
+    with pytest.raises(SystemExit, match="held to their plan's memory limit"):
+        bench.reprice(saved, tmp_path)
+    again = bench.reprice([{**r, "free": True} for r in saved], tmp_path)
+    for before, after in zip(saved, again, strict=True):
+        for key in ("predicted", "weights_predicted", "kv_predicted", "working_predicted", "measured"):
+            assert after[key] == before[key], (before["name"], key)

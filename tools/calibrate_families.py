@@ -269,10 +269,19 @@ LEAST_SCALE = 0.77
 WIDEST_TWINS = ("-wide1", "-mix", "-real")
 
 
+# How far apart the two shares may be: left free, the program put all of a family's price on
+# one kind (gpt_oss's hidden, query and key/value arrays at 0), and gpt-oss-20b's published
+# config, whose query is 1.42 times its hidden width where every twin's is 1, was planned at
+# 0.9999 of its peak.
+SHARE_SPREAD = 2.0
+SCORE_TRACE = 0.005  # a per-key part under this is a trace of the program's vertex, not a need
+IN_FLIGHT_ARRAYS = 1.0  # hidden-wide float32 arrays per chunk token added to every fit (with_in_flight)
+
+
 def least_scale(runs: list[Run]) -> float:
-    """The scale's floor for a family's runs: with its twin at real widths among them, the
-    largest share of the price its widest twins need alone (at chunks of 252 tokens or more),
-    at most LEAST_SCALE; else LEAST_SCALE."""
+    """The floor of one share of the whole (runs saved without the price by kind): with the twin
+    at real widths among them, the largest share of the price its widest twins need alone (at
+    chunks of 252 tokens or more), at most LEAST_SCALE; else LEAST_SCALE."""
     if not any(r.twin.endswith("-real") for r in runs):
         return LEAST_SCALE
     alone = [(r.missing + r.base) / r.base for r in runs
@@ -288,10 +297,12 @@ def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], t
     of the hidden, query and key/value arrays, and of the MLP arrays), else one of the whole.
     The shares' floor, where one of the whole is least_scale: with a twin at real widths, the
     shares alone (extras at zero) cover each of the widest twins' runs at chunks of 252 tokens
-    or more, up to LEAST_SCALE of its price; without one, each share is at least LEAST_SCALE.
-    `apart`: a hybrid whose recurrent states live in layers of their own
-    (unimap.estimate.state_apart), priced with its scan's state parts in a phase apart from the
-    scores (fit_apart). None without runs."""
+    or more, up to LEAST_SCALE of its price; without one, each share is at least LEAST_SCALE;
+    neither share under 1/SHARE_SPREAD of the other. Per-key parts under SCORE_TRACE are solved
+    away, and IN_FLIGHT_ARRAYS are added to the hidden-width part (with_in_flight). `apart`: a
+    hybrid whose recurrent states live in layers of their own (unimap.estimate.state_apart),
+    priced with its scan's state parts in a phase apart from the scores (fit_apart). None
+    without runs."""
     from unimap.estimate import SCAN_APART
 
     if not runs:
@@ -317,6 +328,7 @@ def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], t
     # neither share under 1/SHARE_SPREAD of the other (the twins never vary the query and
     # key/value widths against the hidden width, so they cannot tell the two apart further)
     guard += [([1.0, -1 / SHARE_SPREAD, *[0.0] * n], 0.0), ([-1 / SHARE_SPREAD, 1.0, *[0.0] * n], 0.0)]
+
     def solve(rows: list[tuple[list[float], float]]) -> tuple[float, ...]:
         if apart:
             return fit_apart(runs, rows, guard)
@@ -334,15 +346,6 @@ def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], t
     return SCAN_APART if apart else runs[0].basis, tuple(found[:2]), with_in_flight(runs[0], tuple(found[2:]))
 
 
-# How far apart the two shares may be: left free, the program put all of a family's price on
-# one kind (gpt_oss's hidden, query and key/value arrays at 0), and gpt-oss-20b's published
-# config, whose query is 1.42 times its hidden width where every twin's is 1, was planned at
-# 1.000 of its peak.
-SHARE_SPREAD = 2.0
-SCORE_TRACE = 0.005  # a per-key part under this is a trace of the program's vertex, not a need
-
-
-IN_FLIGHT_ARRAYS = 1.0
 
 
 def with_in_flight(run: Run, extra: tuple[float, ...]) -> tuple[float, ...]:
