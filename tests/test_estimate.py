@@ -7,6 +7,7 @@ plus two 128-element norms = 147712 elements = 295424 bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import fixtures as fx
@@ -387,6 +388,22 @@ def test_terms_of_families_read_from_mlx_lm(monkeypatch: pytest.MonkeyPatch) -> 
     assert family_extra_bytes(arch, 512, 1000) == scan(512, 256)
     assert family_extra_bytes(arch, 100, 1000) == scan(100, 100)
     assert family_extra_bytes(arch, 1, 1000) == scan(1, 1)  # a decode step
+    # an SSD scan's units (mlx-lm's ssm_attn): every block's squares, the state once, the scan's
+    # inputs per token (heads x state size, heads x head dim); never a state per token
+    ssd = LayerCache("recurrent", 0, state_elements=8 * 16 * 64 + 300, window=None, head_dim=0,
+                     quantizable=False, state_float32=True, state_heads=8, state_dims=(16, 64))
+    mamba2 = dataclasses.replace(arch, caches=(arch.caches[0], ssd))
+    assert mamba2.scan_widths == (8 * 16, 8 * 64)
+    monkeypatch.setitem(FAMILY_EXTRA, "x", ("ssd", 1.0, (2.0, 3.0, 0.5, 0.25, 0.75, 1.5, 0.0, 0.0)))
+    state = 8 * 16 * 64 + 300
+
+    def by_block(chunk: int, block: int) -> float:
+        return (2.0 * 8 * block * block / chunk + 3.0 * state / chunk + 0.5 * 8 * 64 + 0.25 * 8 * 16
+                + 0.75 * 8 * block + 1.5 * 64) * 4
+    assert family_extra_bytes(mamba2, 2048, 3000) == by_block(2048, 256)
+    assert family_extra_bytes(mamba2, 100, 3000) == by_block(100, 100)
+    # the chunk in a layer without the state: the hidden width alone
+    assert family_extra_bytes(mamba2, 2048, 3000, state=False) == 1.5 * 64 * 4
     # a ChunkedKVCache (llama4): as a KVCache up to its window, then the window and a new step
     chunked = LayerCache("sliding", 64, 0, window=8, head_dim=16, quantizable=False, chunked=True)
     one = Options(max_seq_len=12)

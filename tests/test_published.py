@@ -92,6 +92,15 @@ def test_sliding_chunked_and_recurrent_layers(published: dict[str, Path]) -> Non
     assert qwen3_next.caches[3].kind == "full" and qwen3_next.caches[0].state_heads > 0
     mamba2 = unimap.inspect(published["mamba2"]).arch
     assert kinds(mamba2) == {"recurrent": 64} and mamba2.head_dim == 0
+    # the SSD state's heads and dims, as mlx-lm's cache holds it: (heads, head dim, state size)
+    cfg = PUBLISHED["mamba2"]["config"]
+    assert mamba2.caches[0].state_heads == cfg["num_heads"]
+    assert mamba2.caches[0].state_dims == (cfg["head_dim"], cfg["state_size"])
+    assert mamba2.scan_widths == (cfg["num_heads"] * cfg["head_dim"], cfg["num_heads"] * cfg["state_size"])
+    linear = PUBLISHED["qwen3_next"]["config"]
+    assert qwen3_next.caches[0].state_heads == linear["linear_num_value_heads"]
+    assert sorted(qwen3_next.caches[0].state_dims) == sorted(
+        (linear["linear_key_head_dim"], linear["linear_value_head_dim"]))
     falcon = unimap.inspect(published["falcon_h1"]).arch
     assert all(c.token_elements and c.state_elements for c in falcon.caches)  # attention + SSM
     nemotron = unimap.inspect(published["nemotron_h"]).arch

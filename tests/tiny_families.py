@@ -349,6 +349,18 @@ STATE_HEADS = frozenset({"linear_num_value_heads", "linear_num_key_heads", "mamb
                          "mamba_n_heads"})
 
 
+# An SSM's state size per head (the width of SSD's B and C inputs), which state_config scales alone.
+STATE_SIZES = frozenset({"state_size", "ssm_state_size", "mamba_d_state"})
+
+
+def state_config(family: str, factor: int = 4) -> dict[str, Any]:
+    """`tiny_config(family)` with only its SSM state size `factor` times larger: in every twin
+    an SSD state's size is its head dim, where published ones keep 2 to 4 times it (Nemotron-H
+    56B: 64 x 256), so a fit to the others cannot tell the arrays that grow with one from those
+    that grow with the other."""
+    return scale_fields(tiny_config(family), STATE_SIZES, factor)
+
+
 def wide_config(family: str, factor: int = 4, experts: int = 4, state_heads: int = 1) -> dict[str, Any]:
     """`tiny_config(family)` with every width `factor` times larger (heads keep their number, so
     head dims and SSM state sizes grow too: a state of heads x dim x dim grows factor^2),

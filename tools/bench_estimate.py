@@ -88,6 +88,9 @@ PUBLISHED_CUTS: dict[str, dict[str, Any]] = {
     "mamba2": {"num_hidden_layers": 2},  # Codestral Mamba 7B: 128 heads x 64 x state 128
     "qwen3_next": {"num_hidden_layers": 4, "num_experts": 16},  # 3 linear layers, 1 full
     "nemotron_h": {"num_hidden_layers": 2, "hybrid_override_pattern": "M*"},  # 56B: state 256
+    # 0.5B: attention and SSD in every layer, state 2 x head dim; its config as found leaves the
+    # SSD width to expand x hidden (2048), which 24 heads do not divide: 24 x 64 as mlx-lm needs
+    "falcon_h1": {"num_hidden_layers": 2, "mamba_d_ssm": 1536},
     "gemma2": {"num_hidden_layers": 2},  # 9B
     # 20B, top-4; its experts in bf16, as mlx-community's bf16 conversions hold them
     "gpt_oss": {"num_hidden_layers": 2, "num_local_experts": 16, "quantization_config": DROP},
@@ -270,9 +273,15 @@ def published_twin(family: str) -> dict[str, Any]:
     return {k: v for k, v in {**out, **cuts, "vocab_size": 1024}.items() if v != DROP}
 
 
+# Published twins whose scans run in blocks of 256 tokens (SSD, chunked gated delta), also run
+# at 1024: a chunk of four blocks keeps other arrays than one block or eight.
+BLOCK_SCANS = ("mamba2", "nemotron_h", "falcon_h1", "qwen3_next")
+
+
 def published_cases() -> list[Case]:
-    """The published twins at a short and a long prompt."""
-    return [Case(f"{PUBLISHED}{f}", "f32", seq, 1) for f in PUBLISHED_CUTS for seq in (256, 2048)]
+    """The published twins at a short and a long prompt (and one between for BLOCK_SCANS)."""
+    return [Case(f"{PUBLISHED}{f}", "f32", seq, 1) for f in PUBLISHED_CUTS
+            for seq in ((256, 1024, 2048) if f in BLOCK_SCANS else (256, 2048))]
 
 
 def available(cases: list[Case]) -> list[Case]:

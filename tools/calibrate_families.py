@@ -100,7 +100,7 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
 
     import unimap
     from unimap.device_map import parse_device_map
-    from unimap.estimate import Options, base_array_bytes, base_array_parts, extra_units
+    from unimap.estimate import SSD, Options, base_array_bytes, base_array_parts, extra_units
     from unimap.generate import make_cache
     from unimap.inspect import dtype_bytes
     from unimap.plan import make_plan
@@ -109,6 +109,7 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
     path = write_random_model(work / family, tiny_config(family))
     spec = unimap.inspect(path)
     state = has_state(spec.arch)
+    kind = basis(spec.arch)
     # (kind, how to build it, its runs, whether the family's fit may go on without it)
     kinds: list[tuple[str, Callable[[], Path | None], tuple[tuple[int, int, int], ...], bool]] = [
         ("tiny", lambda: path, RUNS, False),
@@ -117,6 +118,8 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
         ("wide", lambda: wider(family, work), WIDE_RUNS, True),
         # and one whose state outweighs its hidden width as real ones do
         ("wide-state", lambda: wider(family, work, STATE_HEADS) if state else None, WIDE_RUNS, True),
+        # and an SSD scan's state 4 times its head dim, as published ones are (only SSD families)
+        ("state-size", lambda: sized(family, work) if kind == SSD else None, WIDE_RUNS, True),
         ("mix", lambda: mixed(family, work), MIX_RUNS, True),
         ("bf16", lambda: half(family, work), BF16_RUNS, True),
         ("real", lambda: real_width(family, work), REAL_RUNS, True),
@@ -141,7 +144,6 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
                 peak = mx.get_peak_memory()
                 chunk, n = min(step, tokens - 1), batch * min(step, tokens - 1)
                 d = dtype_bytes(plan.estimate.dtype)
-                kind = basis(spec.arch)
                 units = [4 * u for u in extra_units(spec.arch, kind, chunk, tokens + DECODE, d < 4)]
                 scores = plan.estimate.activation_terms["prefill/scores-and-masks"] / n
                 done.append(Run(kind, path.name, tokens, batch, step, units, (peak - plan.peak_bytes) / n,
@@ -233,6 +235,14 @@ def real_width(family: str, work: Path) -> Path | None:
     from tiny_families import wide_config
 
     return built(work / f"{family}-real", wide_config(family, REAL_WIDTH, REAL_EXPERTS))
+
+
+def sized(family: str, work: Path) -> Path | None:
+    """The family's tiny twin with 4 times its SSM state size (tests/tiny_families.py
+    state_config), or None when mlx-lm cannot build it."""
+    from tiny_families import state_config
+
+    return built(work / f"{family}-state4", state_config(family))
 
 
 def mixed(family: str, work: Path) -> Path | None:
@@ -357,7 +367,9 @@ def with_in_flight(run: Run, extra: tuple[float, ...]) -> tuple[float, ...]:
     252 x 64 x 4-byte array), where a fit without it left Klear's plan under its peak (0.998).
     Added after the fit, not inside it: a program asked to cover it put it on the per-key part,
     which _up's rounding then made four times larger at 2,048 keys."""
-    hidden = 0 if run.basis == "hidden" else 4  # extra_units' hidden width
+    from unimap.estimate import HIDDEN_UNIT
+
+    hidden = HIDDEN_UNIT[run.basis]  # extra_units' hidden width
     return tuple(c + IN_FLIGHT_ARRAYS if i == hidden else c for i, c in enumerate(extra))
 
 
@@ -482,10 +494,20 @@ def _vertices(units: Any, missing: Any, w: Any) -> Any:
     return best[1]
 
 
+SSD_MARK = "ssm_update"  # what marks a module that runs mlx-lm's SSD scan (mlx_lm/models/ssm.py)
+
+
 def basis(arch: Any) -> str:
     """Families whose layers keep a recurrent state (SSM, linear attention, convolution) are
-    priced in units of that state; the others in hidden width and score units."""
-    return "scan" if arch.state_elements else "hidden"
+    priced in units of that state (those that run mlx-lm's SSD scan in its own units); the
+    others in hidden width and score units."""
+    from unimap.estimate import SSD
+    from unimap.structure import model_source, vlm_source
+
+    if not arch.state_elements:
+        return "hidden"
+    source = model_source(arch.family) or vlm_source(arch.family)
+    return SSD if SSD_MARK in source and arch.state_heads else "scan"
 
 
 def run(model: Any, cache: list[Any], tokens: int, batch: int, step: int) -> None:
@@ -535,12 +557,15 @@ the price by kind of array. Plus the extra: coefficients (all >= 0) for the unit
 (unimap.estimate.extra_units, per chunk token, times 4 bytes): "hidden" (hidden width; heads x
 keys) or "scan" (families with a recurrent state: state heads x block^2, the largest layer
 state once and per block token, each over the chunk; the state per token; hidden width; heads x
-keys), and last heads x keys again for a model in half precision (scores some families compute
-in float32); "scan-apart": "scan" units for a hybrid whose states live in layers without
-attention, fitted with the chunk's scan states in a phase apart from its scores (the prefill
+keys), "ssd" (families that run mlx-lm's SSD scan: state heads x block^2 over the chunk, the
+largest layer state over the chunk, state heads x state size and x head dim, state heads x
+block, hidden width, heads x keys), and last heads x keys again for a model in half precision
+(scores some families compute in float32); "scan-apart": "scan" units for a hybrid whose states
+live in layers without attention, fitted with the chunk's scan states in a phase apart from its
+scores (the prefill
 needs the larger of the two, unimap.estimate.priced_apart). Fitted to cover every run of the
-family's tiny twin, its 8-layer twin (state
-families), its twins 4 times as wide (and with 4 times the state heads), with 4 times the MLP
+family's tiny twin, its 8-layer twin (state families), its twins 4 times as wide (and with 4
+times the state heads; SSD families: with 4 times the state size alone), with 4 times the MLP
 widths, in bfloat16 and, where it was measured (not the slowest state families), 8 times as
 wide: those take their own shares (the shares alone never under what the widest twins' runs
 need, up to 0.77 of their price), the others never under 0.77. Families not listed keep the
@@ -597,8 +622,8 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="also write every run's measurement to this JSON file")
     parser.add_argument("--refit", type=Path, help="fit from a --save file instead of measuring")
     parser.add_argument("--twins", default="", help="measure only these twin kinds (comma-separated: "
-                        "tiny, deep, wide, wide-state, mix, bf16, real) and, with --refit, fit them "
-                        "beside the saved runs of the others (saved again with --save)")
+                        "tiny, deep, wide, wide-state, state-size, mix, bf16, real) and, with --refit, "
+                        "fit them beside the saved runs of the others (saved again with --save)")
     parser.add_argument("--apart", action="store_true", help="fit a hybrid whose recurrent states live in "
                         "layers without attention with its scan's states and its scores in phases apart "
                         "(fit_apart; measured and not used: docs/BENCHMARKS.md)")

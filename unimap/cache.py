@@ -27,7 +27,7 @@ from unimap.errors import ModelError
 from unimap.families import LayerCache
 from unimap.structure import Structure
 
-FORMAT = 1  # the layout of an entry; a change makes every older entry a miss
+FORMAT = 2  # the layout of an entry; a change makes every older entry a miss
 MAX_ENTRY_BYTES = 16 * 1024 * 1024  # a structure is tens of kB (one shape per 2-D parameter)
 MAX_ENTRIES = 512  # distinct configs planned; the fuzzer makes thousands
 
@@ -166,7 +166,12 @@ def _cache(value: Any) -> LayerCache:
         state_elements=_int(value["state_elements"]), window=None if window is None else _int(window),
         head_dim=_int(value["head_dim"]), quantizable=_flag(value["quantizable"]),
         state_float32=_flag(value["state_float32"]), state_heads=_int(value["state_heads"]),
-        chunked=_flag(value["chunked"]))
+        chunked=_flag(value["chunked"]), state_dims=_pair(value["state_dims"]))
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    first, second = _tuple(_int)(value)
+    return first, second
 
 
 def _shape(value: Any) -> tuple[str, tuple[int, ...]]:

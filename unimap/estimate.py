@@ -683,6 +683,10 @@ def _measured_or_largest(table: Mapping[tuple[str, str], tuple[float, ...]], fam
 SCAN_STEP_TOKENS = 256  # mlx-lm's SSM scan (ssm_attn) works in blocks of this many tokens
 SCAN_STATE_UNITS = (2, 3)  # extra_units' "scan" parts for states per block token and per token
 SCAN_LAYER_UNITS = (0, 1, 2, 3)  # the "scan" parts a layer with a recurrent state makes
+SSD = "ssd"  # a fit in units of mlx-lm's SSD scan (extra_units)
+# per basis, the extra_units parts a layer with a recurrent state makes, and the hidden width's
+LAYER_UNITS = {"scan": SCAN_LAYER_UNITS, SSD: (0, 1, 2, 3, 4)}
+HIDDEN_UNIT = {"hidden": 0, "scan": 4, SSD: 5}
 # What marks a Metal scan kernel in prefill: mlx-lm's gated delta (in the module or one it
 # imports from), or a kernel of the module's own (RWKV-7). ssm.py's kernel serves decode steps
 # only: its prefill scan runs op by op on Metal too.
@@ -763,8 +767,8 @@ def family_extra_bytes(arch: Architecture, chunk: int, keys: int, fused: bool = 
     units = extra_units(arch, basis, chunk, keys, half)
     if fused and basis == "scan":  # a fused scan kernel: no states per block or per token
         units = tuple(0.0 if i in SCAN_STATE_UNITS else u for i, u in enumerate(units))
-    if not state and basis == "scan":  # the chunk in a layer without a recurrent state
-        units = tuple(0.0 if i in SCAN_LAYER_UNITS else u for i, u in enumerate(units))
+    if not state and basis in LAYER_UNITS:  # the chunk in a layer without a recurrent state
+        units = tuple(0.0 if i in LAYER_UNITS[basis] else u for i, u in enumerate(units))
     return sum(c * u for c, u in zip(fit, units, strict=True)) * 4
 
 
@@ -780,8 +784,23 @@ def extra_units(arch: Architecture, basis: str, chunk: int, keys: int,
       state-sized arrays for every token. Per chunk token: state heads x block^2 (a block's decay
       and score squares) and the largest layer state once and once per block token (a block
       that follows a state broadcasts it over its tokens), each spread over the chunk; the state
-      per token; the hidden width, for what grows with the chunk; and heads x keys."""
+      per token; the hidden width, for what grows with the chunk; and heads x keys.
+    - SSD ("ssd": mlx-lm's ssm_attn, Mamba-2 and its hybrids): per chunk token, state heads x
+      block^2 over the chunk (one block's decay and score squares); the largest layer state once
+      (over the chunk); the scan's inputs per token, heads x state size (B repeated over the
+      heads) and heads x head dim (x, the output and their products); state heads x block (what
+      each block keeps of its squares until the chunk's output is made: a slice of its decay);
+      the hidden width; and heads x keys. A state is never made per token: the "scan" units'
+      state per token, fitted to twins whose state size is their head dim, priced published SSD
+      models at up to 1.8 times their peak."""
     scores = float(arch.num_heads * keys)
+    if basis == SSD:
+        chunk = max(chunk, 1)
+        block = min(chunk, SCAN_STEP_TOKENS)
+        by_dim, by_size = arch.scan_widths
+        return (arch.state_heads * block * block / chunk, arch.state_elements / chunk, float(by_size),
+                float(by_dim), float(arch.state_heads * block), float(arch.hidden_size), scores,
+                scores if half else 0.0)
     if basis == "scan":
         chunk = max(chunk, 1)
         block = min(chunk, SCAN_STEP_TOKENS)

@@ -130,6 +130,8 @@ class LayerCache:
     state_float32: bool = False  # state kept in float32 whatever the model's dtype
     state_heads: int = 0  # heads of a (batch, heads, dim, dim) recurrent state (SSM, linear attention)
     chunked: bool = False  # a ChunkedKVCache: it keeps `window` tokens and grows in steps past them
+    # the two dims of that state: an SSD scan's (head dim, state size), gated delta's (key, value)
+    state_dims: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,14 @@ class Architecture:
     def state_heads(self) -> int:
         """The most heads any layer's recurrent state has (0 without one)."""
         return max((c.state_heads for c in self.caches), default=0)
+
+    @property
+    def scan_widths(self) -> tuple[int, int]:
+        """Per token, the widths of a (batch, heads, dim, dim) state's scan inputs: heads times
+        each of its two dims (an SSD scan's heads x head dim and heads x state size), the most
+        of any layer ((0, 0) without such a state)."""
+        return (max((c.state_heads * c.state_dims[0] for c in self.caches), default=0),
+                max((c.state_heads * c.state_dims[1] for c in self.caches), default=0))
 
     @property
     def state_elements(self) -> int:

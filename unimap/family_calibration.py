@@ -12,12 +12,15 @@ the price by kind of array. Plus the extra: coefficients (all >= 0) for the unit
 (unimap.estimate.extra_units, per chunk token, times 4 bytes): "hidden" (hidden width; heads x
 keys) or "scan" (families with a recurrent state: state heads x block^2, the largest layer
 state once and per block token, each over the chunk; the state per token; hidden width; heads x
-keys), and last heads x keys again for a model in half precision (scores some families compute
-in float32); "scan-apart": "scan" units for a hybrid whose states live in layers without
-attention, fitted with the chunk's scan states in a phase apart from its scores (the prefill
+keys), "ssd" (families that run mlx-lm's SSD scan: state heads x block^2 over the chunk, the
+largest layer state over the chunk, state heads x state size and x head dim, state heads x
+block, hidden width, heads x keys), and last heads x keys again for a model in half precision
+(scores some families compute in float32); "scan-apart": "scan" units for a hybrid whose states
+live in layers without attention, fitted with the chunk's scan states in a phase apart from its
+scores (the prefill
 needs the larger of the two, unimap.estimate.priced_apart). Fitted to cover every run of the
-family's tiny twin, its 8-layer twin (state
-families), its twins 4 times as wide (and with 4 times the state heads), with 4 times the MLP
+family's tiny twin, its 8-layer twin (state families), its twins 4 times as wide (and with 4
+times the state heads; SSD families: with 4 times the state size alone), with 4 times the MLP
 widths, in bfloat16 and, where it was measured (not the slowest state families), 8 times as
 wide: those take their own shares (the shares alone never under what the widest twins' runs
 need, up to 0.77 of their price), the others never under 0.77. Families not listed keep the
@@ -48,7 +51,7 @@ FAMILY_EXTRA: dict[str, tuple[str, float | tuple[float, float], tuple[float, ...
     'exaone': ('hidden', (0.64, 0.69), (1.05, 0.0, 0.0)),
     'exaone4': ('hidden', (0.65, 0.55), (1.05, 0.0, 0.0)),
     'exaone_moe': ('hidden', (0.44, 0.52), (1.05, 0.0, 0.0)),
-    'falcon_h1': ('scan', (1.02, 0.7), (3.23, 2.32, 0.02, 0.0, 1.05, 0.31, 0.0)),
+    'falcon_h1': ('ssd', (1.18, 0.59), (2.81, 0.0, 0.79, 1.67, 0.35, 1.05, 0.09, 0.0)),
     'gear': ('hidden', (0.63, 0.96), (1.05, 0.0, 0.0)),
     'gemma': ('hidden', (0.62, 0.7), (1.05, 0.0, 0.0)),
     'gemma2': ('hidden', (0.56, 1.07), (1.05, 0.02, 0.0)),
@@ -68,7 +71,7 @@ FAMILY_EXTRA: dict[str, tuple[str, float | tuple[float, float], tuple[float, ...
     'gptj': ('hidden', (0.48, 0.95), (1.05, 0.0, 0.0)),
     'granite': ('hidden', (0.63, 0.69), (1.05, 0.0, 0.0)),
     'granitemoe': ('hidden', (0.37, 0.73), (1.05, 0.0, 0.0)),
-    'granitemoehybrid': ('scan', (0.49, 0.97), (3.25, 3.17, 0.01, 0.0, 1.05, 0.0, 0.0)),
+    'granitemoehybrid': ('ssd', (0.49, 0.97), (3.19, 1.45, 1.07, 0.0, 0.0, 1.05, 0.0, 0.0)),
     'helium': ('hidden', (0.62, 0.7), (1.05, 0.0, 0.0)),
     'hunyuan': ('hidden', (0.33, 0.66), (1.05, 0.0, 0.0)),
     'hunyuan_v1_dense': ('hidden', (0.52, 0.7), (1.05, 0.02, 0.0)),
@@ -90,7 +93,7 @@ FAMILY_EXTRA: dict[str, tuple[str, float | tuple[float, float], tuple[float, ...
     'longcat_flash': ('hidden', (0.7, 1.39), (1.05, 1.04, 0.0)),
     'longcat_flash_ngram': ('scan', (0.7, 1.39), (0.0, 0.0, 0.0, 0.0, 1.05, 1.05, 0.0)),
     'mamba': ('scan', 0.81, (0.0, 5.24, 0.0, 1.04, 0.0, 0.0, 0.0)),
-    'mamba2': ('scan', (3.28, 6.55), (3.04, 0.0, 0.0, 0.0, 1.05, 0.08, 0.0)),
+    'mamba2': ('ssd', (1.85, 0.93), (2.85, 9.69, 2.17, 0.0, 0.79, 1.05, 0.0, 0.0)),
     'mellum': ('hidden', (0.37, 0.74), (1.05, 0.0, 0.0)),
     'mimo': ('hidden', (0.65, 0.7), (1.05, 0.0, 0.0)),
     'mimo_v2_flash': ('hidden', (0.81, 0.81), (1.05, 1.99, 0.0)),
@@ -106,7 +109,7 @@ FAMILY_EXTRA: dict[str, tuple[str, float | tuple[float, float], tuple[float, ...
     'nanochat': ('hidden', (0.66, 0.36), (1.05, 0.0, 0.0)),
     'nemotron': ('hidden', (0.62, 0.34), (1.05, 0.0, 0.0)),
     'nemotron-nas': ('hidden', (0.73, 0.37), (1.05, 0.03, 0.0)),
-    'nemotron_h': ('scan', (0.11, 0.06), (3.39, 0.0, 0.09, 0.11, 8.01, 0.0, 0.0)),
+    'nemotron_h': ('ssd', (0.06, 0.11), (3.18, 0.0, 0.1, 14.68, 0.0, 1.05, 0.0, 0.0)),
     'olmo2': ('hidden', (0.62, 0.7), (1.05, 0.0, 0.0)),
     'olmo3': ('hidden', (0.67, 0.56), (1.05, 0.0, 0.0)),
     'olmo_hybrid': ('scan', (0.91, 0.46), (0.0, 7.26, 0.14, 0.82, 1.05, 0.0, 0.0)),
@@ -118,7 +121,7 @@ FAMILY_EXTRA: dict[str, tuple[str, float | tuple[float, float], tuple[float, ...
     'phixtral': ('hidden', (0.58, 1.15), (1.05, 0.0, 0.38)),
     'pixtral': ('hidden', (0.65, 0.7), (1.05, 0.0, 0.0)),
     'plamo': ('hidden', (0.85, 0.47), (1.05, 0.0, 0.0)),
-    'plamo2': ('scan', (0.78, 0.56), (3.06, 0.0, 0.04, 0.1, 1.05, 0.0, 0.0)),
+    'plamo2': ('ssd', (0.82, 0.54), (2.57, 0.0, 0.0, 9.77, 0.0, 1.05, 0.0, 0.0)),
     'plamo3': ('hidden', (0.9, 0.46), (1.05, 0.0, 0.0)),
     'prism_hadamard_qwen35': ('scan', (1.04, 0.6), (0.0, 6.93, 0.14, 0.77, 1.05, 0.0, 0.0)),
     'qwen': ('hidden', (0.82, 0.74), (1.05, 0.03, 0.0)),

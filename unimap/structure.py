@@ -592,12 +592,14 @@ def _cache_reading(two: Any, three: Any) -> LayerCache:
             else "recurrent" if state else "none")
     from mlx_lm.models.cache import KVCache
 
-    heads = [shape[1] for shape, _ in large if len(shape) == 4 and shape[2] != PROBE_TOKENS[1]]
+    states = [shape for shape, _ in large if len(shape) == 4 and shape[2] != PROBE_TOKENS[1]]
+    largest = max(states, key=math.prod, default=(0, 0, 0, 0))
     return LayerCache(kind=kind, token_elements=token, state_elements=max(state, 0),
                       window=window if token else None, head_dim=head_dim,
                       quantizable=type(three) is KVCache,
-                      state_float32=bool(wide[0]) and not token, state_heads=max(heads, default=0),
-                      chunked=bool(token) and _chunked(three))
+                      state_float32=bool(wide[0]) and not token,
+                      state_heads=max((shape[1] for shape in states), default=0),
+                      chunked=bool(token) and _chunked(three), state_dims=(largest[2], largest[3]))
 
 
 def _assign(per_cache: list[LayerCache], num_layers: int,
@@ -627,7 +629,7 @@ def _merge(a: LayerCache, b: LayerCache) -> LayerCache:
     return LayerCache(kind, token, a.state_elements + b.state_elements, window,
                       max(a.head_dim, b.head_dim), a.quantizable and b.quantizable,
                       a.state_float32 or b.state_float32, max(a.state_heads, b.state_heads),
-                      a.chunked or b.chunked)
+                      a.chunked or b.chunked, max(a.state_dims, b.state_dims, key=math.prod))
 
 
 def _keys(held: list[Held]) -> list[tuple[int, ...]]:
