@@ -40,8 +40,12 @@ serve: $(STAMP)
 doctor: $(STAMP)
 	$(BIN)/unimap doctor
 
+# The test files run in a worker per core (at most 4; TEST_WORKERS=0 runs them in this process),
+# each file whole in one worker: its fixtures are built once and its peaks are its own process's.
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check unimap tests tools examples

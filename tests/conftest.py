@@ -13,6 +13,15 @@ sys.path.insert(0, str(TOOLS))
 
 import fixtures as model_fixtures  # noqa: E402
 
+# The files that take longest start first (test_vlm_runs.py's child runs every mlx-vlm family,
+# about 3 minutes on 2 cores), so that under `make test`'s workers (pytest-xdist, a file to a
+# worker) the other files fill in beside them rather than wait behind them at the end.
+FIRST = ("test_vlm_runs.py", "test_families.py", "test_distributed.py", "test_vlm_coverage.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def structure_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
