@@ -260,7 +260,25 @@ def family_cases() -> list[Case]:
     from tiny_families import UNBUILDABLE, families
 
     return [Case(f"{prefix}{f}", "f32", seq, 1) for f in families() if f not in UNBUILDABLE
-            for seq in (256, 2048) for prefix in (FAMILY, DEEP, WIDE, HELD_OUT)]
+            for seq in (256, 2048) for prefix in (FAMILY, DEEP, WIDE, HELD_OUT)] + long_cases()
+
+
+# Families at prompts 8 times mlx-lm's chunk, twice what their calibration ran (8,196 tokens):
+# MLA's (DeepSeek V3 and V2, GLM-4.7-Flash, Kimi K2.5, Mistral 4), one whose fit kept a per-key
+# part it does not need there (Step-3.5), and sliding-window and plain ones beside them.
+LONG_FAMILIES = ("deepseek_v3", "deepseek_v2", "glm4_moe_lite", "kimi_k25", "mistral4", "step3p5",
+                 "minimax", "gemma2", "cohere2", "olmo2")
+
+
+# Tiny twins whose one global-attention layer is their last, whose prefill attention MLX never
+# evaluates (only its cache is needed): run 8 layers deep (Command R7B's 4-layer twin held 1/6.55
+# of its plan at 16,384 tokens, its window's scores alone).
+GLOBAL_LAST = ("cohere2",)
+
+
+def long_cases() -> list[Case]:
+    """LONG_FAMILIES' tiny twins at 16,384 tokens (GLOBAL_LAST 8 layers deep)."""
+    return [Case(f"{DEEP if f in GLOBAL_LAST else FAMILY}{f}", "f32", 16384, 1) for f in LONG_FAMILIES]
 
 
 def published_twin(family: str) -> dict[str, Any]:

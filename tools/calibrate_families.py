@@ -15,7 +15,9 @@ to 2049 tokens in one chunk each (mlx-lm's default chunk is 2048), each plus 4 d
 The same runs go through an 8-layer twin of families with recurrent state; some of them through
 twins 4 times as wide (4 times the experts, twice the top-k; and 4 times the state heads), with
 4 times the MLP widths, in bfloat16, and 8 times as wide (REAL_WIDTH: hidden 512, head dims 128,
-widths like real models'; 252 and 2044 tokens).
+widths like real models'; 252 and 2044 tokens); SSD families' tiny twin also with 4 times its
+state size; and every family's tiny twin (8 layers deep where its layers differ in kind) on a
+prompt of 8196 tokens, 4 chunks (LONG_RUNS).
 Each run is compared with the plan made with the largest coefficients of every measured family
 and no fit (measured peak against it, the price of the chunk's hidden, query, key/value and MLP
 arrays by kind, and the exact scores). The family's fit is its shares of that price (of the
@@ -54,6 +56,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 # more than its 2048)
 RUNS = ((8, 1, 2048), (24, 1, 2048), (64, 1, 2048), (160, 1, 128), (600, 2, 128),
         (252, 1, 2048), (300, 1, 2048), (1000, 1, 2048), (2044, 1, 2048), (2049, 1, 2048))
+# on the long twin (the tiny twin, 8 layers deep for state families): a prompt 4 times mlx-lm's
+# chunk, its last chunk attending to 4 times its tokens. Fitted to chunks of at most 2048 keys,
+# DeepSeek V3's twin was under at 8,192 tokens (0.994) and 16,384 (0.987), GLM-4.7-Flash's at
+# 8,192 (0.983): MLA's rope scores and the attention's own stay apart there, where at 2,048
+# keys MLX reuses one's buffer for the other.
+LONG_RUNS = ((8196, 1, 2048),)
 # on the wide twin (slower: a mamba scan at 4 times the width takes a minute a run): a few
 # tokens, a part of a scan block, several chunks in a batch, and a whole chunk
 WIDE_RUNS = ((8, 1, 2048), (64, 1, 2048), (252, 1, 2048), (600, 2, 128), (2049, 1, 2048))
@@ -116,6 +124,7 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
         # and 8 layers: a hybrid's attention is not only its last
         ("deep", lambda: deeper(family, work) if deep and state else None, RUNS, False),
         ("wide", lambda: wider(family, work), WIDE_RUNS, True),
+        ("long", lambda: longer(family, work, state or mixed_kinds(spec.arch)), LONG_RUNS, True),
         # and one whose state outweighs its hidden width as real ones do
         ("wide-state", lambda: wider(family, work, STATE_HEADS) if state else None, WIDE_RUNS, True),
         # and an SSD scan's state 4 times its head dim, as published ones are (only SSD families)
@@ -235,6 +244,26 @@ def real_width(family: str, work: Path) -> Path | None:
     from tiny_families import wide_config
 
     return built(work / f"{family}-real", wide_config(family, REAL_WIDTH, REAL_EXPERTS))
+
+
+def mixed_kinds(arch: Any) -> bool:
+    """Layers of more than one kind (sliding and full attention, recurrent and attention)."""
+    return len({c.kind for c in arch.caches} or set(arch.layer_kinds)) > 1
+
+
+def longer(family: str, work: Path, deep: bool) -> Path | None:
+    """The twin the long prompt runs on: the tiny twin, or with `deep` (layers of more than one
+    kind) the 8-layer one: in a 4-layer twin the one global-attention layer is often the last,
+    whose prefill attention MLX never evaluates (only its cache is needed), so a fit to it would
+    not hold where that layer is not last (Command R7B's 8-layer twin at 16,384 tokens: 0.999).
+    Under a name of its own; None when mlx-lm cannot build it."""
+    from tiny_families import deep_config, tiny_config
+
+    try:
+        config = deep_config(family) if deep else tiny_config(family)
+    except Exception:  # noqa: BLE001 - a config whose patterns do not repeat: the tiny twin
+        config = tiny_config(family)
+    return built(work / f"{family}-long", config)
 
 
 def sized(family: str, work: Path) -> Path | None:
@@ -622,7 +651,7 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="also write every run's measurement to this JSON file")
     parser.add_argument("--refit", type=Path, help="fit from a --save file instead of measuring")
     parser.add_argument("--twins", default="", help="measure only these twin kinds (comma-separated: "
-                        "tiny, deep, wide, wide-state, state-size, mix, bf16, real) and, with --refit, "
+                        "tiny, deep, wide, long, wide-state, state-size, mix, bf16, real) and, with --refit, "
                         "fit them beside the saved runs of the others (saved again with --save)")
     parser.add_argument("--apart", action="store_true", help="fit a hybrid whose recurrent states live in "
                         "layers without attention with its scan's states and its scores in phases apart "
