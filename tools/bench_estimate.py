@@ -267,13 +267,13 @@ def family_cases() -> list[Case]:
 # MLA's (DeepSeek V3 and V2, GLM-4.7-Flash, Kimi K2.5, Mistral 4), one whose fit kept a per-key
 # part it does not need there (Step-3.5), and sliding-window and plain ones beside them.
 LONG_FAMILIES = ("deepseek_v3", "deepseek_v2", "glm4_moe_lite", "kimi_k25", "mistral4", "step3p5",
-                 "minimax", "gemma2", "cohere2", "olmo2")
+                 "minimax", "gemma2", "cohere2", "olmo2", "exaone4", "olmo3")
 
 
 # Tiny twins whose one global-attention layer is their last, whose prefill attention MLX never
 # evaluates (only its cache is needed): run 8 layers deep (Command R7B's 4-layer twin held 1/6.55
 # of its plan at 16,384 tokens, its window's scores alone).
-GLOBAL_LAST = ("cohere2",)
+GLOBAL_LAST = ("cohere2", "exaone4", "olmo3")
 
 
 def long_cases() -> list[Case]:
