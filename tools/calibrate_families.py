@@ -56,7 +56,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 # more than its 2048)
 RUNS = ((8, 1, 2048), (24, 1, 2048), (64, 1, 2048), (160, 1, 128), (600, 2, 128),
         (252, 1, 2048), (300, 1, 2048), (1000, 1, 2048), (2044, 1, 2048), (2049, 1, 2048))
-# on the long twin (the tiny twin, 8 layers deep for state families): a prompt 4 times mlx-lm's
+# on the long twin (the tiny twin, 8 layers deep where its layers differ in kind or keep a
+# recurrent state: longer): a prompt 4 times mlx-lm's
 # chunk, its last chunk attending to 4 times its tokens. Fitted to chunks of at most 2048 keys,
 # DeepSeek V3's twin was under at 8,192 tokens (0.994) and 16,384 (0.987), GLM-4.7-Flash's at
 # 8,192 (0.983): MLA's rope scores and the attention's own stay apart there, where at 2,048

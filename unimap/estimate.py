@@ -778,8 +778,8 @@ def extra_units(arch: Architecture, basis: str, chunk: int, keys: int,
     x keys again in a half-precision model, whose attention some families compute in float32,
     so its scores take 4 bytes where 2 are priced):
     - "hidden": the hidden width, and heads x keys;
-    - "scan" (layers with a fixed-size state: SSM and linear-attention scans): mlx-lm's SSD and
-      chunked scans run in blocks of SCAN_STEP_TOKENS, one block's arrays alive at a time (block =
+    - "scan" (layers with a fixed-size state: SSM and linear-attention scans other than SSD):
+      mlx-lm's chunked scans run in blocks of SCAN_STEP_TOKENS, one block's arrays alive at a time (block =
       the chunk, at most a step); its per-token scans (Mamba-1, the ops path of gated delta) keep
       state-sized arrays for every token. Per chunk token: state heads x block^2 (a block's decay
       and score squares) and the largest layer state once and once per block token (a block
