@@ -184,6 +184,7 @@ def load(
     `before_apply(model)` is called with the lazily built model before any weight is evaluated
     (a pipeline stage keeps its layers there)."""
     from unimap import runtime, vlm
+    from unimap.generate import keep_caches_unpinned
 
     unknown = sorted(set(overrides) - set(PLAN_OVERRIDES))
     if unknown:
@@ -230,6 +231,7 @@ def load(
         limits.release()
         raise
     object.__setattr__(loaded, "_unimap", runtime.Mapped(planned, placement, limits))
+    keep_caches_unpinned(loaded)  # plain mlx-lm generation fills the caches the plan priced
     weakref.finalize(loaded, limits.release)  # a model let go of gives its limits back
     return loaded, tokenizer, planned
 
