@@ -135,31 +135,47 @@ def test_activations_hand_computed(tiny) -> None:  # type: ignore[no-untyped-def
 def test_cpu_layers_keep_routed_experts_as_stored(tmp_path: Path) -> None:
     """A bf16 MoE layer on the CPU: the routed experts stay bf16 (4 experts x gate, up, down of
     32x64), the rest goes to float32 (q, o 64x64; k, v 32x64; q/k norms 16; router 4x64; two
-    norms 64). A CPU call upcasts each selected expert (all of them fit one group here) and
-    joins its outputs, one row per routed expert, as wide as the hidden size (64 > 32)."""
+    norms 64). A CPU call upcasts one projection's selected experts (all of them fit one group
+    here), and its routed rows hold float32 arrays of the expert and hidden widths beyond what
+    the chunk's arrays price for them (in float32 on the CPU layers, bf16 on the stand-in GPU)."""
     from tiny_models import write_tiny_model
 
-    from unimap.estimate import UPCAST_GROUP_BYTES, upcast_terms
+    from unimap.estimate import (
+        GATHER_ROW_ARRAYS,
+        UPCAST_EXPERT_SHARE,
+        UPCAST_GROUP_BYTES,
+        UPCAST_ROW_ARRAYS,
+        upcast_terms,
+    )
 
     spec = inspect(write_tiny_model(tmp_path / "moe", "qwen3_moe", dtype="bfloat16"))
     experts, rest = 4 * 3 * 32 * 64, 2 * 64 * 64 + 2 * 32 * 64 + 2 * 16 + 4 * 64 + 2 * 64
     est = estimate(spec, Options(max_seq_len=100, max_batch_size=2, cpu_dtype="float32"))
     assert [x.weight_bytes for x in est.layers] == [(experts + rest) * 2] * 4
     assert [x.weight_bytes for x in est.cpu_layers] == [experts * 2 + rest * 4] * 4
-    one, row = 3 * 32 * 64 * 4, 64 * 4  # one expert in float32; one output row
+    one = int(3 * 32 * 64 * 4 * UPCAST_EXPERT_SHARE)  # of one expert's float32 copy
+
+    def row(d: int) -> int:  # one routed row: expert width 32, hidden 64
+        (ui, uh), (gi, gh) = UPCAST_ROW_ARRAYS, GATHER_ROW_ARRAYS
+        return int((ui * 32 + uh * 64) * 4 - (gi * 32 + gh * 64) * d)
+
+    assert row(4) > 0 and row(2) > row(4)
     chunk = 99  # prefill: all but the last token, 2 x 99 x top-2 rows
-    upcast = {"prefill/experts-upcast": 4 * one + 2 * chunk * 2 * row,  # at most every expert
-              "decode/experts-upcast": 4 * one + 4 * row}  # 2 rows x top-2
-    assert {k: est.cpu_activation_terms[k] for k in upcast} == upcast
-    assert {k: est.activation_terms[k] for k in upcast} == upcast  # MLX's CPU kernels run all
-    assert not set(upcast) & (set(est.fused_activation_terms) | set(est.cuda_activation_terms))
+
+    def upcast(d: int) -> dict[str, int]:
+        return {"prefill/experts-upcast": 4 * one + 2 * chunk * 2 * row(d),  # at most every expert
+                "decode/experts-upcast": 4 * one + 4 * row(d)}  # 2 rows x top-2
+
+    assert {k: est.cpu_activation_terms[k] for k in upcast(4)} == upcast(4)
+    assert {k: est.activation_terms[k] for k in upcast(2)} == upcast(2)  # MLX's CPU kernels run all
+    assert not set(upcast(2)) & (set(est.fused_activation_terms) | set(est.cuda_activation_terms))
     one_row = estimate(spec, Options(max_seq_len=100))  # a decode step routes 2 of 4 experts
-    assert one_row.activation_terms["decode/experts-upcast"] == 2 * one + 2 * row
+    assert one_row.activation_terms["decode/experts-upcast"] == 2 * one + 2 * row(2)
     # many experts: one group of one projection at a time
     big = upcast_terms(spec.arch, Options(), 2048, 2**26)
-    assert big["prefill/experts-upcast"] == UPCAST_GROUP_BYTES + 2048 * 2 * row
+    assert big["prefill/experts-upcast"] == UPCAST_GROUP_BYTES + 2048 * 2 * row(4)
     assert upcast_terms(spec.arch, Options(), 2048, 2**28)["decode/experts-upcast"] == (
-        2**28 * 4 + 2 * row)  # one expert larger than a group: one at a time, all projections
+        int(2**28 * 4 * UPCAST_EXPERT_SHARE) + 2 * row(4))  # one expert larger than a group
     for options in (Options(dtype="float32"), Options(isq=4)):  # experts float32, or quantized
         assert "decode/experts-upcast" not in estimate(spec, options).activation_terms
 

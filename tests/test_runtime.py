@@ -221,6 +221,14 @@ def test_upcast_gather_mm_equals_float32_gather_mm(group_bytes: int) -> None:
                                 sorted_indices=True)
         got = upcast_gather_mm(rows, weight, flat[order], True, group_bytes=group_bytes)
         np.testing.assert_allclose(np.array(got), np.array(expected), rtol=1e-5, atol=1e-6)
+    # batch dims of x and of the indices that broadcast together: DeepSeek V4.1's grouped output
+    # projection hands every token's groups as x and one index per group
+    x = mx.random.normal((7, 6, 1, 16)).astype(mx.bfloat16)
+    groups = mx.arange(6, dtype=mx.uint32)[None]
+    expected = mx.gather_mm(x.astype(mx.float32), stack, rhs_indices=groups)
+    got = upcast_gather_mm(x, weight, groups, group_bytes=group_bytes)
+    assert got.shape == expected.shape == (7, 6, 1, 8)
+    np.testing.assert_allclose(np.array(got), np.array(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_pinning_keeps_names_and_classes(tiny: dict[str, Path]) -> None:

@@ -205,11 +205,17 @@ def matrix() -> list[Case]:
             if seq * batch <= 16384:
                 cases.append(Case("llama", "bf16", seq, batch))
     for model in ("mistral", "qwen2", "qwen3", "gemma3", "phi3", "qwen3_moe", "mixtral", "llama-wide"):
-        for seq in (256, 2048):  # MoE in float32: MLX's CPU gather_mm takes float32 only
+        for seq in (256, 2048):
             cases.append(Case(model, "f32" if model in MOE else "bf16", seq, 1 if seq > 256 else 2))
     cases.append(Case("gemma3", "bf16", 4096, 1))
+    # MoE in float32 (MLX's CPU gather_mm) and in bfloat16, whose experts MLX's CPU build runs
+    # through unimap's upcast path (unimap/runtime.py upcast_gather_mm)
     for model in (m for m in MODELS if m.startswith("moe-")):
-        cases.append(Case(model, "f32", 1024, 1))
+        for weights in ("f32", "bf16"):
+            cases.append(Case(model, weights, 1024, 1))
+    for model in ("qwen3_moe", "mixtral"):
+        for seq in (256, 2048):
+            cases.append(Case(model, "bf16", seq, 1 if seq > 256 else 2))
     cases += family_cases()
     cases += published_cases()
     for weights in ("bf16", "f32", "q4", "q8", "isq4", "isq8"):

@@ -1,13 +1,14 @@
 """Predicted against measured peak for every buildable mlx-lm family's twin, in one process.
 
 Usage: python tools/sweep_families.py [--tokens 8,252,2044] [--width 1|2|4] [--experts N]
-       [--mlp N] [--repeat N] [--only FAMILY,...] [--held]
+       [--mlp N] [--batch N] [--dtype float32|bfloat16] [--repeat N] [--only FAMILY,...] [--held]
 
 Each family of tests/tiny_families.py is written as a random-weight checkpoint (its tiny twin,
 or wide_config's twin `--width` times as wide with `--experts` times the experts and twice the
-top-k, its MLP widths `--mlp` times more), planned all on one device of the stand-in machine for
-exactly each prompt plus 4 decoded tokens, loaded through unimap and run by mlx-lm's own
-stream_generate (one prefill chunk of up to 2048 tokens), `--repeat` times. The line per family
+top-k, its MLP widths `--mlp` times more; weights in `--dtype`), planned all on one device of the
+stand-in machine for exactly each prompt plus 4 decoded tokens (`--batch` rows), loaded through
+unimap and run by mlx-lm's own stream_generate (one prefill chunk of up to 2048 tokens; with
+`--batch`, the rows prefilled together through the model's own caches), `--repeat` times. The line per family
 gives plan / the largest measured peak (mx.get_peak_memory()) at each prompt length, "UNDER"
 where the plan was exceeded, the spread of the peaks over their smallest (with --repeat) and, with
 --held, how far a run passed the plan's memory limit in units of the largest array a prefill
@@ -46,8 +47,10 @@ class Case(NamedTuple):
 
 
 def sweep(family: str, work: Path, tokens: list[int], width: int, experts: int,
-          held: bool = False, mlp: int = 1, repeat: int = 1) -> list[Case]:
+          held: bool = False, mlp: int = 1, repeat: int = 1, batch: int = 1,
+          dtype: str = "float32") -> list[Case]:
     import mlx.core as mx
+    from bench_estimate import run_batched
     from calibrate_families import DECODE
     from mlx_lm import stream_generate
     from tiny_families import MLP_WIDTHS, scale_fields, tiny_config, wide_config
@@ -59,23 +62,28 @@ def sweep(family: str, work: Path, tokens: list[int], width: int, experts: int,
     from unimap.plan import make_plan
 
     config = wide_config(family, width, experts) if width > 1 else tiny_config(family)
-    path = write_random_model(work / family, scale_fields(config, MLP_WIDTHS, mlp))
+    path = write_random_model(work / family, scale_fields(config, MLP_WIDTHS, mlp), dtype=dtype)
     spec = unimap.inspect(path)
     cases = []
     for n in tokens:
-        options = Options(max_seq_len=n + DECODE, max_batch_size=1)
+        options = Options(max_seq_len=n + DECODE, max_batch_size=batch)
         plan = make_plan(spec, stand_in_machine(), options, parse_device_map("auto"))
         model, tokenizer, _ = unimap.load(path, planned=plan)
         if not held:  # the need itself, not what MLX's memory limit holds it to
             model._unimap.limits.release()
-        prompt = [(31 * i) % 120 + 3 for i in range(n)]
+        rows = [[(31 * i + 17 * r) % 120 + 3 for i in range(n)] for r in range(batch)]
         peaks = []
         for _ in range(repeat):
             gc.collect()
             mx.clear_cache()
             mx.reset_peak_memory()
-            for _ in stream_generate(model, tokenizer, prompt, max_tokens=DECODE):
-                pass
+            if batch == 1:
+                for _ in stream_generate(model, tokenizer, rows[0], max_tokens=DECODE):
+                    pass
+            else:  # rows of one length through the model's own caches, as mlx-lm's generate_step
+                from mlx_lm.models.cache import make_prompt_cache
+
+                run_batched(model, mx.array(rows), DECODE, make_prompt_cache(model))
             peaks.append(mx.get_peak_memory())
         largest = max(plan.estimate.largest_array_bytes, 1)
         overshoot = max(max(peaks) - plan.memory_limit_bytes, 0) / largest if held else 0.0
@@ -92,6 +100,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1, help="1: the tiny twin; N: N times as wide")
     parser.add_argument("--experts", type=int, default=None, help="times the experts (default: --width)")
     parser.add_argument("--mlp", type=int, default=1, help="times the MLP and expert widths")
+    parser.add_argument("--batch", type=int, default=1, help="prompt rows (batch > 1: prefilled "
+                        "together, as tools/bench_estimate.py's batched cases)")
+    parser.add_argument("--dtype", default="float32", help="the checkpoint's weights: float32 or bfloat16")
     parser.add_argument("--repeat", type=int, default=1, help="runs per length (the largest peak counts)")
     parser.add_argument("--only", default="", help="comma-separated families")
     parser.add_argument("--held", action="store_true",
@@ -109,7 +120,7 @@ def main() -> None:
             start = time.perf_counter()
             try:
                 cases = sweep(family, Path(tmp), tokens, args.width, experts, args.held, args.mlp,
-                              args.repeat)
+                              args.repeat, args.batch, args.dtype)
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
                 continue
@@ -123,7 +134,8 @@ def main() -> None:
     if every:
         ratios = [c.ratio for c in every]
         print(f"{len(every)} cases at {tokens} tokens, width x{args.width}, experts x{experts}, "
-              f"MLP x{args.mlp}, {args.repeat} run(s) each{', held' if args.held else ''}: "
+              f"MLP x{args.mlp}, batch {args.batch}, {args.dtype}, {args.repeat} run(s) each"
+              f"{', held' if args.held else ''}: "
               f"{sum(r < 1 for r in ratios)} under; median {statistics.median(ratios):.3f}, "
               f"max {max(ratios):.3f}, min {min(ratios):.3f}")
         if args.repeat > 1:

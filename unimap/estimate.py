@@ -279,8 +279,10 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
                                      kv_bytes(arch, i, tokens, chunk, options, 4 if float32_run else cpu_d),
                                      spec.slots[i].header_bytes, *experts[i])
                        for i, kind in enumerate(arch.layer_kinds)) if cpu_name != act_dtype else layers
-    upcast = upcast_terms(arch, options, chunk, upcast_expert_elements(spec, options))
     act_d, act_cpu_d = (4, 4) if float32_run else (d, cpu_d)
+    expert_elements = upcast_expert_elements(spec, options)
+    upcast = upcast_terms(arch, options, chunk, expert_elements, act_d)
+    cpu_upcast = upcast_terms(arch, options, chunk, expert_elements, act_cpu_d)
     return Estimate(
         options=options, dtype=act_dtype, layers=layers, non_mapped_weight_bytes=non_mapped,
         vision_weight_bytes=vision,
@@ -295,7 +297,7 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
                                                         largest_float32_bytes(spec.slots[VISION_SLOT])),
         cpu_dtype=cpu_name, cpu_layers=cpu_layers,
         cpu_activation_terms=with_upcast(activation_terms(arch, options, chunk, tokens, act_cpu_d, "unfused",
-                                                          quantized), upcast),
+                                                          quantized), cpu_upcast),
         trained_context=trained[0] if trained else None,
         trained_context_source=trained[1] if trained else "",
         head_read_bytes=head_read_bytes(spec, arch, non_mapped, d),
@@ -433,19 +435,41 @@ def upcast_expert_elements(spec: ModelSpec, options: Options) -> int:
     return worst // moe.num_experts
 
 
-def upcast_terms(arch: Architecture, options: Options, chunk: int, expert_elements: int) -> dict[str, int]:
+# Per routed row, the float32 arrays an MoE call on the upcast path holds beyond the experts'
+# copies, measured on mlx-lm's SwitchGLU alone (tools/bench_moe_upcast.py): of the expert
+# width (the gate and up projections' outputs and their joined copies, the activation, the down
+# projection's float32 input) and of the hidden width. The same call in float32 without the
+# upcast (MLX's gather_mm) holds 2 of the expert width and 3 of the hidden width (MOE_ROUTED_COPIES)
+# per routed row, what the chunk's arrays price (unimap.estimate.chunk_array_bytes).
+MOE_ROUTED_COPIES = 3  # hidden-wide copies per routed row in mlx-lm's SwitchGLU (moe_routed_bytes)
+UPCAST_ROW_ARRAYS = (6.5, 1.25)
+GATHER_ROW_ARRAYS = (2, MOE_ROUTED_COPIES)
+# Of one routed expert's elements, the float32 copies a call holds at once: a call multiplies one
+# projection (of 3 in a SwitchGLU, 2 in a SwitchMLP), whose selected experts' copies measured
+# 1.24 times their size (tools/bench_moe_upcast.py): 1.25 / 2.
+UPCAST_EXPERT_SHARE = 0.625
+
+
+def upcast_terms(arch: Architecture, options: Options, chunk: int, expert_elements: int,
+                 d: int = 4) -> dict[str, int]:
     """The float32 copies of routed experts one MoE call on MLX's CPU kernels makes
     (unimap/runtime.py upcast_gather_mm): one projection's selected experts at a time, in groups
-    of at most UPCAST_GROUP_BYTES or one expert (priced here by all projections of an expert),
-    and a second copy of the call's outputs (one row per routed expert) as they are joined."""
+    of at most UPCAST_GROUP_BYTES or one expert (UPCAST_EXPERT_SHARE of an expert's elements),
+    and what its routed rows hold in float32 (UPCAST_ROW_ARRAYS) beyond what the chunk's arrays
+    price for them in `d`-byte activations (GATHER_ROW_ARRAYS). Without the rows' part (one
+    joined copy was priced), olmoe's, minimax's and phimoe's bf16 twins twice as wide (top-4 of
+    16 experts) peaked at 1/0.911, 1/0.895 and 1/0.989 of their plans at 500 tokens."""
     if arch.moe is None or not expert_elements:
         return {}
     moe = arch.moe
-    one, group = expert_elements * 4, UPCAST_GROUP_BYTES
-    joined = max(arch.hidden_size, moe.expert_intermediate_size) * 4
+    one, group = int(expert_elements * 4 * UPCAST_EXPERT_SHARE), UPCAST_GROUP_BYTES
+    widths = (moe.expert_intermediate_size, arch.hidden_size)
+    upcast = sum(n * w * 4 for n, w in zip(UPCAST_ROW_ARRAYS, widths, strict=True))
+    priced = sum(n * w * d for n, w in zip(GATHER_ROW_ARRAYS, widths, strict=True))
+    row = max(int(upcast - priced), 0)
 
     def held(rows: int) -> int:
-        return min(min(rows, moe.num_experts) * one, max(group, one)) + rows * joined
+        return min(min(rows, moe.num_experts) * one, max(group, one)) + rows * row
 
     rows = options.max_batch_size * moe.experts_per_token
     return {"prefill/experts-upcast": held(rows * chunk), "decode/experts-upcast": held(rows)}
@@ -810,7 +834,6 @@ def extra_units(arch: Architecture, basis: str, chunk: int, keys: int,
     return float(arch.hidden_size), scores, scores if half else 0.0
 
 
-MOE_ROUTED_COPIES = 3
 
 
 def moe_routed_bytes(arch: Architecture, d: int) -> int:

@@ -206,8 +206,13 @@ def upcast_gather_mm(x: Any, weight: Any, indices: Any, sorted_indices: bool = F
     import mlx.core as mx
     import numpy as np
 
+    # the batch dims of x and of the indices broadcast together, as gather_mm's do (SwitchGLU's
+    # x has 1s where its indices route; DeepSeek V4.1's grouped output projection hands its
+    # tokens as x and one index per group)
+    batch = mx.broadcast_shapes(x.shape[:-2], indices.shape)
+    indices = mx.broadcast_to(indices, batch)
     rows, m = indices.size, x.shape[-2]  # SwitchGLU passes m = 1 row per routed expert
-    lhs = mx.broadcast_to(x, (*indices.shape, *x.shape[-2:])).reshape(rows, m, -1).astype(mx.float32)
+    lhs = mx.broadcast_to(x, (*batch, *x.shape[-2:])).reshape(rows, m, -1).astype(mx.float32)
     flat, order = indices.flatten(), None
     if not sorted_indices and rows > 1:
         order = mx.argsort(flat)
