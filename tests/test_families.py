@@ -348,6 +348,44 @@ def test_plain_mlx_lm_generation_stays_within_the_plan(tmp_path: Path, family: s
     model._unimap.limits.release()
 
 
+@pytest.mark.parametrize("family", ["deepseek_v3", "gemma2", "gpt_oss", "phi"])
+def test_kv_bits_is_refused_where_mlx_lm_cannot_run_a_quantized_cache(tmp_path: Path,
+                                                                      family: str) -> None:
+    """Twins with head dims of 64 (MLA's rope keys too): the plan accepted --kv-bits, and mlx-lm's
+    forward pass then failed on the quantized cache's tuples (MLA, gemma2's soft-capping, phi's
+    dtype read) or refused it (gpt-oss's attention sinks), a traceback from inside mlx-lm. The
+    structure read runs one traced forward pass on such a cache: the plan refuses --kv-bits
+    saying why, through the CLI without a traceback, and plans without it."""
+    from click.testing import CliRunner
+    from tiny_families import wide_config
+
+    from unimap.cli import cli
+
+    config = wide_config(family, 4, 1)
+    config.update({k: 64 for k in config if k == "qk_rope_head_dim"})
+    path = write_random_model(tmp_path / family, config)
+    with pytest.raises(unimap.ConfigError, match=r"--kv-bits: .* cannot run on a quantized KV "
+                                                 r"cache \(\w+: .*\); drop --kv-bits"):
+        unimap.plan(path, max_seq_len=256, kv_bits=4, machine=stand_in_machine())
+    result = CliRunner().invoke(cli, ["plan", str(path), "--max-seq-len", "256", "--kv-bits", "4",
+                                      "--machine", "mac-16gb"])
+    assert result.exit_code == 2 and "cannot run on a quantized KV cache" in result.output
+    assert "Traceback" not in result.output
+    assert unimap.plan(path, max_seq_len=256, machine=stand_in_machine()).fits
+
+
+def test_kv_bits_runs_where_mlx_lm_takes_a_quantized_cache(tmp_path: Path) -> None:
+    """The same probe passes a family whose attention takes mlx-lm's quantized cache (llama at
+    head dim 64): --kv-bits plans and generates mlx-lm's tokens from a quantized cache."""
+    from tiny_families import wide_config
+
+    path = write_random_model(tmp_path / "llama", wide_config("llama", 4, 1))
+    model, tokenizer, plan = load(path, max_seq_len=64, kv_bits=8, machine=stand_in_machine())
+    assert not plan.spec.arch.kv_bits_refusal
+    assert len([r.token for r in stream_generate(model, tokenizer, list(range(3, 40)), max_tokens=3)]) == 3
+    model._unimap.limits.release()
+
+
 @pytest.mark.parametrize("family", ["olmoe", "minimax"])
 def test_half_precision_experts_on_the_cpu_stay_within_the_plan(tmp_path: Path, family: str) -> None:
     """A bf16 MoE twin twice as wide (top-4 of 16 experts) at 500 tokens: MLX's CPU build runs

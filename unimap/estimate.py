@@ -362,7 +362,8 @@ def rotating(spec: ModelSpec, window: int) -> Architecture:
 
 def _check_kv_bits(spec: ModelSpec) -> None:
     """mlx-lm quantizes plain KV caches in groups of 64 along the head dimension; mlx-vlm's
-    caches are not quantized as the plan would price them (unimap.vlm.NO_KV_BITS)."""
+    caches are not quantized as the plan would price them (unimap.vlm.NO_KV_BITS); a model whose
+    forward pass fails on a quantized cache (Architecture.kv_bits_refusal) cannot take one."""
     from unimap.vlm import NO_KV_BITS
 
     arch = spec.arch
@@ -376,6 +377,8 @@ def _check_kv_bits(spec: ModelSpec) -> None:
     if odd:
         raise ConfigError(f"--kv-bits needs a head dimension divisible by {GROUP_SIZE} (mlx-lm "
                           f"quantizes keys per {GROUP_SIZE}); {spec.source} has {odd[0]}: drop --kv-bits")
+    if arch.kv_bits_refusal:
+        raise ConfigError(f"--kv-bits: {spec.source}: {arch.kv_bits_refusal}; drop --kv-bits")
 
 
 # ---------------------------------------------------------------- weights

@@ -155,6 +155,7 @@ class Architecture:
     module: str = ""  # the mlx-lm module that runs the model (its family for the coefficients)
     layer_prefixes: tuple[str, ...] = ()  # each layer's parameter path in mlx-lm ("model.layers.0.")
     matrix_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # mlx-lm's 2-D parameters
+    kv_bits_refusal: str = ""  # why mlx-lm's model cannot run on a quantized KV cache ("" when it can)
 
     @property
     def family(self) -> str:
@@ -862,4 +863,5 @@ def from_structure(s: Any, cfg: Mapping[str, Any], model_type: str) -> Architect
         layer_kinds=kinds, sliding_window=max(windows) if windows else None,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         torch_dtype=dtype if isinstance(dtype, str) else None, moe=moe, caches=s.caches,
-        module=s.module, layer_prefixes=s.layer_prefixes, matrix_shapes=s.matrix_shapes)
+        module=s.module, layer_prefixes=s.layer_prefixes, matrix_shapes=s.matrix_shapes,
+        kv_bits_refusal=s.kv_bits_refusal)

@@ -56,6 +56,7 @@ class Structure:
     sparse_layers: tuple[bool, ...] = ()
     layer_prefixes: tuple[str, ...] = ()  # each layer's parameter path, e.g. "model.layers.0."
     matrix_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # 2-D parameters as mlx-lm builds them
+    kv_bits_refusal: str = ""  # why its forward pass cannot run on a quantized KV cache ("" when it can)
 
 
 def package_folder(name: str) -> Path | None:
@@ -239,7 +240,40 @@ def _read_model(model: Any, root: Any, config: dict[str, Any], where: str,
         hidden_size=hidden, vocab_size=vocab, num_heads=heads, num_kv_heads=kv_heads,
         head_dim=head_dim, mlp_widths=tuple(_mlp_width(modules, hidden, experts) for modules in inside),
         caches=tuple(_layer_caches(probes, len(layers))), layer_prefixes=_prefixes(flat, layers),
-        matrix_shapes=tuple((name, tuple(p.shape)) for name, p in flat if p.ndim == 2), **moe)
+        matrix_shapes=tuple((name, tuple(p.shape)) for name, p in flat if p.ndim == 2),
+        kv_bits_refusal=_quantized_kv_refusal(model, make_cache) if root is model else "", **moe)
+
+
+def _quantized_kv_refusal(model: Any, make_cache: Callable[[Any], list[Any]] | None = None) -> str:
+    """Why mlx-lm's forward pass of `model` cannot run on the quantized KV cache --kv-bits makes
+    (unimap.generate.quantized_cache: every plain KVCache quantized in groups of 64), or "" when
+    it can or has no plain KVCache: one lazy, traced forward pass of a few tokens through such
+    caches. MLA models (DeepSeek V3, Kimi K2, GLM-4.7-Flash, Mistral 4) read their cache's arrays
+    directly and fail on the quantized cache's tuples; a cached array narrower than a group (MLA's
+    rope keys) fails to quantize."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
+
+    made = (make_cache or make_prompt_cache)(model)
+    if not any(type(c) is KVCache for c in made):
+        return ""
+    caches = [QuantizedKVCache(group_size=64, bits=8) if type(c) is KVCache else c for c in made]
+    prompt = mx.zeros((1, PROBE_TOKENS[0]), dtype=mx.int32)
+    try:
+        mx.compile(lambda x: (model(x, cache=caches), x)[1])(prompt)
+    except ValueError as exc:
+        if "eval" in str(exc):  # a forward pass that evaluates arrays cannot be traced: not known
+            return ""
+        return _refusal(model, exc)
+    except Exception as exc:  # noqa: BLE001 - any failure of a foreign forward pass
+        return _refusal(model, exc)
+    return ""
+
+
+def _refusal(model: Any, exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return (f"{_runner(model)}'s {type(model).__module__.rsplit('.', 1)[-1]} model cannot run on a "
+            f"quantized KV cache ({type(exc).__name__}: {text[:160]})")
 
 
 # mlx-vlm's shared MLA attention helpers, imported by the language models that attend as
