@@ -163,17 +163,24 @@ def test_cpu_layers_keep_routed_experts_as_stored(tmp_path: Path) -> None:
     chunk = 99  # prefill: all but the last token, 2 x 99 x top-2 rows
 
     def upcast(d: int) -> dict[str, int]:
-        return {"prefill/experts-upcast": 4 * one + 2 * chunk * 2 * row(d),  # at most every expert
+        return {"moe/experts-upcast": 4 * one + 2 * chunk * 2 * row(d),  # at most every expert
                 "decode/experts-upcast": 4 * one + 4 * row(d)}  # 2 rows x top-2
 
     assert {k: est.cpu_activation_terms[k] for k in upcast(4)} == upcast(4)
     assert {k: est.activation_terms[k] for k in upcast(2)} == upcast(2)  # MLX's CPU kernels run all
+    # the upcast calls in a phase of their own: the chunk's arrays, without the scores
+    terms = est.activation_terms
+    assert terms["moe/arrays"] == terms["prefill/arrays"] and "prefill/experts-upcast" not in terms
+    assert est.activation_bytes() == max(terms["prefill/arrays"] + terms["prefill/scores-and-masks"],
+                                         terms["moe/arrays"] + terms["moe/experts-upcast"],
+                                         terms["decode/logits"] + terms["decode/arrays"]
+                                         + terms["decode/experts-upcast"])
     assert not set(upcast(2)) & (set(est.fused_activation_terms) | set(est.cuda_activation_terms))
     one_row = estimate(spec, Options(max_seq_len=100))  # a decode step routes 2 of 4 experts
     assert one_row.activation_terms["decode/experts-upcast"] == 2 * one + 2 * row(2)
     # many experts: one group of one projection at a time
     big = upcast_terms(spec.arch, Options(), 2048, 2**26)
-    assert big["prefill/experts-upcast"] == UPCAST_GROUP_BYTES + 2048 * 2 * row(4)
+    assert big["moe/experts-upcast"] == UPCAST_GROUP_BYTES + 2048 * 2 * row(4)
     assert upcast_terms(spec.arch, Options(), 2048, 2**28)["decode/experts-upcast"] == (
         int(2**28 * 4 * UPCAST_EXPERT_SHARE) + 2 * row(4))  # one expert larger than a group
     for options in (Options(dtype="float32"), Options(isq=4)):  # experts float32, or quantized

@@ -306,11 +306,15 @@ def estimate(spec: ModelSpec, options: Options | None = None) -> Estimate:
 
 
 def with_upcast(terms: dict[str, int], upcast: dict[str, int]) -> dict[str, int]:
-    """Activation terms with the CPU's expert upcasts (upcast_terms), in a hybrid's scan phase
-    too: its MoE layers follow either kind of layer."""
-    scan = ({"scan/experts-upcast": upcast["prefill/experts-upcast"]}
-            if "scan/arrays" in terms and "prefill/experts-upcast" in upcast else {})
-    return {**terms, **upcast, **scan}
+    """Activation terms with the CPU's expert upcasts (upcast_terms) in a phase of their own,
+    "moe": the chunk's arrays (of a hybrid's either kind of layer, which its MoE layers follow)
+    and the upcast call's, without the attention's scores. Each upcast call evaluates its inputs
+    before it multiplies (it reads its routing indices), so the attention before it is done and
+    its scores are freed."""
+    if not upcast:
+        return terms
+    arrays = max(terms["prefill/arrays"], terms.get("scan/arrays", 0))
+    return {**terms, "moe/arrays": arrays, **upcast}
 
 
 def largest_float32_bytes(slot: Slot) -> int:
@@ -475,7 +479,7 @@ def upcast_terms(arch: Architecture, options: Options, chunk: int, expert_elemen
         return min(min(rows, moe.num_experts) * one, max(group, one)) + rows * row
 
     rows = options.max_batch_size * moe.experts_per_token
-    return {"prefill/experts-upcast": held(rows * chunk), "decode/experts-upcast": held(rows)}
+    return {"moe/experts-upcast": held(rows * chunk), "decode/experts-upcast": held(rows)}
 
 
 # ---------------------------------------------------------------- KV cache

@@ -400,7 +400,7 @@ def _experts_note(plan: Plan) -> Plan:
     """Say how layers on MLX's CPU kernels run half-precision routed experts, if any do (in a
     plan that fits: one that does not leads with its ways out)."""
     est = plan.estimate
-    upcast = est.activation_terms.get("prefill/experts-upcast")
+    upcast = est.activation_terms.get("moe/experts-upcast")
     on_cpu = [d for d in plan.devices if d.layers and _kernel(next(
         x for x in plan.machine.devices if x.name == d.name)) == "unfused"]
     if not upcast or not on_cpu or not plan.fits:
