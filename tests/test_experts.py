@@ -284,3 +284,27 @@ def test_cli_run_with_expert_flags_on_a_machine_without_gpu(checkpoints: FamilyC
         result = CliRunner().invoke(cli, [*argv, "-p", "hi"] if command == "run" else argv)
         assert result.exit_code == 2 and "no GPU" in result.output, result.output
         assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("tokens", "hidden", "width", "top_k"),
+                         [(256, 128, 512, 2), (300, 256, 128, 8), (1000, 128, 128, 4)])
+def test_the_upcast_price_covers_the_call_alone(tokens: int, hidden: int, width: int, top_k: int) -> None:
+    """mlx-lm's SwitchGLU in bf16 through unimap's upcast call (tools/bench_moe_upcast.py),
+    weighted and summed as mlx-lm's MoE blocks do: its peak over its inputs and weights within
+    what the estimate prices for it, one projection's expert copies and float32 arrays of the
+    expert and hidden widths per routed row (as a float32 call without the upcast holds 2 and 3
+    of them, measured alike)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from bench_moe_upcast import peak_bytes
+
+    from unimap.estimate import GATHER_ROW_ARRAYS, UPCAST_EXPERT_SHARE, UPCAST_ROW_ARRAYS
+
+    experts, rows = 16, tokens * top_k
+    copies = int(min(rows, experts) * 3 * hidden * width * 4 * UPCAST_EXPERT_SHARE)
+    (ui, uh), (gi, gh) = UPCAST_ROW_ARRAYS, GATHER_ROW_ARRAYS
+    upcast = peak_bytes(tokens, hidden, width, experts, top_k, "bfloat16")
+    assert upcast <= copies + rows * (ui * width + uh * hidden) * 4
+    gather = peak_bytes(tokens, hidden, width, experts, top_k, "float32")
+    assert gather <= (rows * (gi * width + gh * hidden) + tokens * hidden) * 4 * 1.05
