@@ -386,6 +386,30 @@ def test_kv_bits_runs_where_mlx_lm_takes_a_quantized_cache(tmp_path: Path) -> No
     model._unimap.limits.release()
 
 
+def test_a_float16_model_whose_attention_runs_in_float32_stays_within_the_plan(tmp_path: Path) -> None:
+    """Command R7B's module (cohere2) casts a float16 model's queries to float32 for its
+    attention (bfloat16 stays as it is), so its scores are float32: read from mlx-lm's source.
+    Its twin twice as wide in float16 at 700 tokens needs (limit released) at most its plan;
+    with the scores priced in float16 it needed 1/0.878 of it."""
+    from tiny_families import wide_config
+
+    from unimap.estimate import float32_scores_in_float16
+
+    assert float32_scores_in_float16("cohere2") and not float32_scores_in_float16("llama")
+    path = write_random_model(tmp_path / "cohere2", wide_config("cohere2", 2, 2))
+    gc.collect()
+    model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=704, dtype="float16")
+    half = unimap.plan(path, machine=stand_in_machine(), max_seq_len=704, dtype="bfloat16")
+    scores = "prefill/scores-and-masks"
+    assert plan.estimate.activation_terms[scores] > 1.5 * half.estimate.activation_terms[scores]
+    model._unimap.limits.release()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    prompt = [(31 * i) % 120 + 3 for i in range(700)]
+    assert len([r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=4)]) == 4
+    assert mx.get_peak_memory() <= plan.peak_bytes
+
+
 @pytest.mark.parametrize("family", ["olmoe", "minimax"])
 def test_half_precision_experts_on_the_cpu_stay_within_the_plan(tmp_path: Path, family: str) -> None:
     """A bf16 MoE twin twice as wide (top-4 of 16 experts) at 500 tokens: MLX's CPU build runs
