@@ -876,8 +876,6 @@ def extra_units(arch: Architecture, basis: str, chunk: int, keys: int,
     return float(arch.hidden_size), scores, scores if half else 0.0
 
 
-
-
 def moe_routed_bytes(arch: Architecture, d: int) -> int:
     """Per token, what an MoE layer's routing copies beyond its expert widths: mlx-lm's SwitchGLU
     sorts the token x top-k rows by expert (a hidden-wide copy of each), the experts' outputs are
