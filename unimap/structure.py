@@ -272,7 +272,7 @@ def _quantized_kv_refusal(model: Any, make_cache: Callable[[Any], list[Any]] | N
 
 def _refusal(model: Any, exc: Exception) -> str:
     text = " ".join(str(exc).split())
-    return (f"{_runner(model)}'s {type(model).__module__.rsplit('.', 1)[-1]} model cannot run on a "
+    return (f"{_runner(model)}'s {_module_name(model)} model cannot run on a "
             f"quantized KV cache ({type(exc).__name__}: {text[:160]})")
 
 
