@@ -379,6 +379,35 @@ def test_bad_completion_request_is_400(tiny: Any, body: bytes, said: str) -> Non
     assert answer.status_code == 400 and said in answer.json()["error"]["message"]
 
 
+def test_what_the_server_does_not_do_is_refused_not_ignored(tiny: Any) -> None:
+    """The real openai client asking for logprobs, a logit bias, penalties, tools, a response
+    format, echo, a suffix or best_of gets a 400 naming the field, not a reply that looks as if
+    it had been honored; the values that ask for nothing pass."""
+    from openai import BadRequestError
+
+    api = client(tiny[0])
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "w1"}], "max_tokens": 2}
+    for extra, field in [({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+                         ({"top_logprobs": 3}, "top_logprobs"),
+                         ({"logit_bias": {"5": 100}}, "logit_bias"),
+                         ({"presence_penalty": 0.5}, "presence_penalty"),
+                         ({"frequency_penalty": 1}, "frequency_penalty"),
+                         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+                         ({"response_format": {"type": "json_object"}}, "response_format")]:
+        with pytest.raises(BadRequestError) as refused:
+            api.chat.completions.create(**chat, **extra)
+        assert f"{field} " in refused.value.message and "not served" in refused.value.message
+    for extra, field in [({"echo": True}, "echo"), ({"suffix": "end"}, "suffix"), ({"best_of": 2}, "best_of")]:
+        with pytest.raises(BadRequestError) as refused:
+            api.completions.create(model="tiny", prompt="w1", max_tokens=2, **extra)
+        assert f"{field} " in refused.value.message
+    nothing = api.chat.completions.create(**chat, logprobs=False, presence_penalty=0, frequency_penalty=0.0,
+                                          logit_bias={}, tools=[], response_format={"type": "text"})
+    assert nothing.choices[0].finish_reason == "length"
+    assert api.completions.create(model="tiny", prompt="w1", max_tokens=2, echo=False, best_of=1).choices
+    assert idle(tiny[0])
+
+
 def test_garbage_leaves_the_server_serving(tiny: Any) -> None:
     base = tiny[0]
     assert httpx.post(base + "/v1/completions", content=b"x" * (MAX_BODY_BYTES + 1)).status_code == 413

@@ -6,7 +6,9 @@ the queue is full), and gives the reservation back on finish, error or disconnec
 loads the model (MLX streams belong to the thread that made them) and decodes the admitted
 requests together over KV buffers allocated once, slots x max-seq-len; the ASGI app (Starlette on
 uvicorn) validates each request before it reaches that thread. It does not keep prompt caches
-between requests, take images, or return logprobs, tool calls or more than one choice.
+between requests, take images, or return logprobs, tool calls or more than one choice: a request
+that asks for those (or for a logit bias, penalties, a response format, echo or suffix) is refused
+with 400, not answered as if it had been honored.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ def parse_request(body: bytes, kind: Kind, served: Served) -> Job:
         _typed(data, name, str, "text")
     if _typed(data, "n", int, "a whole number", 1) != 1:
         raise RequestError("n must be 1: the server returns one choice a request", param="n")
+    _refuse_unhonored(data, kind)
     if kind == "chat":
         ids, plain = _chat_ids(data, served), not served.templated
     else:
@@ -129,6 +132,38 @@ def parse_request(body: bytes, kind: Kind, served: Served) -> Job:
     stop = _stop(data) + (("\nUser:",) if plain else ())
     return Job(kind, tuple(ids), max_tokens, sampling["temp"], sampling["top_p"], sampling["top_k"],
                sampling["min_p"], seed, stop, stream, usage and stream, plain)
+
+
+# Fields of the OpenAI API the server does not act on, and the values that ask for nothing (any
+# other is refused: a reply that silently ignored it would look like one that honored it).
+UNHONORED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "logprobs": ((False,), "it returns no logprobs"),
+    "top_logprobs": ((0,), "it returns no logprobs"),
+    "logit_bias": (({},), "it applies no logit bias"),
+    "presence_penalty": ((0, 0.0), "it applies no presence penalty"),
+    "frequency_penalty": ((0, 0.0), "it applies no frequency penalty"),
+    "tools": (([],), "it makes no tool calls"),
+    "functions": (([],), "it makes no function calls"),
+}
+UNHONORED_COMPLETION = {
+    "echo": ((False,), "it does not echo the prompt"),
+    "suffix": (("",), "it does not fill in before a suffix"),
+    "best_of": ((1,), "it returns the one reply it makes"),
+}
+
+
+def _refuse_unhonored(data: dict[str, Any], kind: Kind) -> None:
+    """A RequestError for a field that asks for something the server does not do."""
+    fields = {**UNHONORED, **(UNHONORED_COMPLETION if kind == "completion" else {})}
+    for name, (nothing, why) in fields.items():
+        value = data.get(name)
+        if value is not None and not any(type(value) is type(v) and value == v for v in nothing):
+            raise RequestError(f"{name} {short(value)} is not served: {why}; leave it out",
+                               param=name)
+    form = data.get("response_format")
+    if form is not None and not (isinstance(form, dict) and form.get("type") == "text"):
+        raise RequestError(f"response_format {short(form)} is not served: the reply is free text "
+                           "(only {\"type\": \"text\"}); leave it out", param="response_format")
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
