@@ -392,12 +392,14 @@ def test_what_the_server_does_not_do_is_refused_not_ignored(tiny: Any) -> None:
                          ({"logit_bias": {"5": 100}}, "logit_bias"),
                          ({"presence_penalty": 0.5}, "presence_penalty"),
                          ({"frequency_penalty": 1}, "frequency_penalty"),
-                         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+                         ({"tools": [{"type": "function",
+                                      "function": {"name": "f", "parameters": {}}}]}, "tools"),
                          ({"response_format": {"type": "json_object"}}, "response_format")]:
         with pytest.raises(BadRequestError) as refused:
             api.chat.completions.create(**chat, **extra)
         assert f"{field} " in refused.value.message and "not served" in refused.value.message
-    for extra, field in [({"echo": True}, "echo"), ({"suffix": "end"}, "suffix"), ({"best_of": 2}, "best_of")]:
+    for extra, field in [({"echo": True}, "echo"), ({"suffix": "end"}, "suffix"),
+                         ({"best_of": 2}, "best_of")]:
         with pytest.raises(BadRequestError) as refused:
             api.completions.create(model="tiny", prompt="w1", max_tokens=2, **extra)
         assert f"{field} " in refused.value.message
