@@ -109,6 +109,61 @@ def test_a_large_model_that_evaluates_while_probed_is_refused() -> None:
     assert mx.get_active_memory() < 1 << 30
 
 
+def test_layers_that_differ_in_query_heads_are_priced_by_their_own(checkpoints: FamilyCheckpoints) -> None:
+    """Step-3.5's sliding layers have twice the query heads of its full-attention layer (its
+    attention_other_setting): each layer's heads are read from the attention call it makes, and
+    each kind of layer's scores take its own most (the first layer's alone priced the sliding
+    layers' scores at half)."""
+    from unimap.estimate import Options, attention_bytes, kind_attention
+
+    model, _ = _mlx_lm(checkpoints["step3p5"])
+    made = tuple(layer.self_attn.num_heads for layer in model.layers)
+    assert len(set(made)) > 1
+    arch = unimap.inspect(checkpoints["step3p5"]).arch
+    assert arch.layer_heads == made and arch.num_heads == max(made)
+    kinds = dict(zip(arch.layer_kinds, made, strict=True))
+    window = arch.sliding_window or 0
+    for kind in ("full", "sliding"):
+        assert kind_attention(arch, kind) == (max(h for k, h in zip(arch.layer_kinds, made, strict=True)
+                                                  if k == kind), 0)
+    chunk = tokens = 64
+    keys = {"full": tokens, "sliding": min(tokens, window - 1 + chunk)}
+    expected = max(kinds[k] * chunk * keys[k] * 4 + chunk * keys[k] for k in kinds) + chunk * keys["sliding"]
+    assert attention_bytes(arch, Options(max_seq_len=tokens), chunk, tokens, 4) == expected
+
+
+# (family, whether its prefill attention's keys carry the rope part: Mistral 4 concatenates it
+# onto every head's decompressed keys, DeepSeek V3 scores it apart)
+MLA = [("deepseek_v3", False), ("mistral4", True)]
+
+
+@pytest.mark.parametrize(("family", "rope_keys"), MLA, ids=[f for f, _ in MLA])
+def test_mla_keys_and_values_decompressed_for_attention_are_priced(checkpoints: FamilyCheckpoints,
+                                                                   family: str, rope_keys: bool) -> None:
+    """MLA caches one latent and one rope key per token, and decompresses every head's keys and
+    values from it for the attention of a prefill chunk: heads x (nope + value dims) per key,
+    arrays that exist only while the layer attends. Read from the attention call itself."""
+    from unimap.estimate import Options, attention_bytes, kind_attention
+
+    config = tiny_config(family)
+    arch = unimap.inspect(checkpoints[family]).arch
+    heads, nope, value, rope = (config["num_attention_heads"], config["qk_nope_head_dim"],
+                                config["v_head_dim"], config["qk_rope_head_dim"])
+    latent = config["kv_lora_rank"] + rope
+    assert arch.caches[0].token_elements == latent
+    fresh = heads * (nope + (rope if rope_keys else 0) + value) - latent
+    assert kind_attention(arch, "full") == (heads, fresh)
+    chunk, tokens = 100, 300
+    scores = heads * chunk * tokens * 4 + chunk * tokens
+    assert attention_bytes(arch, Options(max_seq_len=tokens), chunk, tokens, 4) == scores + tokens * fresh * 4
+
+
+def _mlx_lm(path: Path) -> tuple[Any, Any]:
+    import mlx_lm
+
+    return mlx_lm.load(str(path))  # type: ignore[no-any-return]
+
+
 def test_a_full_size_dbrx_plans_through_its_reader() -> None:
     """...which is why dbrx has a hand reader: DBRX's 40 layers of 16 experts (top-4, 10752 wide)
     and 8 KV heads of 128, read from its own field names, agree with what mlx-lm's model shows
@@ -267,6 +322,38 @@ def test_twice_as_wide_twins_stay_within_the_plan(tmp_path: Path, family: str) -
         prompt = [(31 * i) % 120 + 3 for i in range(length)]
         expected = mlx_lm_tokens(path, prompt, 3)
         assert _generate_within_plan(path, prompt, 3, length + 3, f"{family} at {length} tokens") == expected
+
+
+# families whose twins with queries 4 times the hidden width were over their plans before the
+# calibration ran such twins (and the layers' heads were read per layer): (family, how widened)
+WIDE_QUERIES = [("gemma3_text", "heads"), ("step3p5", "heads"), ("talkie", "heads"),
+                ("baichuan_m1", "full-layer heads"), ("hunyuan_v1_dense", "dims"),
+                ("ernie4_5_moe", "dims"), ("mistral4", "dims"), ("plamo3", "dims"),
+                ("deepseek_v3", "dims")]
+
+
+@pytest.mark.parametrize(("family", "how"), WIDE_QUERIES, ids=[f"{f}-{h}" for f, h in WIDE_QUERIES])
+def test_queries_wider_than_the_hidden_width_stay_within_the_plan(tmp_path: Path, family: str,
+                                                                    how: str) -> None:
+    """Twice as wide, then 4 times the query heads (or only the full-attention layers' heads:
+    Baichuan-M1's sliding layers keep theirs), or 4 times every head dim (keys and values with
+    the queries; MLA's parts of a head too), at 700 tokens: shapes none of the family's fitted
+    twins had (those widen the tiny twin). The same tokens as plain mlx-lm and a peak within the
+    plan."""
+    from tiny_families import ALL_HEAD_DIMS, QUERY_HEADS, scale_fields, wide_config
+
+    keys = {"heads": QUERY_HEADS, "dims": ALL_HEAD_DIMS,
+            "full-layer heads": frozenset({"num_attention_heads"})}[how]
+    path = write_random_model(tmp_path / family, scale_fields(wide_config(family, 2, 2), keys, 4))
+    prompt = [(31 * i) % 120 + 3 for i in range(700)]
+    expected = mlx_lm_tokens(path, prompt, 3)
+    model, tokenizer, plan = load(path, machine=stand_in_machine(), max_seq_len=703)
+    model._unimap.limits.release()  # the need itself, not what MLX's limit holds it to
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    assert [r.token for r in stream_generate(model, tokenizer, prompt, max_tokens=3)] == expected
+    assert 0 < mx.get_peak_memory() <= plan.peak_bytes, f"{family} {how}"
 
 
 def _least_shares(count: int) -> list[str]:

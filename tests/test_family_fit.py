@@ -11,7 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-from calibrate_families import IN_FLIGHT_ARRAYS, LEAST_SCALE, SHARE_SPREAD, WIDEST_TWINS, Run, fit  # noqa: E402
+from calibrate_families import LEAST_SCALE, SHARE_SPREAD, WIDEST_TWINS, Run, fit  # noqa: E402
+
+from unimap.estimate import IN_FLIGHT_ARRAYS  # noqa: E402
 
 # per chunk token, the priced base arrays of each twin by kind (hidden, query, key/value, MLP):
 # the MLP four times wider in "-mix", every width 4 and 8 times in "-wide1" and "-real"
@@ -38,7 +40,14 @@ def runs(need, units=lambda twin, chunk: [0.0, 0.0, 0.0], parts: bool = True) ->
 def covered(run: Run, shares: tuple[float, ...], extra: tuple[float, ...]) -> float:
     """What the fit prices for the run's arrays, per token."""
     hidden, query, kv, mlp = run.parts
-    priced = shares[0] * (hidden + query + kv) + shares[1] * mlp if len(shares) == 2 else shares[0] * run.base
+    if len(shares) == 4:
+        priced = shares[0] * hidden + shares[1] * query + shares[2] * kv + shares[3] * mlp
+    elif len(shares) == 3:
+        priced = shares[0] * hidden + shares[1] * (query + kv) + shares[2] * mlp
+    elif len(shares) == 2:
+        priced = shares[0] * (hidden + query + kv) + shares[1] * mlp
+    else:
+        priced = shares[0] * run.base
     return priced + sum(c * u for c, u in zip(extra, run.units, strict=True))
 
 
@@ -80,6 +89,60 @@ def test_the_shares_stay_within_a_factor_of_each_other() -> None:
     assert attention > 0.1 + 0.1  # held up by the spread, not by the runs
     for run in runs(need):
         assert covered(run, (attention, mlp), extra) >= run.missing + run.base - 1e-6
+
+
+def test_a_twin_with_more_query_heads_gives_the_queries_a_share_of_their_own() -> None:
+    """A need of 0.8 of the hidden arrays but 1.6 of the query and key/value arrays (a family
+    whose attention makes more query-wide copies than the largest coefficients price): twins
+    whose queries keep the hidden width's proportions cannot tell the two apart, and their two
+    shares fall short on a model whose queries are twice its hidden width. With the twin of 4
+    times the query heads the fit finds three shares, and they hold there."""
+    def need(twin: str, chunk: int) -> float:
+        hidden, query, kv, mlp = TWINS[twin]
+        return 0.8 * hidden + 1.6 * (query + kv) + 1.0 * mlp
+
+    held_out = Run("hidden", "fam-held", 253, 1, 2048, [0.0, 0.0, 0.0], 0.0, 0.0, 0.0, 0.0,
+                   (400.0, 400.0, 100.0, 640.0))  # queries twice the hidden width
+
+    def wanted(run: Run) -> float:
+        hidden, query, kv, mlp = run.parts
+        return 0.8 * hidden + 1.6 * (query + kv) + 1.0 * mlp
+
+    plain = runs(need)
+    _, two, extra = fit(plain)
+    assert len(two) == 2
+    assert covered(held_out, two, extra) < wanted(held_out)
+    TWINS["fam-heads"] = (100.0, 200.0, 25.0, 80.0)  # queries 4 times the hidden width
+    try:
+        with_heads = runs(need)
+    finally:
+        del TWINS["fam-heads"]
+    _, three, extra = fit(with_heads)
+    assert three == pytest.approx((0.8, 1.6, 1.0), abs=1e-6)
+    assert covered(held_out, three, extra) >= wanted(held_out) - 1e-6
+    for run in with_heads:
+        assert covered(run, three, extra) >= run.missing + run.base - 1e-6
+
+
+def test_twins_with_more_heads_and_wider_heads_give_keys_and_values_a_share() -> None:
+    """A need of 1.5 of the key/value arrays against 1.6 of the queries': with the twins of 4
+    times the query heads (queries alone) and 4 times the head dims (queries, keys and values)
+    the fit finds four shares, and they hold where keys are as wide as the queries."""
+    def need(twin: str, chunk: int) -> float:
+        hidden, query, kv, mlp = TWINS[twin]
+        return 0.8 * hidden + 1.6 * query + 1.5 * kv + 1.0 * mlp
+
+    TWINS["fam-heads"] = (100.0, 200.0, 25.0, 80.0)
+    TWINS["fam-hd"] = (100.0, 200.0, 100.0, 80.0)
+    try:
+        measured = runs(need)
+    finally:
+        del TWINS["fam-heads"], TWINS["fam-hd"]
+    _, four, extra = fit(measured)
+    assert four == pytest.approx((0.8, 1.6, 1.5, 1.0), abs=1e-6)
+    wide_keys = Run("hidden", "fam-held", 253, 1, 2048, [0.0, 0.0, 0.0], 0.0, 0.0, 0.0, 0.0,
+                    (400.0, 400.0, 400.0, 640.0))
+    assert covered(wide_keys, four, extra) >= 0.8 * 400 + 1.6 * 400 + 1.5 * 400 + 640 - 1e-6
 
 
 def test_the_shares_alone_cover_the_widest_twins() -> None:
@@ -169,7 +232,7 @@ def test_the_fits_are_what_the_saved_runs_need() -> None:
     """unimap/family_calibration.py holds what fit (with its 5 % more) makes of the runs kept in
     tools/family_runs.json.gz, for every family those runs cover; each fit covers every one of
     its family's runs."""
-    from calibrate_families import RUNS_FILE, _up, read_runs
+    from calibrate_families import RUNS_FILE, _up, read_runs, share_groups
 
     from unimap.estimate import SCAN_LAYER_UNITS
     from unimap.family_calibration import FAMILY_EXTRA
@@ -185,8 +248,8 @@ def test_the_fits_are_what_the_saved_runs_need() -> None:
         kept = share if isinstance(share, tuple) else (share,)
         assert (found[0], kept, extra) == (basis, shares, up), family
         for run in runs:
-            hidden, query, kv, mlp = run.parts
-            arrays = shares[0] * (hidden + query + kv) + shares[-1] * mlp
+            arrays = sum(share * sum(run.parts[i] for i in group)
+                         for share, group in zip(shares, share_groups(runs), strict=True))
             parts = [c * u for c, u in zip(extra, run.units, strict=True)]
             scan = sum(parts[i] for i in SCAN_LAYER_UNITS) if basis == "scan-apart" else 0.0
             need = run.missing + run.base

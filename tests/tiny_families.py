@@ -377,6 +377,42 @@ def wide_config(family: str, factor: int = 4, experts: int = 4, state_heads: int
     return _widen(config, factor, experts, state_heads, keys)
 
 
+# Query heads, and the head dims whose presence says a config's heads do not set its head dim.
+QUERY_HEADS = frozenset({"num_attention_heads", "n_head", "n_heads", "num_heads",
+                         "swa_num_attention_heads", "num_swa_attention_heads", "num_query_heads"})
+HEAD_DIMS = frozenset({"head_dim", "swa_head_dim", "kv_channels", "hidden_size_per_head",
+                       "qk_nope_head_dim", "global_head_dim"})
+
+
+def heads_config(family: str, factor: int = 4) -> dict[str, Any]:
+    """`tiny_config(family)` with `factor` times the query heads where the config sets its head
+    dims (the key/value heads as they were): queries `factor` times the hidden width, where every
+    other twin keeps them at it. Real models' are 1 to 3.4 times it (Qwen3-0.6B 2, GLM-4.5 2.4,
+    DeepSeek V3 3.4), and a fit to twins that never move the two apart can price one with the
+    other's arrays (Step-3.5's twin with 4 times the heads at 0.949 of its peak)."""
+    return _more_heads(tiny_config(family), factor)
+
+
+def _more_heads(config: dict[str, Any], factor: int, inherited: bool = False) -> dict[str, Any]:
+    own = inherited or any(k in HEAD_DIMS for k in config)  # a sub-config takes its parent's dims
+    return {k: _more_heads(v, factor, own) if isinstance(v, dict)
+            else v * factor if own and k in QUERY_HEADS and isinstance(v, int) and not isinstance(v, bool)
+            else v for k, v in config.items()}
+
+
+# Every per-head dim a config can set: an attention head's (and MLA's parts of one).
+ALL_HEAD_DIMS = HEAD_DIMS | {"v_head_dim", "qk_rope_head_dim", "swa_v_head_dim"}
+
+
+def head_dim_config(family: str, factor: int = 4) -> dict[str, Any]:
+    """`tiny_config(family)` with `factor` times the head dims the config sets (query and
+    key/value widths `factor` times the hidden width, the heads as they were): where
+    heads_config moves the queries alone, this moves the keys and values with them, and what
+    grows with a head's width rather than with the heads (Gemma 3's twin with head dims 4 times
+    its hidden width / heads at 0.968 of its peak)."""
+    return scale_fields(tiny_config(family), ALL_HEAD_DIMS, factor)
+
+
 # The MLP (and expert) widths among WIDTHS: mix_config scales these alone.
 MLP_WIDTHS = frozenset({
     "intermediate_size", "moe_intermediate_size", "ffn_hidden_size", "expert_ffn_hidden_size",

@@ -3,7 +3,8 @@
 Usage: python tools/calibrate_activations.py [--write]
 
 For each mlx-lm model family and activation dtype, random-weight models are built in several
-shapes (the base shape, then twice the hidden size, query heads, KV heads or MLP width) and one
+shapes (the base shape, then twice the hidden size, twice and 4 times the query heads, twice the
+KV heads, the head dim or the MLP width) and one
 prefill chunk is run through mlx-lm's cache at three chunk shapes. The measured working set is
 mx.get_peak_memory() above the weights and input, less the KV cache written. The attention
 scores (batch x heads x chunk x keys, in the activation dtype) and causal masks (chunk x keys
@@ -54,7 +55,8 @@ SHAPES = ((1, 1024, 0), (2, 512, 0), (1, 768, 0))  # (batch, chunk, tokens alrea
 def variants(config: dict[str, Any]) -> list[dict[str, Any]]:
     width = "moe_intermediate_size" if "moe_intermediate_size" in config else "intermediate_size"
     return [config, {**config, "hidden_size": 512}, {**config, "num_attention_heads": 8},
-            {**config, "num_key_value_heads": 4}, {**config, width: 2 * config[width]}]
+            {**config, "num_attention_heads": 16}, {**config, "num_key_value_heads": 4},
+            {**config, "head_dim": 2 * config["head_dim"]}, {**config, width: 2 * config[width]}]
 
 
 def features(config: dict[str, Any], batch: int, chunk: int, d: int) -> list[int]:

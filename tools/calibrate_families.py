@@ -131,6 +131,10 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
         # and an SSD scan's state 4 times its head dim, as published ones are (only SSD families)
         ("state-size", lambda: sized(family, work) if kind == SSD else None, WIDE_RUNS, True),
         ("mix", lambda: mixed(family, work), MIX_RUNS, True),
+        # and 4 times the query heads: queries wider than the hidden width, as in real models
+        ("heads", lambda: headed(family, work), WIDE_RUNS, True),
+        # and 4 times the head dims: keys and values as wide as those queries
+        ("hd", lambda: head_dims(family, work), WIDE_RUNS, True),
         ("bf16", lambda: half(family, work), BF16_RUNS, True),
         ("real", lambda: real_width(family, work), REAL_RUNS, True),
     ]
@@ -284,6 +288,25 @@ def mixed(family: str, work: Path) -> Path | None:
     return None if config == tiny_config(family) else built(work / f"{family}-mix", config)
 
 
+def headed(family: str, work: Path) -> Path | None:
+    """The family's twin with 4 times the query heads at the same head dims (tests/tiny_families.py
+    heads_config), or None when its heads set its head dims (queries as wide as the hidden
+    width whatever the heads) or mlx-lm cannot build it."""
+    from tiny_families import heads_config, tiny_config
+
+    config = heads_config(family)
+    return None if config == tiny_config(family) else built(work / f"{family}-heads", config)
+
+
+def head_dims(family: str, work: Path) -> Path | None:
+    """The family's twin with 4 times the head dims its config sets (tests/tiny_families.py
+    head_dim_config), or None when it sets none or mlx-lm cannot build it."""
+    from tiny_families import head_dim_config, tiny_config
+
+    config = head_dim_config(family)
+    return None if config == tiny_config(family) else built(work / f"{family}-hd", config)
+
+
 def half(family: str, work: Path) -> Path | None:
     """The tiny twin with bfloat16 weights, or None when mlx-lm cannot build it."""
     from tiny_families import tiny_config
@@ -315,7 +338,6 @@ WIDEST_TWINS = ("-wide1", "-mix", "-real")
 # 0.9999 of its peak.
 SHARE_SPREAD = 2.0
 SCORE_TRACE = 0.005  # a per-key part under this is a trace of the program's vertex, not a need
-IN_FLIGHT_ARRAYS = 1.0  # hidden-wide float32 arrays per chunk token added to every fit (with_in_flight)
 
 
 def least_scale(runs: list[Run]) -> float:
@@ -333,12 +355,12 @@ def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], t
     """The family's arrays per chunk token as its shares of the priced base arrays plus extras
     in its basis's units: the least that covers every run, counted as the sum of each run's
     over-prediction over its peak (a tiny run weighs as much as a wide one); a linear program.
-    Two shares where the runs recorded the price by kind of array (unimap.estimate.family_shares:
-    of the hidden, query and key/value arrays, and of the MLP arrays), else one of the whole.
+    Where the runs recorded the price by kind of array, a share of each group of kinds its twins
+    tell apart (share_groups; unimap.estimate.family_shares), else one of the whole.
     The shares' floor, where one of the whole is least_scale: with a twin at real widths, the
     shares alone (extras at zero) cover each of the widest twins' runs at chunks of 252 tokens
     or more, up to LEAST_SCALE of its price; without one, each share is at least LEAST_SCALE;
-    neither share under 1/SHARE_SPREAD of the other. Per-key parts under SCORE_TRACE are solved
+    no share under 1/SHARE_SPREAD of another. Per-key parts under SCORE_TRACE are solved
     away, and IN_FLIGHT_ARRAYS are added to the hidden-width part (with_in_flight). `apart`: a
     hybrid whose recurrent states live in layers of their own (unimap.estimate.state_apart),
     priced with its scan's state parts in a phase apart from the scores (fit_apart). None
@@ -354,20 +376,25 @@ def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], t
         t, *extra = least_cover(old, [1 / r.peak for r in runs])
         return runs[0].basis, (floor + t,), with_in_flight(runs[0], tuple(extra))
     n = len(runs[0].units)
+    groups = share_groups(runs)
+    k = len(groups)
 
     def shares(r: Run) -> list[float]:
-        hidden, query, kv, mlp = r.parts
-        return [hidden + query + kv, mlp]
+        return [sum(r.parts[i] for i in group) for group in groups]
+
+    def unit(i: int, value: float = 1.0) -> list[float]:
+        return [value if j == i else 0.0 for j in range(k)]
 
     rows = [([*shares(r), *r.units], r.missing + r.base) for r in runs]
     if any(r.twin.endswith("-real") for r in runs):
         guard = [([*shares(r), *[0.0] * n], min(r.missing + r.base, LEAST_SCALE * r.base))
                  for r in runs if r.twin.endswith(WIDEST_TWINS) and min(r.step, r.tokens - 1) >= 252]
     else:
-        guard = [([1.0, 0.0, *[0.0] * n], LEAST_SCALE), ([0.0, 1.0, *[0.0] * n], LEAST_SCALE)]
-    # neither share under 1/SHARE_SPREAD of the other (the twins never vary the query and
-    # key/value widths against the hidden width, so they cannot tell the two apart further)
-    guard += [([1.0, -1 / SHARE_SPREAD, *[0.0] * n], 0.0), ([-1 / SHARE_SPREAD, 1.0, *[0.0] * n], 0.0)]
+        guard = [([*unit(i), *[0.0] * n], LEAST_SCALE) for i in range(k)]
+    # no share under 1/SHARE_SPREAD of another (what the twins do not vary apart they cannot
+    # tell apart further: the key/value widths never move against the query width)
+    guard += [([*(a + b for a, b in zip(unit(i), unit(j, -1 / SHARE_SPREAD), strict=True)), *[0.0] * n], 0.0)
+              for i in range(k) for j in range(k) if i != j]
 
     def solve(rows: list[tuple[list[float], float]]) -> tuple[float, ...]:
         if apart:
@@ -379,13 +406,28 @@ def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], t
     # rounded up to 0.02 of a float32 score per key by _up, which at long contexts on a backend
     # with fused attention prices hundreds of MB: solved again without it, until none is left
     dropped: set[int] = set()
-    while trace := {2 + i for i in (n - 2, n - 1) if 0 < found[2 + i] < SCORE_TRACE} - dropped:
+    while trace := {k + i for i in (n - 2, n - 1) if 0 < found[k + i] < SCORE_TRACE} - dropped:
         dropped |= trace
         rows = [([0.0 if j in dropped else c for j, c in enumerate(cols)], m) for cols, m in rows]
         found = tuple(0.0 if j in dropped else c for j, c in enumerate(solve(rows)))
-    return SCAN_APART if apart else runs[0].basis, tuple(found[:2]), with_in_flight(runs[0], tuple(found[2:]))
+    return SCAN_APART if apart else runs[0].basis, tuple(found[:k]), with_in_flight(runs[0], tuple(found[k:]))
 
 
+
+
+def share_groups(runs: list[Run]) -> tuple[tuple[int, ...], ...]:
+    """The kinds of array (indices into Run.parts: hidden, query, key/value, MLP) each share of
+    a fit prices: the twins with 4 times the MLP widths tell the MLP apart; those with 4 times
+    the query heads (headed) the queries from the hidden width; those with 4 times the head dims
+    (head_dims) the keys and values with them, and beside the first, the keys and values from
+    the queries. What no twin moved apart shares one share."""
+    heads = any(r.twin.endswith("-heads") for r in runs)
+    dims = any(r.twin.endswith("-hd") for r in runs)
+    if heads and dims:
+        return (0,), (1,), (2,), (3,)
+    if heads or dims:
+        return (0,), (1, 2), (3,)
+    return (0, 1, 2), (3,)
 
 
 def with_in_flight(run: Run, extra: tuple[float, ...]) -> tuple[float, ...]:
@@ -397,7 +439,7 @@ def with_in_flight(run: Run, extra: tuple[float, ...]) -> tuple[float, ...]:
     252 x 64 x 4-byte array), where a fit without it left Klear's plan under its peak (0.998).
     Added after the fit, not inside it: a program asked to cover it put it on the per-key part,
     which _up's rounding then made four times larger at 2,048 keys."""
-    from unimap.estimate import HIDDEN_UNIT
+    from unimap.estimate import HIDDEN_UNIT, IN_FLIGHT_ARRAYS
 
     hidden = HIDDEN_UNIT[run.basis]  # extra_units' hidden width
     return tuple(c + IN_FLIGHT_ARRAYS if i == hidden else c for i, c in enumerate(extra))
@@ -420,7 +462,8 @@ def fit_apart(runs: list[Run], rows: list[tuple[list[float], float]],
     from unimap.estimate import SCAN_LAYER_UNITS
 
     k, n = len(rows[0][0]), len(runs)
-    state = [i + 2 for i in SCAN_LAYER_UNITS]  # columns of the scan's state parts
+    shift = k - len(runs[0].units)  # the shares' columns come first
+    state = [i + shift for i in SCAN_LAYER_UNITS]  # columns of the scan's state parts
     cols = np.array([c for c, _ in rows], dtype=float)
     st = np.zeros_like(cols)
     st[:, state] = cols[:, state]
@@ -581,9 +624,12 @@ mlx-lm {mlx_lm.__version__}, MLX's CPU backend. Do not edit by hand: rerun the t
 
 Per family: (basis, share, extra). The chunk's hidden, query, key/value and MLP arrays are
 priced with the largest measured coefficients (unimap.estimate.base_array_parts); the family
-holds its share of that price: one share of the whole, or two (of the hidden, query and
-key/value arrays; of the MLP arrays; unimap.estimate.family_shares), where its runs recorded
-the price by kind of array. Plus the extra: coefficients (all >= 0) for the units of the basis
+holds its share of that price: one share of the whole, or where its runs recorded the price by
+kind of array, one of each group of kinds its twins move apart (unimap.estimate.family_shares):
+two (of the hidden, query and key/value arrays; of the MLP arrays), three (of the hidden
+arrays; of the query and key/value arrays; of the MLP arrays) where a twin with 4 times the
+query heads or the head dims moved the queries apart from the hidden width, or four (hidden,
+query, key/value, MLP) where both did. Plus the extra: coefficients (all >= 0) for the units of the basis
 (unimap.estimate.extra_units, per chunk token, times 4 bytes): "hidden" (hidden width; heads x
 keys) or "scan" (families with a recurrent state: state heads x block^2, the largest layer
 state once and per block token, each over the chunk; the state per token; hidden width; heads x
@@ -596,13 +642,14 @@ scores (the prefill
 needs the larger of the two, unimap.estimate.priced_apart). Fitted to cover every run of the
 family's tiny twin, its 8-layer twin (state families), its twins 4 times as wide (and with 4
 times the state heads; SSD families: with 4 times the state size alone), with 4 times the MLP
-widths, in bfloat16 and, where it was measured (not the slowest state families), 8 times as
+widths, with 4 times the query heads and with 4 times the head dims (where its config sets its
+head dims), in bfloat16 and, where it was measured (not the slowest state families), 8 times as
 wide: those take their own shares (the shares alone never under what the widest twins' runs
 need, up to 0.77 of their price), the others never under 0.77. Families not listed keep the
 largest coefficients.
 """
 
-FAMILY_EXTRA: dict[str, tuple[str, float | tuple[float, float], tuple[float, ...]]] = {{
+FAMILY_EXTRA: dict[str, tuple[str, float | tuple[float, ...], tuple[float, ...]]] = {{
 {rows}}}
 '''
 
@@ -652,8 +699,9 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="also write every run's measurement to this JSON file")
     parser.add_argument("--refit", type=Path, help="fit from a --save file instead of measuring")
     parser.add_argument("--twins", default="", help="measure only these twin kinds (comma-separated: "
-                        "tiny, deep, wide, long, wide-state, state-size, mix, bf16, real) and, with --refit, "
-                        "fit them beside the saved runs of the others (saved again with --save)")
+                        "tiny, deep, wide, long, wide-state, state-size, mix, heads, hd, bf16, real) and, "
+                        "with --refit, fit them beside the saved runs of the others (saved again with "
+                        "--save)")
     parser.add_argument("--apart", action="store_true", help="fit a hybrid whose recurrent states live in "
                         "layers without attention with its scan's states and its scores in phases apart "
                         "(fit_apart; measured and not used: docs/BENCHMARKS.md)")

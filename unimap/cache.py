@@ -27,7 +27,7 @@ from unimap.errors import ModelError
 from unimap.families import LayerCache
 from unimap.structure import Structure
 
-FORMAT = 3  # the layout of an entry; a change makes every older entry a miss
+FORMAT = 4  # the layout of an entry; a change makes every older entry a miss
 MAX_ENTRY_BYTES = 16 * 1024 * 1024  # a structure is tens of kB (one shape per 2-D parameter)
 MAX_ENTRIES = 512  # distinct configs planned; the fuzzer makes thousands
 
@@ -185,4 +185,5 @@ _FIELDS: dict[str, Any] = {
     "caches": _tuple(_cache), "num_experts": _int, "experts_per_token": _int,
     "expert_width": _int, "shared_width": _int, "sparse_layers": _tuple(_flag),
     "layer_prefixes": _tuple(_text), "matrix_shapes": _tuple(_shape), "kv_bits_refusal": _text,
+    "layer_heads": _tuple(_int), "attention_reads": _tuple(_int),
 }

@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from itertools import zip_longest
 from typing import Literal
 
 from unimap.calibration import COEFFICIENTS
@@ -49,10 +50,10 @@ FUSED_HEAD_DIMS = (64, 80, 128)  # head dims MLX's fused prefill attention kerne
 Kernel = Literal["unfused", "metal", "cuda"]
 # MLX's CUDA backend frees an array only when the kernels using it have run, so more of a chunk's
 # arrays are alive at once than on the CPU. Measured factor over the CPU-calibrated figure, per
-# mlx-lm family: the largest any case needed (bf16, tools/bench_estimate.py on the GPU: llama
-# 1.470-1.477 over 256-8192 tokens x batch 1-4; qwen3 1.375; phi3 2.261; gemma3 1.32 to 1.85 past
-# its window). Families not measured there take the largest.
-CUDA_ARRAYS_FACTORS = {"llama": 1.48, "qwen3": 1.38, "phi3": 2.27, "gemma3_text": 1.85}
+# mlx-lm family: the least that covers every case an H200 measured (bf16, tools/bench_estimate.py
+# on the GPU, 256-8192 tokens x batch 1-4; refitted to the CPU coefficients by
+# tools/calibrate_cuda.py). Families not measured there take the largest.
+CUDA_ARRAYS_FACTORS = {"llama": 1.34, "qwen3": 1.23, "phi3": 2.06, "gemma3_text": 1.77}
 # CUDA attention (tools/gpu_attention_probe.py): bf16 with no mask or "causal" is fused for head
 # dims 64 and 96 (80 and 128 assumed, as on Metal); a boolean array mask (a sliding window past
 # its size), or float32, runs unfused with float32-sized scores, and in a model two such score
@@ -652,18 +653,38 @@ def attention_bytes(arch: Architecture, options: Options, chunk: int, tokens: in
     worst = 0
     for kind in set(arch.layer_kinds) - {"recurrent"}:
         keys = tokens if kind == "full" else window_keys
+        heads, fresh = kind_attention(arch, kind)
+        inputs = b * keys * fresh * d  # keys and values made for the attention alone
         if kernel == "metal" and fused:
+            worst = max(worst, inputs)
             continue
         if kernel == "cuda":
             array_mask = kind == "sliding" and tokens > (arch.sliding_window or tokens)
             if arch.head_dim in CUDA_FUSED_HEAD_DIMS and d < 4 and not array_mask:
-                worst = max(worst, b * chunk * keys if keys > chunk + 1 else 0)
+                worst = max(worst, (b * chunk * keys if keys > chunk + 1 else 0) + inputs)
             else:
-                worst = max(worst, b * arch.num_heads * chunk * keys * CUDA_UNFUSED_SCORE_BYTES
-                            + chunk * keys)
+                worst = max(worst, b * heads * chunk * keys * CUDA_UNFUSED_SCORE_BYTES
+                            + chunk * keys + inputs)
             continue
-        worst = max(worst, b * arch.num_heads * chunk * keys * d + chunk * keys)
+        worst = max(worst, b * heads * chunk * keys * d + chunk * keys + inputs)
     return worst + window_mask
+
+
+def kind_attention(arch: Architecture, kind: str) -> tuple[int, int]:
+    """Of the layers of `kind` ("full", "sliding"): the most query heads (their scores are heads
+    x chunk x keys), and the most key and value elements per key their attention reads beyond
+    what their cache holds (MLA's keys and values decompressed from its latent; heads repeated
+    for grouped queries), which exist while the layer attends. A layer whose heads were not
+    read counts as the model's most; one whose attention was not seen reads its cache."""
+    heads, fresh = 0, 0
+    for i, (found, cache) in enumerate(zip_longest(arch.layer_kinds, arch.caches)):
+        if found != kind:
+            continue
+        heads = max(heads, (arch.layer_heads[i] if i < len(arch.layer_heads) else 0) or arch.num_heads)
+        reads = arch.attention_reads[i] if i < len(arch.attention_reads) else 0
+        if cache is not None and reads:
+            fresh = max(fresh, reads - cache.token_elements)
+    return heads or arch.num_heads, fresh
 
 
 def cuda_arrays_factor(model_type: str) -> float:
@@ -702,6 +723,8 @@ def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool =
     *_, qw, qkv = coefficients(arch.family, dtype)
     q_width = arch.num_heads * arch.head_dim
     base = family_base_bytes(arch, d) if own else base_array_bytes(arch, d)
+    if own and measured_family(arch.family, dtype):  # a fitted family's extra holds it already
+        base += IN_FLIGHT_ARRAYS * arch.hidden_size * 4
     per_token = base + moe_routed_bytes(arch, d)
     per_token += family_extra_bytes(arch, chunk, keys, fused, half=d < 4, state=state)
     if quantized:
@@ -709,6 +732,20 @@ def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool =
     if kv_bits is not None:
         per_token += qkv * q_width * d
     return int(tokens * per_token)
+
+
+# Hidden-wide float32 arrays per chunk token for what MLX's evaluation holds in flight beyond a
+# measured run: its allocations run ahead of the work in flight, by a different amount from one
+# run to the next (docs/BENCHMARKS.md, "Run to run"). Added to every family fit's hidden-width
+# part (tools/calibrate_families.py) and to the measured coefficients' price (chunk_array_bytes):
+# those cover their calibration's runs exactly, and Gemma 3's twin with 4 times the query heads
+# needed 0.77 of such an array per token more when plain mlx-lm had run before it in the process.
+IN_FLIGHT_ARRAYS = 1.0
+
+
+def measured_family(family: str, dtype: str) -> bool:
+    """Whether the family's coefficients for `dtype` were measured (unimap/calibration.py)."""
+    return (CALIBRATED_AS.get(family, family), dtype) in COEFFICIENTS
 
 
 def base_array_bytes(arch: Architecture, d: int) -> float:
@@ -772,28 +809,33 @@ def metal_fused_scan(module: str) -> bool:
         FUSED_SCAN_MARK in text for text in (source, *(model_source(m) or "" for m in siblings)))
 
 
-def family_shares(family: str) -> tuple[float, float]:
+def family_shares(family: str) -> tuple[float, float, float, float]:
     """What a family without measured coefficients holds of the arrays the largest coefficients
     price (base_array_parts), as its twins measured (unimap/family_calibration.py): of the
-    hidden, query and key/value arrays, and of the MLP arrays. A fit of one share holds it of
-    both; (1, 1) for a measured family or one the calibration has not run."""
+    hidden, query, key/value and MLP arrays. A fit holds one share of each group of kinds its
+    twins moved apart: one of the whole; two (hidden, query and key/value; MLP); three (hidden;
+    query and key/value; MLP); or four. (1, 1, 1, 1) for a measured family or one the
+    calibration has not run."""
     found = FAMILY_EXTRA.get(family)
     if found is None:
-        return 1.0, 1.0
+        return 1.0, 1.0, 1.0, 1.0
     share = found[1]
-    if isinstance(share, tuple):
-        return share[0], share[1]
-    return share, share
+    if not isinstance(share, tuple):
+        return share, share, share, share
+    if len(share) == 2:
+        return share[0], share[0], share[0], share[1]
+    if len(share) == 3:
+        return share[0], share[1], share[1], share[2]
+    return share[0], share[1], share[2], share[3]
 
 
 def family_base_bytes(arch: Architecture, d: int) -> float:
-    """Per chunk token, the family's shares of the priced arrays (family_shares): the MLP's
-    share of its width, the other's of the hidden, query and key/value widths. Twins with 4
-    times the MLP widths tell the two apart; the query and key/value widths keep the hidden
-    width's proportions in every twin, so they share its share."""
-    attention, mlp = family_shares(arch.family)
-    hidden, query, kv, mlp_bytes = base_array_parts(arch, d)
-    return attention * (hidden + query + kv) + mlp * mlp_bytes
+    """Per chunk token, the family's shares of the priced arrays (family_shares) times their
+    price by kind. Twins with 4 times the MLP widths tell the MLP's share apart, twins with 4
+    times the query heads the queries', and twins with 4 times the head dims the keys' and
+    values' (tools/calibrate_families.py)."""
+    shares = family_shares(arch.family)
+    return sum(s * part for s, part in zip(shares, base_array_parts(arch, d), strict=True))
 
 
 SCAN_APART = "scan-apart"  # a "scan" fit made with the scan's states in a phase of their own

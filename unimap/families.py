@@ -156,6 +156,8 @@ class Architecture:
     layer_prefixes: tuple[str, ...] = ()  # each layer's parameter path in mlx-lm ("model.layers.0.")
     matrix_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # mlx-lm's 2-D parameters
     kv_bits_refusal: str = ""  # why mlx-lm's model cannot run on a quantized KV cache ("" when it can)
+    layer_heads: tuple[int, ...] = ()  # per layer: its attention's query heads (0: not read)
+    attention_reads: tuple[int, ...] = ()  # per layer: key/value elements per key attention reads
 
     @property
     def family(self) -> str:
@@ -864,4 +866,5 @@ def from_structure(s: Any, cfg: Mapping[str, Any], model_type: str) -> Architect
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         torch_dtype=dtype if isinstance(dtype, str) else None, moe=moe, caches=s.caches,
         module=s.module, layer_prefixes=s.layer_prefixes, matrix_shapes=s.matrix_shapes,
-        kv_bits_refusal=s.kv_bits_refusal)
+        kv_bits_refusal=s.kv_bits_refusal, layer_heads=s.layer_heads,
+        attention_reads=s.attention_reads)

@@ -1,6 +1,6 @@
 """Metal's chunk-array factors, fitted by tools/calibrate_metal.py to published Mac peaks.
 
-Generated 2026-11-30 from docs/metal/published.json (16 calibration points), replayed with
+Generated 2026-12-01 from docs/metal/published.json (16 calibration points), replayed with
 MLX 0.32.4 and mlx-lm 0.32.2. Do not edit by hand: rerun the tool with --write.
 
 MLX's Metal backend frees an array only once the command buffer that used it has completed,
@@ -13,11 +13,11 @@ only; unimap/estimate.py metal_arrays_factor).
 """
 
 METAL_ARRAYS_FACTORS: dict[str, float] = {
-    "gemma4": 1.22,
-    "qwen3": 2.02,
-    "qwen3_5": 2.6,
-    "qwen3_5_moe": 2.49,
-    "qwen3_moe": 1.28,
+    "gemma4": 1.19,
+    "qwen3": 1.93,
+    "qwen3_5": 2.49,
+    "qwen3_5_moe": 2.39,
+    "qwen3_moe": 1.25,
 }
 
 # whether each family has recurrent-state layers ("recurrent") or attention only

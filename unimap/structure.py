@@ -21,7 +21,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -57,6 +57,10 @@ class Structure:
     layer_prefixes: tuple[str, ...] = ()  # each layer's parameter path, e.g. "model.layers.0."
     matrix_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # 2-D parameters as mlx-lm builds them
     kv_bits_refusal: str = ""  # why its forward pass cannot run on a quantized KV cache ("" when it can)
+    layer_heads: tuple[int, ...] = ()  # per layer: its attention's query heads (0 when it says none)
+    # per layer: the key and value elements per key its attention reads (0: none seen), which
+    # exceed its cache's per-token elements where it decompresses them (MLA) or repeats heads
+    attention_reads: tuple[int, ...] = ()
 
 
 def package_folder(name: str) -> Path | None:
@@ -231,7 +235,9 @@ def _read_model(model: Any, root: Any, config: dict[str, Any], where: str,
     blocks = _switch_blocks(inside)
     probes = [_probe(model, layers, blocks, tokens, where, make_cache) for tokens in PROBE_TOKENS]
     kv_heads, head_dim = _kv_shape(probes[1].caches)
-    heads = _heads(inside) or _first_int(args, HEAD_NAMES) or kv_heads
+    seen = probes[1].attention
+    layer_heads = tuple(seen[i][0] if i in seen else _heads(modules) for i, modules in enumerate(inside))
+    heads = max(layer_heads, default=0) or _first_int(args, HEAD_NAMES) or kv_heads
     moe = _moe(layers, inside, blocks, probes[1].top_k, args, hidden)
     flat: list[tuple[str, Any]] = tree_flatten(root.parameters())  # type: ignore[assignment]
     experts = moe.get("num_experts", 0)
@@ -241,7 +247,8 @@ def _read_model(model: Any, root: Any, config: dict[str, Any], where: str,
         head_dim=head_dim, mlp_widths=tuple(_mlp_width(modules, hidden, experts) for modules in inside),
         caches=tuple(_layer_caches(probes, len(layers))), layer_prefixes=_prefixes(flat, layers),
         matrix_shapes=tuple((name, tuple(p.shape)) for name, p in flat if p.ndim == 2),
-        kv_bits_refusal=_quantized_kv_refusal(model, make_cache) if root is model else "", **moe)
+        kv_bits_refusal=_quantized_kv_refusal(model, make_cache) if root is model else "",
+        layer_heads=layer_heads, attention_reads=_reads(probes[1], len(layers)), **moe)
 
 
 def _quantized_kv_refusal(model: Any, make_cache: Callable[[Any], list[Any]] | None = None) -> str:
@@ -304,6 +311,12 @@ def _module_name(model: Any) -> str:
     return MLA_FAMILY if MLA_IMPORT.search(source) else module[len(vlm):]
 
 
+def _reads(probe: _Probe, num_layers: int) -> tuple[int, ...]:
+    """Per layer, the key and value elements per key its fused attention call read (0 where the
+    probe saw none)."""
+    return tuple(probe.attention[i][1] if i in probe.attention else 0 for i in range(num_layers))
+
+
 def _layer_caches(probes: list[_Probe], num_layers: int) -> list[LayerCache]:
     """Each layer's cache, from the caches of the two probes (PROBE_TOKENS)."""
     per_cache = [_cache_reading(a, b) for a, b in zip(probes[0].caches, probes[1].caches,
@@ -344,7 +357,7 @@ def read_vlm_caches(structure: Structure, config: dict[str, Any], where: str) ->
         raise ModelError(f"{where}: mlx-vlm's language model has {len(caches)} decoder layers "
                          f"and mlx-lm's {structure.num_layers}; unimap cannot tell which runs "
                          "where (check the config's layer counts)")
-    return replace(structure, caches=tuple(caches))
+    return replace(structure, caches=tuple(caches), attention_reads=_reads(probes[1], len(layers)))
 
 
 def _build_vlm(config: dict[str, Any], where: str) -> Any:
@@ -441,14 +454,15 @@ def _embedding(model: Any, args: Any, where: str) -> tuple[int, int]:
     return int(rows), int(width * 32 // bits if bits else width)
 
 
-def _heads(inside: list[list[tuple[str, Any]]]) -> int:
-    """Query heads, from the first attention module that says (n_heads, num_heads, ...)."""
-    for modules in inside:
-        for path, module in modules:
-            if _ATTENTION_ONLY.search(path.rsplit(".", 1)[-1]):
-                found = _first_int(module, HEAD_NAMES)
-                if found:
-                    return found
+def _heads(modules: list[tuple[str, Any]]) -> int:
+    """A layer's query heads, from its first attention module that says (n_heads, num_heads,
+    ...); 0 when none does. Layers of one model can differ: Step-3.5's and Laguna's sliding
+    layers, Baichuan-M1's (num_swa_attention_heads)."""
+    for path, module in modules:
+        if _ATTENTION_ONLY.search(path.rsplit(".", 1)[-1]):
+            found = _first_int(module, HEAD_NAMES)
+            if found:
+                return found
     return 0
 
 
@@ -457,6 +471,8 @@ class _Probe:
     caches: list[Any]
     handed: dict[int, list[int]]  # layer index -> indices of the caches it was handed
     top_k: dict[int, int]  # id of a switch block -> experts each token was routed to
+    # layer index -> (query heads, key/value elements per key) of its first fused attention call
+    attention: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def _probe(model: Any, layers: list[Any], blocks: list[Any], tokens: int, where: str,
@@ -470,8 +486,10 @@ def _probe(model: Any, layers: list[Any], blocks: list[Any], tokens: int, where:
     make = make_cache or make_prompt_cache
     found = _Probe(make(model), {}, {})
     positions = {id(c): j for j, c in enumerate(found.caches)}
+    current = [-1]  # the layer the forward pass is in
 
     def on_layer(index: int, values: tuple[Any, ...]) -> None:
+        current[0] = index
         for value in values:
             j = positions.get(id(value))
             if j is not None and j not in found.handed.setdefault(index, []):
@@ -483,8 +501,13 @@ def _probe(model: Any, layers: list[Any], blocks: list[Any], tokens: int, where:
         if routed:
             found.top_k[id(blocks[index])] = max(routed)
 
+    def on_attention(q: Any, k: Any, v: Any) -> None:
+        if current[0] >= 0 and q.ndim == k.ndim == v.ndim == 4:
+            found.attention.setdefault(current[0], (q.shape[1], k.shape[1] * k.shape[3]
+                                                    + v.shape[1] * v.shape[3]))
+
     prompt = mx.zeros((1, tokens), dtype=mx.int32)
-    with _watching(layers, on_layer), _watching(blocks, on_block):
+    with _watching(layers, on_layer), _watching(blocks, on_block), _attending(on_attention):
         try:  # traced by mx.compile, which refuses a forward pass that evaluates arrays (the
             # traced function hands back its input: nothing is left for compile to optimize)
             mx.compile(lambda x: (model(x, cache=found.caches), x)[1])(prompt)
@@ -528,6 +551,26 @@ def _fails(model: Any, where: str, tokens: int, exc: Exception) -> ModelError:
 def _runner(model: Any) -> str:
     """The package whose class `model` is, as users install it: mlx-lm or mlx-vlm."""
     return type(model).__module__.split(".", 1)[0].replace("_", "-")
+
+
+@contextmanager
+def _attending(seen: Callable[[Any, Any, Any], None]) -> Iterator[None]:
+    """Within the block, every call of MLX's fused attention first hands `seen(q, k, v)`: the
+    shapes attention really reads, whatever a module's attributes say (mlx-lm's models call it
+    through mlx_lm.models.base, which looks it up at each call)."""
+    import mlx.core as mx
+
+    fused = mx.fast.scaled_dot_product_attention
+
+    def noted(q: Any, k: Any, v: Any, *args: Any, **kwargs: Any) -> Any:
+        seen(q, k, v)
+        return fused(q, k, v, *args, **kwargs)
+
+    mx.fast.scaled_dot_product_attention = noted
+    try:
+        yield
+    finally:
+        mx.fast.scaled_dot_product_attention = fused
 
 
 @contextmanager
