@@ -235,8 +235,11 @@ def _read_model(model: Any, root: Any, config: dict[str, Any], where: str,
     blocks = _switch_blocks(inside)
     probes = [_probe(model, layers, blocks, tokens, where, make_cache) for tokens in PROBE_TOKENS]
     kv_heads, head_dim = _kv_shape(probes[1].caches)
+    # the heads each layer's attention call was handed, or its module says if more (a module
+    # could fold repeated heads into another axis before the call)
     seen = probes[1].attention
-    layer_heads = tuple(seen[i][0] if i in seen else _heads(modules) for i, modules in enumerate(inside))
+    layer_heads = tuple(max(seen[i][0] if i in seen else 0, _heads(modules))
+                        for i, modules in enumerate(inside))
     heads = max(layer_heads, default=0) or _first_int(args, HEAD_NAMES) or kv_heads
     moe = _moe(layers, inside, blocks, probes[1].top_k, args, hidden)
     flat: list[tuple[str, Any]] = tree_flatten(root.parameters())  # type: ignore[assignment]
