@@ -1,11 +1,14 @@
 """Predicted against measured peak for every buildable mlx-lm family's twin, in one process.
 
 Usage: python tools/sweep_families.py [--tokens 8,252,2044] [--width 1|2|4] [--experts N]
-       [--mlp N] [--batch N] [--dtype float32|bfloat16] [--repeat N] [--only FAMILY,...] [--held]
+       [--mlp N] [--heads N] [--head-dims N] [--batch N] [--dtype float32|bfloat16] [--repeat N]
+       [--only FAMILY,...] [--held]
 
 Each family of tests/tiny_families.py is written as a random-weight checkpoint (its tiny twin,
 or wide_config's twin `--width` times as wide with `--experts` times the experts and twice the
-top-k, its MLP widths `--mlp` times more; weights in `--dtype`), planned all on one device of the
+top-k, its MLP widths `--mlp` times more, its query heads `--heads` times more and its head dims
+`--head-dims` times more, so the queries are wider than the hidden width as in real models;
+weights in `--dtype`), planned all on one device of the
 stand-in machine for exactly each prompt plus 4 decoded tokens (`--batch` rows), loaded through
 unimap and run by mlx-lm's own stream_generate (one prefill chunk of up to 2048 tokens; with
 `--batch`, the rows prefilled together through the model's own caches), `--repeat` times. The line per family
@@ -48,12 +51,12 @@ class Case(NamedTuple):
 
 def sweep(family: str, work: Path, tokens: list[int], width: int, experts: int,
           held: bool = False, mlp: int = 1, repeat: int = 1, batch: int = 1,
-          dtype: str = "float32") -> list[Case]:
+          dtype: str = "float32", heads: int = 1, head_dims: int = 1) -> list[Case]:
     import mlx.core as mx
     from bench_estimate import run_batched
     from calibrate_families import DECODE
     from mlx_lm import stream_generate
-    from tiny_families import MLP_WIDTHS, scale_fields, tiny_config, wide_config
+    from tiny_families import ALL_HEAD_DIMS, MLP_WIDTHS, QUERY_HEADS, scale_fields, tiny_config, wide_config
     from tiny_models import stand_in_machine, write_random_model
 
     import unimap
@@ -62,7 +65,9 @@ def sweep(family: str, work: Path, tokens: list[int], width: int, experts: int,
     from unimap.plan import make_plan
 
     config = wide_config(family, width, experts) if width > 1 else tiny_config(family)
-    path = write_random_model(work / family, scale_fields(config, MLP_WIDTHS, mlp), dtype=dtype)
+    for keys, factor in ((MLP_WIDTHS, mlp), (QUERY_HEADS, heads), (ALL_HEAD_DIMS, head_dims)):
+        config = scale_fields(config, keys, factor)
+    path = write_random_model(work / family, config, dtype=dtype)
     spec = unimap.inspect(path)
     cases = []
     for n in tokens:
@@ -100,6 +105,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1, help="1: the tiny twin; N: N times as wide")
     parser.add_argument("--experts", type=int, default=None, help="times the experts (default: --width)")
     parser.add_argument("--mlp", type=int, default=1, help="times the MLP and expert widths")
+    parser.add_argument("--heads", type=int, default=1, help="times the query heads")
+    parser.add_argument("--head-dims", type=int, default=1, help="times every head dim")
     parser.add_argument("--batch", type=int, default=1, help="prompt rows (batch > 1: prefilled "
                         "together, as tools/bench_estimate.py's batched cases)")
     parser.add_argument("--dtype", default="float32", help="the checkpoint's weights: float32 or bfloat16")
@@ -120,7 +127,7 @@ def main() -> None:
             start = time.perf_counter()
             try:
                 cases = sweep(family, Path(tmp), tokens, args.width, experts, args.held, args.mlp,
-                              args.repeat, args.batch, args.dtype)
+                              args.repeat, args.batch, args.dtype, args.heads, args.head_dims)
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:100]}", flush=True)
                 continue
@@ -134,7 +141,8 @@ def main() -> None:
     if every:
         ratios = [c.ratio for c in every]
         print(f"{len(every)} cases at {tokens} tokens, width x{args.width}, experts x{experts}, "
-              f"MLP x{args.mlp}, batch {args.batch}, {args.dtype}, {args.repeat} run(s) each"
+              f"MLP x{args.mlp}, heads x{args.heads}, head dims x{args.head_dims}, batch {args.batch}, "
+              f"{args.dtype}, {args.repeat} run(s) each"
               f"{', held' if args.held else ''}: "
               f"{sum(r < 1 for r in ratios)} under; median {statistics.median(ratios):.3f}, "
               f"max {max(ratios):.3f}, min {min(ratios):.3f}")
