@@ -464,3 +464,19 @@ def test_cli_plans_a_gpu_group_for_a_described_multi_gpu_machine(models: Path, t
                                        str(tmp_path / "nowhere.json")])
     assert missing.exit_code == 2 and "cannot read it" in missing.stderr
     assert "Traceback" not in missing.output
+
+
+def test_the_watchdog_times_what_peers_hold_up_not_a_ranks_own_work() -> None:
+    """A rank's watchdog ends its process when nothing moves for its timeout (a peer stopped
+    answering), but not while the rank does its own work (reading, planning, loading a large
+    model can take minutes): `unimap run`'s ranks do those inside `waiting()`. Before, a rank's
+    whole start-up was timed, and under load two ranks with a 3 s limit ended before they
+    generated."""
+    script = ("import time\nfrom unimap.distributed import Watchdog\n"
+              "dog = Watchdog(0.5, 'rank 0')\n"
+              "with dog.waiting():\n    time.sleep(1.5)\n"
+              "dog.beat()\nprint('alive', flush=True)\n"
+              "time.sleep(1.5)\nprint('still', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["alive"]
+    assert done.returncode == 3 and "no progress for 0.5 s" in done.stderr

@@ -830,24 +830,31 @@ def _run_as_rank(target: str, prompt: str, system_prompt: str | None, ignore_tem
     from unimap.generate import Chat, has_chat_template, stream_generate
     from unimap.inspect import inspect
 
+    # the watchdog times what peers hold up (joining, agreeing, generating in step); reading,
+    # planning and loading are this rank's own work, however long a large model takes
     watchdog = distributed.Watchdog(distributed.rank_timeout(), f"rank {os.environ.get('MLX_RANK')}")
     group = distributed.join()
+    watchdog.beat()
     rank, size = group.rank(), group.size()
     mode = options.pop("mode")
     split = distributed.rank_split(os.environ, size)
     mode = os.environ.get(distributed.MODE_VARIABLE, mode)
-    spec = inspect(target)
+    with watchdog.waiting():
+        spec = inspect(target)
     if split is None:  # started by mlx.launch: every rank describes its machine, all plan alike
         machines = [(f"rank {i}", machine_from_dict(json.loads(text), f"rank {i}'s machine"))
                     for i, text in enumerate(distributed.agree(group, _this_machine_json()))]
-        cluster = cluster_plan(spec, mode=mode, machines=machines, **options)
+        with watchdog.waiting():
+            cluster = cluster_plan(spec, mode=mode, machines=machines, **options)
     else:
-        cluster = cluster_plan(spec, None, size, mode=mode, **options)
+        with watchdog.waiting():
+            cluster = cluster_plan(spec, None, size, mode=mode, **options)
         if mode == "pipeline" and list(cluster.split) != split:
             from unimap.cluster import _ranks
 
             kept = [(r.host, r.machine) for r in cluster.ranks]
-            cluster = replace(cluster, ranks=tuple(_ranks(spec, kept, cluster.options, split)))
+            with watchdog.waiting():
+                cluster = replace(cluster, ranks=tuple(_ranks(spec, kept, cluster.options, split)))
     planned = cluster.ranks[rank].plan
     watchdog.beat()
 
@@ -864,8 +871,8 @@ def _run_as_rank(target: str, prompt: str, system_prompt: str | None, ignore_tem
     console = LazyConsole(sys.stderr, quiet=not speaking or quiet)
     try:
         _reset_peak()
-        loaded, tokenizer, planned = load(target, planned=planned, before_apply=stage)
-        watchdog.beat()
+        with watchdog.waiting():
+            loaded, tokenizer, planned = load(target, planned=planned, before_apply=stage)
         mx.random.seed(distributed.shared_seed(group, settings.get("seed")))
         settings = {**settings, "seed": None}
         if interactive:

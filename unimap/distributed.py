@@ -383,7 +383,8 @@ class Watchdog:
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
-        """No limit inside: the ranks wait for a person (a chat's next message)."""
+        """No limit inside: the ranks wait for a person (a chat's next message), or this rank
+        does work of its own that no peer holds up (reading, planning, loading a model)."""
         self.paused = True
         try:
             yield
