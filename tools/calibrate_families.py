@@ -14,15 +14,16 @@ tokens (batch 1 and 2, prefill chunks of 128, so several chunks follow cached to
 to 2049 tokens in one chunk each (mlx-lm's default chunk is 2048), each plus 4 decoded tokens.
 The same runs go through an 8-layer twin of families with recurrent state; some of them through
 twins 4 times as wide (4 times the experts, twice the top-k; and 4 times the state heads), with
-4 times the MLP widths, in bfloat16, and 8 times as wide (REAL_WIDTH: hidden 512, head dims 128,
-widths like real models'; 252 and 2044 tokens); SSD families' tiny twin also with 4 times its
-state size; and every family's tiny twin (8 layers deep where its layers differ in kind) on a
-prompt of 8196 tokens, 4 chunks (LONG_RUNS).
+4 times the MLP widths, with 4 times the query heads and with 4 times the head dims (where the
+config sets its head dims: queries wider than the hidden width), in bfloat16, and 8 times as
+wide (REAL_WIDTH: hidden 512, head dims 128, widths like real models'; 252 and 2044 tokens);
+SSD families' tiny twin also with 4 times its state size; and every family's tiny twin (8 layers
+deep where its layers differ in kind) on a prompt of 8196 tokens, 4 chunks (LONG_RUNS).
 Each run is compared with the plan made with the largest coefficients of every measured family
 and no fit (measured peak against it, the price of the chunk's hidden, query, key/value and MLP
-arrays by kind, and the exact scores). The family's fit is its shares of that price (of the
-hidden, query and key/value arrays; of the MLP arrays: twins with 4 times the MLP widths tell
-them apart) plus extras in units that grow with the model as those arrays do
+arrays by kind, and the exact scores). The family's fit is its shares of that price, one for
+each group of kinds of array its twins move apart (share_groups: hidden, query, key/value, MLP)
+plus extras in units that grow with the model as those arrays do
 (unimap.estimate.extra_units): the least that covers every run of every twin (see fit for the
 shares' floor). A hybrid whose recurrent states live in layers without attention is fitted
 with its scan's states and its scores in phases apart (fit_apart). --write regenerates
