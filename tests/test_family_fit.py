@@ -228,13 +228,50 @@ def test_a_hybrid_needs_the_larger_of_its_scores_and_its_scan_states() -> None:
     assert over[True] < 1e-3 < over[False]
 
 
+def test_a_scan_that_keeps_a_state_per_token_is_priced_one_at_least() -> None:
+    """Twins whose attention scores grow with their state (the wider twins have more heads as
+    well as larger states) let a fit price the scan's states per token with the scores' unit:
+    covered there, under where the state grows and the heads do not. With the states per token
+    the scan is known to hold, the fit keeps at least that many and still covers every run."""
+    state = {"fam": 1000.0, "fam-mix": 1000.0, "fam-wide1": 4000.0, "fam-real": 16000.0}
+    heads = {"fam": 4.0, "fam-mix": 4.0, "fam-wide1": 16.0, "fam-real": 64.0}
+
+    def units(twin: str, chunk: int) -> list[float]:
+        block = min(chunk, 256)
+        return [0.0, state[twin] / chunk, state[twin] * block / chunk, state[twin], 0.0,
+                heads[twin] * chunk, 0.0]
+
+    def need(twin: str, chunk: int) -> float:
+        """A score per head and key, and the states per token: all of them in a chunk of up to
+        a block, fewer past it (MLX's evaluation frees some as the scan goes in a whole model)."""
+        hidden, query, kv, mlp = TWINS[twin]
+        states = 1.0 if chunk <= 256 else 0.6
+        return hidden + query + kv + mlp + states * state[twin] + heads[twin] * chunk
+
+    saved = [r._replace(basis="scan") for r in runs(need, units)]
+    per_token = {}
+    for least in (0.0, 1.0):
+        found = fit(saved, per_token_states=least)
+        assert found is not None
+        _, shares, extra = found
+        per_token[least] = extra[3]
+        for run in saved:
+            assert covered(run, shares, extra) >= run.missing + run.base - 1e-6 * run.peak
+    assert per_token[0.0] < 1.0 <= per_token[1.0]  # left free, the fit takes fewer
+    # the gated-delta families are the ones known to hold a state per token off Metal
+    from unimap.estimate import delta_scan
+
+    assert delta_scan("qwen3_next") and delta_scan("kimi_linear")
+    assert not delta_scan("llama") and not delta_scan("mamba2")
+
+
 def test_the_fits_are_what_the_saved_runs_need() -> None:
     """unimap/family_calibration.py holds what fit (with its 5 % more) makes of the runs kept in
     tools/family_runs.json.gz, for every family those runs cover; each fit covers every one of
     its family's runs."""
     from calibrate_families import RUNS_FILE, _up, read_runs, share_groups
 
-    from unimap.estimate import SCAN_LAYER_UNITS
+    from unimap.estimate import DELTA_STATES_PER_TOKEN, SCAN_LAYER_UNITS, delta_scan
     from unimap.family_calibration import FAMILY_EXTRA
 
     saved = read_runs(RUNS_FILE)
@@ -242,7 +279,8 @@ def test_the_fits_are_what_the_saved_runs_need() -> None:
     for family, rows in saved.items():
         runs = [Run(*r) for r in rows]
         basis, share, extra = FAMILY_EXTRA[family]
-        found = fit(runs, apart=basis == "scan-apart")
+        found = fit(runs, apart=basis == "scan-apart",
+                    per_token_states=DELTA_STATES_PER_TOKEN if delta_scan(family) else 0.0)
         assert found is not None
         shares, up = _up(found[1], found[2])
         kept = share if isinstance(share, tuple) else (share,)

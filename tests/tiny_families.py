@@ -131,7 +131,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                     "hidden_size_per_layer_input": 16, "vocab_size_per_layer_input": 128,
                     "sliding_window_pattern": 2},
     "granitemoehybrid": {"layer_types": ["mamba", "attention", "mamba", "mamba"],
-                         "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_n_groups": 1,
+                         "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_n_groups": 1, "mamba_expand": 2,
                          "mamba_proj_bias": False, "mamba_conv_bias": True,
                          "position_embedding_type": "nope"},
     "hunyuan": {"rope_scaling": {"alpha": 1000.0, "factor": 1.0, "type": "dynamic"},
@@ -349,6 +349,13 @@ STATE_HEADS = frozenset({"linear_num_value_heads", "linear_num_key_heads", "mamb
                          "mamba_n_heads"})
 
 
+# An SSM's inner width that its config sets apart from its heads x head dim, which must agree
+# with them: scaled with the state heads too, as a width (Falcon-H1's mamba_d_ssm) or as a
+# multiple of the hidden width (Granite 4's mamba_expand).
+STATE_INNER = frozenset({"mamba_d_ssm"})
+STATE_EXPAND = frozenset({"mamba_expand"})
+
+
 # An SSM's state size per head (the width of SSD's B and C inputs), which state_config scales alone.
 STATE_SIZES = frozenset({"state_size", "ssm_state_size", "mamba_d_state"})
 
@@ -457,6 +464,10 @@ def _widen(config: dict[str, Any], factor: int, experts: int, heads: int = 1,
             out[key] = [v for v in value for _ in range(factor)]
         elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             out[key] = value
+        elif key in STATE_INNER:  # the state heads' width: heads x head dim
+            out[key] = value * factor * heads
+        elif key in STATE_EXPAND:  # the same, as a multiple of the (widened) hidden width
+            out[key] = value * heads
         elif key in WIDTHS:
             out[key] = value * factor
         elif key in EXPERT_COUNTS:

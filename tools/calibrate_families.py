@@ -15,8 +15,10 @@ to 2049 tokens in one chunk each (mlx-lm's default chunk is 2048), each plus 4 d
 The same runs go through an 8-layer twin of families with recurrent state; some of them through
 twins 4 times as wide (4 times the experts, twice the top-k; and 4 times the state heads), with
 4 times the MLP widths, with 4 times the query heads and with 4 times the head dims (where the
-config sets its head dims: queries wider than the hidden width), in bfloat16, and 8 times as
-wide (REAL_WIDTH: hidden 512, head dims 128, widths like real models'; 252 and 2044 tokens);
+config sets its head dims: queries wider than the hidden width; that twin in bfloat16 too; the
+state-heavy and head-dim twins of families with a recurrent state also on a chunk of 1000
+tokens), in bfloat16, and 8 times as wide (REAL_WIDTH: hidden 512, head dims 128, widths like
+real models'; 252 and 2044 tokens);
 SSD families' tiny twin also with 4 times its state size; and every family's tiny twin (8 layers
 deep where its layers differ in kind) on a prompt of 8196 tokens, 4 chunks (LONG_RUNS).
 Each run is compared with the plan made with the largest coefficients of every measured family
@@ -25,11 +27,12 @@ arrays by kind, and the exact scores). The family's fit is its shares of that pr
 each group of kinds of array its twins move apart (share_groups: hidden, query, key/value, MLP)
 plus extras in units that grow with the model as those arrays do
 (unimap.estimate.extra_units): the least that covers every run of every twin (see fit for the
-shares' floor). A hybrid whose recurrent states live in layers without attention is fitted
-with its scan's states and its scores in phases apart (fit_apart). --write regenerates
-unimap/family_calibration.py with the machine and versions (with --only, the other families
-keep what they had); --save keeps every run's measurement so that --refit can fit again
-without measuring.
+shares' floor; a gated-delta scan keeps at least the states per token the op holds,
+unimap.estimate.DELTA_STATES_PER_TOKEN). A hybrid whose recurrent states live in layers
+without attention is fitted with its scan's states and its scores in phases apart
+(fit_apart). --write regenerates unimap/family_calibration.py with the machine and versions
+(with --only, the other families keep what they had); --save keeps every run's measurement so
+that --refit can fit again without measuring.
 """
 
 from __future__ import annotations
@@ -67,6 +70,15 @@ LONG_RUNS = ((8196, 1, 2048),)
 # on the wide twin (slower: a mamba scan at 4 times the width takes a minute a run): a few
 # tokens, a part of a scan block, several chunks in a batch, and a whole chunk
 WIDE_RUNS = ((8, 1, 2048), (64, 1, 2048), (252, 1, 2048), (600, 2, 128), (2049, 1, 2048))
+# on the state-heavy twin and the twin with 4 times the head dims of a family with a recurrent
+# state (whose state grows as the head dims squared, its attention heads as they were), also a
+# chunk of 1000 tokens: a scan that keeps a state per token (gated delta's op-by-op path,
+# Mamba-1) holds them for the whole chunk, where mlx-lm's blocked scans keep a block's (at most
+# SCAN_STEP_TOKENS). Without a chunk between a block and 2049 tokens, whose scores are large, a
+# fit could price the states per token with the blocks' unit and the scores': Kimi-Linear's
+# twin twice as wide with 4 times its head dims was at 0.756 of its peak at 700 tokens (one
+# state per token alive, 0.55 priced).
+STATE_RUNS = WIDE_RUNS[:4] + ((1000, 1, 2048),) + WIDE_RUNS[4:]
 # on the twin with 4 times the MLP widths, and the tiny twin in bfloat16 (where the hidden-wide
 # float32 arrays weigh twice as much against the others as in float32)
 MIX_RUNS = ((64, 1, 2048), (252, 1, 2048), (600, 2, 128), (2049, 1, 2048))
@@ -128,14 +140,17 @@ def measure(family: str, work: Path, deep: bool = True, only: set[str] | None = 
         ("wide", lambda: wider(family, work), WIDE_RUNS, True),
         ("long", lambda: longer(family, work, state or mixed_kinds(spec.arch)), LONG_RUNS, True),
         # and one whose state outweighs its hidden width as real ones do
-        ("wide-state", lambda: wider(family, work, STATE_HEADS) if state else None, WIDE_RUNS, True),
+        ("wide-state", lambda: wider(family, work, STATE_HEADS) if state else None, STATE_RUNS, True),
         # and an SSD scan's state 4 times its head dim, as published ones are (only SSD families)
         ("state-size", lambda: sized(family, work) if kind == SSD else None, WIDE_RUNS, True),
         ("mix", lambda: mixed(family, work), MIX_RUNS, True),
         # and 4 times the query heads: queries wider than the hidden width, as in real models
         ("heads", lambda: headed(family, work), WIDE_RUNS, True),
         # and 4 times the head dims: keys and values as wide as those queries
-        ("hd", lambda: head_dims(family, work), WIDE_RUNS, True),
+        ("hd", lambda: head_dims(family, work), STATE_RUNS if state else WIDE_RUNS, True),
+        # and that twin in bfloat16: queries and keys wider than the hidden width where some
+        # families keep arrays of them in float32 that a bfloat16 price counts at 2 bytes
+        ("hd-bf16", lambda: head_dims(family, work, "bfloat16"), BF16_RUNS, True),
         ("bf16", lambda: half(family, work), BF16_RUNS, True),
         ("real", lambda: real_width(family, work), REAL_RUNS, True),
     ]
@@ -299,13 +314,15 @@ def headed(family: str, work: Path) -> Path | None:
     return None if config == tiny_config(family) else built(work / f"{family}-heads", config)
 
 
-def head_dims(family: str, work: Path) -> Path | None:
+def head_dims(family: str, work: Path, dtype: str = "float32") -> Path | None:
     """The family's twin with 4 times the head dims its config sets (tests/tiny_families.py
-    head_dim_config), or None when it sets none or mlx-lm cannot build it."""
+    head_dim_config), with weights in `dtype`, or None when it sets none or mlx-lm cannot build
+    it."""
     from tiny_families import head_dim_config, tiny_config
 
     config = head_dim_config(family)
-    return None if config == tiny_config(family) else built(work / f"{family}-hd", config)
+    name = f"{family}-hd" if dtype == "float32" else f"{family}-hd-bf16"
+    return None if config == tiny_config(family) else built(work / name, config, dtype=dtype)
 
 
 def half(family: str, work: Path) -> Path | None:
@@ -352,7 +369,8 @@ def least_scale(runs: list[Run]) -> float:
     return min(LEAST_SCALE, max(alone, default=LEAST_SCALE))
 
 
-def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], tuple[float, ...]] | None:
+def fit(runs: list[Run], apart: bool = False,
+        per_token_states: float = 0.0) -> tuple[str, tuple[float, ...], tuple[float, ...]] | None:
     """The family's arrays per chunk token as its shares of the priced base arrays plus extras
     in its basis's units: the least that covers every run, counted as the sum of each run's
     over-prediction over its peak (a tiny run weighs as much as a wide one); a linear program.
@@ -364,9 +382,11 @@ def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], t
     no share under 1/SHARE_SPREAD of another. Per-key parts under SCORE_TRACE are solved
     away, and IN_FLIGHT_ARRAYS are added to the hidden-width part (with_in_flight). `apart`: a
     hybrid whose recurrent states live in layers of their own (unimap.estimate.state_apart),
-    priced with its scan's state parts in a phase apart from the scores (fit_apart). None
-    without runs."""
-    from unimap.estimate import SCAN_APART
+    priced with its scan's state parts in a phase apart from the scores (fit_apart).
+    `per_token_states`: the least of the "scan" basis's state per token, what the family's scan
+    is known to hold (unimap.estimate.DELTA_STATES_PER_TOKEN for gated delta's op-by-op steps).
+    None without runs."""
+    from unimap.estimate import SCAN_APART, SCAN_STATE_UNITS
 
     if not runs:
         return None
@@ -396,6 +416,9 @@ def fit(runs: list[Run], apart: bool = False) -> tuple[str, tuple[float, ...], t
     # tell apart further: the key/value widths never move against the query width)
     guard += [([*(a + b for a, b in zip(unit(i), unit(j, -1 / SHARE_SPREAD), strict=True)), *[0.0] * n], 0.0)
               for i in range(k) for j in range(k) if i != j]
+    if per_token_states and runs[0].basis == "scan":  # the scan's own states per token, at least
+        guard.append(([*[0.0] * k, *(1.0 if j == SCAN_STATE_UNITS[1] else 0.0 for j in range(n))],
+                      per_token_states))
 
     def solve(rows: list[tuple[list[float], float]]) -> tuple[float, ...]:
         if apart:
@@ -700,14 +723,15 @@ def main() -> None:
     parser.add_argument("--save", type=Path, help="also write every run's measurement to this JSON file")
     parser.add_argument("--refit", type=Path, help="fit from a --save file instead of measuring")
     parser.add_argument("--twins", default="", help="measure only these twin kinds (comma-separated: "
-                        "tiny, deep, wide, long, wide-state, state-size, mix, heads, hd, bf16, real) and, "
-                        "with --refit, fit them beside the saved runs of the others (saved again with "
-                        "--save)")
+                        "tiny, deep, wide, long, wide-state, state-size, mix, heads, hd, hd-bf16, bf16, "
+                        "real) and, with --refit, fit them beside the saved runs of the others (saved "
+                        "again with --save)")
     parser.add_argument("--apart", action="store_true", help="fit a hybrid whose recurrent states live in "
                         "layers without attention with its scan's states and its scores in phases apart "
                         "(fit_apart; measured and not used: docs/BENCHMARKS.md)")
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)
+    from unimap.estimate import DELTA_STATES_PER_TOKEN, delta_scan
     from unimap.family_calibration import FAMILY_EXTRA
 
     kept = dict(FAMILY_EXTRA)
@@ -735,7 +759,8 @@ def main() -> None:
                     except Exception:  # noqa: BLE001 - a deeper twin mlx-lm or transformers refuses
                         runs = measure(family, Path(tmp), deep=False)
                     saved[family] = [list(r) for r in runs]
-                found = fit(runs, apart=args.apart and state_apart_family(family, Path(tmp)))
+                found = fit(runs, apart=args.apart and state_apart_family(family, Path(tmp)),
+                            per_token_states=DELTA_STATES_PER_TOKEN if delta_scan(family) else 0.0)
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 print(f"{family:24s} failed: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
                 if family in kept:

@@ -803,10 +803,28 @@ def metal_fused_scan(module: str) -> bool:
     neither MLX nor mlx-lm."""
     from unimap.structure import model_source
 
+    return OWN_KERNEL_MARK in (model_source(module) or "") or delta_scan(module)
+
+
+@functools.cache
+def delta_scan(module: str) -> bool:
+    """Whether mlx-lm's `module` (or a sibling module it imports from) runs mlx-lm's gated-delta
+    scan: a fused kernel on Metal, and elsewhere (the CPU, CUDA) an op-by-op step per token
+    that holds one state per token of the chunk until its output is made (DELTA_STATES_PER_TOKEN)."""
+    from unimap.structure import model_source
+
     source = model_source(module) or ""
     siblings = re.findall(r"^from \.(?: import )?(\w+)", source, re.MULTILINE)
-    return OWN_KERNEL_MARK in source or any(
-        FUSED_SCAN_MARK in text for text in (source, *(model_source(m) or "" for m in siblings)))
+    return any(FUSED_SCAN_MARK in text for text in (source, *(model_source(m) or "" for m in siblings)))
+
+
+# The states per chunk token (float32, of the largest layer's) that gated delta's op-by-op
+# path holds at its peak: tools/bench_delta_scan.py measured 1.01 at 700 and 1000 tokens (1.03
+# at 300, 1.10 at 100, which a fixed ten states explain) for heads x key x value dims from
+# 4 x 32 x 32 to 8 x 128 x 256. A family fit's per-token state part is never under it
+# (tools/calibrate_families.py): fitted to twins whose attention scores grew with their state,
+# Kimi-Linear's took 0.44, and its twin twice as wide with 4 times the head dims was at 0.756.
+DELTA_STATES_PER_TOKEN = 1.0
 
 
 def family_shares(family: str) -> tuple[float, float, float, float]:
