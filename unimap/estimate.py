@@ -53,7 +53,7 @@ Kernel = Literal["unfused", "metal", "cuda"]
 # mlx-lm family: the least that covers every case an H200 measured (bf16, tools/bench_estimate.py
 # on the GPU, 256-8192 tokens x batch 1-4; refitted to the CPU coefficients by
 # tools/calibrate_cuda.py). Families not measured there take the largest.
-CUDA_ARRAYS_FACTORS = {"llama": 1.34, "qwen3": 1.23, "phi3": 2.06, "gemma3_text": 1.77}
+CUDA_ARRAYS_FACTORS = {"llama": 1.31, "qwen3": 1.21, "phi3": 2.03, "gemma3_text": 1.74}
 # CUDA attention (tools/gpu_attention_probe.py): bf16 with no mask or "causal" is fused for head
 # dims 64 and 96 (80 and 128 assumed, as on Metal); a boolean array mask (a sliding window past
 # its size), or float32, runs unfused with float32-sized scores, and in a model two such score
@@ -739,8 +739,9 @@ def chunk_array_bytes(arch: Architecture, tokens: int, d: int, quantized: bool =
 # run to the next (docs/BENCHMARKS.md, "Run to run"). Added to every family fit's hidden-width
 # part (tools/calibrate_families.py) and to the measured coefficients' price (chunk_array_bytes):
 # those cover their calibration's runs exactly, and Gemma 3's twin with 4 times the query heads
-# needed 0.77 of such an array per token more when plain mlx-lm had run before it in the process.
-IN_FLIGHT_ARRAYS = 1.0
+# needed 0.77 of such an array per token more when plain mlx-lm had run before it in the process,
+# and 1.02 in a later clean-clone CI run (the same test, 0.99984 of a plan with 1.0).
+IN_FLIGHT_ARRAYS = 1.25
 
 
 def measured_family(family: str, dtype: str) -> bool:

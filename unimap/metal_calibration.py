@@ -13,10 +13,10 @@ only; unimap/estimate.py metal_arrays_factor).
 """
 
 METAL_ARRAYS_FACTORS: dict[str, float] = {
-    "gemma4": 1.18,
+    "gemma4": 1.17,
     "qwen3": 1.93,
-    "qwen3_5": 2.52,
-    "qwen3_5_moe": 2.43,
+    "qwen3_5": 2.5,
+    "qwen3_5_moe": 2.42,
     "qwen3_moe": 1.25,
 }
 
