@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from calibrate_families import LEAST_SCALE, SHARE_SPREAD, WIDEST_TWINS, Run, fit  # noqa: E402
 
-from unimap.estimate import IN_FLIGHT_ARRAYS  # noqa: E402
+from unimap.estimate import IN_FLIGHT_ARRAYS, delta_scan  # noqa: E402
 
 # per chunk token, the priced base arrays of each twin by kind (hidden, query, key/value, MLP):
 # the MLP four times wider in "-mix", every width 4 and 8 times in "-wide1" and "-real"
@@ -259,8 +259,6 @@ def test_a_scan_that_keeps_a_state_per_token_is_priced_one_at_least() -> None:
             assert covered(run, shares, extra) >= run.missing + run.base - 1e-6 * run.peak
     assert per_token[0.0] < 1.0 <= per_token[1.0]  # left free, the fit takes fewer
     # the gated-delta families are the ones known to hold a state per token off Metal
-    from unimap.estimate import delta_scan
-
     assert delta_scan("qwen3_next") and delta_scan("kimi_linear")
     assert not delta_scan("llama") and not delta_scan("mamba2")
 
@@ -271,7 +269,7 @@ def test_the_fits_are_what_the_saved_runs_need() -> None:
     its family's runs."""
     from calibrate_families import RUNS_FILE, _up, read_runs, share_groups
 
-    from unimap.estimate import DELTA_STATES_PER_TOKEN, SCAN_LAYER_UNITS, delta_scan
+    from unimap.estimate import DELTA_STATES_PER_TOKEN, SCAN_LAYER_UNITS
     from unimap.family_calibration import FAMILY_EXTRA
 
     saved = read_runs(RUNS_FILE)
